@@ -1,0 +1,93 @@
+# Tollgate build. `make` builds build/tollgate and build/mocknode; see README.md for the rest.
+PREFIX  ?= /usr/local
+DESTDIR ?=
+BUILD   ?= build
+CC      ?= cc
+OPT     ?= -O2 -g
+WARN    := -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wshadow -Wformat=2 -Wstrict-prototypes -Werror
+CFLAGS  += $(OPT) $(WARN) -I. $(EXTRA_CFLAGS)
+LDFLAGS += $(EXTRA_LDFLAGS)
+LIBS    := -lmicrohttpd -lcurl -lhiredis -lev -ljansson -lyaml -lcrypto -lpthread -lm
+VERSION := $(shell cat VERSION 2>/dev/null || echo 0.0.0)
+
+CORE_SRC := $(filter-out gateway/main.c,$(wildcard gateway/*.c routing/*.c metrics/*.c))
+CORE_OBJ := $(CORE_SRC:%.c=$(BUILD)/obj/%.o)
+MAIN_OBJ := $(BUILD)/obj/gateway/main.o
+MOCK_SRC := $(wildcard tools/mocknode/*.c)
+UNIT_SRC := $(wildcard tests/unit/test_*.c)
+UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
+
+# Debian packages the build, the tests and the benchmark need.
+DEB_PKGS := build-essential pkg-config libmicrohttpd-dev libcurl4-openssl-dev libhiredis-dev \
+            libev-dev libjansson-dev libyaml-dev libssl-dev libcmocka-dev redis-server nginx \
+            wrk curl nodejs npm
+
+.PHONY: all deps run test unit integration bench asan install clean fmt
+
+all: $(BUILD)/tollgate $(BUILD)/mocknode
+
+$(BUILD)/obj/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -DTOLLGATE_VERSION='"$(VERSION)"' -MMD -MP -c $< -o $@
+
+$(BUILD)/tollgate: $(CORE_OBJ) $(MAIN_OBJ)
+	$(CC) $(CFLAGS) $^ -o $@ $(LDFLAGS) $(LIBS)
+
+$(BUILD)/mocknode: $(MOCK_SRC) $(wildcard tools/mocknode/*.h)
+	@mkdir -p $(BUILD)
+	$(CC) $(CFLAGS) $(MOCK_SRC) -o $@ $(LDFLAGS) -lmicrohttpd -ljansson -lpthread -lm
+
+$(BUILD)/tests/%: tests/unit/%.c $(CORE_OBJ)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $< $(CORE_OBJ) -o $@ $(LDFLAGS) $(LIBS) -lcmocka
+
+-include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)
+
+# Installs only what is missing, so it is quick on a prepared machine.
+deps:
+	@missing=""; for p in $(DEB_PKGS); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+	@if [ ! -d tests/node_modules ] || [ tests/package-lock.json -nt tests/node_modules ]; then \
+	  npm ci --prefix tests --no-audit --no-fund --loglevel=error; fi
+
+run: deps all
+	@tools/demo.sh
+
+unit: $(UNIT_BIN)
+	@set -e; for t in $(UNIT_BIN); do echo "== $$t"; $$t; done
+
+integration: all
+	@tests/run-node-tests.sh
+
+test: deps
+	@$(MAKE) --no-print-directory all
+	@$(MAKE) --no-print-directory unit
+	@$(MAKE) --no-print-directory integration
+
+# The whole suite under AddressSanitizer and UndefinedBehaviorSanitizer, in its own build tree.
+asan: deps
+	@$(MAKE) --no-print-directory BUILD=build-asan OPT="-O1 -g -fno-omit-frame-pointer" \
+	  EXTRA_CFLAGS="-fsanitize=address,undefined -fno-sanitize-recover=undefined" \
+	  EXTRA_LDFLAGS="-fsanitize=address,undefined" all unit
+	@TOLLGATE_BUILD=build-asan ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
+	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 tests/run-node-tests.sh
+
+bench: deps all
+	@bench/run.sh
+
+install: $(BUILD)/tollgate
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/tollgate
+	install -m 0755 $(BUILD)/tollgate $(DESTDIR)$(PREFIX)/bin/tollgate
+	install -m 0644 deploy/tollgate.example.yaml $(DESTDIR)$(PREFIX)/share/tollgate/
+
+fmt:
+	clang-format -i $$(find gateway routing metrics tools tests/unit -name '*.[ch]')
+
+clean:
+	rm -rf build build-asan
