@@ -1,0 +1,30 @@
+/* Caller authentication by API key.
+ *
+ * A presented key is hashed with SHA-256 at once and only the digest is compared, in
+ * constant time, against every configured key, so neither the key nor the position of a
+ * match leaks through timing. The plaintext is never stored or logged. Thread-safe: reads
+ * the immutable config only. Redis-held keys plug in behind auth_check() (AUTH_PENDING). */
+#ifndef TOLLGATE_AUTH_H
+#define TOLLGATE_AUTH_H
+
+#include "gateway/config.h"
+
+enum auth_result {
+    AUTH_OK = 0,
+    AUTH_OPEN = 1,     /* no keys configured: the gateway is open */
+    AUTH_MISSING = -1, /* no usable Authorization header */
+    AUTH_INVALID = -2, /* a key that matches nothing */
+};
+
+struct auth_identity {
+    const char *key_name; /* points into the config; NULL when open */
+};
+
+/* Checks an Authorization header value ("Bearer <key>"); NULL means absent. */
+enum auth_result auth_check(const struct config *cfg, const char *authorization,
+                            struct auth_identity *who);
+
+/* The key from an Authorization header value, or NULL; *len is set. */
+const char *auth_bearer(const char *authorization, size_t *len);
+
+#endif

@@ -1,0 +1,175 @@
+/* tollgate: an OpenAI-compatible inference gateway. Entry point: options, config, signals. */
+#include "gateway/config.h"
+#include "gateway/log.h"
+#include "gateway/server.h"
+#include "routing/backend.h"
+
+#include <curl/curl.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+
+static void usage(FILE *out)
+{
+    fprintf(out,
+            "usage: tollgate [-c FILE] [--check-config] [--version] [--help]\n"
+            "\n"
+            "  -c, --config FILE   configuration, YAML or JSON (default: $TOLLGATE_CONFIG)\n"
+            "      --check-config  validate the configuration, print every problem, exit\n"
+            "  -v, --version       print the version\n"
+            "  -h, --help          this text\n"
+            "\n"
+            "environment: TOLLGATE_CONFIG (config file), TOLLGATE_LISTEN (overrides listen);\n"
+            "${VAR} in the config is replaced from the environment.\n"
+            "signals: SIGTERM/SIGINT drain and exit, SIGHUP reloads the config.\n");
+}
+
+static void raise_nofile(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
+}
+
+static struct config *load(const char *path)
+{
+    char *errors = NULL;
+    struct config *cfg = config_load(path, &errors);
+    if (!cfg) {
+        fprintf(stderr, "%s", errors ? errors : "out of memory\n");
+        free(errors);
+        return NULL;
+    }
+    if (backend_attach(cfg)) {
+        fprintf(stderr, "out of memory\n");
+        config_unref(cfg);
+        return NULL;
+    }
+    return cfg;
+}
+
+int main(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"config", required_argument, NULL, 'c'}, {"check-config", no_argument, NULL, 'C'},
+        {"version", no_argument, NULL, 'v'},      {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0}};
+    const char *path = getenv("TOLLGATE_CONFIG");
+    int check_only = 0, c;
+    while ((c = getopt_long(argc, argv, "c:vh", opts, NULL)) != -1) {
+        switch (c) {
+        case 'c':
+            path = optarg;
+            break;
+        case 'C':
+            check_only = 1;
+            break;
+        case 'v':
+            printf("tollgate %s\n", TOLLGATE_VERSION);
+            return 0;
+        case 'h':
+            usage(stdout);
+            return 0;
+        default:
+            usage(stderr);
+            return 2;
+        }
+    }
+    if (optind < argc || !path || !*path) {
+        usage(stderr);
+        return 2;
+    }
+    if (curl_global_init(CURL_GLOBAL_DEFAULT)) {
+        fprintf(stderr, "cannot initialise libcurl\n");
+        return 1;
+    }
+    struct config *cfg = load(path);
+    if (!cfg)
+        return 1;
+    if (check_only) {
+        printf("config ok: %zu backends, %zu models, %zu keys\n", cfg->n_backends,
+               cfg->n_routes, cfg->n_keys);
+        config_unref(cfg);
+        return 0;
+    }
+    log_set_level(cfg->log_level);
+    raise_nofile();
+    if (cfg->n_keys == 0)
+        log_event(LOG_WARN, "auth_disabled",
+                  "\"message\":\"no keys configured: /v1 endpoints are open to anyone\"");
+
+    /* Workers inherit this mask; only this thread takes signals, via sigwait(). */
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGHUP);
+    pthread_sigmask(SIG_BLOCK, &set, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    char err[512];
+    struct server *server = server_start(cfg, err, sizeof err);
+    if (!server) {
+        log_event(LOG_ERROR, "start_failed", "\"message\":\"%s\"", err);
+        fprintf(stderr, "tollgate: %s\n", err);
+        config_unref(cfg);
+        return 1;
+    }
+    log_event(LOG_INFO, "started",
+              "\"version\":\"%s\",\"backends\":%zu,\"models\":%zu,\"keys\":%zu", TOLLGATE_VERSION,
+              cfg->n_backends, cfg->n_routes, cfg->n_keys);
+    char *listen = strdup(cfg->listen);
+    unsigned workers = cfg->workers;
+    config_unref(cfg);
+
+    for (;;) {
+        int sig;
+        if (sigwait(&set, &sig))
+            continue;
+        if (sig == SIGHUP) {
+            struct config *next = load(path);
+            if (!next) {
+                log_event(LOG_ERROR, "reload_failed",
+                          "\"message\":\"the new config is invalid; keeping the old one\"");
+                continue;
+            }
+            if (strcmp(next->listen, listen) || next->workers != workers)
+                log_event(LOG_WARN, "reload_partial",
+                          "\"message\":\"listen and workers change only on restart\"");
+            log_set_level(next->log_level);
+            server_reload(server, next);
+            log_event(LOG_INFO, "reloaded", "\"backends\":%zu,\"models\":%zu", next->n_backends,
+                      next->n_routes);
+            config_unref(next);
+            continue;
+        }
+        log_event(LOG_INFO, "draining", "\"signal\":\"%s\"", sig == SIGINT ? "SIGINT" : "SIGTERM");
+        server_drain(server);
+        break;
+    }
+    /* A second SIGTERM/SIGINT while draining cuts the drain short. */
+    sigset_t again;
+    sigemptyset(&again);
+    sigaddset(&again, SIGTERM);
+    sigaddset(&again, SIGINT);
+    struct timespec poll_ts = {0, 100 * 1000 * 1000};
+    for (;;) {
+        int sig = sigtimedwait(&again, NULL, &poll_ts);
+        if (sig > 0) {
+            server_drain(server);
+            continue;
+        }
+        if (server_stopped(server))
+            break;
+    }
+    server_wait(server);
+    free(listen);
+    log_event(LOG_INFO, "stopped", NULL);
+    curl_global_cleanup();
+    return 0;
+}

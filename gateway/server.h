@@ -1,0 +1,28 @@
+/* The server: one worker thread per core, each with its own libev loop, SO_REUSEPORT
+ * listener, libmicrohttpd daemon (external epoll, suspend/resume), curl multi and metrics
+ * shard. Nothing is shared between workers but the read-only config snapshot and atomic
+ * backend state.
+ *
+ * server_* functions are called from the main thread only. */
+#ifndef TOLLGATE_SERVER_H
+#define TOLLGATE_SERVER_H
+
+#include "gateway/config.h"
+
+#include <stdbool.h>
+
+struct server;
+
+/* Binds the listeners and starts the workers. NULL with a message in err on failure. */
+struct server *server_start(struct config *cfg, char *err, size_t err_len);
+/* Publishes a new config to every worker (the server takes its own reference). */
+void server_reload(struct server *s, struct config *cfg);
+/* Begins a graceful stop: not ready, no new connections, in-flight requests finish within
+ * the drain timeout. A second call cuts the drain short. */
+void server_drain(struct server *s);
+/* True once every worker has left its loop (after a drain). */
+bool server_stopped(struct server *s);
+/* Waits for every worker to stop, then frees the server. */
+void server_wait(struct server *s);
+
+#endif

@@ -1,0 +1,56 @@
+/* A worker's state, shared by the server loop (server.c) and the request lifecycle
+ * (request.c). Everything here is touched only by the worker's own thread, except where a
+ * field says otherwise. Internal header: not part of any public API. */
+#ifndef TOLLGATE_WORKER_H
+#define TOLLGATE_WORKER_H
+
+#include "gateway/config.h"
+#include "metrics/metrics.h"
+#include "routing/upstream.h"
+
+#include <ev.h>
+#include <microhttpd.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+struct request;
+struct server;
+
+struct worker {
+    unsigned id;
+    struct server *server;
+    pthread_t thread;
+    struct ev_loop *loop;
+    int listen_fd;
+    struct MHD_Daemon *mhd;
+    ev_io mhd_io;           /* MHD's epoll fd */
+    ev_timer mhd_timer;     /* MHD's own timeouts */
+    ev_prepare mhd_prepare; /* runs MHD once more after connections were resumed */
+    bool mhd_dirty;
+    ev_async wakeup; /* another thread asks: reload, drain */
+    ev_timer drain_timer;
+    struct upstream *upstream;
+    struct metrics_shard *metrics; /* read by the scraping thread (relaxed atomics) */
+    struct config *cfg;            /* current snapshot; the worker holds a reference */
+    unsigned cfg_gen;
+    bool draining;
+    bool forced;
+    struct request *active; /* every live request, for drain and abort */
+    unsigned n_active;
+    uint64_t rng[2];
+};
+
+/* Runs MHD after a connection of this worker was resumed outside MHD's own callbacks. */
+void worker_kick(struct worker *w);
+/* A request ended; a draining worker stops when its last one is gone. */
+void worker_request_done(struct worker *w);
+bool worker_draining(const struct worker *w);
+/* Prometheus text of all workers' shards (any worker may call it). */
+int worker_render_metrics(struct worker *w, struct buf *out);
+/* Seconds since the epoch the server started. */
+double worker_started_at(const struct worker *w);
+uint64_t worker_random(struct worker *w);
+
+#endif

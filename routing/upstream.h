@@ -1,0 +1,63 @@
+/* Upstream HTTP transfers on a worker's event loop: one curl multi handle per worker driven
+ * by libev through curl's socket API, with a keep-alive connection pool to the backends and a
+ * recycled pool of easy handles.
+ *
+ * Not thread-safe: an upstream and its transfers belong to the worker that created them.
+ * Callbacks run on that worker's loop. on_data may be called from inside curl (so it must not
+ * call upstream_cancel); on_done is called exactly once per transfer, from the loop, unless
+ * the transfer was cancelled first, and the transfer is gone when it returns. */
+#ifndef TOLLGATE_UPSTREAM_H
+#define TOLLGATE_UPSTREAM_H
+
+#include <curl/curl.h>
+#include <ev.h>
+#include <stddef.h>
+
+struct upstream;
+struct upstream_xfer;
+
+#define UPSTREAM_PAUSE 1 /* on_data: do not take these bytes now; they come again on resume */
+
+struct upstream_ops {
+    /* Body bytes arrived; the status is known (upstream_status()). Return 0 when taken,
+     * UPSTREAM_PAUSE to be handed them again after upstream_resume(), or a negative
+     * tg_error to abort the transfer (on_done then gets that error). */
+    int (*on_data)(void *ctx, const char *data, size_t len);
+    /* The transfer ended: 0 when the whole answer arrived, else a negative tg_error with a
+     * human-readable detail. */
+    void (*on_done)(void *ctx, int result, const char *detail);
+};
+
+struct upstream_req {
+    const char *url;
+    const char *body; /* must stay valid until on_done or cancel */
+    size_t body_len;
+    struct curl_slist *headers; /* shared, read-only; must outlive the transfer */
+    const char *request_id;     /* sent as x-request-id */
+    long connect_timeout_ms;
+    long first_byte_timeout_ms; /* until the first body byte */
+    long idle_timeout_ms;       /* between body bytes */
+    long total_timeout_ms;
+};
+
+struct upstream *upstream_new(struct ev_loop *loop);
+/* Cancels what is still running (no callbacks) and frees everything. */
+void upstream_free(struct upstream *u);
+
+/* Starts a POST (or a GET when body is NULL). NULL on OOM. */
+struct upstream_xfer *upstream_start(struct upstream *u, const struct upstream_req *req,
+                                     const struct upstream_ops *ops, void *ctx);
+/* Stops a transfer at once; no callback follows. */
+void upstream_cancel(struct upstream_xfer *x);
+/* Lets a transfer whose on_data answered UPSTREAM_PAUSE go on. May call on_data at once. */
+void upstream_resume(struct upstream_xfer *x);
+
+long upstream_status(struct upstream_xfer *x);
+/* The response Content-Type, or NULL. Valid until the transfer ends. */
+const char *upstream_content_type(struct upstream_xfer *x);
+/* A response header value (e.g. "retry-after"), copied into out; 0 when found. */
+int upstream_header(struct upstream_xfer *x, const char *name, char *out, size_t n);
+/* Seconds from start to the first body byte (0 before it). */
+double upstream_ttfb(struct upstream_xfer *x);
+
+#endif
