@@ -347,10 +347,10 @@ static double get_num(struct cfg_ctx *ctx, json_t *obj, const char *key, const c
     }
     if (!isfinite(d) || d < min || d > max || (integer && d != floor(d))) {
         if (max >= 1e15)
-            cfg_error(ctx, p, "must be %s >= %g", integer ? "an integer" : "a number", min);
+            cfg_error(ctx, p, "must be %s >= %.15g", integer ? "an integer" : "a number", min);
         else
-            cfg_error(ctx, p, "must be %s between %g and %g", integer ? "an integer" : "a number",
-                      min, max);
+            cfg_error(ctx, p, "must be %s between %.15g and %.15g",
+                      integer ? "an integer" : "a number", min, max);
         return def;
     }
     return d;
@@ -502,7 +502,9 @@ static void parse_models(struct cfg_ctx *ctx, struct config_backend *b, json_t *
 
 static void parse_backends(struct cfg_ctx *ctx, struct config *cfg, json_t *root)
 {
-    static const char *const allowed[] = {"name", "url", "api_key", "models", NULL};
+    static const char *const allowed[] = {"name",       "url",          "api_key",
+                                          "models",     "max_inflight", "prices_url",
+                                          "prices_refresh_s", NULL};
     json_t *arr = get_arr(ctx, root, "backends", "");
     if (!arr || json_array_size(arr) == 0) {
         if (!json_object_get(root, "backends") || arr)
@@ -529,12 +531,30 @@ static void parse_backends(struct cfg_ctx *ctx, struct config *cfg, json_t *root
             free(b->api_key); /* an unset optional secret means "no key" */
             b->api_key = NULL;
         }
+        b->max_inflight =
+            (unsigned)get_num(ctx, item, "max_inflight", path, 0, 1000000, 0, false, true);
+        b->prices_url = get_str(ctx, item, "prices_url", path, false);
+        if (b->prices_url && !*b->prices_url) {
+            free(b->prices_url);
+            b->prices_url = NULL;
+        }
+        if (b->prices_url && strncmp(b->prices_url, "http://", 7) &&
+            strncmp(b->prices_url, "https://", 8)) {
+            char pp[96];
+            snprintf(pp, sizeof pp, "%s.prices_url", path);
+            cfg_error(ctx, pp, "must start with http:// or https://");
+        }
+        b->prices_refresh_s =
+            (unsigned)get_num(ctx, item, "prices_refresh_s", path, 1, 86400, 300, false, true);
         char p[96];
         if (b->url) {
             size_t n = strlen(b->url);
             while (n > 0 && b->url[n - 1] == '/')
                 b->url[--n] = '\0';
-            if (strncmp(b->url, "http://", 7) && strncmp(b->url, "https://", 8)) {
+            if (n > 900) {
+                snprintf(p, sizeof p, "%s.url", path);
+                cfg_error(ctx, p, "is longer than 900 characters");
+            } else if (strncmp(b->url, "http://", 7) && strncmp(b->url, "https://", 8)) {
                 snprintf(p, sizeof p, "%s.url", path);
                 cfg_error(ctx, p, "must start with http:// or https://");
             } else if (strpbrk(b->url, " \t\r\n?#")) {
@@ -597,6 +617,69 @@ static void parse_redis(struct cfg_ctx *ctx, struct config *cfg, json_t *root)
                strncmp(cfg->redis_url, "unix:", 5)) {
         cfg_error(ctx, "redis.url", "must start with redis:// or unix:");
     }
+}
+
+static void parse_routing(struct cfg_ctx *ctx, struct config *cfg, json_t *root)
+{
+    static const char *const allowed[] = {"strategy", "default_output_tokens", "retries",
+                                          "deadline_ms", "tie_tolerance", NULL};
+    struct config_routing *r = &cfg->routing;
+    r->strategy = CONFIG_STRATEGY_CHEAPEST;
+    r->default_output_tokens = 256;
+    r->retries = 2;
+    r->deadline_ms = 30000;
+    r->tie_tolerance = 0.01;
+    json_t *o = get_obj(ctx, root, "routing", "");
+    if (!o)
+        return;
+    check_keys(ctx, o, "routing", allowed);
+    char *strategy = get_str(ctx, o, "strategy", "routing", false);
+    if (strategy) {
+        if (config_parse_strategy(strategy, &r->strategy))
+            cfg_error(ctx, "routing.strategy", "must be one of cheapest, price-weighted, latency");
+        free(strategy);
+    }
+    r->default_output_tokens = (unsigned)get_num(ctx, o, "default_output_tokens", "routing", 0,
+                                                 10000000, 256, false, true);
+    r->retries = (unsigned)get_num(ctx, o, "retries", "routing", 0, 10, 2, false, true);
+    r->deadline_ms = (long)get_num(ctx, o, "deadline_ms", "routing", 1, 3600000, 30000, false, true);
+    r->tie_tolerance = get_num(ctx, o, "tie_tolerance", "routing", 0, 1, 0.01, false, false);
+}
+
+static void parse_health(struct cfg_ctx *ctx, struct config *cfg, json_t *root)
+{
+    static const char *const allowed[] = {"interval_ms", "timeout_ms", "eject_after_failures",
+                                          "cooldown_ms", "max_cooldown_ms", NULL};
+    struct config_health *h = &cfg->health;
+    h->interval_ms = 5000;
+    h->timeout_ms = 2000;
+    h->eject_after_failures = 3;
+    h->cooldown_ms = 10000;
+    h->max_cooldown_ms = 300000;
+    json_t *o = get_obj(ctx, root, "health", "");
+    if (!o)
+        return;
+    check_keys(ctx, o, "health", allowed);
+    h->interval_ms = (long)get_num(ctx, o, "interval_ms", "health", 50, 3600000, 5000, false, true);
+    h->timeout_ms = (long)get_num(ctx, o, "timeout_ms", "health", 10, 600000, 2000, false, true);
+    h->eject_after_failures = (unsigned)get_num(ctx, o, "eject_after_failures", "health", 1, 1000,
+                                                3, false, true);
+    h->cooldown_ms = (long)get_num(ctx, o, "cooldown_ms", "health", 1, 86400000, 10000, false, true);
+    h->max_cooldown_ms =
+        (long)get_num(ctx, o, "max_cooldown_ms", "health", 1, 86400000, 300000, false, true);
+    if (h->max_cooldown_ms < h->cooldown_ms)
+        h->max_cooldown_ms = h->cooldown_ms;
+}
+
+int config_parse_strategy(const char *name, enum config_strategy *out)
+{
+    static const char *const names[] = {"cheapest", "price-weighted", "latency"};
+    for (int i = 0; i < 3; i++)
+        if (!strcmp(name, names[i])) {
+            *out = (enum config_strategy)i;
+            return 0;
+        }
+    return -1;
 }
 
 static int route_cmp(const void *a, const void *b)
@@ -678,6 +761,11 @@ static void config_free(struct config *cfg)
         return;
     free(cfg->listen);
     free(cfg->redis_url);
+    free(cfg->admin_listen);
+    if (cfg->admin_key) {
+        OPENSSL_cleanse(cfg->admin_key, strlen(cfg->admin_key));
+        free(cfg->admin_key);
+    }
     free(cfg->source);
     for (size_t i = 0; i < cfg->n_keys; i++)
         free(cfg->keys[i].name);
@@ -695,6 +783,7 @@ static void config_free(struct config *cfg)
             free(b->models[j].upstream);
         }
         free(b->models);
+        free(b->prices_url);
         curl_slist_free_all(b->headers);
     }
     free(cfg->backends);
@@ -711,7 +800,8 @@ static struct config *config_build(json_t *root, struct cfg_ctx *ctx)
     static const char *const allowed[] = {
         "listen",           "workers",  "max_connections", "connection_memory_bytes",
         "max_body_bytes",   "drain_timeout_ms", "log_level", "upstream",
-        "keys",             "backends", "redis",           NULL};
+        "keys",             "backends", "redis",           "routing",
+        "health",           "admin_listen", "admin_key",   NULL};
     struct config *cfg = calloc(1, sizeof *cfg);
     if (!cfg)
         return NULL;
@@ -762,6 +852,18 @@ static struct config *config_build(json_t *root, struct cfg_ctx *ctx)
     parse_keys(ctx, cfg, root);
     parse_backends(ctx, cfg, root);
     parse_redis(ctx, cfg, root);
+    parse_routing(ctx, cfg, root);
+    parse_health(ctx, cfg, root);
+    cfg->admin_listen = get_str(ctx, root, "admin_listen", "", false);
+    cfg->admin_key = get_str(ctx, root, "admin_key", "", false);
+    if (cfg->admin_listen && !*cfg->admin_listen) {
+        free(cfg->admin_listen);
+        cfg->admin_listen = NULL;
+    }
+    if (cfg->admin_listen && !strrchr(cfg->admin_listen, ':'))
+        cfg_error(ctx, "admin_listen", "must be host:port");
+    if (cfg->admin_listen && (!cfg->admin_key || strlen(cfg->admin_key) < 16))
+        cfg_error(ctx, "admin_key", "is required with admin_listen, at least 16 characters");
     return cfg;
 }
 

@@ -13,20 +13,25 @@
 #include <stddef.h>
 
 struct backend_state;
+struct backend_price;
 
 enum log_level { LOG_DEBUG = 0, LOG_INFO = 1, LOG_WARN = 2, LOG_ERROR = 3, LOG_OFF = 4 };
 
 struct config_model {
     char *name;     /* what clients send */
     char *upstream; /* what the backend is sent; NULL = same as name */
-    double input_usd_per_mtok;
+    double input_usd_per_mtok; /* static prices; live ones (prices_url) override */
     double output_usd_per_mtok;
+    struct backend_price *price; /* live price slot, outlives reloads (routing/backend.h) */
 };
 
 struct config_backend {
     char *name;
     char *url;     /* base URL without trailing '/', e.g. http://host:port/v1 */
     char *api_key; /* NULL when none */
+    unsigned max_inflight; /* 0 = no limit */
+    char *prices_url;      /* OpenRouter-style /models document with live prices, or NULL */
+    unsigned prices_refresh_s;
     struct config_model *models;
     size_t n_models;
     /* Headers every upstream request to this backend carries (read-only, shared by workers;
@@ -60,6 +65,28 @@ struct config_upstream {
     size_t max_response_bytes;
 };
 
+enum config_strategy {
+    CONFIG_STRATEGY_CHEAPEST = 0,
+    CONFIG_STRATEGY_PRICE_WEIGHTED,
+    CONFIG_STRATEGY_LATENCY,
+};
+
+struct config_routing {
+    enum config_strategy strategy;
+    unsigned default_output_tokens;
+    unsigned retries;     /* further backends tried after a failure before the first byte */
+    long deadline_ms;     /* no new attempt starts later than this after the request came */
+    double tie_tolerance; /* estimates within this fraction of the cheapest are a tie */
+};
+
+struct config_health {
+    long interval_ms; /* active probe period */
+    long timeout_ms;
+    unsigned eject_after_failures;
+    long cooldown_ms;     /* first ejection; doubles on each repeat */
+    long max_cooldown_ms;
+};
+
 struct config {
     char *listen;
     unsigned workers; /* resolved: never 0 */
@@ -75,7 +102,11 @@ struct config {
     size_t n_backends;
     struct config_route *routes; /* sorted by model name */
     size_t n_routes;
-    char *redis_url; /* NULL when not configured */
+    struct config_routing routing;
+    struct config_health health;
+    char *admin_listen; /* NULL: no admin listener */
+    char *admin_key;    /* Bearer token for the admin listener */
+    char *redis_url;    /* NULL when not configured */
     char *source;    /* file it came from */
     atomic_int refs;
 };
@@ -86,6 +117,9 @@ struct config *config_load(const char *path, char **errors);
 /* Same, from a string already in memory (`name` is used in messages). */
 struct config *config_load_string(const char *text, size_t len, const char *name,
                                   char **errors);
+
+/* "cheapest", "price-weighted" or "latency"; 0, or -1 for another name. */
+int config_parse_strategy(const char *name, enum config_strategy *out);
 
 struct config *config_ref(struct config *cfg);
 void config_unref(struct config *cfg);

@@ -1,6 +1,7 @@
 #include "gateway/error.h"
 
 #include <jansson.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -31,6 +32,8 @@ static const struct error_info error_table[] = {
     {TG_ERR_SHUTTING_DOWN, 503, "api_error", "shutting_down"},
     {TG_ERR_BACKEND_TIMEOUT, 504, "api_error", "backend_timeout"},
     {TG_ERR_STREAM, 502, "api_error", "backend_stream_error"},
+    {TG_ERR_PRICE_CEILING, 400, "invalid_request_error", "max_price_exceeded"},
+    {TG_ERR_BACKEND_RATE_LIMITED, 503, "api_error", "backend_rate_limited"},
 };
 
 static const struct error_info *error_find(enum tg_error err)
@@ -56,13 +59,77 @@ const char *error_code(enum tg_error err)
     return error_find(err)->code;
 }
 
+/* Length of the well-formed UTF-8 sequence at p (RFC 3629: no overlong forms, no
+ * surrogates, nothing above U+10FFFF), or 0. */
+static size_t utf8_sequence(const unsigned char *p, size_t avail)
+{
+    unsigned char c = p[0];
+    if (c < 0x80)
+        return 1;
+    size_t len;
+    unsigned char lo = 0x80, hi = 0xBF;
+    if (c >= 0xC2 && c <= 0xDF) {
+        len = 2;
+    } else if (c >= 0xE0 && c <= 0xEF) {
+        len = 3;
+        if (c == 0xE0)
+            lo = 0xA0;
+        else if (c == 0xED)
+            hi = 0x9F;
+    } else if (c >= 0xF0 && c <= 0xF4) {
+        len = 4;
+        if (c == 0xF0)
+            lo = 0x90;
+        else if (c == 0xF4)
+            hi = 0x8F;
+    } else {
+        return 0;
+    }
+    if (avail < len || p[1] < lo || p[1] > hi)
+        return 0;
+    for (size_t i = 2; i < len; i++)
+        if ((p[i] & 0xC0) != 0x80)
+            return 0;
+    return len;
+}
+
+/* A JSON string from bytes that may not be valid UTF-8 (a message can quote what a client
+ * or a backend sent, or be cut mid-character): invalid bytes become U+FFFD. */
+static json_t *error_string(const char *s)
+{
+    json_t *v = json_string(s);
+    if (v)
+        return v;
+    size_t n = strlen(s), o = 0;
+    char *clean = malloc(n * 3 + 1);
+    if (!clean)
+        return NULL;
+    const unsigned char *p = (const unsigned char *)s, *end = p + n;
+    while (p < end) {
+        size_t len = utf8_sequence(p, (size_t)(end - p));
+        if (len) {
+            memcpy(clean + o, p, len);
+            o += len;
+            p += len;
+        } else {
+            memcpy(clean + o, "\xEF\xBF\xBD", 3);
+            o += 3;
+            p++;
+        }
+    }
+    clean[o] = '\0';
+    v = json_string(clean);
+    free(clean);
+    return v;
+}
+
 char *error_body(enum tg_error err, const char *message, const char *param, const char *code,
                  size_t *len)
 {
     const struct error_info *info = error_find(err);
-    json_t *inner = json_pack("{s:s, s:s, s:o, s:o}", "message", message ? message : "error",
-                              "type", info->type, "param",
-                              param ? json_string(param) : json_null(), "code",
+    json_t *inner = json_pack("{s:o, s:s, s:o, s:o}", "message",
+                              error_string(message ? message : "error"), "type", info->type,
+                              "param", param ? error_string(param) : json_null(), "code",
                               json_string(code ? code : info->code));
     if (!inner)
         return NULL;

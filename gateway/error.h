@@ -28,6 +28,8 @@ enum tg_error {
     TG_ERR_SHUTTING_DOWN = -17,   /* 503 the gateway is draining */
     TG_ERR_BACKEND_TIMEOUT = -18, /* 504 */
     TG_ERR_STREAM = -19,          /* a stream broke after it started (SSE error event) */
+    TG_ERR_PRICE_CEILING = -20,   /* 400 nothing under the caller's max price */
+    TG_ERR_BACKEND_RATE_LIMITED = -21, /* 503 every backend tried answered 429 */
 };
 
 /* HTTP status for an error (500 for unknown codes). */

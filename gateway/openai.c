@@ -3,6 +3,7 @@
 #include "gateway/error.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 static const struct openai_endpoint openai_endpoints[] = {
@@ -39,46 +40,84 @@ int openai_match(const char *method, const char *url, const struct openai_endpoi
     return TG_ERR_UNKNOWN_URL;
 }
 
-static size_t text_len(json_t *v)
+struct prompt_count {
+    size_t bytes;
+    bool media;
+};
+
+/* Text bytes of a content value: a string, or an array of parts. */
+static void count_content(json_t *v, struct prompt_count *pc)
 {
-    if (json_is_string(v))
-        return json_string_length(v);
-    size_t total = 0;
-    if (json_is_array(v)) {
-        size_t i;
-        json_t *item;
-        json_array_foreach(v, i, item)
-        {
-            if (json_is_string(item))
-                total += json_string_length(item);
-            else if (json_is_object(item))
-                total += text_len(json_object_get(item, "text"));
-            else if (json_is_integer(item))
-                total += 4; /* a pre-tokenised input: one token an element */
+    if (json_is_string(v)) {
+        pc->bytes += json_string_length(v);
+        return;
+    }
+    if (!json_is_array(v))
+        return;
+    size_t i;
+    json_t *item;
+    json_array_foreach(v, i, item)
+    {
+        if (json_is_string(item)) {
+            pc->bytes += json_string_length(item);
+        } else if (json_is_integer(item)) {
+            pc->bytes += 4; /* a pre-tokenised input: one token an element */
+        } else if (json_is_array(item)) {
+            count_content(item, pc);
+        } else if (json_is_object(item)) {
+            json_t *text = json_object_get(item, "text");
+            if (json_is_string(text))
+                pc->bytes += json_string_length(text);
+            else
+                pc->media = true; /* image_url, input_audio, file ... */
         }
     }
-    return total;
 }
 
-size_t openai_estimate_prompt_tokens(enum openai_route route, json_t *body)
+/* Bytes of a JSON value as serialised: tool definitions and call arguments are sent to the
+ * model as text, so their size is what counts. */
+static size_t json_bytes(json_t *v)
 {
-    size_t bytes = 0, overhead = 0;
+    if (!v || json_is_null(v))
+        return 0;
+    if (json_is_string(v))
+        return json_string_length(v);
+    char *text = json_dumps(v, JSON_COMPACT);
+    size_t n = text ? strlen(text) : 0;
+    free(text);
+    return n;
+}
+
+void openai_estimate_prompt(enum openai_route route, json_t *body, struct openai_request *out)
+{
+    struct prompt_count pc = {0};
+    size_t overhead = 0, items = 0;
     if (route == OPENAI_CHAT) {
         json_t *messages = json_object_get(body, "messages");
         size_t i;
         json_t *m;
         json_array_foreach(messages, i, m)
         {
-            bytes += text_len(json_object_get(m, "content"));
-            overhead += 4;
+            count_content(json_object_get(m, "content"), &pc);
+            pc.bytes += json_bytes(json_object_get(m, "name"));
+            pc.bytes += json_bytes(json_object_get(m, "tool_calls"));
+            pc.bytes += json_bytes(json_object_get(m, "function_call"));
+            overhead += 4; /* role and message framing */
+            items++;
         }
-        overhead += 3;
-    } else if (route == OPENAI_COMPLETIONS) {
-        bytes = text_len(json_object_get(body, "prompt"));
-    } else if (route == OPENAI_EMBEDDINGS) {
-        bytes = text_len(json_object_get(body, "input"));
+        overhead += 3; /* the assistant's reply primer */
+        pc.bytes += json_bytes(json_object_get(body, "tools"));
+        pc.bytes += json_bytes(json_object_get(body, "functions"));
+        pc.bytes += json_bytes(json_object_get(body, "response_format"));
+    } else if (route == OPENAI_COMPLETIONS || route == OPENAI_EMBEDDINGS) {
+        json_t *in = json_object_get(body, route == OPENAI_COMPLETIONS ? "prompt" : "input");
+        count_content(in, &pc);
+        items = json_is_array(in) ? json_array_size(in) : 1;
     }
-    return (bytes + 3) / 4 + overhead;
+    out->prompt_bytes = pc.bytes;
+    out->has_media = pc.media;
+    out->n_items = items;
+    out->prompt_tokens_est = (pc.bytes + 3) / 4 + overhead;
 }
 
 static int fail(const char **param, const char *name, char *msg, size_t n, int err,
@@ -189,6 +228,14 @@ int openai_validate(enum openai_route route, json_t *body, struct openai_request
     default:
         break;
     }
-    out->prompt_tokens_est = openai_estimate_prompt_tokens(route, body);
+    json_t *nv = json_object_get(body, "n");
+    out->n_choices = 1;
+    if (nv && !json_is_null(nv)) {
+        if (!json_is_integer(nv) || json_integer_value(nv) < 1 || json_integer_value(nv) > 128)
+            return fail(param, "n", msg, n, TG_ERR_INVALID_VALUE,
+                        "'n' must be an integer between 1 and 128.");
+        out->n_choices = (unsigned)json_integer_value(nv);
+    }
+    openai_estimate_prompt(route, body, out);
     return 0;
 }

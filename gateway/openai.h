@@ -41,6 +41,10 @@ struct openai_request {
     bool include_usage;       /* stream_options.include_usage */
     long long max_tokens;     /* max_completion_tokens or max_tokens; -1 when absent */
     size_t prompt_tokens_est; /* rough estimate from the text */
+    size_t prompt_bytes;      /* bytes of input text (messages, tools, prompt, input) */
+    size_t n_items;           /* messages, prompts or inputs */
+    bool has_media;           /* non-text input (images, audio): tokens not bounded by bytes */
+    unsigned n_choices;       /* `n`, at least 1 */
 };
 
 /* Validates a parsed body for a route. Returns 0, or a tg_error with *param naming the
@@ -48,8 +52,9 @@ struct openai_request {
 int openai_validate(enum openai_route route, json_t *body, struct openai_request *out,
                     const char **param, char *msg, size_t msg_len);
 
-/* Rough token count of a request's input text: about four bytes a token, plus a few tokens
- * per chat message for the role and framing. */
-size_t openai_estimate_prompt_tokens(enum openai_route route, json_t *body);
+/* Rough token count of a request's input: about four bytes a token over message contents,
+ * names, tool calls and tool definitions, plus a few tokens per chat message for the role
+ * and framing. Fills prompt_tokens_est, prompt_bytes, n_items and has_media of *out. */
+void openai_estimate_prompt(enum openai_route route, json_t *body, struct openai_request *out);
 
 #endif

@@ -50,8 +50,20 @@ struct request {
     struct buf body;
     json_t *json;
     struct openai_request oreq;
+    const struct config_route *route;
     const struct config_target *target;
-    char *upstream_body; /* the rewritten body when the model is renamed, else NULL */
+    bool *skip;            /* per route target: already failed for this request */
+    struct router_request rreq;
+    unsigned attempts;
+    double deadline;       /* no new attempt after this (ev_time) */
+    double t_attempt;      /* when the current attempt started */
+    double ttfb;           /* its time to the first body byte */
+    enum tg_error last_err;
+    char last_msg[400];
+    bool no_retry;         /* send x-should-retry: false */
+    long retry_after_s;    /* send retry-after when > 0 */
+    long up_retry_after_s; /* a 429's retry-after */
+    char *upstream_body; /* the body sent upstream when it differs from the caller's */
     char url[1024];
     struct upstream_xfer *xfer;
     bool got_headers;
@@ -70,6 +82,17 @@ struct request {
     bool stream_ended;   /* nothing more will be added to `out` */
     bool reader_waiting; /* the content reader suspended the connection */
     bool up_paused;
+    bool caller_usage;   /* the caller asked for the usage chunk */
+
+    /* What the backend delivered and what it is billed for. */
+    size_t delivered;    /* bytes of generated text (content, reasoning, tool calls) */
+    unsigned n_choices;  /* choices seen in the answer */
+    bool usage_reported; /* the backend sent usage */
+    long rep_prompt, rep_completion;
+    bool usage_done;
+    long prompt_tokens, completion_tokens;
+    bool usage_clamped;
+    double cost_usd;
 
     /* The reply to queue when MHD calls back. */
     unsigned reply_status;
@@ -134,11 +157,35 @@ static void request_set_id(struct request *r)
              (unsigned long long)worker_random(r->w));
 }
 
+/* USD as a plain decimal ("0.0000123"), never in exponent form. */
+static void format_usd(char *out, size_t n, double usd)
+{
+    snprintf(out, n, "%.10f", usd);
+    char *dot = strchr(out, '.');
+    if (!dot)
+        return;
+    char *end = out + strlen(out) - 1;
+    while (end > dot + 1 && *end == '0')
+        *end-- = '\0';
+}
+
 static void request_headers(struct request *r, struct MHD_Response *resp)
 {
     MHD_add_response_header(resp, "x-request-id", r->id);
     if (r->target && r->up_status > 0)
         MHD_add_response_header(resp, "x-tollgate-backend", r->target->backend->name);
+    if (r->usage_done && !r->stream_mode) {
+        char cost[48];
+        format_usd(cost, sizeof cost, r->cost_usd);
+        MHD_add_response_header(resp, "x-tollgate-cost-usd", cost);
+    }
+    if (r->retry_after_s > 0) {
+        char ra[24];
+        snprintf(ra, sizeof ra, "%ld", r->retry_after_s);
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_RETRY_AFTER, ra);
+    }
+    if (r->no_retry)
+        MHD_add_response_header(resp, "x-should-retry", "false");
     if (worker_draining(r->w))
         MHD_add_response_header(resp, MHD_HTTP_HEADER_CONNECTION, "close");
 }
@@ -323,24 +370,114 @@ static enum MHD_Result request_begin(struct request *r, const char *url, const c
     return MHD_YES;
 }
 
-/* ---- upstream ------------------------------------------------------------------------------ */
+/* ---- upstream: attempts and failover ------------------------------------------------------ */
 
-static enum MHD_Result request_send_upstream(struct request *r)
+/* Forgets what an earlier attempt received, before the next backend is tried. */
+static void request_reset_attempt(struct request *r)
 {
-    const struct config_target *t = r->target;
-    const struct config_backend *b = t->backend;
-    const char *body = r->body.data;
-    size_t body_len = r->body.len;
-    free(r->upstream_body);
-    r->upstream_body = NULL;
-    if (t->model->upstream && strcmp(t->model->upstream, r->model)) {
-        json_object_set_new(r->json, "model", json_string(t->model->upstream));
+    buf_free(&r->resp);
+    buf_free(&r->out);
+    if (r->stream_mode)
+        sse_free(&r->sse);
+    r->stream_mode = false;
+    r->out_off = 0;
+    r->saw_done = false;
+    r->got_headers = false;
+    r->up_status = 0;
+    r->up_paused = false;
+    r->fail_detail[0] = '\0';
+    r->delivered = 0;
+    r->n_choices = 0;
+    r->usage_reported = false;
+    r->usage_done = false;
+}
+
+/* The body for a target: the caller's bytes when nothing changes, else a rewrite with the
+ * backend's model name and, for streams, a request for the usage chunk (which is how the
+ * gateway learns what a stream cost; it is dropped again if the caller did not ask). */
+static int request_upstream_body(struct request *r, const struct config_target *t,
+                                 const char **body, size_t *len)
+{
+    const char *want = t->model->upstream ? t->model->upstream : r->model;
+    const char *sent = json_string_value(json_object_get(r->json, "model"));
+    bool rename = !sent || strcmp(want, sent);
+    bool ask_usage = r->oreq.stream && !r->caller_usage;
+    if (!rename && !ask_usage && !r->upstream_body) {
+        *body = r->body.data;
+        *len = r->body.len;
+        return 0;
+    }
+    if (rename || ask_usage || !r->upstream_body) {
+        if (rename)
+            json_object_set_new(r->json, "model", json_string(want));
+        if (ask_usage) {
+            json_t *so = json_object_get(r->json, "stream_options");
+            if (!json_is_object(so)) {
+                so = json_object();
+                json_object_set_new(r->json, "stream_options", so);
+            }
+            json_object_set_new(so, "include_usage", json_true());
+        }
+        free(r->upstream_body);
         r->upstream_body = json_dumps(r->json, JSON_COMPACT);
         if (!r->upstream_body)
-            return REQUEST_FAIL_NOW(r, TG_ERR_NOMEM, NULL, "out of memory");
-        body = r->upstream_body;
-        body_len = strlen(body);
+            return TG_ERR_NOMEM;
     }
+    *body = r->upstream_body;
+    *len = strlen(r->upstream_body);
+    return 0;
+}
+
+/* Sets the reply for "no backend can take this request" from the router's reasons. */
+static void request_no_target(struct request *r, const struct router_outcome *why)
+{
+    if (why->over_price) {
+        char max[48], cheapest[48];
+        format_usd(max, sizeof max, r->rreq.max_price_usd);
+        format_usd(cheapest, sizeof cheapest, why->cheapest_usd);
+        request_set_error(r, TG_ERR_PRICE_CEILING, "x-tollgate-max-price-usd",
+                          "No healthy backend serves '%s' for at most $%s (estimated); the "
+                          "cheapest estimate is $%s.",
+                          r->model, max, cheapest);
+        r->no_retry = true;
+        return;
+    }
+    long wait_s = 1;
+    if (why->back_ms > r->rreq.now_ms)
+        wait_s = (long)((why->back_ms - r->rreq.now_ms + 999) / 1000);
+    else if (!why->saturated)
+        wait_s = (r->cfg->health.interval_ms + 999) / 1000;
+    r->retry_after_s = wait_s;
+    if (why->saturated && !why->unavailable)
+        request_set_error(r, TG_ERR_NO_BACKEND, NULL,
+                          "Every backend serving '%s' is at its concurrency limit; retry in "
+                          "%ld s.",
+                          r->model, wait_s);
+    else
+        request_set_error(r, TG_ERR_NO_BACKEND, NULL,
+                          "No healthy backend serves '%s' right now; retry in %ld s.", r->model,
+                          wait_s);
+}
+
+/* Picks the next backend and starts the transfer: 0 when started, 1 when no backend is
+ * eligible (*why says why), or a negative tg_error. */
+static int request_start_attempt(struct request *r, struct router_outcome *why)
+{
+    r->rreq.now_ms = backend_now_ms();
+    r->rreq.random = worker_random(r->w);
+    const struct config_target *t = router_pick(r->route, &r->rreq, r->skip, why);
+    if (!t)
+        return 1;
+    const char *body;
+    size_t body_len;
+    int rc = request_upstream_body(r, t, &body, &body_len);
+    if (rc)
+        return rc;
+    request_reset_attempt(r);
+    r->target = t;
+    r->attempts++;
+    r->t_attempt = ev_time();
+    const struct config_backend *b = t->backend;
     snprintf(r->url, sizeof r->url, "%s%s", b->url, r->ep->upstream_path);
     const struct config_upstream *uc = &r->cfg->upstream;
     struct upstream_req req = {
@@ -354,17 +491,13 @@ static enum MHD_Result request_send_upstream(struct request *r)
         .idle_timeout_ms = uc->idle_timeout_ms,
         .total_timeout_ms = uc->total_timeout_ms,
     };
-    r->got_headers = false;
-    r->up_status = 0;
-    r->fail_detail[0] = '\0';
     r->xfer = upstream_start(r->w->upstream, &req, &request_upstream_ops, r);
     if (!r->xfer)
-        return REQUEST_FAIL_NOW(r, TG_ERR_NOMEM, NULL, "cannot start the upstream transfer");
+        return TG_ERR_NOMEM;
     atomic_fetch_add_explicit(&b->state->inflight, 1, memory_order_relaxed);
     atomic_fetch_add_explicit(&b->state->requests, 1, memory_order_relaxed);
     r->state = REQUEST_UPSTREAM;
-    request_suspend(r);
-    return MHD_YES;
+    return 0;
 }
 
 /* The whole body is in: validate, route, forward. */
@@ -382,26 +515,216 @@ static enum MHD_Result request_dispatch(struct request *r)
     int rc = openai_validate(r->ep->route, r->json, &r->oreq, &param, msg, sizeof msg);
     if (rc)
         return REQUEST_FAIL_NOW(r, rc, param, "%s", msg);
-    const struct config_route *route = config_find_route(r->cfg, r->oreq.model);
-    if (!route) {
+    r->caller_usage = r->oreq.include_usage;
+    r->route = config_find_route(r->cfg, r->oreq.model);
+    if (!r->route) {
         char esc[200];
         return REQUEST_FAIL_NOW(r, TG_ERR_MODEL_NOT_FOUND, "model",
                                 "The model '%s' does not exist or no backend serves it.",
                                 log_escape(esc, sizeof esc, r->oreq.model));
     }
-    r->model = route->model;
-    struct router_request rreq = {
+    r->model = r->route->model;
+
+    const struct config_routing *rc_cfg = &r->cfg->routing;
+    r->rreq = (struct router_request){
         .prompt_tokens = r->oreq.prompt_tokens_est,
         .output_tokens = r->oreq.max_tokens >= 0 ? (size_t)r->oreq.max_tokens
-                                                 : REQUEST_DEFAULT_OUTPUT_TOKENS,
+                                                 : rc_cfg->default_output_tokens,
+        .strategy = rc_cfg->strategy,
+        .max_price_usd = -1,
+        .tie_tolerance = rc_cfg->tie_tolerance,
     };
+    r->rreq.output_tokens *= r->oreq.n_choices;
     if (r->ep->route == OPENAI_EMBEDDINGS)
-        rreq.output_tokens = 0;
-    r->target = router_pick(route, &rreq, NULL);
-    if (!r->target)
-        return REQUEST_FAIL_NOW(r, TG_ERR_NO_BACKEND, NULL, "No backend can serve '%s' now.",
-                                r->model);
-    return request_send_upstream(r);
+        r->rreq.output_tokens = 0;
+    const char *strategy =
+        MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "x-tollgate-route");
+    if (strategy && config_parse_strategy(strategy, &r->rreq.strategy))
+        return REQUEST_FAIL_NOW(r, TG_ERR_INVALID_VALUE, "x-tollgate-route",
+                                "x-tollgate-route must be cheapest, price-weighted or latency.");
+    const char *max_price =
+        MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "x-tollgate-max-price-usd");
+    if (max_price) {
+        char *end;
+        double v = strtod(max_price, &end);
+        if (end == max_price || *end || !(v >= 0) || v > 1e9)
+            return REQUEST_FAIL_NOW(r, TG_ERR_INVALID_VALUE, "x-tollgate-max-price-usd",
+                                    "x-tollgate-max-price-usd must be a number of USD >= 0.");
+        r->rreq.max_price_usd = v;
+    }
+    r->skip = calloc(r->route->n_targets, sizeof *r->skip);
+    if (!r->skip)
+        return REQUEST_FAIL_NOW(r, TG_ERR_NOMEM, NULL, "out of memory");
+    r->deadline = r->t_start + (double)rc_cfg->deadline_ms / 1000.0;
+
+    struct router_outcome why;
+    rc = request_start_attempt(r, &why);
+    if (rc == 1) {
+        request_no_target(r, &why);
+        return request_queue_reply(r);
+    }
+    if (rc)
+        return REQUEST_FAIL_NOW(r, rc, NULL, "cannot start the upstream transfer");
+    request_suspend(r);
+    return MHD_YES;
+}
+
+/* This attempt failed before the caller got a byte: note it against the backend when the
+ * backend is to blame, and move on to the next cheapest one while retries and the deadline
+ * allow. The error set here is what the caller sees if nothing else works. */
+static void request_attempt_failed(struct request *r, enum tg_error err, bool blame,
+                                   bool unreachable, const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
+
+static void request_attempt_failed(struct request *r, enum tg_error err, bool blame,
+                                   bool unreachable, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(r->last_msg, sizeof r->last_msg, fmt, ap);
+    va_end(ap);
+    r->last_err = err;
+    struct backend_state *s = r->target->backend->state;
+    if (blame)
+        backend_record_failure(s, &r->cfg->health, unreachable, backend_now_ms());
+    r->skip[r->target - r->route->targets] = true;
+    METRICS_ADD(r->w->metrics->upstream_errors, 1);
+    if (log_enabled(LOG_WARN)) {
+        char esc[500];
+        log_event(LOG_WARN, "upstream_failed",
+                  "\"request_id\":\"%s\",\"backend\":\"%s\",\"attempt\":%u,\"message\":\"%s\"",
+                  r->id, r->target->backend->name, r->attempts,
+                  log_escape(esc, sizeof esc, r->last_msg));
+    }
+    if (r->attempts <= r->cfg->routing.retries && ev_time() < r->deadline &&
+        !worker_draining(r->w)) {
+        struct router_outcome why;
+        if (request_start_attempt(r, &why) == 0) {
+            METRICS_ADD(r->w->metrics->retries, 1);
+            return; /* still suspended; the next backend is working */
+        }
+    }
+    request_set_error(r, r->last_err, NULL, "%s", r->last_msg);
+    r->no_retry = true; /* the gateway already retried: the SDK should not multiply it */
+    request_resume(r);
+}
+
+/* ---- usage and cost ------------------------------------------------------------------------ */
+
+static size_t str_len(json_t *v)
+{
+    return json_is_string(v) ? json_string_length(v) : 0;
+}
+
+/* Bytes of generated text in one choice of an answer (`message`) or a chunk (`delta`). */
+static size_t choice_delivered(json_t *choice, const char *part)
+{
+    json_t *m = json_object_get(choice, part);
+    size_t n = str_len(json_object_get(choice, "text"));
+    if (!json_is_object(m))
+        return n;
+    n += str_len(json_object_get(m, "content")) + str_len(json_object_get(m, "reasoning_content")) +
+         str_len(json_object_get(m, "reasoning")) + str_len(json_object_get(m, "refusal"));
+    json_t *calls = json_object_get(m, "tool_calls");
+    size_t i;
+    json_t *call;
+    json_array_foreach(calls, i, call)
+    {
+        json_t *fn = json_object_get(call, "function");
+        n += str_len(json_object_get(fn, "name")) + str_len(json_object_get(fn, "arguments"));
+    }
+    json_t *fc = json_object_get(m, "function_call");
+    n += str_len(json_object_get(fc, "name")) + str_len(json_object_get(fc, "arguments"));
+    return n;
+}
+
+static void request_note_usage(struct request *r, json_t *usage)
+{
+    if (!json_is_object(usage))
+        return;
+    json_t *p = json_object_get(usage, "prompt_tokens");
+    json_t *c = json_object_get(usage, "completion_tokens");
+    if (json_is_integer(p)) {
+        r->usage_reported = true;
+        r->rep_prompt = (long)json_integer_value(p);
+        r->rep_completion = json_is_integer(c) ? (long)json_integer_value(c) : 0;
+    }
+}
+
+/* Settles what the request is billed for. Nodes are untrusted: completion tokens are capped
+ * by max_tokens and by what was actually delivered (a token is at least one byte of text);
+ * prompt tokens by the bytes the caller sent (unless it sent images or audio); and when a
+ * node reports nothing, both are estimated. Cost uses the serving node's current price. */
+static void request_settle_usage(struct request *r)
+{
+    if (r->usage_done)
+        return;
+    r->usage_done = true;
+    long prompt = r->usage_reported ? r->rep_prompt : (long)r->oreq.prompt_tokens_est;
+    long completion =
+        r->usage_reported ? r->rep_completion : (long)((r->delivered + 3) / 4);
+    long prompt_cap = (long)(r->oreq.prompt_bytes + 8 * r->oreq.n_items + 64);
+    long completion_cap = (long)(r->delivered + (r->n_choices ? r->n_choices : 1));
+    if (r->oreq.max_tokens >= 0 && r->oreq.max_tokens * r->oreq.n_choices < completion_cap)
+        completion_cap = (long)(r->oreq.max_tokens * r->oreq.n_choices);
+    if (r->ep->route == OPENAI_EMBEDDINGS)
+        completion_cap = 0;
+    bool clamped = false;
+    if (prompt < 0 || (!r->oreq.has_media && prompt > prompt_cap)) {
+        prompt = prompt < 0 ? 0 : prompt_cap;
+        clamped = true;
+    }
+    if (completion < 0 || completion > completion_cap) {
+        completion = completion < 0 ? 0 : completion_cap;
+        clamped = true;
+    }
+    r->usage_clamped = clamped && r->usage_reported;
+    r->prompt_tokens = prompt;
+    r->completion_tokens = completion;
+    const struct config_model *m = r->target->model;
+    r->cost_usd = ((double)prompt * backend_input_price(m) +
+                   (double)completion * backend_output_price(m)) /
+                  1e6;
+}
+
+/* Writes the settled numbers into a usage object (and the cost, for stream chunks). */
+static void request_write_usage(struct request *r, json_t *usage, bool with_cost)
+{
+    json_object_set_new(usage, "prompt_tokens", json_integer(r->prompt_tokens));
+    json_object_set_new(usage, "completion_tokens", json_integer(r->completion_tokens));
+    json_object_set_new(usage, "total_tokens",
+                        json_integer(r->prompt_tokens + r->completion_tokens));
+    if (with_cost)
+        json_object_set_new(usage, "cost", json_real(r->cost_usd));
+}
+
+/* ---- upstream callbacks --------------------------------------------------------------------- */
+
+static int request_emit_event(struct request *r, json_t *chunk)
+{
+    char *text = json_dumps(chunk, JSON_COMPACT);
+    if (!text)
+        return TG_ERR_NOMEM;
+    int rc = buf_printf(&r->out, "data: %s\n\n", text);
+    free(text);
+    return rc ? TG_ERR_NOMEM : 0;
+}
+
+/* The usage chunk for a caller who asked for one when the node sent none. */
+static int request_emit_estimated_usage(struct request *r)
+{
+    request_settle_usage(r);
+    json_t *usage = json_object();
+    request_write_usage(r, usage, true);
+    json_t *chunk = json_pack("{s:s, s:s, s:[], s:o}", "id", r->id, "object",
+                              r->ep->route == OPENAI_CHAT ? "chat.completion.chunk"
+                                                          : "text_completion",
+                              "choices", "usage", usage);
+    if (!chunk)
+        return TG_ERR_NOMEM;
+    int rc = request_emit_event(r, chunk);
+    json_decref(chunk);
+    return rc;
 }
 
 static int request_on_event(void *ctx, const struct sse_event *ev)
@@ -409,14 +732,71 @@ static int request_on_event(void *ctx, const struct sse_event *ev)
     struct request *r = ctx;
     if (r->saw_done)
         return 0; /* nothing after [DONE] is relayed */
-    if (ev->has_data && ev->data_len == 6 && !memcmp(ev->data, "[DONE]", 6))
+    if (!ev->has_data)
+        return buf_append(&r->out, ev->raw, ev->raw_len) ? TG_ERR_NOMEM : 0;
+    if (ev->data_len == 6 && !memcmp(ev->data, "[DONE]", 6)) {
         r->saw_done = true;
-    return buf_append(&r->out, ev->raw, ev->raw_len) ? TG_ERR_NOMEM : 0;
+        if (r->caller_usage && !r->usage_done) {
+            int rc = request_emit_estimated_usage(r);
+            if (rc)
+                return rc;
+        }
+        request_settle_usage(r);
+        return buf_append(&r->out, ev->raw, ev->raw_len) ? TG_ERR_NOMEM : 0;
+    }
+    json_t *chunk = json_loadb(ev->data, ev->data_len, 0, NULL);
+    if (!json_is_object(chunk)) {
+        json_decref(chunk);
+        snprintf(r->fail_detail, sizeof r->fail_detail, "a stream event that is not JSON");
+        return TG_ERR_BAD_BACKEND_RESPONSE;
+    }
+    if (json_is_object(json_object_get(chunk, "error"))) {
+        /* A node reporting its own failure mid-stream: a failure, not content. */
+        const char *m = json_string_value(
+            json_object_get(json_object_get(chunk, "error"), "message"));
+        snprintf(r->fail_detail, sizeof r->fail_detail, "the node sent an error event: %s",
+                 m ? m : "(no message)");
+        json_decref(chunk);
+        return TG_ERR_BAD_BACKEND_RESPONSE;
+    }
+    json_t *choices = json_object_get(chunk, "choices");
+    size_t i;
+    json_t *choice;
+    json_array_foreach(choices, i, choice)
+    {
+        r->delivered += choice_delivered(choice, "delta");
+        json_t *idx = json_object_get(choice, "index");
+        unsigned n = json_is_integer(idx) ? (unsigned)json_integer_value(idx) + 1 : 1;
+        if (n > r->n_choices && n <= 128)
+            r->n_choices = n;
+    }
+    json_t *usage = json_object_get(chunk, "usage");
+    int rc = 0;
+    if (json_is_object(usage)) {
+        request_note_usage(r, usage);
+        bool usage_only = json_array_size(choices) == 0;
+        if (usage_only)
+            request_settle_usage(r); /* the usage chunk comes after the last content */
+        if (r->caller_usage && usage_only) {
+            request_write_usage(r, usage, true);
+            rc = request_emit_event(r, chunk);
+        } else if (r->caller_usage) {
+            rc = buf_append(&r->out, ev->raw, ev->raw_len) ? TG_ERR_NOMEM : 0;
+        } else if (!usage_only) {
+            json_object_del(chunk, "usage"); /* the caller did not ask for it */
+            rc = request_emit_event(r, chunk);
+        }
+    } else {
+        rc = buf_append(&r->out, ev->raw, ev->raw_len) ? TG_ERR_NOMEM : 0;
+    }
+    json_decref(chunk);
+    return rc;
 }
 
 static void request_start_body(struct request *r)
 {
     r->got_headers = true;
+    r->ttfb = ev_time() - r->t_attempt;
     r->up_status = upstream_status(r->xfer);
     const char *ct = upstream_content_type(r->xfer);
     snprintf(r->reply_ctype, sizeof r->reply_ctype, "%s", ct ? ct : "application/json");
@@ -424,11 +804,19 @@ static void request_start_body(struct request *r)
                      !strncasecmp(ct, "text/event-stream", 17);
     if (r->stream_mode) {
         sse_init(&r->sse, REQUEST_STREAM_MAX_EVENT);
-        buf_init(&r->out, REQUEST_STREAM_HIGH_WATER + REQUEST_STREAM_MAX_EVENT + 4096);
+        buf_init(&r->out, REQUEST_STREAM_HIGH_WATER + 2 * REQUEST_STREAM_MAX_EVENT + 4096);
         r->out_off = 0;
     } else {
         buf_init(&r->resp, r->up_status / 100 == 2 ? r->cfg->upstream.max_response_bytes
                                                    : REQUEST_ERROR_BODY_MAX);
+    }
+    if (r->up_status == 429) {
+        char ra[32];
+        long secs = 0;
+        if (upstream_header(r->xfer, "retry-after", ra, sizeof ra) == 0)
+            secs = strtol(ra, NULL, 10);
+        r->up_retry_after_s = secs > 0 ? secs : 1;
+        backend_record_rate_limited(r->target->backend->state, secs * 1000, backend_now_ms());
     }
 }
 
@@ -458,13 +846,14 @@ static int request_on_data(void *ctx, const char *data, size_t len)
     }
     int rc = sse_feed(&r->sse, data, len, request_on_event, r);
     if (rc) {
-        snprintf(r->fail_detail, sizeof r->fail_detail, "%s",
-                 rc == SSE_ETOOBIG ? "stream event larger than 1 MiB" : "out of memory");
+        if (!r->fail_detail[0])
+            snprintf(r->fail_detail, sizeof r->fail_detail, "%s",
+                     rc == SSE_ETOOBIG ? "stream event larger than 1 MiB" : "out of memory");
         return TG_ERR_BAD_BACKEND_RESPONSE;
     }
     if (r->out.len > r->out_off) {
         if (r->state == REQUEST_UPSTREAM) {
-            r->state = REQUEST_STREAM;
+            r->state = REQUEST_STREAM; /* the first event: from here on, no failover */
             request_resume(r);
         } else if (r->reader_waiting) {
             request_resume(r);
@@ -487,6 +876,8 @@ static void request_stream_error(struct request *r, const char *fmt, ...)
     va_end(ap);
     char *body = error_body(TG_ERR_STREAM, msg, NULL, NULL, NULL);
     if (body) {
+        /* The error event must get out even when the buffer is at its cap. */
+        r->out.max = r->out.len + strlen(body) + 16;
         buf_printf(&r->out, "data: %s\n\n", body);
         free(body);
     }
@@ -498,67 +889,108 @@ static const char *request_upstream_message(const struct request *r, char *out, 
     json_t *doc = r->resp.len ? json_loadb(r->resp.data, r->resp.len, 0, NULL) : NULL;
     const char *m = json_string_value(json_object_get(json_object_get(doc, "error"), "message"));
     if (m)
-        snprintf(out, n, ": %s", m);
+        snprintf(out, n, ": %.200s", m);
     json_decref(doc);
     return out;
+}
+
+/* A whole 2xx answer: check it, settle usage, and reply (rewriting usage if clamped). */
+static void request_whole_answer(struct request *r, json_t *doc)
+{
+    json_t *choices = json_object_get(doc, "choices");
+    size_t i;
+    json_t *choice;
+    json_array_foreach(choices, i, choice) r->delivered += choice_delivered(choice, "message");
+    r->n_choices = (unsigned)json_array_size(choices);
+    request_note_usage(r, json_object_get(doc, "usage"));
+    request_settle_usage(r);
+    char *text;
+    size_t len;
+    if (r->usage_clamped) {
+        json_t *usage = json_object_get(doc, "usage");
+        request_write_usage(r, usage, false);
+        text = json_dumps(doc, JSON_COMPACT);
+        len = text ? strlen(text) : 0;
+    } else {
+        text = buf_steal(&r->resp, &len);
+    }
+    if (!text) {
+        request_set_error(r, TG_ERR_NOMEM, NULL, "out of memory");
+        return;
+    }
+    request_set_reply(r, (unsigned)r->up_status, text, len, "application/json");
 }
 
 static void request_on_done(void *ctx, int result, const char *detail)
 {
     struct request *r = ctx;
     const char *backend = r->target->backend->name;
+    struct backend_state *bs = r->target->backend->state;
     r->xfer = NULL;
     backend_release(r);
     if (result && r->fail_detail[0])
         detail = r->fail_detail;
-    if (result || (r->up_status >= 500))
-        atomic_fetch_add_explicit(&r->target->backend->state->failures, 1,
-                                  memory_order_relaxed);
-    if (result)
-        METRICS_ADD(r->w->metrics->upstream_errors, 1);
+    double now = ev_time();
 
     if (r->stream_mode && r->state != REQUEST_UPSTREAM) {
+        /* The caller has bytes already: no failover, an honest end. */
         if (!result && !r->saw_done)
             request_stream_error(r, "backend %s ended the stream without [DONE]", backend);
         else if (result)
             request_stream_error(r, "backend %s broke the stream: %s", backend, detail);
+        if (result || !r->saw_done)
+            backend_record_failure(bs, &r->cfg->health, false, backend_now_ms());
+        else
+            backend_record_success(bs, r->ttfb, now - r->t_attempt);
         r->stream_ended = true;
         if (r->reader_waiting)
             request_resume(r);
         return;
     }
 
-    if (result == TG_ERR_BACKEND_UNREACHABLE)
-        request_set_error(r, result, NULL, "Backend %s is unreachable: %s", backend, detail);
-    else if (result == TG_ERR_BACKEND_TIMEOUT)
-        request_set_error(r, result, NULL, "Backend %s timed out: %s", backend, detail);
-    else if (result)
-        request_set_error(r, TG_ERR_BAD_BACKEND_RESPONSE, NULL,
-                          "Backend %s sent a broken answer: %s", backend, detail);
-    else if (r->stream_mode)
-        request_set_error(r, TG_ERR_BAD_BACKEND_RESPONSE, NULL,
-                          "Backend %s ended the stream before sending any event", backend);
-    else if (r->up_status / 100 == 2) {
+    if (result == TG_ERR_BACKEND_UNREACHABLE) {
+        request_attempt_failed(r, result, true, true, "Backend %s is unreachable: %s", backend,
+                               detail);
+    } else if (result == TG_ERR_BACKEND_TIMEOUT) {
+        request_attempt_failed(r, result, true, !r->got_headers, "Backend %s timed out: %s",
+                               backend, detail);
+    } else if (result) {
+        request_attempt_failed(r, TG_ERR_BAD_BACKEND_RESPONSE, true, false,
+                               "Backend %s sent a broken answer: %s", backend, detail);
+    } else if (r->stream_mode) {
+        request_attempt_failed(r, TG_ERR_BAD_BACKEND_RESPONSE, true, false,
+                               "Backend %s ended the stream before sending any event", backend);
+    } else if (r->up_status == 429) {
+        char m[300];
+        if (!r->retry_after_s || r->up_retry_after_s < r->retry_after_s)
+            r->retry_after_s = r->up_retry_after_s;
+        request_attempt_failed(r, TG_ERR_BACKEND_RATE_LIMITED, false, false,
+                               "Backend %s is rate limiting%s", backend,
+                               request_upstream_message(r, m, sizeof m));
+    } else if (r->up_status / 100 == 2) {
         json_t *doc = json_loadb(r->resp.data ? r->resp.data : "", r->resp.len, 0, NULL);
         if (!json_is_object(doc)) {
-            request_set_error(r, TG_ERR_BAD_BACKEND_RESPONSE, NULL,
-                              "Backend %s sent an answer that is not a JSON object", backend);
+            request_attempt_failed(r, TG_ERR_BAD_BACKEND_RESPONSE, true, false,
+                                   "Backend %s sent an answer that is not a JSON object",
+                                   backend);
         } else if (r->oreq.stream) {
-            request_set_error(r, TG_ERR_BAD_BACKEND_RESPONSE, NULL,
-                              "Backend %s answered a streaming request without a stream",
-                              backend);
+            request_attempt_failed(r, TG_ERR_BAD_BACKEND_RESPONSE, true, false,
+                                   "Backend %s answered a streaming request without a stream",
+                                   backend);
         } else {
-            size_t len;
-            char *text = buf_steal(&r->resp, &len);
-            request_set_reply(r, (unsigned)r->up_status, text, len, "application/json");
+            backend_record_success(bs, r->ttfb, now - r->t_attempt);
+            request_whole_answer(r, doc);
+            request_resume(r);
         }
         json_decref(doc);
     } else if (r->up_status >= 500 || r->up_status < 400) {
         char m[300];
-        request_set_error(r, TG_ERR_BAD_BACKEND_RESPONSE, NULL, "Backend %s answered HTTP %ld%s",
-                          backend, r->up_status, request_upstream_message(r, m, sizeof m));
+        request_attempt_failed(r, TG_ERR_BAD_BACKEND_RESPONSE, true, false,
+                               "Backend %s answered HTTP %ld%s", backend, r->up_status,
+                               request_upstream_message(r, m, sizeof m));
     } else {
-        /* A client error the backend found in the request: the caller should see it as is. */
+        /* A client error the backend found in the request: the caller sees it as is, and it
+         * never counts against the backend. */
         json_t *doc = json_loadb(r->resp.data ? r->resp.data : "", r->resp.len, 0, NULL);
         if (json_is_object(json_object_get(doc, "error"))) {
             size_t len;
@@ -572,8 +1004,8 @@ static void request_on_done(void *ctx, int result, const char *detail)
             r->reply_status = (unsigned)r->up_status;
         }
         json_decref(doc);
+        request_resume(r);
     }
-    request_resume(r);
 }
 
 static const struct upstream_ops request_upstream_ops = {
@@ -743,6 +1175,7 @@ void request_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     json_decref(r->json);
     free(r->upstream_body);
     free(r->reply_body);
+    free(r->skip);
     config_unref(r->cfg);
     free(r);
     worker_request_done(w);

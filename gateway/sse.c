@@ -59,6 +59,8 @@ static int sse_line(struct sse_parser *p, sse_event_fn fn, void *ctx)
 
 int sse_feed(struct sse_parser *p, const char *bytes, size_t n, sse_event_fn fn, void *ctx)
 {
+    if (n == 0)
+        return SSE_OK; /* keeps skip_lf for the next bytes */
     const char *end = bytes + n;
     if (p->skip_lf && bytes < end && *bytes == '\n')
         bytes++;

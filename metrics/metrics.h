@@ -30,6 +30,7 @@ struct metrics_shard {
     _Atomic uint64_t duration_bucket[METRICS_ROUTE_COUNT][METRICS_DURATION_BUCKETS + 1];
     _Atomic uint64_t duration_sum_us[METRICS_ROUTE_COUNT];
     _Atomic uint64_t upstream_errors;
+    _Atomic uint64_t retries;
     _Atomic uint64_t streams;
     _Atomic int64_t inflight;
 } __attribute__((aligned(64)));

@@ -3,10 +3,13 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 /* Guards the registry list only; taken when a config is loaded, never per request. */
 static pthread_mutex_t backend_registry_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct backend_state *backend_registry;
+
+#define RELAXED memory_order_relaxed
 
 static struct backend_state *backend_state_for(const char *name)
 {
@@ -26,15 +29,185 @@ static struct backend_state *backend_state_for(const char *name)
     return s;
 }
 
+static struct backend_price *backend_price_for(struct backend_state *s, const char *model)
+{
+    for (struct backend_price *p = s->prices; p; p = p->next)
+        if (!strcmp(p->model, model))
+            return p;
+    struct backend_price *p = calloc(1, sizeof *p);
+    if (!p)
+        return NULL;
+    p->model = strdup(model);
+    if (!p->model) {
+        free(p);
+        return NULL;
+    }
+    /* Published last: readers walking the list see a complete slot. */
+    p->next = s->prices;
+    s->prices = p;
+    return p;
+}
+
 int backend_attach(struct config *cfg)
 {
     int result = 0;
     pthread_mutex_lock(&backend_registry_lock);
     for (size_t i = 0; i < cfg->n_backends; i++) {
-        cfg->backends[i].state = backend_state_for(cfg->backends[i].name);
-        if (!cfg->backends[i].state)
+        struct config_backend *b = &cfg->backends[i];
+        b->state = backend_state_for(b->name);
+        if (!b->state) {
             result = -1;
+            continue;
+        }
+        for (size_t j = 0; j < b->n_models; j++) {
+            b->models[j].price = backend_price_for(b->state, b->models[j].name);
+            if (!b->models[j].price)
+                result = -1;
+        }
     }
     pthread_mutex_unlock(&backend_registry_lock);
     return result;
+}
+
+int64_t backend_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+bool backend_available(struct backend_state *s, int64_t now_ms, int64_t *back_ms)
+{
+    int64_t until = atomic_load_explicit(&s->ejected_until_ms, RELAXED);
+    bool down = atomic_load_explicit(&s->probe_down, RELAXED);
+    if (back_ms)
+        *back_ms = down ? 0 : until;
+    return !down && until <= now_ms;
+}
+
+static void ewma(_Atomic uint64_t *slot, double seconds)
+{
+    uint64_t sample = (uint64_t)(seconds * 1e6);
+    uint64_t old = atomic_load_explicit(slot, RELAXED);
+    atomic_store_explicit(slot, old ? (old * 4 + sample) / 5 : sample, RELAXED);
+}
+
+void backend_record_success(struct backend_state *s, double ttfb_s, double total_s)
+{
+    if (atomic_load_explicit(&s->consecutive_failures, RELAXED))
+        atomic_store_explicit(&s->consecutive_failures, 0, RELAXED);
+    if (atomic_load_explicit(&s->eject_streak, RELAXED))
+        atomic_store_explicit(&s->eject_streak, 0, RELAXED);
+    if (ttfb_s > 0)
+        ewma(&s->ttfb_ewma_us, ttfb_s);
+    if (total_s > 0)
+        ewma(&s->duration_ewma_us, total_s);
+}
+
+static void backend_eject(struct backend_state *s, const struct config_health *h,
+                          enum backend_eject_reason reason, int64_t now_ms)
+{
+    unsigned streak = atomic_fetch_add_explicit(&s->eject_streak, 1, RELAXED);
+    long cooldown = h->cooldown_ms;
+    for (unsigned i = 0; i < streak && cooldown < h->max_cooldown_ms; i++)
+        cooldown *= 2;
+    if (cooldown > h->max_cooldown_ms)
+        cooldown = h->max_cooldown_ms;
+    atomic_store_explicit(&s->eject_reason, reason, RELAXED);
+    atomic_store_explicit(&s->ejected_until_ms, now_ms + cooldown, RELAXED);
+    atomic_store_explicit(&s->consecutive_failures, 0, RELAXED);
+    atomic_fetch_add_explicit(&s->ejections, 1, RELAXED);
+}
+
+void backend_record_failure(struct backend_state *s, const struct config_health *h,
+                            bool unreachable, int64_t now_ms)
+{
+    atomic_fetch_add_explicit(&s->failures, 1, RELAXED);
+    if (atomic_load_explicit(&s->ejected_until_ms, RELAXED) > now_ms)
+        return; /* already out: late failures of requests sent before do not extend it */
+    unsigned n = atomic_fetch_add_explicit(&s->consecutive_failures, 1, RELAXED) + 1;
+    /* Back from an ejection and failing again: out at once, for longer. */
+    bool on_trial = atomic_load_explicit(&s->eject_streak, RELAXED) > 0;
+    if (on_trial || n >= h->eject_after_failures)
+        backend_eject(s, h, unreachable ? BACKEND_EJECT_UNREACHABLE : BACKEND_EJECT_FAILING,
+                      now_ms);
+}
+
+void backend_record_rate_limited(struct backend_state *s, long retry_after_ms, int64_t now_ms)
+{
+    if (retry_after_ms < 1000)
+        retry_after_ms = 1000;
+    int64_t until = now_ms + retry_after_ms;
+    if (atomic_load_explicit(&s->ejected_until_ms, RELAXED) < until) {
+        atomic_store_explicit(&s->eject_reason, BACKEND_EJECT_RATE_LIMITED, RELAXED);
+        atomic_store_explicit(&s->ejected_until_ms, until, RELAXED);
+    }
+}
+
+void backend_record_probe(struct backend_state *s, const struct config_health *h, bool ok,
+                          int64_t now_ms)
+{
+    atomic_store_explicit(&s->last_probe_ms, now_ms, RELAXED);
+    if (ok) {
+        atomic_store_explicit(&s->probe_failures, 0, RELAXED);
+        atomic_store_explicit(&s->probe_down, false, RELAXED);
+        /* The node answers again: an ejection for being unreachable is over. */
+        if (atomic_load_explicit(&s->eject_reason, RELAXED) == BACKEND_EJECT_UNREACHABLE &&
+            atomic_load_explicit(&s->ejected_until_ms, RELAXED) > now_ms) {
+            atomic_store_explicit(&s->ejected_until_ms, 0, RELAXED);
+            atomic_store_explicit(&s->eject_reason, BACKEND_EJECT_NONE, RELAXED);
+        }
+        return;
+    }
+    unsigned n = atomic_fetch_add_explicit(&s->probe_failures, 1, RELAXED) + 1;
+    if (n >= h->eject_after_failures)
+        atomic_store_explicit(&s->probe_down, true, RELAXED);
+}
+
+static double bits_to_double(uint64_t bits)
+{
+    double d;
+    memcpy(&d, &bits, sizeof d);
+    return d;
+}
+
+static uint64_t double_to_bits(double d)
+{
+    uint64_t bits;
+    memcpy(&bits, &d, sizeof bits);
+    return bits;
+}
+
+double backend_input_price(const struct config_model *m)
+{
+    if (m->price && atomic_load_explicit(&m->price->live, memory_order_acquire))
+        return bits_to_double(atomic_load_explicit(&m->price->input_bits, RELAXED));
+    return m->input_usd_per_mtok;
+}
+
+double backend_output_price(const struct config_model *m)
+{
+    if (m->price && atomic_load_explicit(&m->price->live, memory_order_acquire))
+        return bits_to_double(atomic_load_explicit(&m->price->output_bits, RELAXED));
+    return m->output_usd_per_mtok;
+}
+
+void backend_set_price(struct backend_price *p, double input_usd_per_mtok,
+                       double output_usd_per_mtok, int64_t now_ms)
+{
+    atomic_store_explicit(&p->input_bits, double_to_bits(input_usd_per_mtok), RELAXED);
+    atomic_store_explicit(&p->output_bits, double_to_bits(output_usd_per_mtok), RELAXED);
+    atomic_store_explicit(&p->updated_ms, now_ms, RELAXED);
+    atomic_store_explicit(&p->live, true, memory_order_release);
+}
+
+const char *backend_health_name(struct backend_state *s, int64_t now_ms)
+{
+    if (atomic_load_explicit(&s->probe_down, RELAXED))
+        return "down";
+    if (atomic_load_explicit(&s->ejected_until_ms, RELAXED) > now_ms)
+        return atomic_load_explicit(&s->eject_reason, RELAXED) == BACKEND_EJECT_RATE_LIMITED
+                   ? "rate_limited"
+                   : "ejected";
+    return "up";
 }

@@ -1,0 +1,362 @@
+/* Unit tests for routing/router: which (backend, model) pair serves a request. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include "routing/backend.h"
+#include "routing/router.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Loads a config, attaches backend state and clears it (states are process-wide, by name). */
+static struct config *load(const char *yaml)
+{
+    char *errors = NULL;
+    struct config *cfg = config_load_string(yaml, strlen(yaml), "router.yaml", &errors);
+    if (!cfg)
+        fail_msg("config did not load:\n%s", errors ? errors : "");
+    assert_int_equal(backend_attach(cfg), 0);
+    for (size_t i = 0; i < cfg->n_backends; i++) {
+        struct backend_state *s = cfg->backends[i].state;
+        assert_non_null(s);
+        atomic_store(&s->inflight, 0);
+        atomic_store(&s->ejected_until_ms, 0);
+        atomic_store(&s->eject_reason, BACKEND_EJECT_NONE);
+        atomic_store(&s->probe_down, false);
+        atomic_store(&s->ttfb_ewma_us, 0);
+    }
+    return cfg;
+}
+
+static const struct config_route *route(const struct config *cfg, const char *model)
+{
+    const struct config_route *r = config_find_route(cfg, model);
+    assert_non_null(r);
+    return r;
+}
+
+static struct router_request req(size_t prompt_tokens, size_t output_tokens)
+{
+    return (struct router_request){
+        .prompt_tokens = prompt_tokens,
+        .output_tokens = output_tokens,
+        .strategy = CONFIG_STRATEGY_CHEAPEST,
+        .max_price_usd = -1,
+        .tie_tolerance = 0,
+        .now_ms = backend_now_ms(),
+        .random = 0,
+    };
+}
+
+static const char *picked(const struct config_route *r, const struct router_request *q,
+                          const bool *skip)
+{
+    const struct config_target *t = router_pick(r, q, skip, NULL);
+    return t ? t->backend->name : NULL;
+}
+
+static void set_inflight(struct config *cfg, const char *backend, int n)
+{
+    for (size_t i = 0; i < cfg->n_backends; i++)
+        if (!strcmp(cfg->backends[i].name, backend)) {
+            atomic_store(&cfg->backends[i].state->inflight, n);
+            return;
+        }
+    fail_msg("no backend %s", backend);
+}
+
+static struct backend_state *state_of(struct config *cfg, const char *backend)
+{
+    for (size_t i = 0; i < cfg->n_backends; i++)
+        if (!strcmp(cfg->backends[i].name, backend))
+            return cfg->backends[i].state;
+    fail_msg("no backend %s", backend);
+    return NULL;
+}
+
+#define BACKEND(name, in, out)                                                                     \
+    "  - name: " name "\n"                                                                         \
+    "    url: http://127.0.0.1:9000/" name "\n"                                                    \
+    "    models:\n"                                                                                \
+    "      - name: m\n"                                                                            \
+    "        input_usd_per_mtok: " #in "\n"                                                        \
+    "        output_usd_per_mtok: " #out "\n"
+
+static void test_estimate(void **state)
+{
+    (void)state;
+    struct config *cfg = load("backends:\n" BACKEND("est-a", 2.5, 10));
+    const struct config_route *r = route(cfg, "m");
+    struct router_request q = req(1000000, 0);
+    assert_float_equal(router_estimate(&r->targets[0], &q), 2.5, 1e-12);
+    q = req(0, 1000000);
+    assert_float_equal(router_estimate(&r->targets[0], &q), 10, 1e-12);
+    q = req(1000, 500);
+    assert_float_equal(router_estimate(&r->targets[0], &q), (1000 * 2.5 + 500 * 10) / 1e6, 1e-15);
+    config_unref(cfg);
+}
+
+static void test_cheapest_wins(void **state)
+{
+    (void)state;
+    struct config *cfg = load("backends:\n" BACKEND("cw-mid", 2, 2) BACKEND("cw-cheap", 1, 1)
+                                  BACKEND("cw-dear", 3, 3));
+    const struct config_route *r = route(cfg, "m");
+    assert_int_equal(r->n_targets, 3);
+    struct router_request q = req(1000, 200);
+    assert_string_equal(picked(r, &q, NULL), "cw-cheap");
+    /* Whatever the request's size. */
+    q = req(1, 1);
+    assert_string_equal(picked(r, &q, NULL), "cw-cheap");
+    q = req(100000, 0);
+    assert_string_equal(picked(r, &q, NULL), "cw-cheap");
+    /* Even when it is busier: with no tolerance, price decides first. */
+    set_inflight(cfg, "cw-cheap", 50);
+    q = req(1000, 200);
+    assert_string_equal(picked(r, &q, NULL), "cw-cheap");
+    config_unref(cfg);
+}
+
+/* One backend is cheap to read and dear to write, the other the reverse: a long prompt and a
+ * long answer go to different places. */
+static void test_prompt_vs_answer_mix(void **state)
+{
+    (void)state;
+    struct config *cfg =
+        load("backends:\n" BACKEND("mix-reader", 0.5, 10) BACKEND("mix-writer", 5, 1));
+    const struct config_route *r = route(cfg, "m");
+    struct router_request long_prompt = req(20000, 100);
+    struct router_request long_answer = req(100, 4000);
+    assert_string_equal(picked(r, &long_prompt, NULL), "mix-reader");
+    assert_string_equal(picked(r, &long_answer, NULL), "mix-writer");
+    /* The estimates agree with the choice. */
+    assert_true(router_estimate(&r->targets[0], &long_prompt) <
+                router_estimate(&r->targets[1], &long_prompt));
+    assert_true(router_estimate(&r->targets[1], &long_answer) <
+                router_estimate(&r->targets[0], &long_answer));
+    config_unref(cfg);
+}
+
+static void test_skip_flags(void **state)
+{
+    (void)state;
+    struct config *cfg =
+        load("backends:\n" BACKEND("sk-a", 1, 1) BACKEND("sk-b", 2, 2) BACKEND("sk-c", 3, 3));
+    const struct config_route *r = route(cfg, "m");
+    struct router_request q = req(1000, 100);
+    bool skip[3] = {false, false, false};
+    assert_string_equal(picked(r, &q, skip), "sk-a");
+    skip[0] = true;
+    assert_string_equal(picked(r, &q, skip), "sk-b");
+    skip[1] = true;
+    assert_string_equal(picked(r, &q, skip), "sk-c");
+    skip[0] = false;
+    assert_string_equal(picked(r, &q, skip), "sk-a");
+    skip[0] = true;
+    skip[2] = true;
+    struct router_outcome why;
+    memset(&why, 0xff, sizeof why);
+    assert_null(router_pick(r, &q, skip, &why));
+    /* Skipped targets are not "unavailable": the caller chose to skip them. */
+    assert_int_equal(why.unavailable, 0);
+    assert_int_equal(why.saturated, 0);
+    assert_int_equal(why.over_price, 0);
+    config_unref(cfg);
+}
+
+static void test_tie_fewer_inflight(void **state)
+{
+    (void)state;
+    struct config *cfg =
+        load("backends:\n" BACKEND("tie-a", 1, 2) BACKEND("tie-b", 1, 2) BACKEND("tie-c", 1, 2));
+    const struct config_route *r = route(cfg, "m");
+    struct router_request q = req(1000, 100);
+    set_inflight(cfg, "tie-a", 5);
+    set_inflight(cfg, "tie-b", 2);
+    set_inflight(cfg, "tie-c", 3);
+    assert_string_equal(picked(r, &q, NULL), "tie-b");
+    set_inflight(cfg, "tie-b", 9);
+    assert_string_equal(picked(r, &q, NULL), "tie-c");
+    set_inflight(cfg, "tie-a", 0);
+    assert_string_equal(picked(r, &q, NULL), "tie-a");
+    /* A dearer backend is not a tie, however idle. */
+    struct config *cfg2 = load("backends:\n" BACKEND("tie-d", 1, 2) BACKEND("tie-e", 1.5, 2));
+    r = route(cfg2, "m");
+    set_inflight(cfg2, "tie-d", 100);
+    assert_string_equal(picked(r, &q, NULL), "tie-d");
+    config_unref(cfg2);
+    config_unref(cfg);
+}
+
+/* Within tie_tolerance of the cheapest, estimates are a tie and load decides. */
+static void test_tie_tolerance(void **state)
+{
+    (void)state;
+    struct config *cfg =
+        load("backends:\n" BACKEND("tol-a", 1.000, 1.000) BACKEND("tol-b", 1.005, 1.005));
+    const struct config_route *r = route(cfg, "m");
+    struct router_request q = req(1000, 100);
+    set_inflight(cfg, "tol-a", 4);
+    set_inflight(cfg, "tol-b", 1);
+    q.tie_tolerance = 0;
+    assert_string_equal(picked(r, &q, NULL), "tol-a");
+    q.tie_tolerance = 0.01; /* 0.5% apart: a tie */
+    assert_string_equal(picked(r, &q, NULL), "tol-b");
+    q.tie_tolerance = 0.001; /* 0.1%: not a tie */
+    assert_string_equal(picked(r, &q, NULL), "tol-a");
+    config_unref(cfg);
+}
+
+static void test_unavailable_and_saturated(void **state)
+{
+    (void)state;
+    struct config *cfg = load("backends:\n" BACKEND(
+        "av-cheap", 1, 1) "  - name: av-capped\n"
+                          "    url: http://127.0.0.1:9000/capped\n"
+                          "    max_inflight: 2\n"
+                          "    models:\n"
+                          "      - name: m\n"
+                          "        input_usd_per_mtok: 2\n"
+                          "        output_usd_per_mtok: 2\n" BACKEND("av-dear", 9, 9));
+    const struct config_route *r = route(cfg, "m");
+    struct router_request q = req(1000, 100);
+    int64_t now = q.now_ms;
+    atomic_store(&state_of(cfg, "av-cheap")->ejected_until_ms, now + 5000);
+    assert_string_equal(picked(r, &q, NULL), "av-capped");
+    set_inflight(cfg, "av-capped", 2);
+    struct router_outcome why;
+    const struct config_target *t = router_pick(r, &q, NULL, &why);
+    assert_non_null(t);
+    assert_string_equal(t->backend->name, "av-dear");
+    assert_int_equal(why.unavailable, 1);
+    assert_int_equal(why.saturated, 1);
+    assert_int_equal(why.back_ms, now + 5000);
+    /* Nobody left. */
+    atomic_store(&state_of(cfg, "av-dear")->probe_down, true);
+    assert_null(router_pick(r, &q, NULL, &why));
+    assert_int_equal(why.unavailable, 2);
+    assert_int_equal(why.saturated, 1);
+    /* Back once the ejection is over. */
+    q.now_ms = now + 5001;
+    assert_string_equal(picked(r, &q, NULL), "av-cheap");
+    set_inflight(cfg, "av-capped", 1);
+    atomic_store(&state_of(cfg, "av-cheap")->ejected_until_ms, now + 60000);
+    assert_string_equal(picked(r, &q, NULL), "av-capped");
+    config_unref(cfg);
+}
+
+static void test_price_ceiling(void **state)
+{
+    (void)state;
+    struct config *cfg = load("backends:\n" BACKEND("pc-a", 2, 4) BACKEND("pc-b", 3, 6));
+    const struct config_route *r = route(cfg, "m");
+    struct router_request q = req(1000, 1000); /* a: 0.006 USD, b: 0.009 USD */
+    q.max_price_usd = 0.01;
+    assert_string_equal(picked(r, &q, NULL), "pc-a");
+    q.max_price_usd = 0.006;
+    assert_string_equal(picked(r, &q, NULL), "pc-a");
+    q.max_price_usd = 0.005;
+    struct router_outcome why;
+    assert_null(router_pick(r, &q, NULL, &why));
+    assert_int_equal(why.over_price, 2);
+    assert_float_equal(why.cheapest_usd, 0.006, 1e-12);
+    /* Zero is a ceiling too (only free models), not "no ceiling". */
+    q.max_price_usd = 0;
+    assert_null(router_pick(r, &q, NULL, NULL));
+    config_unref(cfg);
+}
+
+/* A live price from a price feed overrides the configured one. */
+static void test_live_prices(void **state)
+{
+    (void)state;
+    struct config *cfg = load("backends:\n" BACKEND("lp-a", 1, 1) BACKEND("lp-b", 2, 2));
+    const struct config_route *r = route(cfg, "m");
+    struct router_request q = req(1000, 100);
+    assert_string_equal(picked(r, &q, NULL), "lp-a");
+    assert_non_null(r->targets[0].model->price);
+    backend_set_price(r->targets[0].model->price, 5, 5, q.now_ms);
+    assert_string_equal(picked(r, &q, NULL), "lp-b");
+    assert_float_equal(router_estimate(&r->targets[0], &q), (1000 * 5 + 100 * 5) / 1e6, 1e-15);
+    backend_set_price(r->targets[0].model->price, 1, 1, q.now_ms);
+    assert_string_equal(picked(r, &q, NULL), "lp-a");
+    config_unref(cfg);
+}
+
+static void test_latency_strategy(void **state)
+{
+    (void)state;
+    struct config *cfg = load("backends:\n" BACKEND("lat-cheap", 1, 1) BACKEND("lat-fast", 5, 5));
+    const struct config_route *r = route(cfg, "m");
+    atomic_store(&state_of(cfg, "lat-cheap")->ttfb_ewma_us, 900000);
+    atomic_store(&state_of(cfg, "lat-fast")->ttfb_ewma_us, 80000);
+    struct router_request q = req(1000, 100);
+    assert_string_equal(picked(r, &q, NULL), "lat-cheap");
+    q.strategy = CONFIG_STRATEGY_LATENCY;
+    assert_string_equal(picked(r, &q, NULL), "lat-fast");
+    config_unref(cfg);
+}
+
+/* Price-weighted: cost 1 vs cost 2 gives weights 1 : 1/4, so the cheap node takes ~80%. */
+static void test_price_weighted_spread(void **state)
+{
+    (void)state;
+    struct config *cfg = load("backends:\n" BACKEND("pw-cheap", 1, 1) BACKEND("pw-dear", 2, 2));
+    const struct config_route *r = route(cfg, "m");
+    struct router_request q = req(1000, 1000);
+    q.strategy = CONFIG_STRATEGY_PRICE_WEIGHTED;
+    uint64_t x = 0x9E3779B97F4A7C15ull;
+    int cheap = 0, n = 20000;
+    for (int i = 0; i < n; i++) {
+        x ^= x << 13; /* xorshift64 */
+        x ^= x >> 7;
+        x ^= x << 17;
+        q.random = x;
+        const char *name = picked(r, &q, NULL);
+        assert_non_null(name);
+        cheap += !strcmp(name, "pw-cheap");
+    }
+    assert_in_range(cheap, (int)(n * 0.77), (int)(n * 0.83));
+    config_unref(cfg);
+}
+
+/* Backend state is found by name, so it survives a reload of the config. */
+static void test_state_survives_reload(void **state)
+{
+    (void)state;
+    struct config *a = load("backends:\n" BACKEND("rl-x", 1, 1));
+    struct backend_state *s = a->backends[0].state;
+    struct config *b = NULL;
+    char *errors = NULL;
+    const char *yaml = "backends:\n" BACKEND("rl-x", 3, 3);
+    b = config_load_string(yaml, strlen(yaml), "reload.yaml", &errors);
+    assert_non_null(b);
+    assert_int_equal(backend_attach(b), 0);
+    assert_ptr_equal(b->backends[0].state, s);
+    config_unref(a);
+    config_unref(b);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_estimate),
+        cmocka_unit_test(test_cheapest_wins),
+        cmocka_unit_test(test_prompt_vs_answer_mix),
+        cmocka_unit_test(test_skip_flags),
+        cmocka_unit_test(test_tie_fewer_inflight),
+        cmocka_unit_test(test_tie_tolerance),
+        cmocka_unit_test(test_unavailable_and_saturated),
+        cmocka_unit_test(test_price_ceiling),
+        cmocka_unit_test(test_live_prices),
+        cmocka_unit_test(test_latency_strategy),
+        cmocka_unit_test(test_price_weighted_spread),
+        cmocka_unit_test(test_state_survives_reload),
+    };
+    return cmocka_run_group_tests_name("router", tests, NULL, NULL);
+}
