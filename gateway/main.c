@@ -1,8 +1,10 @@
 /* tollgate: an OpenAI-compatible inference gateway. Entry point: options, config, signals. */
+#include "gateway/admin.h"
 #include "gateway/config.h"
 #include "gateway/log.h"
 #include "gateway/server.h"
 #include "routing/backend.h"
+#include "routing/health.h"
 
 #include <curl/curl.h>
 #include <getopt.h>
@@ -120,6 +122,20 @@ int main(int argc, char **argv)
         config_unref(cfg);
         return 1;
     }
+    struct health *health = health_start(cfg);
+    if (!health) {
+        fprintf(stderr, "tollgate: cannot start the health checker\n");
+        return 1;
+    }
+    struct admin *admin = NULL;
+    if (cfg->admin_listen) {
+        admin = admin_start(cfg, server, err, sizeof err);
+        if (!admin) {
+            log_event(LOG_ERROR, "start_failed", "\"message\":\"%s\"", err);
+            fprintf(stderr, "tollgate: %s\n", err);
+            return 1;
+        }
+    }
     log_event(LOG_INFO, "started",
               "\"version\":\"%s\",\"backends\":%zu,\"models\":%zu,\"keys\":%zu", TOLLGATE_VERSION,
               cfg->n_backends, cfg->n_routes, cfg->n_keys);
@@ -143,6 +159,12 @@ int main(int argc, char **argv)
                           "\"message\":\"listen and workers change only on restart\"");
             log_set_level(next->log_level);
             server_reload(server, next);
+            health_reload(health, next);
+            if (admin)
+                admin_reload(admin, next);
+            else if (next->admin_listen)
+                log_event(LOG_WARN, "reload_partial",
+                          "\"message\":\"admin_listen takes effect on restart\"");
             log_event(LOG_INFO, "reloaded", "\"backends\":%zu,\"models\":%zu", next->n_backends,
                       next->n_routes);
             config_unref(next);
@@ -168,6 +190,8 @@ int main(int argc, char **argv)
             break;
     }
     server_wait(server);
+    admin_stop(admin);
+    health_stop(health);
     free(listen);
     log_event(LOG_INFO, "stopped", NULL);
     curl_global_cleanup();

@@ -921,9 +921,11 @@ static void request_whole_answer(struct request *r, json_t *doc)
     request_set_reply(r, (unsigned)r->up_status, text, len, "application/json");
 }
 
-static void request_on_done(void *ctx, int result, const char *detail)
+static void request_on_done(void *ctx, int result, long status, const char *detail)
 {
     struct request *r = ctx;
+    if (!r->got_headers)
+        r->up_status = status; /* an answer with no body */
     const char *backend = r->target->backend->name;
     struct backend_state *bs = r->target->backend->state;
     r->xfer = NULL;

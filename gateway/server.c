@@ -50,7 +50,11 @@ double worker_started_at(const struct worker *w)
 
 int worker_render_metrics(struct worker *w, struct buf *out)
 {
-    struct server *s = w->server;
+    return server_render_metrics(w->server, out);
+}
+
+int server_render_metrics(struct server *s, struct buf *out)
+{
     struct metrics_shard *shards[256];
     unsigned n = s->n_workers < 256 ? s->n_workers : 256;
     for (unsigned i = 0; i < n; i++)

@@ -7,6 +7,7 @@
 #ifndef TOLLGATE_SERVER_H
 #define TOLLGATE_SERVER_H
 
+#include "gateway/buf.h"
 #include "gateway/config.h"
 
 #include <stdbool.h>
@@ -20,6 +21,8 @@ void server_reload(struct server *s, struct config *cfg);
 /* Begins a graceful stop: not ready, no new connections, in-flight requests finish within
  * the drain timeout. A second call cuts the drain short. */
 void server_drain(struct server *s);
+/* Appends the Prometheus text of all workers' counters (any thread). */
+int server_render_metrics(struct server *s, struct buf *out);
 /* True once every worker has left its loop (after a drain). */
 bool server_stopped(struct server *s);
 /* Waits for every worker to stop, then frees the server. */

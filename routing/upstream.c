@@ -214,8 +214,9 @@ static void xfer_finish(struct upstream_xfer *x, int result, const char *detail)
     void *ctx = x->ctx;
     char copy[CURL_ERROR_SIZE + 64];
     snprintf(copy, sizeof copy, "%s", detail ? detail : "");
+    long status = upstream_status(x);
     xfer_release(x);
-    ops->on_done(ctx, result, copy);
+    ops->on_done(ctx, result, status, copy);
 }
 
 static void xfer_deadline_cb(struct ev_loop *loop, ev_timer *w, int revents)

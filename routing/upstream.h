@@ -24,8 +24,8 @@ struct upstream_ops {
      * tg_error to abort the transfer (on_done then gets that error). */
     int (*on_data)(void *ctx, const char *data, size_t len);
     /* The transfer ended: 0 when the whole answer arrived, else a negative tg_error with a
-     * human-readable detail. */
-    void (*on_done)(void *ctx, int result, const char *detail);
+     * human-readable detail. `status` is the HTTP status (0 when none arrived). */
+    void (*on_done)(void *ctx, int result, long status, const char *detail);
 };
 
 struct upstream_req {

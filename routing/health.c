@@ -1,0 +1,330 @@
+#include "routing/health.h"
+
+#include "gateway/buf.h"
+#include "gateway/error.h"
+#include "gateway/log.h"
+#include "routing/backend.h"
+#include "routing/upstream.h"
+
+#include <ev.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define HEALTH_MAX_PRICES_BYTES (4u << 20)
+
+enum check_kind { CHECK_PROBE, CHECK_PRICES };
+
+/* One probe or price fetch in flight; holds the config whose headers it uses. */
+struct check {
+    struct health *h;
+    struct config *cfg;
+    size_t backend;
+    enum check_kind kind;
+    struct buf body;
+    char url[1024];
+    struct check *prev, *next; /* the thread's live checks */
+};
+
+struct health {
+    pthread_t thread;
+    struct ev_loop *loop;
+    struct upstream *upstream;
+    ev_timer probe_timer;
+    ev_timer prices_timer;
+    ev_async wakeup;
+    /* lock guards `next` and `stop`, written by the main thread. */
+    pthread_mutex_t lock;
+    struct config *next;
+    bool stop;
+    struct config *cfg; /* the health thread's own snapshot */
+    unsigned *busy;     /* per backend of cfg: a probe is in flight */
+    unsigned *price_busy;
+    int64_t *prices_due; /* per backend: next price fetch (ms) */
+    struct check *checks;
+};
+
+static void check_free(struct check *c)
+{
+    if (c->prev)
+        c->prev->next = c->next;
+    else if (c->h->checks == c)
+        c->h->checks = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    buf_free(&c->body);
+    config_unref(c->cfg);
+    free(c);
+}
+
+static int check_on_data(void *ctx, const char *data, size_t len)
+{
+    struct check *c = ctx;
+    if (c->kind == CHECK_PROBE)
+        return 0; /* only the status matters */
+    return buf_append(&c->body, data, len) ? TG_ERR_BAD_BACKEND_RESPONSE : 0;
+}
+
+int health_apply_prices(const struct config_backend *b, json_t *doc, long long now_ms)
+{
+    json_t *data = json_object_get(doc, "data");
+    int priced = 0;
+    for (size_t m = 0; m < b->n_models; m++) {
+        const struct config_model *model = &b->models[m];
+        const char *want = model->upstream ? model->upstream : model->name;
+        size_t i;
+        json_t *item;
+        json_array_foreach(data, i, item)
+        {
+            const char *id = json_string_value(json_object_get(item, "id"));
+            if (!id || strcmp(id, want))
+                continue;
+            json_t *pricing = json_object_get(item, "pricing");
+            json_t *pin = json_object_get(pricing, "prompt");
+            json_t *pout = json_object_get(pricing, "completion");
+            /* OpenRouter sends strings (USD per token); numbers are accepted too. */
+            double in = json_is_string(pin) ? strtod(json_string_value(pin), NULL)
+                                            : json_number_value(pin);
+            double out = json_is_string(pout) ? strtod(json_string_value(pout), NULL)
+                                              : json_number_value(pout);
+            if (!pin || !pout || !(in >= 0) || !(out >= 0) || in > 1 || out > 1)
+                break; /* missing or absurd: keep the prices we have */
+            if (model->price)
+                backend_set_price(model->price, in * 1e6, out * 1e6, now_ms);
+            priced++;
+            break;
+        }
+    }
+    return priced;
+}
+
+static void check_on_done(void *ctx, int result, long status, const char *detail)
+{
+    struct check *c = ctx;
+    struct health *h = c->h;
+    const struct config_backend *b = &c->cfg->backends[c->backend];
+    int64_t now = backend_now_ms();
+    bool current = c->cfg == h->cfg;
+    if (c->kind == CHECK_PROBE) {
+        bool ok = result == 0 && status >= 200 && status < 300;
+        bool was_down = atomic_load(&b->state->probe_down);
+        backend_record_probe(b->state, &c->cfg->health, ok, now);
+        bool is_down = atomic_load(&b->state->probe_down);
+        if (was_down != is_down) {
+            char esc[300];
+            log_event(is_down ? LOG_WARN : LOG_INFO, is_down ? "backend_down" : "backend_up",
+                      "\"backend\":\"%s\",\"detail\":\"%s\"", b->name,
+                      log_escape(esc, sizeof esc, ok ? "probe answered" : detail));
+        }
+        if (current)
+            h->busy[c->backend] = 0;
+    } else {
+        json_t *doc = NULL;
+        if (result == 0 && status == 200)
+            doc = json_loadb(c->body.data ? c->body.data : "", c->body.len, 0, NULL);
+        int priced = doc ? health_apply_prices(b, doc, now) : -1;
+        json_decref(doc);
+        char esc[300];
+        if (priced < 0)
+            log_event(LOG_WARN, "prices_failed", "\"backend\":\"%s\",\"status\":%ld,\"detail\":\"%s\"",
+                      b->name, status, log_escape(esc, sizeof esc, detail));
+        else
+            log_event(LOG_DEBUG, "prices_updated", "\"backend\":\"%s\",\"models\":%d", b->name,
+                      priced);
+        if (current)
+            h->price_busy[c->backend] = 0;
+    }
+    check_free(c);
+}
+
+static const struct upstream_ops check_ops = {
+    .on_data = check_on_data,
+    .on_done = check_on_done,
+};
+
+static void check_start(struct health *h, size_t i, enum check_kind kind)
+{
+    const struct config_backend *b = &h->cfg->backends[i];
+    struct check *c = calloc(1, sizeof *c);
+    if (!c)
+        return;
+    c->h = h;
+    c->cfg = config_ref(h->cfg);
+    c->next = h->checks;
+    if (h->checks)
+        h->checks->prev = c;
+    h->checks = c;
+    c->backend = i;
+    c->kind = kind;
+    buf_init(&c->body, HEALTH_MAX_PRICES_BYTES);
+    if (kind == CHECK_PROBE)
+        snprintf(c->url, sizeof c->url, "%s/models", b->url);
+    else
+        snprintf(c->url, sizeof c->url, "%s", b->prices_url);
+    long timeout = h->cfg->health.timeout_ms;
+    struct upstream_req req = {
+        .url = c->url,
+        .headers = b->headers,
+        .request_id = kind == CHECK_PROBE ? "tollgate-health-probe" : "tollgate-prices",
+        .connect_timeout_ms = timeout,
+        .first_byte_timeout_ms = timeout,
+        .idle_timeout_ms = timeout,
+        .total_timeout_ms = kind == CHECK_PROBE ? timeout : timeout * 5,
+    };
+    if (!upstream_start(h->upstream, &req, &check_ops, c)) {
+        check_free(c);
+        return;
+    }
+    if (kind == CHECK_PROBE)
+        h->busy[i] = 1;
+    else
+        h->price_busy[i] = 1;
+}
+
+static void probe_cb(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    (void)loop;
+    (void)revents;
+    struct health *h = t->data;
+    for (size_t i = 0; i < h->cfg->n_backends; i++)
+        if (!h->busy[i])
+            check_start(h, i, CHECK_PROBE);
+}
+
+static void prices_cb(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    (void)loop;
+    (void)revents;
+    struct health *h = t->data;
+    int64_t now = backend_now_ms();
+    for (size_t i = 0; i < h->cfg->n_backends; i++) {
+        const struct config_backend *b = &h->cfg->backends[i];
+        if (!b->prices_url || h->price_busy[i] || now < h->prices_due[i])
+            continue;
+        h->prices_due[i] = now + (int64_t)b->prices_refresh_s * 1000;
+        check_start(h, i, CHECK_PRICES);
+    }
+}
+
+/* Makes `cfg` the thread's snapshot: per-backend bookkeeping starts afresh (a check still in
+ * flight for the old snapshot finishes against it and is then dropped). */
+static int health_use(struct health *h, struct config *cfg)
+{
+    size_t n = cfg->n_backends;
+    unsigned *busy = calloc(n + 1, sizeof *busy);
+    unsigned *price_busy = calloc(n + 1, sizeof *price_busy);
+    int64_t *due = calloc(n + 1, sizeof *due);
+    if (!busy || !price_busy || !due) {
+        free(busy);
+        free(price_busy);
+        free(due);
+        return -1;
+    }
+    free(h->busy);
+    free(h->price_busy);
+    free(h->prices_due);
+    h->busy = busy;
+    h->price_busy = price_busy;
+    h->prices_due = due;
+    config_unref(h->cfg);
+    h->cfg = config_ref(cfg);
+    ev_timer_stop(h->loop, &h->probe_timer);
+    ev_timer_set(&h->probe_timer, 0., (double)cfg->health.interval_ms / 1000.0);
+    ev_timer_start(h->loop, &h->probe_timer);
+    ev_timer_stop(h->loop, &h->prices_timer);
+    ev_timer_set(&h->prices_timer, 0., 1.0);
+    ev_timer_start(h->loop, &h->prices_timer);
+    return 0;
+}
+
+static void wakeup_cb(struct ev_loop *loop, ev_async *a, int revents)
+{
+    (void)revents;
+    struct health *h = a->data;
+    pthread_mutex_lock(&h->lock);
+    struct config *next = h->next;
+    h->next = NULL;
+    bool stop = h->stop;
+    pthread_mutex_unlock(&h->lock);
+    if (next) {
+        health_use(h, next);
+        config_unref(next);
+    }
+    if (stop)
+        ev_break(loop, EVBREAK_ALL);
+}
+
+static void *health_main(void *arg)
+{
+    struct health *h = arg;
+    ev_run(h->loop, 0);
+    return NULL;
+}
+
+struct health *health_start(struct config *cfg)
+{
+    struct health *h = calloc(1, sizeof *h);
+    if (!h)
+        return NULL;
+    pthread_mutex_init(&h->lock, NULL);
+    h->loop = ev_loop_new(EVBACKEND_EPOLL | EVFLAG_NOENV);
+    h->upstream = h->loop ? upstream_new(h->loop) : NULL;
+    if (!h->upstream)
+        goto err;
+    ev_timer_init(&h->probe_timer, probe_cb, 0., 1.);
+    h->probe_timer.data = h;
+    ev_timer_init(&h->prices_timer, prices_cb, 0., 1.);
+    h->prices_timer.data = h;
+    ev_async_init(&h->wakeup, wakeup_cb);
+    h->wakeup.data = h;
+    ev_async_start(h->loop, &h->wakeup);
+    if (health_use(h, cfg))
+        goto err;
+    if (pthread_create(&h->thread, NULL, health_main, h))
+        goto err;
+    return h;
+err:
+    upstream_free(h->upstream);
+    if (h->loop)
+        ev_loop_destroy(h->loop);
+    config_unref(h->cfg);
+    free(h->busy);
+    free(h->price_busy);
+    free(h->prices_due);
+    free(h);
+    return NULL;
+}
+
+void health_reload(struct health *h, struct config *cfg)
+{
+    pthread_mutex_lock(&h->lock);
+    config_unref(h->next);
+    h->next = config_ref(cfg);
+    pthread_mutex_unlock(&h->lock);
+    ev_async_send(h->loop, &h->wakeup);
+}
+
+/* upstream_free() cancels checks still in flight without callbacks: free their state. */
+void health_stop(struct health *h)
+{
+    if (!h)
+        return;
+    pthread_mutex_lock(&h->lock);
+    h->stop = true;
+    pthread_mutex_unlock(&h->lock);
+    ev_async_send(h->loop, &h->wakeup);
+    pthread_join(h->thread, NULL);
+    upstream_free(h->upstream);
+    while (h->checks)
+        check_free(h->checks);
+    ev_loop_destroy(h->loop);
+    config_unref(h->cfg);
+    config_unref(h->next);
+    free(h->busy);
+    free(h->price_busy);
+    free(h->prices_due);
+    pthread_mutex_destroy(&h->lock);
+    free(h);
+}
