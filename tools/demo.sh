@@ -15,12 +15,17 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-# Starts a mocknode on a free port and prints the port.
+# Starts a mocknode on a free port (in this shell, so the trap can stop it).
 start_node() {
     local name=$1 ttfb=$2
     "$BUILD/mocknode" --port 0 --name "$name" --models llama-3.1-8b,meta-llama/Llama-3.1-8B-Instruct,qwen-2.5-7b,text-embed \
         --ttfb-ms "$ttfb" --token-ms 15 --tokens 24 --quiet >"$dir/$name.out" 2>&1 &
     pids+=($!)
+}
+
+# The port a started mocknode printed.
+node_port() {
+    local name=$1
     for _ in $(seq 50); do
         if grep -q "listening on" "$dir/$name.out"; then
             sed -n 's/.*listening on .*:\([0-9]*\).*/\1/p' "$dir/$name.out" | head -1
@@ -32,9 +37,12 @@ start_node() {
     exit 1
 }
 
-a=$(start_node node-cheap 40)
-b=$(start_node node-mid 20)
-c=$(start_node node-premium 5)
+start_node node-cheap 40
+start_node node-mid 20
+start_node node-premium 5
+a=$(node_port node-cheap)
+b=$(node_port node-mid)
+c=$(node_port node-premium)
 
 if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then
     echo "port $PORT is busy; picking a free one (set TOLLGATE_PORT to choose)" >&2
