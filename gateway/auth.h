@@ -24,6 +24,9 @@ struct auth_identity {
 enum auth_result auth_check(const struct config *cfg, const char *authorization,
                             struct auth_identity *who);
 
+/* SHA-256 of a key (thread-safe). */
+void auth_sha256(const void *data, size_t len, unsigned char out[32]);
+
 /* The key from an Authorization header value, or NULL; *len is set. */
 const char *auth_bearer(const char *authorization, size_t *len);
 

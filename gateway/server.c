@@ -85,10 +85,19 @@ void worker_request_done(struct worker *w)
 static void mhd_run(struct worker *w)
 {
     w->mhd_dirty = false;
-    MHD_run(w->mhd);
-    MHD_UNSIGNED_LONG_LONG timeout;
+    MHD_UNSIGNED_LONG_LONG timeout = 0;
+    bool has_timeout = false;
+    /* MHD says "again at once" while a connection sits on its ready list (e.g. after a
+     * response went out, until a read finds nothing). Running it again here costs one
+     * epoll_wait; a zero timer would cost a whole turn of the loop as well. */
+    for (int i = 0; i < 3; i++) {
+        MHD_run(w->mhd);
+        has_timeout = MHD_get_timeout(w->mhd, &timeout) == MHD_YES;
+        if (!has_timeout || timeout > 0)
+            break;
+    }
     ev_timer_stop(w->loop, &w->mhd_timer);
-    if (MHD_get_timeout(w->mhd, &timeout) == MHD_YES) {
+    if (has_timeout) {
         ev_timer_set(&w->mhd_timer, (double)timeout / 1000.0, 0.);
         ev_timer_start(w->loop, &w->mhd_timer);
     }
@@ -108,13 +117,24 @@ static void mhd_timer_cb(struct ev_loop *loop, ev_timer *t, int revents)
     mhd_run(t->data);
 }
 
+/* Before the loop blocks: let MHD handle connections resumed during this turn, and send the
+ * upstream requests they started, so neither waits for another turn of the loop. Each step
+ * can make work for the other (a finished transfer resumes a connection), hence the loop. */
 static void mhd_prepare_cb(struct ev_loop *loop, ev_prepare *p, int revents)
 {
     (void)loop;
     (void)revents;
     struct worker *w = p->data;
-    if (w->mhd_dirty)
-        mhd_run(w);
+    for (int i = 0; i < 4; i++) {
+        bool did = false;
+        if (w->mhd_dirty) {
+            mhd_run(w);
+            did = true;
+        }
+        did |= upstream_flush(w->upstream);
+        if (!did)
+            break;
+    }
 }
 
 static void mhd_log(void *cls, const char *fmt, va_list ap)

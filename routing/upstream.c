@@ -17,6 +17,7 @@ struct upstream {
     struct upstream_xfer *free_list; /* recycled transfers with their easy handles */
     size_t n_free;
     struct upstream_xfer *live; /* running transfers, for upstream_free() */
+    bool pending;               /* transfers were added since the last flush */
 };
 
 struct upstream_xfer {
@@ -281,11 +282,13 @@ static void upstream_check_done(struct upstream *u)
 struct upstream_xfer *upstream_start(struct upstream *u, const struct upstream_req *req,
                                      const struct upstream_ops *ops, void *ctx)
 {
+    /* A recycled handle keeps its options: every transfer sets the same ones below, so no
+     * curl_easy_reset() (a large memset and re-initialisation per request). */
     struct upstream_xfer *x = u->free_list;
+    bool fresh = !x;
     if (x) {
         u->free_list = x->next;
         u->n_free--;
-        curl_easy_reset(x->easy);
     } else {
         x = calloc(1, sizeof *x);
         if (!x)
@@ -323,20 +326,26 @@ struct upstream_xfer *upstream_start(struct upstream *u, const struct upstream_r
     if (req->body) {
         curl_easy_setopt(easy, CURLOPT_POSTFIELDS, req->body);
         curl_easy_setopt(easy, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)req->body_len);
+    } else {
+        curl_easy_setopt(easy, CURLOPT_HTTPGET, 1L);
     }
-    curl_easy_setopt(easy, CURLOPT_WRITEFUNCTION, xfer_write_cb);
-    curl_easy_setopt(easy, CURLOPT_WRITEDATA, x);
-    curl_easy_setopt(easy, CURLOPT_PRIVATE, x);
-    curl_easy_setopt(easy, CURLOPT_ERRORBUFFER, x->errbuf);
-    curl_easy_setopt(easy, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(easy, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_1);
     curl_easy_setopt(easy, CURLOPT_CONNECTTIMEOUT_MS, req->connect_timeout_ms);
     curl_easy_setopt(easy, CURLOPT_TIMEOUT_MS, req->total_timeout_ms);
-    curl_easy_setopt(easy, CURLOPT_TCP_NODELAY, 1L);
-    curl_easy_setopt(easy, CURLOPT_TCP_KEEPALIVE, 1L);
-    /* Backend URLs come only from config: never follow a redirect elsewhere. */
-    curl_easy_setopt(easy, CURLOPT_FOLLOWLOCATION, 0L);
-    curl_easy_setopt(easy, CURLOPT_PROTOCOLS_STR, "http,https");
+    if (fresh) {
+        curl_easy_setopt(easy, CURLOPT_WRITEFUNCTION, xfer_write_cb);
+        curl_easy_setopt(easy, CURLOPT_WRITEDATA, x);
+        curl_easy_setopt(easy, CURLOPT_PRIVATE, x);
+        curl_easy_setopt(easy, CURLOPT_ERRORBUFFER, x->errbuf);
+        curl_easy_setopt(easy, CURLOPT_NOSIGNAL, 1L);
+        curl_easy_setopt(easy, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_1);
+        curl_easy_setopt(easy, CURLOPT_TCP_NODELAY, 1L);
+        curl_easy_setopt(easy, CURLOPT_TCP_KEEPALIVE, 1L);
+        /* Backend URLs come only from config: no proxy from the environment (which curl
+         * would otherwise look up on every transfer), no redirect elsewhere. */
+        curl_easy_setopt(easy, CURLOPT_PROXY, "");
+        curl_easy_setopt(easy, CURLOPT_FOLLOWLOCATION, 0L);
+        curl_easy_setopt(easy, CURLOPT_PROTOCOLS_STR, "http,https");
+    }
 
     ev_timer_init(&x->deadline, xfer_deadline_cb, 0., 0.);
     x->deadline.data = x;
@@ -348,7 +357,17 @@ struct upstream_xfer *upstream_start(struct upstream *u, const struct upstream_r
         xfer_release(x);
         return NULL;
     }
+    u->pending = true;
     return x;
+}
+
+bool upstream_flush(struct upstream *u)
+{
+    if (!u->pending)
+        return false;
+    u->pending = false;
+    upstream_event(u, CURL_SOCKET_TIMEOUT, 0);
+    return true;
 }
 
 void upstream_cancel(struct upstream_xfer *x)

@@ -11,6 +11,7 @@
 
 #include <curl/curl.h>
 #include <ev.h>
+#include <stdbool.h>
 #include <stddef.h>
 
 struct upstream;
@@ -47,6 +48,10 @@ void upstream_free(struct upstream *u);
 /* Starts a POST (or a GET when body is NULL). NULL on OOM. */
 struct upstream_xfer *upstream_start(struct upstream *u, const struct upstream_req *req,
                                      const struct upstream_ops *ops, void *ctx);
+/* Drives transfers started since the last call, at once rather than on curl's zero timeout
+ * (which would cost the loop another turn). Call it from the loop's prepare hook, never
+ * from inside an upstream callback. Returns true when it did work. */
+bool upstream_flush(struct upstream *u);
 /* Stops a transfer at once; no callback follows. */
 void upstream_cancel(struct upstream_xfer *x);
 /* Lets a transfer whose on_data answered UPSTREAM_PAUSE go on. May call on_data at once. */
