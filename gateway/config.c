@@ -828,8 +828,9 @@ static struct config *config_build(json_t *root, struct cfg_ctx *ctx)
     }
     cfg->max_connections =
         (unsigned)get_num(ctx, root, "max_connections", "", 1, 1000000, 16384, false, true);
+    /* MHD clears a connection's memory for every request: keep it to what headers need. */
     cfg->connection_memory_bytes = (size_t)get_num(ctx, root, "connection_memory_bytes", "",
-                                                   4096, 1 << 24, 32768, false, true);
+                                                   4096, 1 << 24, 16384, false, true);
     cfg->max_body_bytes =
         (size_t)get_num(ctx, root, "max_body_bytes", "", 1, 1 << 30, 8u << 20, false, true);
     cfg->drain_timeout_ms =
