@@ -12,7 +12,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <netdb.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <unistd.h>
 
 static void usage(FILE *out)
 {
@@ -21,12 +25,53 @@ static void usage(FILE *out)
             "\n"
             "  -c, --config FILE   configuration, YAML or JSON (default: $TOLLGATE_CONFIG)\n"
             "      --check-config  validate the configuration, print every problem, exit\n"
+            "      --healthcheck   GET /healthz on the configured listen address; exit 0 if 200\n"
             "  -v, --version       print the version\n"
             "  -h, --help          this text\n"
             "\n"
             "environment: TOLLGATE_CONFIG (config file), TOLLGATE_LISTEN (overrides listen);\n"
             "${VAR} in the config is replaced from the environment.\n"
             "signals: SIGTERM/SIGINT drain and exit, SIGHUP reloads the config.\n");
+}
+
+/* For container HEALTHCHECKs: one plain HTTP/1.0 GET of /healthz on the listen address
+ * (0.0.0.0 and :: mean this host), with a two-second limit. */
+static int healthcheck(const struct config *cfg)
+{
+    char host[256];
+    const char *colon = strrchr(cfg->listen, ':');
+    size_t hn = colon ? (size_t)(colon - cfg->listen) : 0;
+    if (!colon || hn >= sizeof host)
+        return 1;
+    memcpy(host, cfg->listen, hn);
+    host[hn] = '\0';
+    if (hn > 1 && host[0] == '[') {
+        memmove(host, host + 1, hn - 2);
+        host[hn - 2] = '\0';
+    }
+    if (!host[0] || !strcmp(host, "0.0.0.0"))
+        strcpy(host, "127.0.0.1");
+    else if (!strcmp(host, "::"))
+        strcpy(host, "::1");
+    struct addrinfo hints = {.ai_socktype = SOCK_STREAM}, *res = NULL;
+    if (getaddrinfo(host, colon + 1, &hints, &res))
+        return 1;
+    int fd = socket(res->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct timeval tv = {2, 0};
+    int ok = 0;
+    if (fd != -1) {
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+        static const char req[] = "GET /healthz HTTP/1.0\r\nHost: localhost\r\n\r\n";
+        char buf[64] = {0};
+        if (connect(fd, res->ai_addr, res->ai_addrlen) == 0 &&
+            write(fd, req, sizeof req - 1) == (ssize_t)(sizeof req - 1) &&
+            read(fd, buf, sizeof buf - 1) > 12)
+            ok = !strncmp(buf, "HTTP/1.1 200", 12) || !strncmp(buf, "HTTP/1.0 200", 12);
+        close(fd);
+    }
+    freeaddrinfo(res);
+    return ok ? 0 : 1;
 }
 
 static void raise_nofile(void)
@@ -60,9 +105,10 @@ int main(int argc, char **argv)
     static const struct option opts[] = {
         {"config", required_argument, NULL, 'c'}, {"check-config", no_argument, NULL, 'C'},
         {"version", no_argument, NULL, 'v'},      {"help", no_argument, NULL, 'h'},
+        {"healthcheck", no_argument, NULL, 'H'},
         {NULL, 0, NULL, 0}};
     const char *path = getenv("TOLLGATE_CONFIG");
-    int check_only = 0, c;
+    int check_only = 0, health_only = 0, c;
     while ((c = getopt_long(argc, argv, "c:vh", opts, NULL)) != -1) {
         switch (c) {
         case 'c':
@@ -70,6 +116,9 @@ int main(int argc, char **argv)
             break;
         case 'C':
             check_only = 1;
+            break;
+        case 'H':
+            health_only = 1;
             break;
         case 'v':
             printf("tollgate %s\n", TOLLGATE_VERSION);
@@ -93,6 +142,11 @@ int main(int argc, char **argv)
     struct config *cfg = load(path);
     if (!cfg)
         return 1;
+    if (health_only) {
+        int rc = healthcheck(cfg);
+        config_unref(cfg);
+        return rc;
+    }
     if (check_only) {
         printf("config ok: %zu backends, %zu models, %zu keys\n", cfg->n_backends,
                cfg->n_routes, cfg->n_keys);
