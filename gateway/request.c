@@ -63,6 +63,7 @@ struct request {
     bool no_retry;         /* send x-should-retry: false */
     long retry_after_s;    /* send retry-after when > 0 */
     long up_retry_after_s; /* a 429's retry-after */
+    long rate_limit_wait_s; /* the soonest a rate-limiting backend takes requests again */
     char *upstream_body; /* the body sent upstream when it differs from the caller's */
     char url[1024];
     struct upstream_xfer *xfer;
@@ -605,6 +606,8 @@ static void request_attempt_failed(struct request *r, enum tg_error err, bool bl
         }
     }
     request_set_error(r, r->last_err, NULL, "%s", r->last_msg);
+    if (r->last_err == TG_ERR_BACKEND_RATE_LIMITED)
+        r->retry_after_s = r->rate_limit_wait_s;
     r->no_retry = true; /* the gateway already retried: the SDK should not multiply it */
     request_resume(r);
 }
@@ -954,18 +957,21 @@ static void request_on_done(void *ctx, int result, long status, const char *deta
         request_attempt_failed(r, result, true, true, "Backend %s is unreachable: %s", backend,
                                detail);
     } else if (result == TG_ERR_BACKEND_TIMEOUT) {
-        request_attempt_failed(r, result, true, !r->got_headers, "Backend %s timed out: %s",
-                               backend, detail);
+        /* Connected but silent: out for the cooldown, whatever the probes say. */
+        request_attempt_failed(r, result, true, false, "Backend %s timed out: %s", backend,
+                               detail);
     } else if (result) {
-        request_attempt_failed(r, TG_ERR_BAD_BACKEND_RESPONSE, true, false,
+        /* A connection that died before any byte of an answer (the node crashed or was
+         * killed) is a reachability failure: its next good probe readmits it. */
+        request_attempt_failed(r, TG_ERR_BAD_BACKEND_RESPONSE, true, status == 0,
                                "Backend %s sent a broken answer: %s", backend, detail);
     } else if (r->stream_mode) {
         request_attempt_failed(r, TG_ERR_BAD_BACKEND_RESPONSE, true, false,
                                "Backend %s ended the stream before sending any event", backend);
     } else if (r->up_status == 429) {
         char m[300];
-        if (!r->retry_after_s || r->up_retry_after_s < r->retry_after_s)
-            r->retry_after_s = r->up_retry_after_s;
+        if (!r->rate_limit_wait_s || r->up_retry_after_s < r->rate_limit_wait_s)
+            r->rate_limit_wait_s = r->up_retry_after_s;
         request_attempt_failed(r, TG_ERR_BACKEND_RATE_LIMITED, false, false,
                                "Backend %s is rate limiting%s", backend,
                                request_upstream_message(r, m, sizeof m));

@@ -67,6 +67,28 @@ static int check_on_data(void *ctx, const char *data, size_t len)
     return buf_append(&c->body, data, len) ? TG_ERR_BAD_BACKEND_RESPONSE : 0;
 }
 
+/* A per-token USD price: OpenRouter sends strings ("0.0000002"), numbers are accepted too.
+ * Anything else, negative, or above a dollar a token is refused. */
+static int price_value(json_t *v, double *out)
+{
+    double d;
+    if (json_is_number(v)) {
+        d = json_number_value(v);
+    } else if (json_is_string(v)) {
+        const char *s = json_string_value(v);
+        char *end;
+        d = strtod(s, &end);
+        if (end == s || *end)
+            return -1;
+    } else {
+        return -1;
+    }
+    if (!(d >= 0) || d > 1)
+        return -1;
+    *out = d;
+    return 0;
+}
+
 int health_apply_prices(const struct config_backend *b, json_t *doc, long long now_ms)
 {
     json_t *data = json_object_get(doc, "data");
@@ -82,15 +104,10 @@ int health_apply_prices(const struct config_backend *b, json_t *doc, long long n
             if (!id || strcmp(id, want))
                 continue;
             json_t *pricing = json_object_get(item, "pricing");
-            json_t *pin = json_object_get(pricing, "prompt");
-            json_t *pout = json_object_get(pricing, "completion");
-            /* OpenRouter sends strings (USD per token); numbers are accepted too. */
-            double in = json_is_string(pin) ? strtod(json_string_value(pin), NULL)
-                                            : json_number_value(pin);
-            double out = json_is_string(pout) ? strtod(json_string_value(pout), NULL)
-                                              : json_number_value(pout);
-            if (!pin || !pout || !(in >= 0) || !(out >= 0) || in > 1 || out > 1)
-                break; /* missing or absurd: keep the prices we have */
+            double in, out;
+            if (price_value(json_object_get(pricing, "prompt"), &in) ||
+                price_value(json_object_get(pricing, "completion"), &out))
+                break; /* missing or not a price: keep the prices we have */
             if (model->price)
                 backend_set_price(model->price, in * 1e6, out * 1e6, now_ms);
             priced++;
