@@ -17,10 +17,11 @@ MOCK_SRC := $(wildcard tools/mocknode/*.c)
 UNIT_SRC := $(wildcard tests/unit/test_*.c)
 UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 
-# Debian packages the build, the tests and the benchmark need.
+# Debian packages the build, the tests and the benchmark need. Node.js and npm count as
+# present when the commands exist, whoever installed them (a machine may have its own).
 DEB_PKGS := build-essential pkg-config libmicrohttpd-dev libcurl4-openssl-dev libhiredis-dev \
             libev-dev libjansson-dev libyaml-dev libssl-dev libcmocka-dev redis-server nginx \
-            wrk curl nodejs npm
+            wrk curl
 
 .PHONY: all deps run test unit integration bench asan install clean fmt
 
@@ -48,6 +49,8 @@ deps:
 	@missing=""; for p in $(DEB_PKGS); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
 	done; \
+	command -v node >/dev/null 2>&1 || missing="$$missing nodejs"; \
+	command -v npm >/dev/null 2>&1 || missing="$$missing npm"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \

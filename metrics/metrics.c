@@ -79,9 +79,10 @@ int metrics_render(struct buf *out, struct metrics_shard *const *shards, size_t 
         r |= buf_printf(out, "tollgate_request_duration_seconds_count{route=\"%s\"} %llu\n",
                         metrics_route_names[route], (unsigned long long)cum);
     }
-    uint64_t errors = 0, streams = 0;
+    uint64_t errors = 0, streams = 0, retries = 0;
     int64_t inflight = 0;
     for (size_t i = 0; i < n_shards; i++) {
+        retries += LOAD(shards[i]->retries);
         errors += LOAD(shards[i]->upstream_errors);
         streams += LOAD(shards[i]->streams);
         inflight += LOAD(shards[i]->inflight);
@@ -90,12 +91,17 @@ int metrics_render(struct buf *out, struct metrics_shard *const *shards, size_t 
                     "# HELP tollgate_upstream_errors_total Upstream transfers that failed.\n"
                     "# TYPE tollgate_upstream_errors_total counter\n"
                     "tollgate_upstream_errors_total %llu\n"
+                    "# HELP tollgate_retries_total Requests moved to another backend after a "
+                    "failure.\n"
+                    "# TYPE tollgate_retries_total counter\n"
+                    "tollgate_retries_total %llu\n"
                     "# HELP tollgate_streams_total Streamed answers started.\n"
                     "# TYPE tollgate_streams_total counter\n"
                     "tollgate_streams_total %llu\n"
                     "# HELP tollgate_inflight_requests Requests being served.\n"
                     "# TYPE tollgate_inflight_requests gauge\n"
                     "tollgate_inflight_requests %lld\n",
-                    (unsigned long long)errors, (unsigned long long)streams, (long long)inflight);
+                    (unsigned long long)errors, (unsigned long long)retries,
+                    (unsigned long long)streams, (long long)inflight);
     return r ? -1 : 0;
 }

@@ -28,7 +28,6 @@ struct upstream_xfer {
     ev_timer deadline; /* first byte, then idle gap between body bytes */
     double idle_s;
     ev_tstamp started;
-    double ttfb;
     bool got_data;
     bool paused;
     int abort_result; /* set when on_data or the deadline aborts */
@@ -185,10 +184,7 @@ static size_t xfer_write_cb(char *data, size_t size, size_t nmemb, void *userp)
 {
     struct upstream_xfer *x = userp;
     size_t n = size * nmemb;
-    if (!x->got_data) {
-        x->got_data = true;
-        x->ttfb = ev_now(x->u->loop) - x->started;
-    }
+    x->got_data = true;
     if (x->idle_s > 0) {
         x->deadline.repeat = x->idle_s;
         ev_timer_again(x->u->loop, &x->deadline);
@@ -308,7 +304,6 @@ struct upstream_xfer *upstream_start(struct upstream *u, const struct upstream_r
     x->abort_result = 0;
     x->abort_detail[0] = '\0';
     x->errbuf[0] = '\0';
-    x->ttfb = 0;
     x->started = ev_now(u->loop);
     x->idle_s = req->idle_timeout_ms > 0 ? (double)req->idle_timeout_ms / 1000.0 : 0;
     x->prev = NULL;
@@ -409,9 +404,4 @@ int upstream_header(struct upstream_xfer *x, const char *name, char *out, size_t
         return -1;
     snprintf(out, n, "%s", h->value);
     return 0;
-}
-
-double upstream_ttfb(struct upstream_xfer *x)
-{
-    return x->ttfb;
 }

@@ -62,7 +62,5 @@ long upstream_status(struct upstream_xfer *x);
 const char *upstream_content_type(struct upstream_xfer *x);
 /* A response header value (e.g. "retry-after"), copied into out; 0 when found. */
 int upstream_header(struct upstream_xfer *x, const char *name, char *out, size_t n);
-/* Seconds from start to the first body byte (0 before it). */
-double upstream_ttfb(struct upstream_xfer *x);
 
 #endif
