@@ -579,13 +579,15 @@ static void parse_upstream(struct cfg_ctx *ctx, struct config *cfg, json_t *root
 {
     static const char *const allowed[] = {"connect_timeout_ms", "first_byte_timeout_ms",
                                           "idle_timeout_ms", "total_timeout_ms",
-                                          "max_response_bytes", NULL};
+                                          "max_response_bytes", "max_connections_per_backend",
+                                          NULL};
     struct config_upstream *u = &cfg->upstream;
     u->connect_timeout_ms = 2000;
     u->first_byte_timeout_ms = 60000;
     u->idle_timeout_ms = 60000;
     u->total_timeout_ms = 600000;
     u->max_response_bytes = 32u << 20;
+    u->max_connections_per_backend = 1024;
     json_t *o = get_obj(ctx, root, "upstream", "");
     if (!o)
         return;
@@ -600,6 +602,8 @@ static void parse_upstream(struct cfg_ctx *ctx, struct config *cfg, json_t *root
         (long)get_num(ctx, o, "total_timeout_ms", "upstream", 1, 86400000, 600000, false, true);
     u->max_response_bytes = (size_t)get_num(ctx, o, "max_response_bytes", "upstream", 1024,
                                             1 << 30, 32u << 20, false, true);
+    u->max_connections_per_backend = (unsigned)get_num(
+        ctx, o, "max_connections_per_backend", "upstream", 1, 1000000, 1024, false, true);
 }
 
 static void parse_redis(struct cfg_ctx *ctx, struct config *cfg, json_t *root)

@@ -63,6 +63,7 @@ struct config_upstream {
     long idle_timeout_ms;
     long total_timeout_ms;
     size_t max_response_bytes;
+    unsigned max_connections_per_backend; /* all workers together; more requests queue */
 };
 
 enum config_strategy {

@@ -279,7 +279,9 @@ static int listen_socket(const char *listen_addr, char *err, size_t err_len, int
 static int worker_init(struct worker *w, struct config *cfg, char *err, size_t err_len)
 {
     w->loop = ev_loop_new(EVBACKEND_EPOLL | EVFLAG_NOENV);
-    w->upstream = w->loop ? upstream_new(w->loop) : NULL;
+    unsigned per_host = (cfg->upstream.max_connections_per_backend + cfg->workers - 1) /
+                        cfg->workers;
+    w->upstream = w->loop ? upstream_new(w->loop, per_host) : NULL;
     w->metrics = metrics_shard_new();
     if (!w->loop || !w->upstream || !w->metrics) {
         snprintf(err, err_len, "worker %u: out of memory", w->id);

@@ -287,7 +287,7 @@ struct health *health_start(struct config *cfg)
         return NULL;
     pthread_mutex_init(&h->lock, NULL);
     h->loop = ev_loop_new(EVBACKEND_EPOLL | EVFLAG_NOENV);
-    h->upstream = h->loop ? upstream_new(h->loop) : NULL;
+    h->upstream = h->loop ? upstream_new(h->loop, 4) : NULL;
     if (!h->upstream)
         goto err;
     ev_timer_init(&h->probe_timer, probe_cb, 0., 1.);

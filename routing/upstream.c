@@ -112,7 +112,7 @@ static int upstream_timerfn(CURLM *multi, long timeout_ms, void *userp)
     return 0;
 }
 
-struct upstream *upstream_new(struct ev_loop *loop)
+struct upstream *upstream_new(struct ev_loop *loop, unsigned max_per_host)
 {
     struct upstream *u = calloc(1, sizeof *u);
     if (!u)
@@ -131,6 +131,7 @@ struct upstream *upstream_new(struct ev_loop *loop)
     curl_multi_setopt(u->multi, CURLMOPT_TIMERDATA, u);
     /* The keep-alive pool: enough idle connections for every concurrent transfer. */
     curl_multi_setopt(u->multi, CURLMOPT_MAXCONNECTS, 4096L);
+    curl_multi_setopt(u->multi, CURLMOPT_MAX_HOST_CONNECTIONS, (long)max_per_host);
     return u;
 }
 

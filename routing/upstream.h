@@ -41,7 +41,9 @@ struct upstream_req {
     long total_timeout_ms;
 };
 
-struct upstream *upstream_new(struct ev_loop *loop);
+/* max_per_host: connections to one backend this upstream may hold (0 = no limit); further
+ * transfers wait for a free one, so a burst of callers never floods a node with connections. */
+struct upstream *upstream_new(struct ev_loop *loop, unsigned max_per_host);
 /* Cancels what is still running (no callbacks) and frees everything. */
 void upstream_free(struct upstream *u);
 
