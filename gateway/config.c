@@ -1,6 +1,7 @@
 #include "gateway/config.h"
 
 #include "gateway/buf.h"
+#include "gateway/redis.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -617,9 +618,12 @@ static void parse_redis(struct cfg_ctx *ctx, struct config *cfg, json_t *root)
     if (cfg->redis_url && !*cfg->redis_url) {
         free(cfg->redis_url);
         cfg->redis_url = NULL;
-    } else if (cfg->redis_url && strncmp(cfg->redis_url, "redis://", 8) &&
-               strncmp(cfg->redis_url, "unix:", 5)) {
-        cfg_error(ctx, "redis.url", "must start with redis:// or unix:");
+    } else if (cfg->redis_url) {
+        struct redis_url parsed;
+        char why[160];
+        if (redis_parse_url(cfg->redis_url, &parsed, why, sizeof why))
+            cfg_error(ctx, "redis.url", "%s", why);
+        OPENSSL_cleanse(&parsed, sizeof parsed); /* it may hold the password */
     }
 }
 

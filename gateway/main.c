@@ -9,6 +9,7 @@
 #include <curl/curl.h>
 #include <getopt.h>
 #include <signal.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -195,6 +196,7 @@ int main(int argc, char **argv)
               cfg->n_backends, cfg->n_routes, cfg->n_keys);
     char *listen = strdup(cfg->listen);
     unsigned workers = cfg->workers;
+    bool redis_configured = cfg->redis_url != NULL;
     config_unref(cfg);
 
     for (;;) {
@@ -208,9 +210,10 @@ int main(int argc, char **argv)
                           "\"message\":\"the new config is invalid; keeping the old one\"");
                 continue;
             }
-            if (strcmp(next->listen, listen) || next->workers != workers)
+            if (strcmp(next->listen, listen) || next->workers != workers ||
+                (next->redis_url != NULL) != redis_configured)
                 log_event(LOG_WARN, "reload_partial",
-                          "\"message\":\"listen and workers change only on restart\"");
+                          "\"message\":\"listen, workers and redis change only on restart\"");
             log_set_level(next->log_level);
             server_reload(server, next);
             health_reload(health, next);

@@ -1,6 +1,7 @@
 #include "gateway/server.h"
 
 #include "gateway/log.h"
+#include "gateway/redis.h"
 #include "gateway/request.h"
 #include "gateway/worker.h"
 
@@ -323,15 +324,54 @@ static int worker_init(struct worker *w, struct config *cfg, char *err, size_t e
     return 0;
 }
 
+/* The Redis client's counters, copied into the worker's shard for the scraper. */
+static void redis_stats_cb(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    (void)loop;
+    (void)revents;
+    struct worker *w = t->data;
+    struct redis_stats st;
+    redis_client_stats(w->redis, &st);
+    struct metrics_shard *m = w->metrics;
+    atomic_store_explicit(&m->redis_errors, st.errors + st.timeouts + st.rejected,
+                          memory_order_relaxed);
+    atomic_store_explicit(&m->redis_timeouts, st.timeouts, memory_order_relaxed);
+    atomic_store_explicit(&m->redis_reconnects, st.reconnects, memory_order_relaxed);
+    atomic_store_explicit(&m->redis_up, st.connected ? 1 : 0, memory_order_relaxed);
+}
+
+/* A client belongs to its loop's thread, so it is made here, not in server_start(). */
+static void worker_start_redis(struct worker *w)
+{
+    if (!w->cfg->redis_url)
+        return;
+    struct redis_options opt = {.url = w->cfg->redis_url};
+    w->redis = redis_client_new(w->loop, &opt);
+    if (!w->redis) {
+        log_event(LOG_ERROR, "redis_failed", "\"worker\":%u,\"message\":\"cannot create the "
+                  "Redis client; running without Redis\"", w->id);
+        return;
+    }
+    ev_timer_init(&w->redis_stats_timer, redis_stats_cb, 0., 1.);
+    w->redis_stats_timer.data = w;
+    ev_timer_start(w->loop, &w->redis_stats_timer);
+}
+
 static void *worker_main(void *arg)
 {
     struct worker *w = arg;
+    worker_start_redis(w);
     mhd_run(w); /* pick up anything already pending, arm MHD's timer */
     ev_run(w->loop, 0);
     /* Stopped: no suspended connection may remain when the daemon goes. */
     request_resume_all(w);
     MHD_stop_daemon(w->mhd);
     w->mhd = NULL;
+    if (w->redis) {
+        ev_timer_stop(w->loop, &w->redis_stats_timer);
+        redis_client_free(w->redis);
+        w->redis = NULL;
+    }
     atomic_fetch_add(&w->server->n_stopped, 1);
     return NULL;
 }

@@ -15,6 +15,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+struct redis_client;
 struct request;
 struct server;
 
@@ -32,6 +33,8 @@ struct worker {
     ev_async wakeup; /* another thread asks: reload, drain */
     ev_timer drain_timer;
     struct upstream *upstream;
+    struct redis_client *redis; /* NULL without redis.url; created on the worker's thread */
+    ev_timer redis_stats_timer;
     struct metrics_shard *metrics; /* read by the scraping thread (relaxed atomics) */
     struct config *cfg;            /* current snapshot; the worker holds a reference */
     unsigned cfg_gen;

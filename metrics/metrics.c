@@ -14,6 +14,7 @@ struct metrics_shard *metrics_shard_new(void)
     if (!s)
         return NULL;
     *s = (struct metrics_shard){0};
+    atomic_store_explicit(&s->redis_up, -1, memory_order_relaxed);
     return s;
 }
 
@@ -103,5 +104,35 @@ int metrics_render(struct buf *out, struct metrics_shard *const *shards, size_t 
                     "tollgate_inflight_requests %lld\n",
                     (unsigned long long)errors, (unsigned long long)retries,
                     (unsigned long long)streams, (long long)inflight);
+    uint64_t redis_errors = 0, redis_timeouts = 0, redis_reconnects = 0;
+    int64_t redis_up = 0, redis_configured = 0;
+    for (size_t i = 0; i < n_shards; i++) {
+        int64_t up = LOAD(shards[i]->redis_up);
+        if (up < 0)
+            continue;
+        redis_configured++;
+        redis_up += up;
+        redis_errors += LOAD(shards[i]->redis_errors);
+        redis_timeouts += LOAD(shards[i]->redis_timeouts);
+        redis_reconnects += LOAD(shards[i]->redis_reconnects);
+    }
+    if (redis_configured)
+        r |= buf_printf(out,
+                        "# HELP tollgate_redis_errors_total Redis commands that failed "
+                        "(errors, timeouts, refusals while the breaker is open).\n"
+                        "# TYPE tollgate_redis_errors_total counter\n"
+                        "tollgate_redis_errors_total %llu\n"
+                        "# HELP tollgate_redis_timeouts_total Redis commands past their deadline.\n"
+                        "# TYPE tollgate_redis_timeouts_total counter\n"
+                        "tollgate_redis_timeouts_total %llu\n"
+                        "# HELP tollgate_redis_reconnects_total Redis reconnections.\n"
+                        "# TYPE tollgate_redis_reconnects_total counter\n"
+                        "tollgate_redis_reconnects_total %llu\n"
+                        "# HELP tollgate_redis_up Share of workers connected to Redis.\n"
+                        "# TYPE tollgate_redis_up gauge\n"
+                        "tollgate_redis_up %g\n",
+                        (unsigned long long)redis_errors, (unsigned long long)redis_timeouts,
+                        (unsigned long long)redis_reconnects,
+                        (double)redis_up / (double)redis_configured);
     return r ? -1 : 0;
 }

@@ -33,6 +33,11 @@ struct metrics_shard {
     _Atomic uint64_t retries;
     _Atomic uint64_t streams;
     _Atomic int64_t inflight;
+    /* Copied from the worker's Redis client once a second (the client's own counters). */
+    _Atomic uint64_t redis_errors;
+    _Atomic uint64_t redis_timeouts;
+    _Atomic uint64_t redis_reconnects;
+    _Atomic int64_t redis_up; /* 1 connected, 0 not, -1 no Redis configured */
 } __attribute__((aligned(64)));
 
 struct metrics_shard *metrics_shard_new(void);
