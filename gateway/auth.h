@@ -11,13 +11,14 @@
 
 enum auth_result {
     AUTH_OK = 0,
-    AUTH_OPEN = 1,     /* no keys configured: the gateway is open */
+    AUTH_OPEN = 1,     /* no static keys and no Redis: the gateway is open */
     AUTH_MISSING = -1, /* no usable Authorization header */
-    AUTH_INVALID = -2, /* a key that matches nothing */
+    AUTH_INVALID = -2, /* matches no static key (with Redis configured: look it up there) */
 };
 
 struct auth_identity {
-    const char *key_name; /* points into the config; NULL when open */
+    const char *key_name;     /* points into the config; NULL when open */
+    unsigned char digest[32]; /* SHA-256 of the presented key, when there was one */
 };
 
 /* Checks an Authorization header value ("Bearer <key>"); NULL means absent. */

@@ -34,6 +34,7 @@ static const struct error_info error_table[] = {
     {TG_ERR_STREAM, 502, "api_error", "backend_stream_error"},
     {TG_ERR_PRICE_CEILING, 400, "invalid_request_error", "max_price_exceeded"},
     {TG_ERR_BACKEND_RATE_LIMITED, 503, "api_error", "backend_rate_limited"},
+    {TG_ERR_MODEL_NOT_ALLOWED, 403, "permission_error", "model_not_allowed"},
 };
 
 static const struct error_info *error_find(enum tg_error err)

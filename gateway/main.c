@@ -156,7 +156,7 @@ int main(int argc, char **argv)
     }
     log_set_level(cfg->log_level);
     raise_nofile();
-    if (cfg->n_keys == 0)
+    if (cfg->n_keys == 0 && !cfg->redis_url)
         log_event(LOG_WARN, "auth_disabled",
                   "\"message\":\"no keys configured: /v1 endpoints are open to anyone\"");
 

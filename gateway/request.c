@@ -3,6 +3,7 @@
 #include "gateway/auth.h"
 #include "gateway/buf.h"
 #include "gateway/error.h"
+#include "gateway/keyauth.h"
 #include "gateway/log.h"
 #include "gateway/openai.h"
 #include "gateway/sse.h"
@@ -44,7 +45,14 @@ struct request {
     bool suspended;
     char id[132];
     char method[8];
-    const char *key_name;
+    const char *key_name; /* the static key's name (config), or key_name_buf */
+    char key_name_buf[72];
+    char *key_models;     /* a Redis key's allowed models (keycache format); NULL = all */
+    struct keyauth_lookup *lookup; /* a Redis key lookup in flight */
+    bool auth_pending;    /* the key is being looked up */
+    bool auth_wait;       /* ... and the request is suspended until it is known */
+    enum keyauth_result auth_result;
+    char *local_url;      /* the path of a local endpoint answered after the lookup */
     const char *model; /* the route's model name (config-owned) */
     double t_start;
     struct buf body;
@@ -308,13 +316,14 @@ static enum MHD_Result request_local(struct request *r, const char *url)
     case OPENAI_MODELS: {
         json_t *data = json_array();
         for (size_t i = 0; i < cfg->n_routes; i++)
-            json_array_append_new(data, model_object(r, cfg->routes[i].model));
+            if (keycache_allows(r->key_models, cfg->routes[i].model))
+                json_array_append_new(data, model_object(r, cfg->routes[i].model));
         return request_reply_json(r, 200, json_pack("{s:s, s:o}", "object", "list", "data", data));
     }
     case OPENAI_MODEL: {
         const char *id = url + strlen(r->ep->path);
         const struct config_route *route = config_find_route(cfg, id);
-        if (!route) {
+        if (!route || !keycache_allows(r->key_models, route->model)) {
             char esc[200];
             return REQUEST_FAIL_NOW(r, TG_ERR_MODEL_NOT_FOUND, "model",
                                     "The model '%s' does not exist.",
@@ -324,6 +333,56 @@ static enum MHD_Result request_local(struct request *r, const char *url)
     }
     default:
         return REQUEST_FAIL_NOW(r, TG_ERR_INTERNAL, NULL, "unhandled route");
+    }
+}
+
+/* ---- keys held in Redis ---------------------------------------------------------------------- */
+
+static void request_take_key(struct request *r, const struct keycache_entry *e)
+{
+    snprintf(r->key_name_buf, sizeof r->key_name_buf, "%s", e->name);
+    r->key_name = r->key_name_buf;
+    free(r->key_models);
+    r->key_models = NULL;
+    if (e->models) {
+        size_t n = 0;
+        while (e->models[n])
+            n += strlen(e->models + n) + 1;
+        r->key_models = malloc(n + 1);
+        if (r->key_models)
+            memcpy(r->key_models, e->models, n + 1);
+        else
+            r->auth_result = KEYAUTH_UNAVAILABLE; /* never widen access on OOM */
+    }
+}
+
+static void request_key_done(void *ctx, enum keyauth_result result,
+                             const struct keycache_entry *e)
+{
+    struct request *r = ctx;
+    r->lookup = NULL;
+    r->auth_pending = false;
+    r->auth_result = result;
+    if (result == KEYAUTH_OK)
+        request_take_key(r, e);
+    if (r->auth_wait) {
+        r->auth_wait = false;
+        request_resume(r);
+    }
+}
+
+/* The error for a key that did not resolve, or 0. */
+static enum MHD_Result request_key_error(struct request *r)
+{
+    switch (r->auth_result) {
+    case KEYAUTH_EXPIRED:
+        return REQUEST_FAIL_NOW(r, TG_ERR_AUTH, NULL, "The API key provided has expired.");
+    case KEYAUTH_UNAVAILABLE:
+        return REQUEST_FAIL_NOW(r, TG_ERR_AUTH, NULL,
+                                "The API key could not be checked: the key store is "
+                                "unavailable. Retry shortly.");
+    default:
+        return REQUEST_FAIL_NOW(r, TG_ERR_AUTH, NULL, "Incorrect API key provided.");
     }
 }
 
@@ -353,12 +412,32 @@ static enum MHD_Result request_begin(struct request *r, const char *url, const c
             return REQUEST_FAIL_NOW(r, TG_ERR_AUTH, NULL,
                                     "You didn't provide an API key. Send it in the "
                                     "Authorization header as 'Bearer YOUR_KEY'.");
-        if (a == AUTH_INVALID)
-            return REQUEST_FAIL_NOW(r, TG_ERR_AUTH, NULL, "Incorrect API key provided.");
         r->key_name = who.key_name;
+        if (a == AUTH_INVALID) {
+            if (!r->w->keycache)
+                return REQUEST_FAIL_NOW(r, TG_ERR_AUTH, NULL, "Incorrect API key provided.");
+            const struct keycache_entry *e = NULL;
+            r->auth_result = keyauth_resolve(r->w->keycache, r->w->redis, who.digest,
+                                             request_key_done, r, &r->lookup, &e);
+            if (r->auth_result == KEYAUTH_OK)
+                request_take_key(r, e);
+            else if (r->auth_result == KEYAUTH_PENDING)
+                r->auth_pending = true;
+            else
+                return request_key_error(r);
+        }
     }
-    if (!r->ep->upstream_path)
+    if (!r->ep->upstream_path && !r->auth_pending)
         return request_local(r, url);
+    if (!r->ep->upstream_path) {
+        /* Answered once the key is known (see request_dispatch). */
+        r->local_url = strdup(url);
+        if (!r->local_url)
+            return REQUEST_FAIL_NOW(r, TG_ERR_NOMEM, NULL, "out of memory");
+        buf_init(&r->body, 0);
+        r->state = REQUEST_BODY;
+        return MHD_YES;
+    }
 
     const char *cl =
         MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
@@ -504,6 +583,15 @@ static int request_start_attempt(struct request *r, struct router_outcome *why)
 /* The whole body is in: validate, route, forward. */
 static enum MHD_Result request_dispatch(struct request *r)
 {
+    if (r->auth_pending) {
+        r->auth_wait = true; /* request_key_done resumes us */
+        request_suspend(r);
+        return MHD_YES;
+    }
+    if (r->auth_result != KEYAUTH_OK && r->auth_result != KEYAUTH_PENDING)
+        return request_key_error(r);
+    if (r->local_url)
+        return request_local(r, r->local_url);
     json_error_t jerr;
     r->json = json_loadb(r->body.data ? r->body.data : "", r->body.len, 0, &jerr);
     if (!r->json)
@@ -525,6 +613,9 @@ static enum MHD_Result request_dispatch(struct request *r)
                                 log_escape(esc, sizeof esc, r->oreq.model));
     }
     r->model = r->route->model;
+    if (!keycache_allows(r->key_models, r->model))
+        return REQUEST_FAIL_NOW(r, TG_ERR_MODEL_NOT_ALLOWED, "model",
+                                "This API key may not use the model '%s'.", r->model);
 
     const struct config_routing *rc_cfg = &r->cfg->routing;
     r->rreq = (struct router_request){
@@ -1150,6 +1241,7 @@ void request_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     if (!r)
         return;
     *con_cls = NULL;
+    keyauth_cancel(r->lookup);
     if (r->xfer) {
         /* The caller went away: stop the backend's work too. */
         upstream_cancel(r->xfer);
@@ -1184,6 +1276,8 @@ void request_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     free(r->upstream_body);
     free(r->reply_body);
     free(r->skip);
+    free(r->key_models);
+    free(r->local_url);
     config_unref(r->cfg);
     free(r);
     worker_request_done(w);

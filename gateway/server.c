@@ -1,5 +1,6 @@
 #include "gateway/server.h"
 
+#include "gateway/keyauth.h"
 #include "gateway/log.h"
 #include "gateway/redis.h"
 #include "gateway/request.h"
@@ -284,6 +285,11 @@ static int worker_init(struct worker *w, struct config *cfg, char *err, size_t e
                         cfg->workers;
     w->upstream = w->loop ? upstream_new(w->loop, per_host) : NULL;
     w->metrics = metrics_shard_new();
+    /* Keys in Redis: a bounded cache, 60 s for keys found, 5 s for keys not found. */
+    if (cfg->redis_url && !(w->keycache = keycache_new(10000, 60000, 5000))) {
+        snprintf(err, err_len, "worker %u: out of memory", w->id);
+        return -1;
+    }
     if (!w->loop || !w->upstream || !w->metrics) {
         snprintf(err, err_len, "worker %u: out of memory", w->id);
         return -1;
@@ -340,6 +346,20 @@ static void redis_stats_cb(struct ev_loop *loop, ev_timer *t, int revents)
     atomic_store_explicit(&m->redis_up, st.connected ? 1 : 0, memory_order_relaxed);
 }
 
+/* Revocations from any replica: evicted at once. After a (re)subscription, messages may
+ * have been missed, so everything cached is fetched again. */
+static void revoked_cb(void *ctx, enum redis_sub_event ev, const char *channel,
+                       size_t channel_len, const char *msg, size_t msg_len)
+{
+    (void)channel;
+    (void)channel_len;
+    struct worker *w = ctx;
+    if (ev == REDIS_SUB_READY)
+        keycache_clear(w->keycache);
+    else
+        keyauth_revoked(w->keycache, msg, msg_len);
+}
+
 /* A client belongs to its loop's thread, so it is made here, not in server_start(). */
 static void worker_start_redis(struct worker *w)
 {
@@ -347,6 +367,8 @@ static void worker_start_redis(struct worker *w)
         return;
     struct redis_options opt = {.url = w->cfg->redis_url};
     w->redis = redis_client_new(w->loop, &opt);
+    if (w->redis && w->keycache)
+        redis_subscribe(w->redis, KEYAUTH_REVOKED_CHANNEL, revoked_cb, w);
     if (!w->redis) {
         log_event(LOG_ERROR, "redis_failed", "\"worker\":%u,\"message\":\"cannot create the "
                   "Redis client; running without Redis\"", w->id);
@@ -382,6 +404,7 @@ static void worker_destroy(struct worker *w)
         MHD_stop_daemon(w->mhd);
     upstream_free(w->upstream);
     metrics_shard_free(w->metrics);
+    keycache_free(w->keycache);
     if (w->loop)
         ev_loop_destroy(w->loop);
     if (w->listen_fd >= 0)

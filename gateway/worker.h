@@ -15,6 +15,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+struct keycache;
 struct redis_client;
 struct request;
 struct server;
@@ -34,6 +35,7 @@ struct worker {
     ev_timer drain_timer;
     struct upstream *upstream;
     struct redis_client *redis; /* NULL without redis.url; created on the worker's thread */
+    struct keycache *keycache;  /* Redis-held keys seen lately; NULL without redis.url */
     ev_timer redis_stats_timer;
     struct metrics_shard *metrics; /* read by the scraping thread (relaxed atomics) */
     struct config *cfg;            /* current snapshot; the worker holds a reference */
