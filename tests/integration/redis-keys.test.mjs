@@ -1,0 +1,159 @@
+// Keys held in Redis, on two gateway replicas sharing one real redis-server: a key works on
+// every replica, per-key model lists hold, a revocation reaches both within a second, and a
+// Redis outage costs no cached key and lets no unknown key in.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn, execFile } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { once } from 'node:events';
+import { promisify } from 'node:util';
+import {
+  cleanup, freePort, makeTempDir, waitFor, startMocknode, backendFor, startGateway, post, get,
+} from '../lib/harness.mjs';
+
+const run = promisify(execFile);
+let redis_port, redis_dir, redis_proc, node, gw_a, gw_b;
+
+async function start_redis() {
+  redis_proc = spawn('redis-server', ['--port', String(redis_port), '--bind', '127.0.0.1',
+    '--save', '', '--appendonly', 'no', '--dir', redis_dir], { stdio: 'ignore' });
+  await waitFor(async () => (await cli('PING')) === 'PONG', { what: 'redis-server up' });
+}
+
+async function stop_redis() {
+  if (!redis_proc || redis_proc.exitCode !== null) return;
+  const gone = once(redis_proc, 'exit');
+  redis_proc.kill('SIGKILL');
+  await gone;
+}
+
+async function cli(...args) {
+  try {
+    const { stdout } = await run('redis-cli', ['-p', String(redis_port), ...args], { timeout: 3000 });
+    return stdout.trim();
+  } catch {
+    return null;
+  }
+}
+
+const sha = (key) => createHash('sha256').update(key).digest('hex');
+
+async function add_key(key, fields) {
+  const flat = Object.entries({ created_at: '1', ...fields }).flat().map(String);
+  assert.equal(Number(await cli('HSET', `tg:key:${sha(key)}`, ...flat)) > 0, true);
+}
+
+async function revoke(key) {
+  await cli('DEL', `tg:key:${sha(key)}`);
+  await cli('PUBLISH', 'tg:keys:revoked', sha(key));
+}
+
+const chat = (gw, key, model = 'llama') =>
+  post(gw.v1 + '/chat/completions', { model, messages: [{ role: 'user', content: 'hi' }] }, { key, timeoutMs: 5000 });
+
+before(async () => {
+  redis_port = await freePort();
+  redis_dir = await makeTempDir('tollgate-redis-');
+  await start_redis();
+  node = await startMocknode({ name: 'n1', models: ['llama', 'qwen'] });
+  const config = {
+    log_level: 'warn',
+    workers: 2,
+    redis: { url: `redis://127.0.0.1:${redis_port}/0` },
+    keys: [{ name: 'static-admin', key: 'sk-static-key-for-tests' }],
+    backends: [backendFor(node, { models: ['llama', 'qwen'] })],
+  };
+  gw_a = await startGateway(config);
+  gw_b = await startGateway(config);
+});
+
+after(async () => {
+  await stop_redis();
+  await cleanup();
+});
+
+test('a key stored in Redis works on both replicas; unknown keys are refused', async () => {
+  const key = 'tg-11111111111111111111111111111111';
+  await add_key(key, { name: 'alice' });
+  for (const gw of [gw_a, gw_b]) {
+    const ok = await chat(gw, key);
+    assert.equal(ok.status, 200, ok.text);
+    const bad = await chat(gw, 'tg-ffffffffffffffffffffffffffffffff');
+    assert.equal(bad.status, 401);
+    assert.equal(bad.json.error.code, 'invalid_api_key');
+    const none = await chat(gw, undefined);
+    assert.equal(none.status, 401);
+    const stat = await chat(gw, 'sk-static-key-for-tests');
+    assert.equal(stat.status, 200, 'static keys from config keep working');
+  }
+  const log = gw_a.logs.text() + gw_b.logs.text();
+  assert.ok(!log.includes(key), 'the key never appears in the logs');
+});
+
+test("a key's model list holds on every replica: 403 model_not_allowed, /v1/models filtered", async () => {
+  const key = 'tg-22222222222222222222222222222222';
+  await add_key(key, { name: 'bob', models: '["llama"]' });
+  for (const gw of [gw_a, gw_b]) {
+    assert.equal((await chat(gw, key, 'llama')).status, 200);
+    const denied = await chat(gw, key, 'qwen');
+    assert.equal(denied.status, 403, denied.text);
+    assert.equal(denied.json.error.code, 'model_not_allowed');
+    assert.equal(denied.json.error.param, 'model');
+    const models = await get(gw.v1 + '/models', { key });
+    assert.deepEqual(models.json.data.map((m) => m.id), ['llama']);
+    assert.equal((await get(gw.v1 + '/models/qwen', { key })).status, 404);
+  }
+});
+
+test('an expired key is refused', async () => {
+  const key = 'tg-33333333333333333333333333333333';
+  await add_key(key, { name: 'carol', expires_at: Math.floor(Date.now() / 1000) - 10 });
+  const r = await chat(gw_a, key);
+  assert.equal(r.status, 401);
+  assert.match(r.json.error.message, /expired/);
+});
+
+test('a revocation reaches both replicas within one second', async () => {
+  const key = 'tg-44444444444444444444444444444444';
+  await add_key(key, { name: 'dave' });
+  // Both replicas (and both workers of each) have it cached.
+  for (let i = 0; i < 6; i++) {
+    assert.equal((await chat(gw_a, key)).status, 200);
+    assert.equal((await chat(gw_b, key)).status, 200);
+  }
+  const t0 = Date.now();
+  await revoke(key);
+  for (const gw of [gw_a, gw_b]) {
+    await waitFor(async () => {
+      // Several requests, so that every worker's cache is exercised.
+      const codes = await Promise.all([1, 2, 3, 4].map(() => chat(gw, key).then((r) => r.status)));
+      return codes.every((c) => c === 401);
+    }, { timeoutMs: 3000, intervalMs: 20, what: 'revoked key refused' });
+  }
+  const elapsed = Date.now() - t0;
+  assert.ok(elapsed < 1000, `revocation took ${elapsed} ms`);
+});
+
+test('Redis down: cached keys keep working, unknown keys are refused, nothing hangs; back up: new keys work', async () => {
+  const seen = 'tg-55555555555555555555555555555555';
+  const fresh = 'tg-66666666666666666666666666666666';
+  await add_key(seen, { name: 'erin' });
+  for (let i = 0; i < 6; i++) assert.equal((await chat(gw_a, seen)).status, 200);
+  await stop_redis();
+  for (let i = 0; i < 10; i++) {
+    const r = await chat(gw_a, seen);
+    assert.equal(r.status, 200, `cached key during the outage: ${r.text}`);
+  }
+  const unknown = await chat(gw_a, fresh);
+  assert.equal(unknown.status, 401);
+  assert.equal((await chat(gw_a, 'sk-static-key-for-tests')).status, 200);
+
+  await start_redis(); // an empty Redis on the same port
+  await add_key(fresh, { name: 'frank' });
+  await waitFor(async () => (await chat(gw_a, fresh)).status === 200,
+    { timeoutMs: 15000, intervalMs: 200, what: 'a new key works once Redis is back' });
+  // The outage left the old key unknown to the new Redis: after reconnecting, the
+  // replicas fetch keys again rather than trusting what they cached.
+  await waitFor(async () => (await chat(gw_a, seen)).status === 401,
+    { timeoutMs: 15000, intervalMs: 200, what: 'a key the new Redis does not hold is refused' });
+});
