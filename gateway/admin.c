@@ -2,6 +2,8 @@
 
 #include "gateway/buf.h"
 #include "gateway/error.h"
+#include "gateway/keys.h"
+#include "gateway/log.h"
 #include "routing/backend.h"
 
 #include <arpa/inet.h>
@@ -15,14 +17,22 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 struct admin {
     struct MHD_Daemon *mhd;
     struct server *server;
-    /* lock guards cfg: the admin thread reads it, a reload replaces it. */
+    /* lock guards cfg: the admin threads read it, a reload replaces it. */
     pthread_mutex_t lock;
     struct config *cfg;
+};
+
+/* One admin request (MHD's con_cls), freed in admin_completed(). The body is kept up to
+ * KEYS_BODY_MAX bytes; past that the rest is dropped and the answer is 413. */
+struct admin_request {
+    struct buf body;
+    int body_error; /* BUF_ETOOBIG or BUF_ENOMEM once an append failed */
 };
 
 static struct config *admin_config(struct admin *a)
@@ -33,19 +43,32 @@ static struct config *admin_config(struct admin *a)
     return cfg;
 }
 
-static enum MHD_Result admin_reply(struct MHD_Connection *conn, unsigned status, char *body,
-                                   size_t len, const char *ctype)
+/* For a body that holds a new API key: wiped before it goes back to malloc. */
+static void admin_free_secret(void *body)
+{
+    OPENSSL_cleanse(body, strlen(body));
+    free(body);
+}
+
+static enum MHD_Result admin_reply_with(struct MHD_Connection *conn, unsigned status, char *body,
+                                        size_t len, const char *ctype, void (*release)(void *))
 {
     struct MHD_Response *resp =
-        MHD_create_response_from_buffer_with_free_callback(len, body, free);
+        MHD_create_response_from_buffer_with_free_callback(len, body, release);
     if (!resp) {
-        free(body);
+        release(body);
         return MHD_NO;
     }
     MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, ctype);
     enum MHD_Result ok = MHD_queue_response(conn, status, resp);
     MHD_destroy_response(resp);
     return ok;
+}
+
+static enum MHD_Result admin_reply(struct MHD_Connection *conn, unsigned status, char *body,
+                                   size_t len, const char *ctype)
+{
+    return admin_reply_with(conn, status, body, len, ctype, free);
 }
 
 static enum MHD_Result admin_error(struct MHD_Connection *conn, enum tg_error err,
@@ -58,13 +81,14 @@ static enum MHD_Result admin_error(struct MHD_Connection *conn, enum tg_error er
     return admin_reply(conn, error_status(err), body, len, "application/json");
 }
 
-static enum MHD_Result admin_json(struct MHD_Connection *conn, json_t *doc)
+/* Takes doc (NULL means out of memory). */
+static enum MHD_Result admin_json(struct MHD_Connection *conn, unsigned status, json_t *doc)
 {
-    char *text = json_dumps(doc, JSON_COMPACT);
+    char *text = doc ? json_dumps(doc, JSON_COMPACT) : NULL;
     json_decref(doc);
     if (!text)
         return admin_error(conn, TG_ERR_NOMEM, "out of memory");
-    return admin_reply(conn, 200, text, strlen(text), "application/json");
+    return admin_reply(conn, status, text, strlen(text), "application/json");
 }
 
 /* Constant-time check of the Bearer token against admin_key (both hashed first, so the
@@ -117,20 +141,124 @@ static json_t *admin_backends(const struct config *cfg)
     return json_pack("{s:o}", "backends", list);
 }
 
+static enum MHD_Result admin_keys_error(struct MHD_Connection *conn, const struct keys_error *err)
+{
+    size_t len = 0;
+    char *body = keys_error_body(err, &len);
+    if (!body)
+        return MHD_NO;
+    return admin_reply(conn, keys_error_status(err), body, len, "application/json");
+}
+
+static enum MHD_Result admin_keys_create(struct MHD_Connection *conn, const struct config *cfg,
+                                         struct admin_request *req)
+{
+    if (req->body_error == BUF_ETOOBIG)
+        return admin_error(conn, TG_ERR_TOO_LARGE, "The body is over 64 KiB.");
+    if (req->body_error)
+        return admin_error(conn, TG_ERR_NOMEM, "out of memory");
+    json_error_t jerr;
+    json_t *body = json_loadb(req->body.len ? req->body.data : "", req->body.len,
+                              JSON_REJECT_DUPLICATES, &jerr);
+    if (!body) {
+        char msg[256];
+        snprintf(msg, sizeof msg, "The body is not valid JSON: %s", jerr.text);
+        return admin_error(conn, TG_ERR_INVALID_JSON, msg);
+    }
+    struct keys_record r;
+    struct keys_error err;
+    char key[KEYS_KEY_LEN + 1];
+    int rc = keys_parse_request(body, (int64_t)time(NULL), &r, &err);
+    json_decref(body);
+    if (rc)
+        return admin_keys_error(conn, &err);
+    if (keys_create(cfg, &r, key, &err)) {
+        keys_record_clear(&r);
+        return admin_keys_error(conn, &err);
+    }
+    log_event(LOG_INFO, "key_created", "\"name\":\"%s\",\"sha256_prefix\":\"%.8s\"", r.name,
+              r.sha256);
+    json_t *doc = keys_created_json(&r, key);
+    OPENSSL_cleanse(key, sizeof key);
+    keys_record_clear(&r);
+    char *text = doc ? json_dumps(doc, JSON_COMPACT) : NULL;
+    json_decref(doc);
+    if (!text)
+        return admin_error(conn, TG_ERR_NOMEM, "out of memory");
+    return admin_reply_with(conn, 201, text, strlen(text), "application/json", admin_free_secret);
+}
+
+/* /admin/keys and /admin/keys/{name}. Each call holds a Redis connection of its own for its
+ * duration (gateway/keys.h): bounded by the connect and command timeouts. */
+static enum MHD_Result admin_keys(struct MHD_Connection *conn, const struct config *cfg,
+                                  const char *method, const char *url, struct admin_request *req)
+{
+    struct keys_error err;
+    bool get = !strcmp(method, "GET") || !strcmp(method, "HEAD");
+    const char *name = url[sizeof "/admin/keys" - 1] ? url + sizeof "/admin/keys" : NULL;
+    if (!name) {
+        if (!strcmp(method, "POST"))
+            return admin_keys_create(conn, cfg, req);
+        if (!get)
+            return admin_error(conn, TG_ERR_METHOD, "Use GET or POST.");
+        struct keys_record *list;
+        size_t n;
+        if (keys_list(cfg, &list, &n, &err))
+            return admin_keys_error(conn, &err);
+        json_t *doc = keys_list_json(list, n);
+        keys_records_free(list, n);
+        return admin_json(conn, 200, doc);
+    }
+    if (get) {
+        struct keys_record r = {0};
+        if (keys_show(cfg, name, &r, &err))
+            return admin_keys_error(conn, &err);
+        json_t *doc = keys_record_json(&r);
+        keys_record_clear(&r);
+        return admin_json(conn, 200, doc);
+    }
+    if (strcmp(method, "DELETE"))
+        return admin_error(conn, TG_ERR_METHOD, "Use GET or DELETE.");
+    if (keys_revoke(cfg, name, &err))
+        return admin_keys_error(conn, &err);
+    log_event(LOG_INFO, "key_revoked", "\"name\":\"%s\"", name);
+    return admin_json(conn, 200, json_pack("{s:s, s:b}", "name", name, "revoked", 1));
+}
+
+static void admin_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
+                            enum MHD_RequestTerminationCode toe)
+{
+    (void)cls;
+    (void)conn;
+    (void)toe;
+    struct admin_request *req = *con_cls;
+    if (req) {
+        buf_free(&req->body);
+        free(req);
+        *con_cls = NULL;
+    }
+}
+
 static enum MHD_Result admin_handle(void *cls, struct MHD_Connection *conn, const char *url,
                                     const char *method, const char *version,
                                     const char *upload_data, size_t *upload_data_size,
                                     void **con_cls)
 {
     (void)version;
-    (void)upload_data;
     struct admin *a = cls;
-    if (!*con_cls) {
-        *con_cls = a; /* the first call only has the headers */
+    struct admin_request *req = *con_cls;
+    if (!req) {
+        /* The first call only has the headers. */
+        if (!(req = calloc(1, sizeof *req)))
+            return MHD_NO;
+        buf_init(&req->body, KEYS_BODY_MAX);
+        *con_cls = req;
         return MHD_YES;
     }
     if (*upload_data_size) {
-        *upload_data_size = 0; /* no admin endpoint takes a body yet */
+        if (!req->body_error)
+            req->body_error = buf_append(&req->body, upload_data, *upload_data_size);
+        *upload_data_size = 0;
         return MHD_YES;
     }
     struct config *cfg = admin_config(a);
@@ -141,7 +269,7 @@ static enum MHD_Result admin_handle(void *cls, struct MHD_Connection *conn, cons
         if (strcmp(method, "GET") && strcmp(method, "HEAD")) {
             ok = admin_error(conn, TG_ERR_METHOD, "Use GET.");
         } else if (url[1] == 'a') {
-            ok = admin_json(conn, admin_backends(cfg));
+            ok = admin_json(conn, 200, admin_backends(cfg));
         } else {
             struct buf out;
             buf_init(&out, 16u << 20);
@@ -154,6 +282,8 @@ static enum MHD_Result admin_handle(void *cls, struct MHD_Connection *conn, cons
                 ok = admin_reply(conn, 200, text, len, "text/plain; version=0.0.4; charset=utf-8");
             }
         }
+    } else if (!strcmp(url, "/admin/keys") || !strncmp(url, "/admin/keys/", 12)) {
+        ok = admin_keys(conn, cfg, method, url, req);
     } else {
         ok = admin_error(conn, TG_ERR_UNKNOWN_URL, "No such admin endpoint.");
     }
@@ -211,10 +341,13 @@ struct admin *admin_start(struct config *cfg, struct server *server, char *err, 
     pthread_mutex_init(&a->lock, NULL);
     a->server = server;
     a->cfg = config_ref(cfg);
+    /* Two threads: a key operation waits on Redis (up to its timeouts), and /metrics
+     * scrapes should not wait behind it. */
     a->mhd = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL, 0, NULL, NULL,
                               admin_handle, a, MHD_OPTION_LISTEN_SOCKET, fd,
-                              MHD_OPTION_CONNECTION_LIMIT, 256u, MHD_OPTION_CONNECTION_TIMEOUT,
-                              30u, MHD_OPTION_END);
+                              MHD_OPTION_THREAD_POOL_SIZE, 2u, MHD_OPTION_CONNECTION_LIMIT, 256u,
+                              MHD_OPTION_CONNECTION_TIMEOUT, 30u, MHD_OPTION_NOTIFY_COMPLETED,
+                              admin_completed, NULL, MHD_OPTION_END);
     if (!a->mhd) {
         snprintf(err, err_len, "admin_listen: cannot start the HTTP daemon");
         close(fd);

@@ -1,8 +1,10 @@
 /* The admin listener (`admin_listen`, Bearer `admin_key`): operator endpoints, kept off the
- * client-facing port. Runs on its own libmicrohttpd thread, never on a worker.
+ * client-facing port. Runs on its own libmicrohttpd threads (two), never on a worker.
  *   GET /admin/backends   every backend: url, models and current prices, health, in-flight,
  *                          recent latency, failures and ejections
  *   GET /metrics          Prometheus text
+ *   POST /admin/keys, GET /admin/keys, GET|DELETE /admin/keys/{name}
+ *                          Redis-held API keys (gateway/keys.h); bodies up to 64 KiB
  * admin_* functions are called from the main thread. */
 #ifndef TOLLGATE_ADMIN_H
 #define TOLLGATE_ADMIN_H

@@ -1,6 +1,7 @@
 /* tollgate: an OpenAI-compatible inference gateway. Entry point: options, config, signals. */
 #include "gateway/admin.h"
 #include "gateway/config.h"
+#include "gateway/keys.h"
 #include "gateway/log.h"
 #include "gateway/server.h"
 #include "routing/backend.h"
@@ -23,12 +24,17 @@ static void usage(FILE *out)
 {
     fprintf(out,
             "usage: tollgate [-c FILE] [--check-config] [--version] [--help]\n"
+            "       tollgate -c FILE keys create NAME [--models a,b] [--rpm N] [--tpm N]\n"
+            "                             [--budget-usd X] [--expires-at UNIX] [--json]\n"
+            "       tollgate -c FILE keys list | show NAME | revoke NAME   [--json]\n"
             "\n"
             "  -c, --config FILE   configuration, YAML or JSON (default: $TOLLGATE_CONFIG)\n"
             "      --check-config  validate the configuration, print every problem, exit\n"
             "      --healthcheck   GET /healthz on the configured listen address; exit 0 if 200\n"
             "  -v, --version       print the version\n"
             "  -h, --help          this text\n"
+            "  keys ...            manage the API keys held in Redis (redis.url); create prints\n"
+            "                      the new key once, only its SHA-256 is stored\n"
             "\n"
             "environment: TOLLGATE_CONFIG (config file), TOLLGATE_LISTEN (overrides listen);\n"
             "${VAR} in the config is replaced from the environment.\n"
@@ -110,7 +116,8 @@ int main(int argc, char **argv)
         {NULL, 0, NULL, 0}};
     const char *path = getenv("TOLLGATE_CONFIG");
     int check_only = 0, health_only = 0, c;
-    while ((c = getopt_long(argc, argv, "c:vh", opts, NULL)) != -1) {
+    /* '+': stop at the first non-option, so a sub-command's own options stay its own. */
+    while ((c = getopt_long(argc, argv, "+c:vh", opts, NULL)) != -1) {
         switch (c) {
         case 'c':
             path = optarg;
@@ -132,7 +139,8 @@ int main(int argc, char **argv)
             return 2;
         }
     }
-    if (optind < argc || !path || !*path) {
+    bool keys_cmd = optind < argc && !strcmp(argv[optind], "keys");
+    if ((optind < argc && !keys_cmd) || !path || !*path) {
         usage(stderr);
         return 2;
     }
@@ -143,6 +151,12 @@ int main(int argc, char **argv)
     struct config *cfg = load(path);
     if (!cfg)
         return 1;
+    if (keys_cmd) {
+        int rc = keys_cli(cfg, argc - optind - 1, argv + optind + 1);
+        config_unref(cfg);
+        curl_global_cleanup();
+        return rc;
+    }
     if (health_only) {
         int rc = healthcheck(cfg);
         config_unref(cfg);
