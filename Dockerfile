@@ -4,7 +4,7 @@ FROM debian:bookworm-slim AS build
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
       build-essential libmicrohttpd-dev libcurl4-openssl-dev libhiredis-dev libev-dev \
-      libjansson-dev libyaml-dev libssl-dev \
+      libjansson-dev libyajl-dev libyaml-dev libssl-dev \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY Makefile VERSION ./
@@ -17,7 +17,7 @@ RUN make -j"$(nproc)" all
 FROM debian:bookworm-slim
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-      libmicrohttpd12 libcurl4 libhiredis0.14 libev4 libjansson4 libyaml-0-2 libssl3 \
+      libmicrohttpd12 libcurl4 libhiredis0.14 libev4 libjansson4 libyajl2 libyaml-0-2 libssl3 \
       ca-certificates \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin tollgate \

@@ -7,7 +7,7 @@ OPT     ?= -O2 -g
 WARN    := -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wshadow -Wformat=2 -Wstrict-prototypes -Werror
 CFLAGS  += $(OPT) $(WARN) -I. $(EXTRA_CFLAGS)
 LDFLAGS += $(EXTRA_LDFLAGS)
-LIBS    := -lmicrohttpd -lcurl -lhiredis -lev -ljansson -lyaml -lcrypto -lpthread -lm
+LIBS    := -lmicrohttpd -lcurl -lhiredis -lev -ljansson -lyajl -lyaml -lcrypto -lpthread -lm
 VERSION := $(shell cat VERSION 2>/dev/null || echo 0.0.0)
 
 CORE_SRC := $(filter-out gateway/main.c,$(wildcard gateway/*.c routing/*.c metrics/*.c))
@@ -20,7 +20,7 @@ UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 # Debian packages the build, the tests and the benchmark need. Node.js and npm count as
 # present when the commands exist, whoever installed them (a machine may have its own).
 DEB_PKGS := build-essential pkg-config libmicrohttpd-dev libcurl4-openssl-dev libhiredis-dev \
-            libev-dev libjansson-dev libyaml-dev libssl-dev libcmocka-dev redis-server nginx \
+            libev-dev libjansson-dev libyajl-dev libyaml-dev libssl-dev libcmocka-dev redis-server nginx \
             wrk curl
 
 .PHONY: all deps run test unit integration bench asan install clean fmt

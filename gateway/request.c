@@ -1,5 +1,6 @@
 #include "gateway/request.h"
 
+#include "gateway/answer.h"
 #include "gateway/auth.h"
 #include "gateway/buf.h"
 #include "gateway/error.h"
@@ -79,8 +80,10 @@ struct request {
     long up_status;
     char fail_detail[160]; /* why on_data aborted the transfer */
 
-    /* A whole answer (or a backend's error) being collected. */
+    /* A whole answer (or a backend's error) being collected, and scanned as it arrives. */
     struct buf resp;
+    struct answer_scan scan;
+    bool scanning;
 
     /* Stream relay: events from the backend, waiting to be sent. */
     bool stream_mode;
@@ -455,6 +458,9 @@ static enum MHD_Result request_begin(struct request *r, const char *url, const c
 /* Forgets what an earlier attempt received, before the next backend is tried. */
 static void request_reset_attempt(struct request *r)
 {
+    if (r->scanning)
+        answer_scan_free(&r->scan);
+    r->scanning = false;
     buf_free(&r->resp);
     buf_free(&r->out);
     if (r->stream_mode)
@@ -705,43 +711,17 @@ static void request_attempt_failed(struct request *r, enum tg_error err, bool bl
 
 /* ---- usage and cost ------------------------------------------------------------------------ */
 
-static size_t str_len(json_t *v)
+/* What a scan found: the node's usage (if any), the text delivered, the choices. */
+static void request_note_scan(struct request *r, const struct answer_scan *sc)
 {
-    return json_is_string(v) ? json_string_length(v) : 0;
-}
-
-/* Bytes of generated text in one choice of an answer (`message`) or a chunk (`delta`). */
-static size_t choice_delivered(json_t *choice, const char *part)
-{
-    json_t *m = json_object_get(choice, part);
-    size_t n = str_len(json_object_get(choice, "text"));
-    if (!json_is_object(m))
-        return n;
-    n += str_len(json_object_get(m, "content")) + str_len(json_object_get(m, "reasoning_content")) +
-         str_len(json_object_get(m, "reasoning")) + str_len(json_object_get(m, "refusal"));
-    json_t *calls = json_object_get(m, "tool_calls");
-    size_t i;
-    json_t *call;
-    json_array_foreach(calls, i, call)
-    {
-        json_t *fn = json_object_get(call, "function");
-        n += str_len(json_object_get(fn, "name")) + str_len(json_object_get(fn, "arguments"));
-    }
-    json_t *fc = json_object_get(m, "function_call");
-    n += str_len(json_object_get(fc, "name")) + str_len(json_object_get(fc, "arguments"));
-    return n;
-}
-
-static void request_note_usage(struct request *r, json_t *usage)
-{
-    if (!json_is_object(usage))
-        return;
-    json_t *p = json_object_get(usage, "prompt_tokens");
-    json_t *c = json_object_get(usage, "completion_tokens");
-    if (json_is_integer(p)) {
+    r->delivered += sc->delivered;
+    unsigned n = sc->n_choices > sc->choices_len ? sc->n_choices : (unsigned)sc->choices_len;
+    if (n > r->n_choices && n <= 128)
+        r->n_choices = n;
+    if (sc->has_usage) {
         r->usage_reported = true;
-        r->rep_prompt = (long)json_integer_value(p);
-        r->rep_completion = json_is_integer(c) ? (long)json_integer_value(c) : 0;
+        r->rep_prompt = (long)sc->prompt_tokens;
+        r->rep_completion = (long)sc->completion_tokens;
     }
 }
 
@@ -838,51 +818,41 @@ static int request_on_event(void *ctx, const struct sse_event *ev)
         request_settle_usage(r);
         return buf_append(&r->out, ev->raw, ev->raw_len) ? TG_ERR_NOMEM : 0;
     }
-    json_t *chunk = json_loadb(ev->data, ev->data_len, 0, NULL);
-    if (!json_is_object(chunk)) {
-        json_decref(chunk);
+    struct answer_scan sc;
+    if (answer_scan_init(&sc))
+        return TG_ERR_NOMEM;
+    bool ok = answer_scan_feed(&sc, ev->data, ev->data_len) == 0 && answer_scan_finish(&sc) == 0 &&
+              sc.object;
+    answer_scan_free(&sc);
+    if (!ok) {
         snprintf(r->fail_detail, sizeof r->fail_detail, "a stream event that is not JSON");
         return TG_ERR_BAD_BACKEND_RESPONSE;
     }
-    if (json_is_object(json_object_get(chunk, "error"))) {
+    if (sc.has_error) {
         /* A node reporting its own failure mid-stream: a failure, not content. */
-        const char *m = json_string_value(
-            json_object_get(json_object_get(chunk, "error"), "message"));
-        snprintf(r->fail_detail, sizeof r->fail_detail, "the node sent an error event: %s",
-                 m ? m : "(no message)");
-        json_decref(chunk);
+        snprintf(r->fail_detail, sizeof r->fail_detail, "the node sent an error event");
         return TG_ERR_BAD_BACKEND_RESPONSE;
     }
-    json_t *choices = json_object_get(chunk, "choices");
-    size_t i;
-    json_t *choice;
-    json_array_foreach(choices, i, choice)
-    {
-        r->delivered += choice_delivered(choice, "delta");
-        json_t *idx = json_object_get(choice, "index");
-        unsigned n = json_is_integer(idx) ? (unsigned)json_integer_value(idx) + 1 : 1;
-        if (n > r->n_choices && n <= 128)
-            r->n_choices = n;
-    }
-    json_t *usage = json_object_get(chunk, "usage");
-    int rc = 0;
-    if (json_is_object(usage)) {
-        request_note_usage(r, usage);
-        bool usage_only = json_array_size(choices) == 0;
-        if (usage_only)
-            request_settle_usage(r); /* the usage chunk comes after the last content */
-        if (r->caller_usage && usage_only) {
-            request_write_usage(r, usage, true);
-            rc = request_emit_event(r, chunk);
-        } else if (r->caller_usage) {
-            rc = buf_append(&r->out, ev->raw, ev->raw_len) ? TG_ERR_NOMEM : 0;
-        } else if (!usage_only) {
-            json_object_del(chunk, "usage"); /* the caller did not ask for it */
-            rc = request_emit_event(r, chunk);
-        }
-    } else {
-        rc = buf_append(&r->out, ev->raw, ev->raw_len) ? TG_ERR_NOMEM : 0;
-    }
+    request_note_scan(r, &sc);
+    if (!sc.has_usage)
+        return buf_append(&r->out, ev->raw, ev->raw_len) ? TG_ERR_NOMEM : 0;
+    /* A chunk with usage: the usage chunk (no choices) comes after the last content. */
+    bool usage_only = sc.choices_len == 0;
+    if (usage_only)
+        request_settle_usage(r);
+    if (r->caller_usage && !usage_only)
+        return buf_append(&r->out, ev->raw, ev->raw_len) ? TG_ERR_NOMEM : 0;
+    if (!r->caller_usage && usage_only)
+        return 0; /* asked for by the gateway, not by the caller: dropped */
+    /* Rewritten: the settled numbers and cost for the caller, or the usage removed. */
+    json_t *chunk = json_loadb(ev->data, ev->data_len, 0, NULL);
+    if (!chunk)
+        return TG_ERR_NOMEM;
+    if (usage_only)
+        request_write_usage(r, json_object_get(chunk, "usage"), true);
+    else
+        json_object_del(chunk, "usage");
+    int rc = request_emit_event(r, chunk);
     json_decref(chunk);
     return rc;
 }
@@ -903,6 +873,7 @@ static void request_start_body(struct request *r)
     } else {
         buf_init(&r->resp, r->up_status / 100 == 2 ? r->cfg->upstream.max_response_bytes
                                                    : REQUEST_ERROR_BODY_MAX);
+        r->scanning = r->up_status / 100 == 2 && answer_scan_init(&r->scan) == 0;
     }
     if (r->up_status == 429) {
         char ra[32];
@@ -926,6 +897,10 @@ static int request_on_data(void *ctx, const char *data, size_t len)
         if (rc == BUF_ETOOBIG) {
             snprintf(r->fail_detail, sizeof r->fail_detail, "answer larger than %zu bytes",
                      r->resp.max);
+            return TG_ERR_BAD_BACKEND_RESPONSE;
+        }
+        if (!rc && r->scanning && answer_scan_feed(&r->scan, data, len)) {
+            snprintf(r->fail_detail, sizeof r->fail_detail, "an answer that is not JSON");
             return TG_ERR_BAD_BACKEND_RESPONSE;
         }
         return rc ? TG_ERR_NOMEM : 0;
@@ -988,23 +963,20 @@ static const char *request_upstream_message(const struct request *r, char *out, 
     return out;
 }
 
-/* A whole 2xx answer: check it, settle usage, and reply (rewriting usage if clamped). */
-static void request_whole_answer(struct request *r, json_t *doc)
+/* A whole 2xx answer, scanned as it arrived: settle usage and reply, rewriting the usage
+ * (the only time the answer is parsed into a tree) when the node's numbers were clamped. */
+static void request_whole_answer(struct request *r)
 {
-    json_t *choices = json_object_get(doc, "choices");
-    size_t i;
-    json_t *choice;
-    json_array_foreach(choices, i, choice) r->delivered += choice_delivered(choice, "message");
-    r->n_choices = (unsigned)json_array_size(choices);
-    request_note_usage(r, json_object_get(doc, "usage"));
+    request_note_scan(r, &r->scan);
     request_settle_usage(r);
-    char *text;
-    size_t len;
+    char *text = NULL;
+    size_t len = 0;
     if (r->usage_clamped) {
-        json_t *usage = json_object_get(doc, "usage");
-        request_write_usage(r, usage, false);
-        text = json_dumps(doc, JSON_COMPACT);
+        json_t *doc = json_loadb(r->resp.data, r->resp.len, 0, NULL);
+        request_write_usage(r, json_object_get(doc, "usage"), false);
+        text = doc ? json_dumps(doc, JSON_COMPACT) : NULL;
         len = text ? strlen(text) : 0;
+        json_decref(doc);
     } else {
         text = buf_steal(&r->resp, &len);
     }
@@ -1067,10 +1039,11 @@ static void request_on_done(void *ctx, int result, long status, const char *deta
                                "Backend %s is rate limiting%s", backend,
                                request_upstream_message(r, m, sizeof m));
     } else if (r->up_status / 100 == 2) {
-        json_t *doc = json_loadb(r->resp.data ? r->resp.data : "", r->resp.len, 0, NULL);
-        if (!json_is_object(doc)) {
+        bool json_ok = r->scanning && answer_scan_finish(&r->scan) == 0 && r->scan.object;
+        if (!json_ok || r->scan.has_error) {
             request_attempt_failed(r, TG_ERR_BAD_BACKEND_RESPONSE, true, false,
-                                   "Backend %s sent an answer that is not a JSON object",
+                                   json_ok ? "Backend %s answered 2xx with an error object"
+                                           : "Backend %s sent an answer that is not a JSON object",
                                    backend);
         } else if (r->oreq.stream) {
             request_attempt_failed(r, TG_ERR_BAD_BACKEND_RESPONSE, true, false,
@@ -1078,10 +1051,9 @@ static void request_on_done(void *ctx, int result, long status, const char *deta
                                    backend);
         } else {
             backend_record_success(bs, r->ttfb, now - r->t_attempt);
-            request_whole_answer(r, doc);
+            request_whole_answer(r);
             request_resume(r);
         }
-        json_decref(doc);
     } else if (r->up_status >= 500 || r->up_status < 400) {
         char m[300];
         request_attempt_failed(r, TG_ERR_BAD_BACKEND_RESPONSE, true, false,
@@ -1267,6 +1239,8 @@ void request_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
         r->next->prev = r->prev;
     w->n_active--;
 
+    if (r->scanning)
+        answer_scan_free(&r->scan);
     buf_free(&r->body);
     buf_free(&r->resp);
     buf_free(&r->out);
