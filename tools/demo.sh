@@ -44,6 +44,28 @@ a=$(node_port node-cheap)
 b=$(node_port node-mid)
 c=$(node_port node-premium)
 
+# A free loopback port (the kernel's ephemeral range, skipping ones in use).
+free_port() {
+    local p
+    for _ in $(seq 50); do
+        p=$((20000 + RANDOM % 30000))
+        (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null || { echo "$p"; return; }
+    done
+    return 1
+}
+
+# Redis when it is installed: keys can then be created at run time through the admin API.
+redis_yaml=""
+admin_port=$(free_port)
+ADMIN_KEY=${TOLLGATE_ADMIN_KEY:-admin-demo-key-0123456789}
+if command -v redis-server >/dev/null 2>&1; then
+    redis_port=$(free_port)
+    redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no \
+        --dir "$dir" >"$dir/redis.log" 2>&1 &
+    pids+=($!)
+    redis_yaml="redis: { url: \"redis://127.0.0.1:$redis_port/0\" }"
+fi
+
 if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then
     echo "port $PORT is busy; picking a free one (set TOLLGATE_PORT to choose)" >&2
     PORT=0
@@ -53,6 +75,9 @@ cat >"$dir/tollgate.yaml" <<YAML
 listen: "127.0.0.1:$PORT"
 workers: 0
 log_level: info
+admin_listen: "127.0.0.1:$admin_port"
+admin_key: "\${TOLLGATE_ADMIN_KEY}"
+$redis_yaml
 keys:
   - name: demo
     key: "\${TOLLGATE_DEMO_KEY}"
@@ -75,11 +100,7 @@ backends:
       - { name: qwen-2.5-7b, input_usd_per_mtok: 0.15, output_usd_per_mtok: 0.30 }
       - { name: text-embed, input_usd_per_mtok: 0.02, output_usd_per_mtok: 0 }
 YAML
-if command -v redis-server >/dev/null && redis-cli -p 6379 ping >/dev/null 2>&1; then
-    echo "(a Redis answers on 127.0.0.1:6379; this demo runs without it)"
-fi
-
-TOLLGATE_DEMO_KEY=$KEY "$BUILD/tollgate" -c "$dir/tollgate.yaml" >"$dir/gateway.log" 2>&1 &
+TOLLGATE_DEMO_KEY=$KEY TOLLGATE_ADMIN_KEY=$ADMIN_KEY "$BUILD/tollgate" -c "$dir/tollgate.yaml" >"$dir/gateway.log" 2>&1 &
 gw=$!
 pids+=($gw)
 for _ in $(seq 50); do
@@ -108,6 +129,16 @@ Backends: node-cheap :$a, node-mid :$b, node-premium :$c (simulated, different p
   # the OpenAI SDK (Python or Node): base_url="$url/v1", api_key="$KEY"
 
 The answer's x-tollgate-backend header names the node that served it (the cheapest).
+Admin (Bearer $ADMIN_KEY): http://127.0.0.1:$admin_port/admin/backends
+MSG
+if [ -n "$redis_yaml" ]; then
+    cat <<MSG
+Redis is running for this demo, so keys can be made at run time:
+  curl -X POST http://127.0.0.1:$admin_port/admin/keys -H "Authorization: Bearer $ADMIN_KEY" \\
+       -d '{"name":"team-a","models":["llama-3.1-8b"]}'
+MSG
+fi
+cat <<MSG
 Gateway log: $dir/gateway.log   Metrics: $url/metrics   Ctrl-C stops.
 
 MSG
