@@ -78,6 +78,10 @@ static void entry_from_reply(struct keycache_entry *e, const redisReply *reply)
             e->models = models_list(v->str, v->len);
         else if (!strcmp(k->str, "expires_at"))
             e->expires_at = strtoll(v->str, NULL, 10);
+        else if (!strcmp(k->str, "rpm"))
+            e->rpm = strtol(v->str, NULL, 10);
+        else if (!strcmp(k->str, "tpm"))
+            e->tpm = strtol(v->str, NULL, 10);
     }
     if (e->known && !e->name[0])
         e->known = false; /* a record without a name is not a key */

@@ -7,6 +7,7 @@
 #include "gateway/keyauth.h"
 #include "gateway/log.h"
 #include "gateway/openai.h"
+#include "gateway/ratelimit.h"
 #include "gateway/sse.h"
 #include "gateway/worker.h"
 #include "routing/backend.h"
@@ -54,6 +55,14 @@ struct request {
     bool auth_wait;       /* ... and the request is suspended until it is known */
     enum keyauth_result auth_result;
     char *local_url;      /* the path of a local endpoint answered after the lookup */
+    long key_rpm, key_tpm; /* the key's per-minute limits, 0 = none */
+    struct ratelimit_wait *limit_wait;
+    bool limit_pending;   /* admission asked for, not answered yet */
+    bool limit_suspended; /* ... and the request waits for it */
+    bool limited;         /* the key has limits: send x-ratelimit-* */
+    enum ratelimit_result limit_result;
+    struct ratelimit_view limit_view;
+    long limit_tokens;    /* tokens admitted on the estimate */
     const char *model; /* the route's model name (config-owned) */
     double t_start;
     struct buf body;
@@ -118,6 +127,7 @@ struct request {
 };
 
 static const struct upstream_ops request_upstream_ops;
+static enum MHD_Result request_admitted(struct request *r);
 
 /* ---- small helpers ---------------------------------------------------------------------- */
 
@@ -198,6 +208,27 @@ static void request_headers(struct request *r, struct MHD_Response *resp)
     }
     if (r->no_retry)
         MHD_add_response_header(resp, "x-should-retry", "false");
+    if (r->limited) {
+        const struct ratelimit_view *v = &r->limit_view;
+        char n[32];
+        long reset_s = (v->reset_ms + 999) / 1000;
+        if (v->limit_requests) {
+            snprintf(n, sizeof n, "%ld", v->limit_requests);
+            MHD_add_response_header(resp, "x-ratelimit-limit-requests", n);
+            snprintf(n, sizeof n, "%ld", v->remaining_requests);
+            MHD_add_response_header(resp, "x-ratelimit-remaining-requests", n);
+            snprintf(n, sizeof n, "%lds", reset_s);
+            MHD_add_response_header(resp, "x-ratelimit-reset-requests", n);
+        }
+        if (v->limit_tokens) {
+            snprintf(n, sizeof n, "%ld", v->limit_tokens);
+            MHD_add_response_header(resp, "x-ratelimit-limit-tokens", n);
+            snprintf(n, sizeof n, "%ld", v->remaining_tokens);
+            MHD_add_response_header(resp, "x-ratelimit-remaining-tokens", n);
+            snprintf(n, sizeof n, "%lds", reset_s);
+            MHD_add_response_header(resp, "x-ratelimit-reset-tokens", n);
+        }
+    }
     if (worker_draining(r->w))
         MHD_add_response_header(resp, MHD_HTTP_HEADER_CONNECTION, "close");
 }
@@ -343,6 +374,8 @@ static enum MHD_Result request_local(struct request *r, const char *url)
 
 static void request_take_key(struct request *r, const struct keycache_entry *e)
 {
+    r->key_rpm = e->rpm > 0 ? e->rpm : 0;
+    r->key_tpm = e->tpm > 0 ? e->tpm : 0;
     snprintf(r->key_name_buf, sizeof r->key_name_buf, "%s", e->name);
     r->key_name = r->key_name_buf;
     free(r->key_models);
@@ -586,6 +619,20 @@ static int request_start_attempt(struct request *r, struct router_outcome *why)
     return 0;
 }
 
+static void request_limit_done(void *ctx, enum ratelimit_result result,
+                               const struct ratelimit_view *view)
+{
+    struct request *r = ctx;
+    r->limit_wait = NULL;
+    r->limit_pending = false;
+    r->limit_result = result;
+    r->limit_view = *view;
+    if (r->limit_suspended) {
+        r->limit_suspended = false;
+        request_resume(r);
+    }
+}
+
 /* The whole body is in: validate, route, forward. */
 static enum MHD_Result request_dispatch(struct request *r)
 {
@@ -598,6 +645,8 @@ static enum MHD_Result request_dispatch(struct request *r)
         return request_key_error(r);
     if (r->local_url)
         return request_local(r, r->local_url);
+    if (r->json)
+        return request_admitted(r); /* back from waiting for the rate limiter */
     json_error_t jerr;
     r->json = json_loadb(r->body.data ? r->body.data : "", r->body.len, 0, &jerr);
     if (!r->json)
@@ -655,8 +704,36 @@ static enum MHD_Result request_dispatch(struct request *r)
         return REQUEST_FAIL_NOW(r, TG_ERR_NOMEM, NULL, "out of memory");
     r->deadline = r->t_start + (double)rc_cfg->deadline_ms / 1000.0;
 
+    if ((r->key_rpm || r->key_tpm) && r->w->ratelimit) {
+        r->limited = true;
+        r->limit_tokens = (long)(r->rreq.prompt_tokens + r->rreq.output_tokens);
+        r->limit_pending = true;
+        r->limit_result = ratelimit_admit(r->w->ratelimit, r->key_name, r->key_rpm, r->key_tpm,
+                                          r->limit_tokens, request_limit_done, r, &r->limit_wait,
+                                          &r->limit_view);
+        if (r->limit_result != RATELIMIT_PENDING) {
+            r->limit_pending = false;
+        } else if (r->limit_pending) {
+            r->limit_suspended = true; /* request_limit_done resumes us */
+            request_suspend(r);
+            return MHD_YES;
+        }
+    }
+    return request_admitted(r);
+}
+
+/* Past every check: pick a backend and start. */
+static enum MHD_Result request_admitted(struct request *r)
+{
+    if (r->limited && r->limit_result == RATELIMIT_DENY) {
+        r->retry_after_s = (r->limit_view.reset_ms + 999) / 1000;
+        bool tokens = r->limit_view.limit_tokens && !r->limit_view.remaining_tokens;
+        return REQUEST_FAIL_NOW(r, TG_ERR_RATE_LIMITED, NULL,
+                                "Rate limit reached for key '%s': %s per minute. Retry in %ld s.",
+                                r->key_name, tokens ? "tokens" : "requests", r->retry_after_s);
+    }
     struct router_outcome why;
-    rc = request_start_attempt(r, &why);
+    int rc = request_start_attempt(r, &why);
     if (rc == 1) {
         request_no_target(r, &why);
         return request_queue_reply(r);
@@ -1214,6 +1291,10 @@ void request_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
         return;
     *con_cls = NULL;
     keyauth_cancel(r->lookup);
+    ratelimit_cancel(r->limit_wait);
+    if (r->limited && r->limit_result == RATELIMIT_ADMIT && r->w->ratelimit)
+        ratelimit_settle(r->w->ratelimit, r->key_name, r->limit_tokens,
+                         r->usage_done ? r->prompt_tokens + r->completion_tokens : 0);
     if (r->xfer) {
         /* The caller went away: stop the backend's work too. */
         upstream_cancel(r->xfer);

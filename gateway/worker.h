@@ -16,6 +16,7 @@
 #include <stdint.h>
 
 struct keycache;
+struct ratelimit;
 struct redis_client;
 struct request;
 struct server;
@@ -36,6 +37,7 @@ struct worker {
     struct upstream *upstream;
     struct redis_client *redis; /* NULL without redis.url; created on the worker's thread */
     struct keycache *keycache;  /* Redis-held keys seen lately; NULL without redis.url */
+    struct ratelimit *ratelimit; /* per-key limits; NULL without redis.url */
     ev_timer redis_stats_timer;
     struct metrics_shard *metrics; /* read by the scraping thread (relaxed atomics) */
     struct config *cfg;            /* current snapshot; the worker holds a reference */

@@ -157,3 +157,48 @@ test('Redis down: cached keys keep working, unknown keys are refused, nothing ha
   await waitFor(async () => (await chat(gw_a, seen)).status === 401,
     { timeoutMs: 15000, intervalMs: 200, what: 'a key the new Redis does not hold is refused' });
 });
+
+// A minute boundary in the middle would reset the counts: start early in a minute.
+async function early_in_minute() {
+  const into = Date.now() % 60000;
+  if (into > 45000) await new Promise((r) => setTimeout(r, 60000 - into + 200));
+}
+
+test('an RPM limit holds across both replicas: 429 rate_limit_exceeded with retry-after and x-ratelimit headers', async () => {
+  const key = 'tg-77777777777777777777777777777777';
+  await add_key(key, { name: 'grace', rpm: 5 });
+  await early_in_minute();
+  const results = [];
+  for (let i = 0; i < 12; i++) results.push(await chat(i % 2 ? gw_b : gw_a, key));
+  const ok = results.filter((r) => r.status === 200);
+  const limited = results.filter((r) => r.status === 429);
+  assert.equal(ok.length, 5, `admitted: ${results.map((r) => r.status).join(',')}`);
+  assert.equal(limited.length, 7);
+  for (const r of limited) {
+    assert.equal(r.json.error.code, 'rate_limit_exceeded');
+    const wait = Number(r.headers.get('retry-after'));
+    assert.ok(wait >= 1 && wait <= 60, `retry-after ${wait}`);
+    assert.equal(r.headers.get('x-ratelimit-limit-requests'), '5');
+    assert.equal(r.headers.get('x-ratelimit-remaining-requests'), '0');
+    assert.match(r.headers.get('x-ratelimit-reset-requests'), /^\d+s$/);
+  }
+  // Every answer carries the headers, the admitted ones too.
+  assert.equal(ok[0].headers.get('x-ratelimit-limit-requests'), '5');
+  assert.ok(Number(ok[0].headers.get('x-ratelimit-remaining-requests')) <= 4);
+});
+
+test('a TPM limit refuses a request whose estimate no longer fits', async () => {
+  const key = 'tg-88888888888888888888888888888888';
+  await add_key(key, { name: 'heidi', tpm: 300 });
+  await early_in_minute();
+  const ask = (gw) => post(gw.v1 + '/chat/completions',
+    { model: 'llama', max_tokens: 100, messages: [{ role: 'user', content: 'hi' }] }, { key, timeoutMs: 5000 });
+  // Each request is estimated at about 110 tokens (a short prompt and max_tokens 100).
+  const first = await ask(gw_a);
+  assert.equal(first.status, 200, first.text);
+  assert.equal(first.headers.get('x-ratelimit-limit-tokens'), '300');
+  const statuses = [first.status];
+  for (let i = 0; i < 4; i++) statuses.push((await ask(i % 2 ? gw_a : gw_b)).status);
+  assert.ok(statuses.includes(429), `statuses ${statuses}`);
+  assert.ok(statuses.filter((s) => s === 200).length <= 3, `statuses ${statuses}`);
+});
