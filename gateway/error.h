@@ -31,6 +31,7 @@ enum tg_error {
     TG_ERR_PRICE_CEILING = -20,   /* 400 nothing under the caller's max price */
     TG_ERR_BACKEND_RATE_LIMITED = -21, /* 503 every backend tried answered 429 */
     TG_ERR_MODEL_NOT_ALLOWED = -22, /* 403 the key may not use the model */
+    TG_ERR_INSUFFICIENT_QUOTA = -23, /* 429 the key's budget is spent */
 };
 
 /* HTTP status for an error (500 for unknown codes). */

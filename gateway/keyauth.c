@@ -82,6 +82,8 @@ static void entry_from_reply(struct keycache_entry *e, const redisReply *reply)
             e->rpm = strtol(v->str, NULL, 10);
         else if (!strcmp(k->str, "tpm"))
             e->tpm = strtol(v->str, NULL, 10);
+        else if (!strcmp(k->str, "budget_usd"))
+            e->budget_usd = strtod(v->str, NULL);
     }
     if (e->known && !e->name[0])
         e->known = false; /* a record without a name is not a key */

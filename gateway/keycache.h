@@ -23,6 +23,7 @@ struct keycache_entry {
     char *models;     /* allowed models, each NUL-terminated, ending with an empty one; NULL = all */
     int64_t expires_at; /* unix seconds, 0 = never */
     long rpm, tpm;      /* per-minute limits, 0 = none */
+    double budget_usd;  /* 0 = no budget */
     int64_t fetched_ms;
 };
 

@@ -2,6 +2,7 @@
 
 #include "gateway/answer.h"
 #include "gateway/auth.h"
+#include "gateway/budget.h"
 #include "gateway/buf.h"
 #include "gateway/error.h"
 #include "gateway/keyauth.h"
@@ -63,6 +64,11 @@ struct request {
     enum ratelimit_result limit_result;
     struct ratelimit_view limit_view;
     long limit_tokens;    /* tokens admitted on the estimate */
+    double key_budget;    /* USD, 0 = none */
+    struct budget_wait *budget_wait;
+    bool budget_asked, budget_pending, budget_suspended, budget_in_redis;
+    enum budget_result budget_result;
+    double budget_reserved; /* the estimate reserved */
     const char *model; /* the route's model name (config-owned) */
     double t_start;
     struct buf body;
@@ -376,6 +382,7 @@ static void request_take_key(struct request *r, const struct keycache_entry *e)
 {
     r->key_rpm = e->rpm > 0 ? e->rpm : 0;
     r->key_tpm = e->tpm > 0 ? e->tpm : 0;
+    r->key_budget = e->budget_usd > 0 ? e->budget_usd : 0;
     snprintf(r->key_name_buf, sizeof r->key_name_buf, "%s", e->name);
     r->key_name = r->key_name_buf;
     free(r->key_models);
@@ -722,6 +729,32 @@ static enum MHD_Result request_dispatch(struct request *r)
     return request_admitted(r);
 }
 
+static void request_budget_done(void *ctx, enum budget_result result)
+{
+    struct request *r = ctx;
+    r->budget_wait = NULL;
+    r->budget_pending = false;
+    r->budget_result = result;
+    r->budget_in_redis = result == BUDGET_OK;
+    if (r->budget_suspended) {
+        r->budget_suspended = false;
+        request_resume(r);
+    }
+}
+
+/* The dearest estimate among the backends that may serve it: reserving that much means a
+ * failover to a pricier node cannot overspend either. */
+static double request_max_estimate(const struct request *r)
+{
+    double max = 0;
+    for (size_t i = 0; i < r->route->n_targets; i++) {
+        double c = router_estimate(&r->route->targets[i], &r->rreq);
+        if (c > max)
+            max = c;
+    }
+    return max;
+}
+
 /* Past every check: pick a backend and start. */
 static enum MHD_Result request_admitted(struct request *r)
 {
@@ -731,6 +764,28 @@ static enum MHD_Result request_admitted(struct request *r)
         return REQUEST_FAIL_NOW(r, TG_ERR_RATE_LIMITED, NULL,
                                 "Rate limit reached for key '%s': %s per minute. Retry in %ld s.",
                                 r->key_name, tokens ? "tokens" : "requests", r->retry_after_s);
+    }
+    if (r->key_budget > 0 && r->w->budget && !r->budget_asked) {
+        r->budget_asked = true;
+        r->budget_reserved = request_max_estimate(r);
+        r->budget_pending = true;
+        r->budget_result = budget_reserve(r->w->budget, r->key_name, r->key_budget,
+                                          r->budget_reserved, request_budget_done, r,
+                                          &r->budget_wait);
+        if (r->budget_result != BUDGET_PENDING) {
+            r->budget_pending = false;
+        } else if (r->budget_pending) {
+            r->budget_suspended = true; /* request_budget_done resumes us */
+            request_suspend(r);
+            return MHD_YES;
+        }
+    }
+    if (r->budget_asked && r->budget_result == BUDGET_EXHAUSTED) {
+        r->no_retry = true;
+        return REQUEST_FAIL_NOW(r, TG_ERR_INSUFFICIENT_QUOTA, NULL,
+                                "The budget of key '%s' is spent: you exceeded your current "
+                                "quota.",
+                                r->key_name);
     }
     struct router_outcome why;
     int rc = request_start_attempt(r, &why);
@@ -1292,6 +1347,10 @@ void request_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     *con_cls = NULL;
     keyauth_cancel(r->lookup);
     ratelimit_cancel(r->limit_wait);
+    budget_cancel(r->budget_wait);
+    if (r->budget_asked && r->budget_result == BUDGET_OK && r->w->budget)
+        budget_settle(r->w->budget, r->key_name, r->budget_in_redis ? r->budget_reserved : 0,
+                      r->usage_done ? r->cost_usd : 0);
     if (r->limited && r->limit_result == RATELIMIT_ADMIT && r->w->ratelimit)
         ratelimit_settle(r->w->ratelimit, r->key_name, r->limit_tokens,
                          r->usage_done ? r->prompt_tokens + r->completion_tokens : 0);

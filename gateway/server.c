@@ -2,6 +2,7 @@
 
 #include "gateway/keyauth.h"
 #include "gateway/log.h"
+#include "gateway/budget.h"
 #include "gateway/ratelimit.h"
 #include "gateway/redis.h"
 #include "gateway/request.h"
@@ -370,8 +371,10 @@ static void worker_start_redis(struct worker *w)
     w->redis = redis_client_new(w->loop, &opt);
     if (w->redis && w->keycache)
         redis_subscribe(w->redis, KEYAUTH_REVOKED_CHANNEL, revoked_cb, w);
-    if (w->redis)
+    if (w->redis) {
         w->ratelimit = ratelimit_new(w->redis, w->cfg->workers);
+        w->budget = budget_new(w->redis);
+    }
     if (!w->redis) {
         log_event(LOG_ERROR, "redis_failed", "\"worker\":%u,\"message\":\"cannot create the "
                   "Redis client; running without Redis\"", w->id);
@@ -398,6 +401,8 @@ static void *worker_main(void *arg)
         w->redis = NULL;
         ratelimit_free(w->ratelimit);
         w->ratelimit = NULL;
+        budget_free(w->budget);
+        w->budget = NULL;
     }
     atomic_fetch_add(&w->server->n_stopped, 1);
     return NULL;

@@ -17,6 +17,7 @@
 
 struct keycache;
 struct ratelimit;
+struct budget;
 struct redis_client;
 struct request;
 struct server;
@@ -38,6 +39,7 @@ struct worker {
     struct redis_client *redis; /* NULL without redis.url; created on the worker's thread */
     struct keycache *keycache;  /* Redis-held keys seen lately; NULL without redis.url */
     struct ratelimit *ratelimit; /* per-key limits; NULL without redis.url */
+    struct budget *budget;       /* per-key budgets; NULL without redis.url */
     ev_timer redis_stats_timer;
     struct metrics_shard *metrics; /* read by the scraping thread (relaxed atomics) */
     struct config *cfg;            /* current snapshot; the worker holds a reference */

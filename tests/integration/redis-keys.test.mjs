@@ -61,7 +61,7 @@ before(async () => {
     workers: 2,
     redis: { url: `redis://127.0.0.1:${redis_port}/0` },
     keys: [{ name: 'static-admin', key: 'sk-static-key-for-tests' }],
-    backends: [backendFor(node, { models: ['llama', 'qwen'] })],
+    backends: [backendFor(node, { models: ['llama', 'qwen'], prices: [1000, 2000] })],
   };
   gw_a = await startGateway(config);
   gw_b = await startGateway(config);
@@ -201,4 +201,32 @@ test('a TPM limit refuses a request whose estimate no longer fits', async () => 
   for (let i = 0; i < 4; i++) statuses.push((await ask(i % 2 ? gw_a : gw_b)).status);
   assert.ok(statuses.includes(429), `statuses ${statuses}`);
   assert.ok(statuses.filter((s) => s === 200).length <= 3, `statuses ${statuses}`);
+});
+
+test('100 concurrent requests on two replicas never overspend a small budget; then 429 insufficient_quota', async () => {
+  const key = 'tg-99999999999999999999999999999999';
+  const budget = 0.5;
+  await add_key(key, { name: 'ivan', budget_usd: budget });
+  const body = { model: 'llama', max_tokens: 16, messages: [{ role: 'user', content: 'hi' }] };
+  const results = await Promise.all(Array.from({ length: 100 }, (_, i) =>
+    post((i % 2 ? gw_b : gw_a).v1 + '/chat/completions', body, { key, timeoutMs: 10000 })));
+  const ok = results.filter((r) => r.status === 200);
+  const refused = results.filter((r) => r.status === 429);
+  assert.equal(ok.length + refused.length, 100, `statuses ${results.map((r) => r.status)}`);
+  assert.ok(ok.length > 0 && refused.length > 0, `${ok.length} served, ${refused.length} refused`);
+  for (const r of refused) {
+    assert.equal(r.json.error.code, 'insufficient_quota');
+    assert.equal(r.headers.get('x-should-retry'), 'false');
+  }
+  const costs = ok.map((r) => Number(r.headers.get('x-tollgate-cost-usd')));
+  const one = Math.max(...costs);
+  // Settlements are sent when each request completes; give them a moment to land.
+  await waitFor(async () => Number(await cli('HGET', `tg:budget:ivan`, 'reserved')) < 1e-9,
+    { timeoutMs: 5000, what: 'reservations settled' });
+  const spent = Number(await cli('HGET', 'tg:budget:ivan', 'spent'));
+  const served = costs.reduce((a, b) => a + b, 0);
+  assert.ok(Math.abs(spent - served) < 1e-6, `recorded ${spent} vs served ${served}`);
+  assert.ok(spent <= budget + one, `spent ${spent} > budget ${budget} + one request ${one}`);
+  // Spent: the next request is refused at once on both replicas.
+  for (const gw of [gw_a, gw_b]) assert.equal((await chat(gw, key)).status, 429);
 });

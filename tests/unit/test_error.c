@@ -40,6 +40,7 @@ static const struct {
     {TG_ERR_PRICE_CEILING, 400, "invalid_request_error", "max_price_exceeded"},
     {TG_ERR_BACKEND_RATE_LIMITED, 503, "api_error", "backend_rate_limited"},
     {TG_ERR_MODEL_NOT_ALLOWED, 403, "permission_error", "model_not_allowed"},
+    {TG_ERR_INSUFFICIENT_QUOTA, 429, "insufficient_quota", "insufficient_quota"},
 };
 
 #define N_EXPECTED (sizeof expected / sizeof expected[0])

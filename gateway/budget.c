@@ -1,0 +1,168 @@
+#include "gateway/budget.h"
+
+#include "gateway/redis.h"
+
+#include <hiredis/hiredis.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define BUDGET_LOCAL_SHARE 0.01 /* of a budget, per worker, while Redis is out of reach */
+#define BUDGET_BUCKETS 256
+
+static const char budget_reserve_script[] =
+    "local spent = tonumber(redis.call('HGET', KEYS[1], 'spent') or '0')\n"
+    "local reserved = tonumber(redis.call('HGET', KEYS[1], 'reserved') or '0')\n"
+    "if spent + reserved + tonumber(ARGV[2]) > tonumber(ARGV[1]) then return 0 end\n"
+    "redis.call('HINCRBYFLOAT', KEYS[1], 'reserved', ARGV[2])\n"
+    "return 1\n";
+
+static const char budget_settle_script[] =
+    "redis.call('HINCRBYFLOAT', KEYS[1], 'reserved', '-' .. ARGV[1])\n"
+    "redis.call('HINCRBYFLOAT', KEYS[1], 'spent', ARGV[2])\n"
+    "if tonumber(redis.call('HGET', KEYS[1], 'reserved')) < 0 then\n"
+    "  redis.call('HSET', KEYS[1], 'reserved', '0')\n"
+    "end\n"
+    "return 1\n";
+
+struct budget_wait {
+    budget_fn fn;
+    void *ctx;
+    bool cancelled;
+};
+
+/* What a worker spent on its own while Redis was out of reach. */
+struct local_spend {
+    char *key;
+    double spent;
+    struct local_spend *next;
+};
+
+struct budget {
+    struct redis_client *redis;
+    const struct redis_script *reserve, *settle;
+    struct local_spend *local[BUDGET_BUCKETS];
+};
+
+struct budget *budget_new(struct redis_client *redis)
+{
+    struct budget *b = calloc(1, sizeof *b);
+    if (!b)
+        return NULL;
+    b->redis = redis;
+    b->reserve = redis_script_load(redis, budget_reserve_script, sizeof budget_reserve_script - 1);
+    b->settle = redis_script_load(redis, budget_settle_script, sizeof budget_settle_script - 1);
+    return b;
+}
+
+void budget_free(struct budget *b)
+{
+    if (!b)
+        return;
+    for (size_t i = 0; i < BUDGET_BUCKETS; i++)
+        while (b->local[i]) {
+            struct local_spend *l = b->local[i];
+            b->local[i] = l->next;
+            free(l->key);
+            free(l);
+        }
+    free(b);
+}
+
+static struct local_spend *local_for(struct budget *b, const char *key)
+{
+    unsigned h = 5381;
+    for (const char *p = key; *p; p++)
+        h = h * 33 + (unsigned char)*p;
+    struct local_spend **slot = &b->local[h % BUDGET_BUCKETS];
+    for (struct local_spend *l = *slot; l; l = l->next)
+        if (!strcmp(l->key, key))
+            return l;
+    struct local_spend *l = calloc(1, sizeof *l);
+    if (!l || !(l->key = strdup(key))) {
+        free(l);
+        return NULL;
+    }
+    l->next = *slot;
+    *slot = l;
+    return l;
+}
+
+static enum budget_result reserve_alone(struct budget *b, const char *key, double budget_usd,
+                                        double est_usd)
+{
+    struct local_spend *l = local_for(b, key);
+    if (!l || l->spent + est_usd > budget_usd * BUDGET_LOCAL_SHARE)
+        return BUDGET_EXHAUSTED;
+    l->spent += est_usd;
+    return BUDGET_OK;
+}
+
+static void reserved(void *ctx, int result, const redisReply *reply)
+{
+    struct budget_wait *w = ctx;
+    enum budget_result res = BUDGET_EXHAUSTED;
+    if (result == 0 && reply && reply->type == REDIS_REPLY_INTEGER && reply->integer == 1)
+        res = BUDGET_OK;
+    /* A failed reservation refuses: a budget must not be overspent on a Redis error. */
+    if (!w->cancelled)
+        w->fn(w->ctx, res);
+    free(w);
+}
+
+static void usd(char *out, size_t n, double v)
+{
+    snprintf(out, n, "%.10f", v > 0 ? v : 0);
+}
+
+enum budget_result budget_reserve(struct budget *b, const char *key, double budget_usd,
+                                  double est_usd, budget_fn fn, void *ctx,
+                                  struct budget_wait **wait)
+{
+    if (!b->reserve || !redis_client_available(b->redis))
+        return reserve_alone(b, key, budget_usd, est_usd);
+    struct budget_wait *w = calloc(1, sizeof *w);
+    if (!w)
+        return BUDGET_EXHAUSTED;
+    w->fn = fn;
+    w->ctx = ctx;
+    char k[200], limit[40], est[40];
+    snprintf(k, sizeof k, "tg:budget:%s", key);
+    usd(limit, sizeof limit, budget_usd);
+    usd(est, sizeof est, est_usd);
+    const char *argv[] = {k, limit, est};
+    size_t argvlen[] = {strlen(k), strlen(limit), strlen(est)};
+    if (redis_evalsha(b->redis, b->reserve, 1, 3, argv, argvlen, reserved, w)) {
+        free(w);
+        return reserve_alone(b, key, budget_usd, est_usd);
+    }
+    *wait = w;
+    return BUDGET_PENDING;
+}
+
+void budget_cancel(struct budget_wait *w)
+{
+    if (w)
+        w->cancelled = true;
+}
+
+static void settled(void *ctx, int result, const redisReply *reply)
+{
+    (void)ctx;
+    (void)result;
+    (void)reply;
+}
+
+void budget_settle(struct budget *b, const char *key, double reserved_usd, double actual_usd)
+{
+    if (!b->settle || !redis_client_available(b->redis))
+        return; /* the reservation stays: the key can spend less, never more */
+    char k[200], res[40], act[40];
+    snprintf(k, sizeof k, "tg:budget:%s", key);
+    usd(res, sizeof res, reserved_usd);
+    usd(act, sizeof act, actual_usd);
+    const char *argv[] = {k, res, act};
+    size_t argvlen[] = {strlen(k), strlen(res), strlen(act)};
+    redis_evalsha(b->redis, b->settle, 1, 3, argv, argvlen, settled, NULL);
+}
