@@ -111,9 +111,17 @@ static void reserved(void *ctx, int result, const redisReply *reply)
     free(w);
 }
 
-static void usd(char *out, size_t n, double v)
+/* Runs one of the scripts on tg:budget:<key> with two USD amounts. */
+static int budget_eval(struct budget *b, const struct redis_script *script, const char *key,
+                       double x, double y, redis_reply_fn fn, void *ctx)
 {
-    snprintf(out, n, "%.10f", v > 0 ? v : 0);
+    char k[200], a[40], c[40];
+    snprintf(k, sizeof k, "tg:budget:%s", key);
+    snprintf(a, sizeof a, "%.10f", x > 0 ? x : 0);
+    snprintf(c, sizeof c, "%.10f", y > 0 ? y : 0);
+    const char *argv[] = {k, a, c};
+    size_t argvlen[] = {strlen(k), strlen(a), strlen(c)};
+    return redis_evalsha(b->redis, script, 1, 3, argv, argvlen, fn, ctx);
 }
 
 enum budget_result budget_reserve(struct budget *b, const char *key, double budget_usd,
@@ -127,13 +135,7 @@ enum budget_result budget_reserve(struct budget *b, const char *key, double budg
         return BUDGET_EXHAUSTED;
     w->fn = fn;
     w->ctx = ctx;
-    char k[200], limit[40], est[40];
-    snprintf(k, sizeof k, "tg:budget:%s", key);
-    usd(limit, sizeof limit, budget_usd);
-    usd(est, sizeof est, est_usd);
-    const char *argv[] = {k, limit, est};
-    size_t argvlen[] = {strlen(k), strlen(limit), strlen(est)};
-    if (redis_evalsha(b->redis, b->reserve, 1, 3, argv, argvlen, reserved, w)) {
+    if (budget_eval(b, b->reserve, key, budget_usd, est_usd, reserved, w)) {
         free(w);
         return reserve_alone(b, key, budget_usd, est_usd);
     }
@@ -158,11 +160,5 @@ void budget_settle(struct budget *b, const char *key, double reserved_usd, doubl
 {
     if (!b->settle || !redis_client_available(b->redis))
         return; /* the reservation stays: the key can spend less, never more */
-    char k[200], res[40], act[40];
-    snprintf(k, sizeof k, "tg:budget:%s", key);
-    usd(res, sizeof res, reserved_usd);
-    usd(act, sizeof act, actual_usd);
-    const char *argv[] = {k, res, act};
-    size_t argvlen[] = {strlen(k), strlen(res), strlen(act)};
-    redis_evalsha(b->redis, b->settle, 1, 3, argv, argvlen, settled, NULL);
+    budget_eval(b, b->settle, key, reserved_usd, actual_usd, settled, NULL);
 }
