@@ -3,6 +3,7 @@
 #include "gateway/buf.h"
 #include "gateway/error.h"
 #include "gateway/keys.h"
+#include "gateway/ledger.h"
 #include "gateway/log.h"
 #include "routing/backend.h"
 
@@ -225,6 +226,28 @@ static enum MHD_Result admin_keys(struct MHD_Connection *conn, const struct conf
     return admin_json(conn, 200, json_pack("{s:s, s:b}", "name", name, "revoked", 1));
 }
 
+/* GET /admin/usage[?key=NAME]: the usage ledger's totals per key and model
+ * (gateway/ledger.h), over a Redis connection of the call's own like /admin/keys. */
+static enum MHD_Result admin_usage(struct MHD_Connection *conn, const struct config *cfg,
+                                   const char *method)
+{
+    if (strcmp(method, "GET") && strcmp(method, "HEAD"))
+        return admin_error(conn, TG_ERR_METHOD, "Use GET.");
+    const char *key = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "key");
+    if (key && !*key)
+        return admin_error(conn, TG_ERR_INVALID_VALUE, "'key' must name an API key.");
+    struct ledger_usage_row *rows;
+    size_t n, len = 0;
+    struct keys_error err;
+    if (ledger_usage(cfg, key, &rows, &n, &err))
+        return admin_keys_error(conn, &err);
+    char *text = ledger_usage_json(rows, n, &len);
+    free(rows);
+    if (!text)
+        return admin_error(conn, TG_ERR_NOMEM, "out of memory");
+    return admin_reply(conn, 200, text, len, "application/json");
+}
+
 static void admin_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
                             enum MHD_RequestTerminationCode toe)
 {
@@ -284,6 +307,8 @@ static enum MHD_Result admin_handle(void *cls, struct MHD_Connection *conn, cons
         }
     } else if (!strcmp(url, "/admin/keys") || !strncmp(url, "/admin/keys/", 12)) {
         ok = admin_keys(conn, cfg, method, url, req);
+    } else if (!strcmp(url, "/admin/usage")) {
+        ok = admin_usage(conn, cfg, method);
     } else {
         ok = admin_error(conn, TG_ERR_UNKNOWN_URL, "No such admin endpoint.");
     }

@@ -33,4 +33,8 @@ void buf_reset(struct buf *b);
 char *buf_steal(struct buf *b, size_t *len);
 void buf_free(struct buf *b);
 
+/* Length of the well-formed UTF-8 sequence at p (RFC 3629: no overlong forms, no surrogates,
+ * nothing above U+10FFFF; `avail` bytes readable), or 0 when there is none. */
+size_t buf_utf8_len(const unsigned char *p, size_t avail);
+
 #endif

@@ -769,6 +769,7 @@ static void config_free(struct config *cfg)
         return;
     free(cfg->listen);
     free(cfg->redis_url);
+    free(cfg->spool_dir);
     free(cfg->admin_listen);
     if (cfg->admin_key) {
         OPENSSL_cleanse(cfg->admin_key, strlen(cfg->admin_key));
@@ -809,7 +810,8 @@ static struct config *config_build(json_t *root, struct cfg_ctx *ctx)
         "listen",           "workers",  "max_connections", "connection_memory_bytes",
         "max_body_bytes",   "drain_timeout_ms", "log_level", "upstream",
         "keys",             "backends", "redis",           "routing",
-        "health",           "admin_listen", "admin_key",   NULL};
+        "health",           "admin_listen", "admin_key",   "spool_dir",
+        NULL};
     struct config *cfg = calloc(1, sizeof *cfg);
     if (!cfg)
         return NULL;
@@ -863,6 +865,11 @@ static struct config *config_build(json_t *root, struct cfg_ctx *ctx)
     parse_redis(ctx, cfg, root);
     parse_routing(ctx, cfg, root);
     parse_health(ctx, cfg, root);
+    cfg->spool_dir = get_str(ctx, root, "spool_dir", "", false);
+    if (!cfg->spool_dir || !*cfg->spool_dir) {
+        free(cfg->spool_dir);
+        cfg->spool_dir = strdup("/var/tmp");
+    }
     cfg->admin_listen = get_str(ctx, root, "admin_listen", "", false);
     cfg->admin_key = get_str(ctx, root, "admin_key", "", false);
     if (cfg->admin_listen && !*cfg->admin_listen) {

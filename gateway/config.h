@@ -108,6 +108,7 @@ struct config {
     char *admin_listen; /* NULL: no admin listener */
     char *admin_key;    /* Bearer token for the admin listener */
     char *redis_url;    /* NULL when not configured */
+    char *spool_dir;    /* where usage records wait while Redis is unreachable */
     char *source;    /* file it came from */
     atomic_int refs;
 };

@@ -1,5 +1,7 @@
 #include "gateway/error.h"
 
+#include "gateway/buf.h"
+
 #include <jansson.h>
 #include <stdbool.h>
 #include <stdlib.h>
@@ -61,40 +63,6 @@ const char *error_code(enum tg_error err)
     return error_find(err)->code;
 }
 
-/* Length of the well-formed UTF-8 sequence at p (RFC 3629: no overlong forms, no
- * surrogates, nothing above U+10FFFF), or 0. */
-static size_t utf8_sequence(const unsigned char *p, size_t avail)
-{
-    unsigned char c = p[0];
-    if (c < 0x80)
-        return 1;
-    size_t len;
-    unsigned char lo = 0x80, hi = 0xBF;
-    if (c >= 0xC2 && c <= 0xDF) {
-        len = 2;
-    } else if (c >= 0xE0 && c <= 0xEF) {
-        len = 3;
-        if (c == 0xE0)
-            lo = 0xA0;
-        else if (c == 0xED)
-            hi = 0x9F;
-    } else if (c >= 0xF0 && c <= 0xF4) {
-        len = 4;
-        if (c == 0xF0)
-            lo = 0x90;
-        else if (c == 0xF4)
-            hi = 0x8F;
-    } else {
-        return 0;
-    }
-    if (avail < len || p[1] < lo || p[1] > hi)
-        return 0;
-    for (size_t i = 2; i < len; i++)
-        if ((p[i] & 0xC0) != 0x80)
-            return 0;
-    return len;
-}
-
 /* A JSON string from bytes that may not be valid UTF-8 (a message can quote what a client
  * or a backend sent, or be cut mid-character): invalid bytes become U+FFFD. */
 static json_t *error_string(const char *s)
@@ -108,7 +76,7 @@ static json_t *error_string(const char *s)
         return NULL;
     const unsigned char *p = (const unsigned char *)s, *end = p + n;
     while (p < end) {
-        size_t len = utf8_sequence(p, (size_t)(end - p));
+        size_t len = buf_utf8_len(p, (size_t)(end - p));
         if (len) {
             memcpy(clean + o, p, len);
             o += len;

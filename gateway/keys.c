@@ -378,12 +378,15 @@ int keys_record_from_fields(struct keys_record *r, size_t n, const char *const *
 
 /* ---- Redis -------------------------------------------------------------------------------- */
 
-static int keys_unavailable(struct keys_error *err, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
+const struct keys_store keys_store_keys = {"key store", "key_store_unavailable"};
 
-static int keys_unavailable(struct keys_error *err, const char *fmt, ...)
+static int store_unavailable(const struct keys_store *st, struct keys_error *err,
+                             const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+static int store_unavailable(const struct keys_store *st, struct keys_error *err,
+                             const char *fmt, ...)
 {
-    keys_fail(err, KEYS_EUNAVAIL, "key_store_unavailable", NULL, "%s", "");
+    keys_fail(err, KEYS_EUNAVAIL, st->code, NULL, "%s", "");
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(err->message, sizeof err->message, fmt, ap);
@@ -391,26 +394,32 @@ static int keys_unavailable(struct keys_error *err, const char *fmt, ...)
     return KEYS_EUNAVAIL;
 }
 
-/* A reply, or NULL with err filled: the connection failed or timed out, or Redis answered
- * with an error. */
-static redisReply *keys_check(redisContext *c, redisReply *reply, struct keys_error *err)
+#define keys_unavailable(err, ...) store_unavailable(&keys_store_keys, err, __VA_ARGS__)
+
+redisReply *keys_redis_check(redisContext *c, redisReply *reply, const struct keys_store *st,
+                             struct keys_error *err)
 {
     if (!reply) {
         /* hiredis reports a socket timeout as EAGAIN. */
         if (c->err == REDIS_ERR_IO && (errno == EAGAIN || errno == EWOULDBLOCK))
-            keys_unavailable(err, "The key store (Redis) did not answer within %ld s.",
-                             (long)keys_command_timeout.tv_sec);
+            store_unavailable(st, err, "The %s (Redis) did not answer within %ld s.", st->what,
+                              (long)keys_command_timeout.tv_sec);
         else
-            keys_unavailable(err, "The key store (Redis) did not answer: %s.",
-                             c->errstr[0] ? c->errstr : "no reply");
+            store_unavailable(st, err, "The %s (Redis) did not answer: %s.", st->what,
+                              c->errstr[0] ? c->errstr : "no reply");
         return NULL;
     }
     if (reply->type == REDIS_REPLY_ERROR) {
-        keys_unavailable(err, "The key store (Redis) failed: %.160s", reply->str);
+        store_unavailable(st, err, "The %s (Redis) failed: %.160s", st->what, reply->str);
         freeReplyObject(reply);
         return NULL;
     }
     return reply;
+}
+
+static redisReply *keys_check(redisContext *c, redisReply *reply, struct keys_error *err)
+{
+    return keys_redis_check(c, reply, &keys_store_keys, err);
 }
 
 static redisReply *keys_command(redisContext *c, int argc, const char **argv, const size_t *argvlen,
@@ -420,10 +429,11 @@ static redisReply *keys_command(redisContext *c, int argc, const char **argv, co
 }
 
 /* A blocking connection per the URL, authenticated and on its db; NULL with err filled. */
-static redisContext *keys_connect(const struct config *cfg, struct keys_error *err)
+redisContext *keys_redis_connect(const struct config *cfg, const struct keys_store *st,
+                                 struct keys_error *err)
 {
     if (!cfg->redis_url) {
-        keys_unavailable(err, "%s", "No key store: redis.url is not configured.");
+        store_unavailable(st, err, "No %s: redis.url is not configured.", st->what);
         return NULL;
     }
     struct redis_url *u = calloc(1, sizeof *u);
@@ -433,7 +443,7 @@ static redisContext *keys_connect(const struct config *cfg, struct keys_error *e
         return NULL;
     }
     if (redis_parse_url(cfg->redis_url, u, why, sizeof why)) {
-        keys_unavailable(err, "redis.url: %s", why);
+        store_unavailable(st, err, "redis.url: %s", why);
         free(u);
         return NULL;
     }
@@ -441,12 +451,12 @@ static redisContext *keys_connect(const struct config *cfg, struct keys_error *e
                           ? redisConnectUnixWithTimeout(u->path, keys_connect_timeout)
                           : redisConnectWithTimeout(u->host, u->port, keys_connect_timeout);
     if (!c || c->err) {
-        keys_unavailable(err, "The key store (Redis) is unreachable: %s.",
-                         c ? c->errstr : "out of memory");
+        store_unavailable(st, err, "The %s (Redis) is unreachable: %s.", st->what,
+                          c ? c->errstr : "out of memory");
         goto fail;
     }
     if (redisSetTimeout(c, keys_command_timeout) != REDIS_OK) {
-        keys_unavailable(err, "The key store (Redis) is unreachable: %s.", c->errstr);
+        store_unavailable(st, err, "The %s (Redis) is unreachable: %s.", st->what, c->errstr);
         goto fail;
     }
     redisReply *reply;
@@ -460,11 +470,11 @@ static redisContext *keys_connect(const struct config *cfg, struct keys_error *e
         reply = redisCommandArgv(c, argc, argv, NULL);
         if (reply && reply->type == REDIS_REPLY_ERROR) {
             /* Redis's AUTH errors never echo the password, but say nothing of it anyway. */
-            keys_unavailable(err, "%s", "The key store (Redis) refused the credentials.");
+            store_unavailable(st, err, "The %s (Redis) refused the credentials.", st->what);
             freeReplyObject(reply);
             goto fail;
         }
-        if (!keys_check(c, reply, err))
+        if (!keys_redis_check(c, reply, st, err))
             goto fail;
         freeReplyObject(reply);
     }
@@ -472,7 +482,7 @@ static redisContext *keys_connect(const struct config *cfg, struct keys_error *e
         char db[16];
         snprintf(db, sizeof db, "%d", u->db);
         const char *argv[2] = {"SELECT", db};
-        if (!(reply = keys_command(c, 2, argv, NULL, err)))
+        if (!(reply = keys_redis_check(c, redisCommandArgv(c, 2, argv, NULL), st, err)))
             goto fail;
         freeReplyObject(reply);
     }
@@ -485,6 +495,11 @@ fail:
     if (c)
         redisFree(c);
     return NULL;
+}
+
+static redisContext *keys_connect(const struct config *cfg, struct keys_error *err)
+{
+    return keys_redis_connect(cfg, &keys_store_keys, err);
 }
 
 /* All-or-nothing creation. The EXISTS check comes before any write, so a refused name

@@ -2,6 +2,7 @@
 #include "gateway/admin.h"
 #include "gateway/config.h"
 #include "gateway/keys.h"
+#include "gateway/ledger.h"
 #include "gateway/log.h"
 #include "gateway/server.h"
 #include "routing/backend.h"
@@ -27,6 +28,7 @@ static void usage(FILE *out)
             "       tollgate -c FILE keys create NAME [--models a,b] [--rpm N] [--tpm N]\n"
             "                             [--budget-usd X] [--expires-at UNIX] [--json]\n"
             "       tollgate -c FILE keys list | show NAME | revoke NAME   [--json]\n"
+            "       tollgate -c FILE usage [--key NAME] [--json]\n"
             "\n"
             "  -c, --config FILE   configuration, YAML or JSON (default: $TOLLGATE_CONFIG)\n"
             "      --check-config  validate the configuration, print every problem, exit\n"
@@ -35,6 +37,7 @@ static void usage(FILE *out)
             "  -h, --help          this text\n"
             "  keys ...            manage the API keys held in Redis (redis.url); create prints\n"
             "                      the new key once, only its SHA-256 is stored\n"
+            "  usage ...           requests, tokens and spend per key and model (usage ledger)\n"
             "\n"
             "environment: TOLLGATE_CONFIG (config file), TOLLGATE_LISTEN (overrides listen);\n"
             "${VAR} in the config is replaced from the environment.\n"
@@ -140,7 +143,8 @@ int main(int argc, char **argv)
         }
     }
     bool keys_cmd = optind < argc && !strcmp(argv[optind], "keys");
-    if ((optind < argc && !keys_cmd) || !path || !*path) {
+    bool usage_cmd = optind < argc && !strcmp(argv[optind], "usage");
+    if ((optind < argc && !keys_cmd && !usage_cmd) || !path || !*path) {
         usage(stderr);
         return 2;
     }
@@ -153,6 +157,12 @@ int main(int argc, char **argv)
         return 1;
     if (keys_cmd) {
         int rc = keys_cli(cfg, argc - optind - 1, argv + optind + 1);
+        config_unref(cfg);
+        curl_global_cleanup();
+        return rc;
+    }
+    if (usage_cmd) {
+        int rc = ledger_cli(cfg, argc - optind, argv + optind);
         config_unref(cfg);
         curl_global_cleanup();
         return rc;

@@ -6,6 +6,7 @@
 #include "gateway/buf.h"
 #include "gateway/error.h"
 #include "gateway/keyauth.h"
+#include "gateway/ledger.h"
 #include "gateway/log.h"
 #include "gateway/openai.h"
 #include "gateway/ratelimit.h"
@@ -1370,6 +1371,22 @@ void request_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
                             seconds);
     METRICS_ADD(w->metrics->inflight, -1);
     request_log(r, seconds);
+    if (r->w->ledger && r->ep && r->ep->upstream_path) {
+        /* Exactly one usage record per inference request, answered or not. */
+        struct ledger_entry e = {
+            .request_id = r->id,
+            .key = r->key_name ? r->key_name : "",
+            .model = r->model ? r->model : "",
+            .backend = r->target && r->up_status ? r->target->backend->name : "",
+            .cache = "none",
+            .status = r->status,
+            .prompt_tokens = r->usage_done ? r->prompt_tokens : 0,
+            .completion_tokens = r->usage_done ? r->completion_tokens : 0,
+            .cost_usd = r->usage_done ? r->cost_usd : 0,
+            .latency_ms = seconds * 1000,
+        };
+        ledger_record(r->w->ledger, &e);
+    }
 
     if (r->prev)
         r->prev->next = r->next;

@@ -1,6 +1,7 @@
 #include "gateway/server.h"
 
 #include "gateway/keyauth.h"
+#include "gateway/ledger.h"
 #include "gateway/log.h"
 #include "gateway/budget.h"
 #include "gateway/ratelimit.h"
@@ -33,6 +34,7 @@ struct server {
     unsigned cfg_gen;
     atomic_bool draining;
     double started_at;
+    int port;
 };
 
 /* ---- helpers for request.c -------------------------------------------------------------- */
@@ -45,6 +47,11 @@ void worker_kick(struct worker *w)
 bool worker_draining(const struct worker *w)
 {
     return w->draining || atomic_load_explicit(&w->server->draining, memory_order_relaxed);
+}
+
+int worker_port(const struct worker *w)
+{
+    return w->server->port;
 }
 
 double worker_started_at(const struct worker *w)
@@ -374,6 +381,18 @@ static void worker_start_redis(struct worker *w)
     if (w->redis) {
         w->ratelimit = ratelimit_new(w->redis, w->cfg->workers);
         w->budget = budget_new(w->redis);
+        /* One spool file per worker and port: a spool has exactly one writer. */
+        char path[1024];
+        snprintf(path, sizeof path, "%s/tollgate-ledger-%d-%u.spool", w->cfg->spool_dir,
+                 w->server->port, w->id);
+        w->ledger = ledger_new(w->loop, w->redis, path);
+        if (!w->ledger) {
+            char esc[1100];
+            log_event(LOG_ERROR, "ledger_failed",
+                      "\"worker\":%u,\"spool\":\"%s\",\"message\":\"cannot open the usage "
+                      "spool; usage records are lost while Redis is unreachable\"",
+                      w->id, log_escape(esc, sizeof esc, path));
+        }
     }
     if (!w->redis) {
         log_event(LOG_ERROR, "redis_failed", "\"worker\":%u,\"message\":\"cannot create the "
@@ -395,6 +414,8 @@ static void *worker_main(void *arg)
     request_resume_all(w);
     MHD_stop_daemon(w->mhd);
     w->mhd = NULL;
+    ledger_free(w->ledger); /* after the daemon: the last requests' records are in */
+    w->ledger = NULL;
     if (w->redis) {
         ev_timer_stop(w->loop, &w->redis_stats_timer);
         redis_client_free(w->redis); /* its callbacks may still reach the limiter */
@@ -463,6 +484,7 @@ struct server *server_start(struct config *cfg, char *err, size_t err_len)
             pthread_join(s->workers[i].thread, NULL);
         goto err_workers;
     }
+    s->port = port;
     char esc[300];
     log_event(LOG_INFO, "listening", "\"listen\":\"%s\",\"port\":%d,\"workers\":%u",
               log_escape(esc, sizeof esc, cfg->listen), port, s->n_workers);

@@ -18,6 +18,7 @@
 struct keycache;
 struct ratelimit;
 struct budget;
+struct ledger;
 struct redis_client;
 struct request;
 struct server;
@@ -40,6 +41,7 @@ struct worker {
     struct keycache *keycache;  /* Redis-held keys seen lately; NULL without redis.url */
     struct ratelimit *ratelimit; /* per-key limits; NULL without redis.url */
     struct budget *budget;       /* per-key budgets; NULL without redis.url */
+    struct ledger *ledger;       /* usage records; NULL without redis.url */
     ev_timer redis_stats_timer;
     struct metrics_shard *metrics; /* read by the scraping thread (relaxed atomics) */
     struct config *cfg;            /* current snapshot; the worker holds a reference */
@@ -58,6 +60,8 @@ void worker_request_done(struct worker *w);
 bool worker_draining(const struct worker *w);
 /* Prometheus text of all workers' shards (any worker may call it). */
 int worker_render_metrics(struct worker *w, struct buf *out);
+/* The port the listeners are bound to. */
+int worker_port(const struct worker *w);
 /* Seconds since the epoch the server started. */
 double worker_started_at(const struct worker *w);
 uint64_t worker_random(struct worker *w);
