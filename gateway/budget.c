@@ -30,6 +30,9 @@ struct budget_wait {
     budget_fn fn;
     void *ctx;
     bool cancelled;
+    struct budget *b; /* for the local allowance when Redis does not answer */
+    double budget_usd, est_usd;
+    char key[];
 };
 
 /* What a worker spent on its own while Redis was out of reach. */
@@ -102,12 +105,13 @@ static enum budget_result reserve_alone(struct budget *b, const char *key, doubl
 static void reserved(void *ctx, int result, const redisReply *reply)
 {
     struct budget_wait *w = ctx;
-    enum budget_result res = BUDGET_EXHAUSTED;
-    if (result == 0 && reply && reply->type == REDIS_REPLY_INTEGER && reply->integer == 1)
-        res = BUDGET_OK;
-    /* A failed reservation refuses: a budget must not be overspent on a Redis error. */
+    enum budget_result res;
+    if (result == 0 && reply && reply->type == REDIS_REPLY_INTEGER)
+        res = reply->integer == 1 ? BUDGET_OK : BUDGET_EXHAUSTED;
+    else /* Redis did not answer in time: the same small local allowance as in an outage */
+        res = reserve_alone(w->b, w->key, w->budget_usd, w->est_usd);
     if (!w->cancelled)
-        w->fn(w->ctx, res);
+        w->fn(w->ctx, res, result == 0);
     free(w);
 }
 
@@ -130,11 +134,16 @@ enum budget_result budget_reserve(struct budget *b, const char *key, double budg
 {
     if (!b->reserve || !redis_client_available(b->redis))
         return reserve_alone(b, key, budget_usd, est_usd);
-    struct budget_wait *w = calloc(1, sizeof *w);
+    size_t klen = strlen(key);
+    struct budget_wait *w = calloc(1, sizeof *w + klen + 1);
     if (!w)
         return BUDGET_EXHAUSTED;
     w->fn = fn;
     w->ctx = ctx;
+    w->b = b;
+    w->budget_usd = budget_usd;
+    w->est_usd = est_usd;
+    memcpy(w->key, key, klen + 1);
     if (budget_eval(b, b->reserve, key, budget_usd, est_usd, reserved, w)) {
         free(w);
         return reserve_alone(b, key, budget_usd, est_usd);

@@ -4,10 +4,12 @@
  * one atomic Lua script (tg:budget:<key>: spent, reserved); at the end the reservation is
  * replaced by the actual cost. However many requests race on however many replicas,
  * spent + reserved never passes the budget, so recorded spend exceeds it by at most what a
- * request cost beyond its estimate. Redis out of reach: each worker allows a small local
- * allowance (1% of the budget), then refuses. Not thread-safe: one per worker. */
+ * request cost beyond its estimate. Redis out of reach, or too slow to answer within its
+ * deadline: each worker allows a small local allowance (1% of the budget), then refuses. Not thread-safe: one per worker. */
 #ifndef TOLLGATE_BUDGET_H
 #define TOLLGATE_BUDGET_H
+
+#include <stdbool.h>
 
 struct redis_client;
 struct budget;
@@ -19,7 +21,9 @@ enum budget_result {
     BUDGET_EXHAUSTED = -1,
 };
 
-typedef void (*budget_fn)(void *ctx, enum budget_result result);
+/* in_redis: the reservation is held in Redis (false: from the local allowance, after Redis
+ * did not answer), which budget_settle() needs to know. */
+typedef void (*budget_fn)(void *ctx, enum budget_result result, bool in_redis);
 
 struct budget *budget_new(struct redis_client *redis);
 void budget_free(struct budget *b);

@@ -730,13 +730,13 @@ static enum MHD_Result request_dispatch(struct request *r)
     return request_admitted(r);
 }
 
-static void request_budget_done(void *ctx, enum budget_result result)
+static void request_budget_done(void *ctx, enum budget_result result, bool in_redis)
 {
     struct request *r = ctx;
     r->budget_wait = NULL;
     r->budget_pending = false;
     r->budget_result = result;
-    r->budget_in_redis = result == BUDGET_OK;
+    r->budget_in_redis = result == BUDGET_OK && in_redis;
     if (r->budget_suspended) {
         r->budget_suspended = false;
         request_resume(r);
