@@ -353,6 +353,15 @@ static void redis_stats_cb(struct ev_loop *loop, ev_timer *t, int revents)
     atomic_store_explicit(&m->redis_timeouts, st.timeouts, memory_order_relaxed);
     atomic_store_explicit(&m->redis_reconnects, st.reconnects, memory_order_relaxed);
     atomic_store_explicit(&m->redis_up, st.connected ? 1 : 0, memory_order_relaxed);
+    if (w->ledger) {
+        struct ledger_stats ls;
+        ledger_stats(w->ledger, &ls);
+        atomic_store_explicit(&m->ledger_written, ls.written, memory_order_relaxed);
+        atomic_store_explicit(&m->ledger_spooled, ls.spooled, memory_order_relaxed);
+        atomic_store_explicit(&m->ledger_replayed, ls.replayed, memory_order_relaxed);
+        atomic_store_explicit(&m->ledger_dropped, ls.dropped, memory_order_relaxed);
+        atomic_store_explicit(&m->ledger_spool_bytes, ls.spool_bytes, memory_order_relaxed);
+    }
 }
 
 /* Revocations from any replica: evicted at once. After a (re)subscription, messages may

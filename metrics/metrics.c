@@ -116,6 +116,28 @@ int metrics_render(struct buf *out, struct metrics_shard *const *shards, size_t 
         redis_timeouts += LOAD(shards[i]->redis_timeouts);
         redis_reconnects += LOAD(shards[i]->redis_reconnects);
     }
+    uint64_t lw = 0, ls = 0, lr = 0, ld = 0, lb = 0;
+    for (size_t i = 0; i < n_shards; i++) {
+        lw += LOAD(shards[i]->ledger_written);
+        ls += LOAD(shards[i]->ledger_spooled);
+        lr += LOAD(shards[i]->ledger_replayed);
+        ld += LOAD(shards[i]->ledger_dropped);
+        lb += LOAD(shards[i]->ledger_spool_bytes);
+    }
+    if (redis_configured)
+        r |= buf_printf(out,
+                        "# HELP tollgate_ledger_records_total Usage records, by what became of "
+                        "them.\n"
+                        "# TYPE tollgate_ledger_records_total counter\n"
+                        "tollgate_ledger_records_total{outcome=\"written\"} %llu\n"
+                        "tollgate_ledger_records_total{outcome=\"spooled\"} %llu\n"
+                        "tollgate_ledger_records_total{outcome=\"replayed\"} %llu\n"
+                        "tollgate_ledger_records_total{outcome=\"dropped\"} %llu\n"
+                        "# HELP tollgate_ledger_spool_bytes Usage records waiting in spool files.\n"
+                        "# TYPE tollgate_ledger_spool_bytes gauge\n"
+                        "tollgate_ledger_spool_bytes %llu\n",
+                        (unsigned long long)lw, (unsigned long long)ls, (unsigned long long)lr,
+                        (unsigned long long)ld, (unsigned long long)lb);
     if (redis_configured)
         r |= buf_printf(out,
                         "# HELP tollgate_redis_errors_total Redis commands that failed "

@@ -38,6 +38,12 @@ struct metrics_shard {
     _Atomic uint64_t redis_timeouts;
     _Atomic uint64_t redis_reconnects;
     _Atomic int64_t redis_up; /* 1 connected, 0 not, -1 no Redis configured */
+    /* The worker's usage ledger, copied with the Redis counters. */
+    _Atomic uint64_t ledger_written;
+    _Atomic uint64_t ledger_spooled;
+    _Atomic uint64_t ledger_replayed;
+    _Atomic uint64_t ledger_dropped;
+    _Atomic uint64_t ledger_spool_bytes;
 } __attribute__((aligned(64)));
 
 struct metrics_shard *metrics_shard_new(void);

@@ -102,3 +102,21 @@ test('every answered request is in the ledger exactly once, across a Redis outag
   assert.ok(Math.abs(Number(row.cost_usd) - served_usd) < 1e-6, `${row.cost_usd} vs ${served_usd}`);
   assert.equal(Number(await cli('XLEN', 'tg:usage')), answered, 'one stream entry per request');
 });
+
+test('a key made through the admin API of one replica works on the other; revoked there, refused on both', async () => {
+  const made = await post(admin.url + '/admin/keys', { name: 'cross', models: ['llama'] },
+    { key: admin.key });
+  assert.equal(made.status, 201, made.text);
+  const key = made.json.key;
+  const use = (gw) => post(gw.v1 + '/chat/completions',
+    { model: 'llama', messages: [{ role: 'user', content: 'hi' }] }, { key, timeoutMs: 5000 });
+  assert.equal((await use(gw_b)).status, 200, 'made on A, works on B');
+  assert.equal((await use(gw_a)).status, 200);
+  const gone = await fetch(admin.url + '/admin/keys/cross',
+    { method: 'DELETE', headers: { authorization: `Bearer ${admin.key}` } });
+  assert.equal(gone.status, 200);
+  const t0 = Date.now();
+  for (const gw of [gw_a, gw_b])
+    await waitFor(async () => (await use(gw)).status === 401, { timeoutMs: 3000, what: 'revoked' });
+  assert.ok(Date.now() - t0 < 1000, 'revocation took effect on both within a second');
+});
