@@ -53,6 +53,9 @@ static int on_string(void *ctx, const unsigned char *str, size_t len)
         text = key_is(s, 6, "name") || key_is(s, 6, "arguments");
     if (text)
         s->delivered += len;
+    if (s->depth == 3 && key_is(s, 0, "choices") && array_at(s, 1) &&
+        key_is(s, 2, "finish_reason") && len > 0)
+        s->finished++;
     value_done(s);
     return 1;
 }

@@ -32,6 +32,7 @@ struct answer_scan {
     unsigned n_choices;  /* highest choices[].index + 1, or the number of choices */
     bool has_choices;    /* a top-level "choices" array */
     size_t choices_len;  /* its length */
+    size_t finished;     /* choices with a finish_reason string */
 };
 
 /* 0, or -1 on OOM. */

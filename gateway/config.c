@@ -679,6 +679,47 @@ static void parse_health(struct cfg_ctx *ctx, struct config *cfg, json_t *root)
         h->max_cooldown_ms = h->cooldown_ms;
 }
 
+static void parse_cache(struct cfg_ctx *ctx, struct config *cfg, json_t *root)
+{
+    static const char *const allowed[] = {"mode", "ttl_s", "max_bytes", "max_entry_bytes",
+                                          "scope", NULL};
+    struct config_cache *c = &cfg->cache;
+    c->mode = CONFIG_CACHE_DETERMINISTIC;
+    c->ttl_s = 3600;
+    c->max_bytes = 64u << 20;
+    c->max_entry_bytes = 1u << 20;
+    c->global = false;
+    json_t *o = get_obj(ctx, root, "cache", "");
+    if (!o)
+        return;
+    check_keys(ctx, o, "cache", allowed);
+    char *mode = get_str(ctx, o, "mode", "cache", false);
+    if (mode) {
+        if (!strcmp(mode, "deterministic"))
+            c->mode = CONFIG_CACHE_DETERMINISTIC;
+        else if (!strcmp(mode, "all"))
+            c->mode = CONFIG_CACHE_ALL;
+        else if (!strcmp(mode, "off"))
+            c->mode = CONFIG_CACHE_OFF;
+        else
+            cfg_error(ctx, "cache.mode", "must be one of deterministic, all, off");
+        free(mode);
+    }
+    c->ttl_s = (long)get_num(ctx, o, "ttl_s", "cache", 1, 31536000, 3600, false, true);
+    c->max_bytes =
+        (size_t)get_num(ctx, o, "max_bytes", "cache", 0, 1e12, 64u << 20, false, true);
+    c->max_entry_bytes = (size_t)get_num(ctx, o, "max_entry_bytes", "cache", 1, 1 << 30,
+                                         1u << 20, false, true);
+    char *scope = get_str(ctx, o, "scope", "cache", false);
+    if (scope) {
+        if (!strcmp(scope, "global"))
+            c->global = true;
+        else if (strcmp(scope, "key"))
+            cfg_error(ctx, "cache.scope", "must be key or global");
+        free(scope);
+    }
+}
+
 int config_parse_strategy(const char *name, enum config_strategy *out)
 {
     static const char *const names[] = {"cheapest", "price-weighted", "latency"};
@@ -810,7 +851,7 @@ static struct config *config_build(json_t *root, struct cfg_ctx *ctx)
         "listen",           "workers",  "max_connections", "connection_memory_bytes",
         "max_body_bytes",   "drain_timeout_ms", "log_level", "upstream",
         "keys",             "backends", "redis",           "routing",
-        "health",           "admin_listen", "admin_key",   "spool_dir",
+        "health",           "admin_listen", "admin_key",   "spool_dir",       "cache",
         NULL};
     struct config *cfg = calloc(1, sizeof *cfg);
     if (!cfg)
@@ -865,6 +906,7 @@ static struct config *config_build(json_t *root, struct cfg_ctx *ctx)
     parse_redis(ctx, cfg, root);
     parse_routing(ctx, cfg, root);
     parse_health(ctx, cfg, root);
+    parse_cache(ctx, cfg, root);
     cfg->spool_dir = get_str(ctx, root, "spool_dir", "", false);
     if (!cfg->spool_dir || !*cfg->spool_dir) {
         free(cfg->spool_dir);

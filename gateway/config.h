@@ -88,6 +88,16 @@ struct config_health {
     long max_cooldown_ms;
 };
 
+enum config_cache_mode { CONFIG_CACHE_DETERMINISTIC = 0, CONFIG_CACHE_ALL, CONFIG_CACHE_OFF };
+
+struct config_cache {
+    enum config_cache_mode mode;
+    long ttl_s;
+    size_t max_bytes;       /* all workers together */
+    size_t max_entry_bytes;
+    bool global;            /* scope: shared by all keys (default: per key) */
+};
+
 struct config {
     char *listen;
     unsigned workers; /* resolved: never 0 */
@@ -105,6 +115,7 @@ struct config {
     size_t n_routes;
     struct config_routing routing;
     struct config_health health;
+    struct config_cache cache;
     char *admin_listen; /* NULL: no admin listener */
     char *admin_key;    /* Bearer token for the admin listener */
     char *redis_url;    /* NULL when not configured */

@@ -3,6 +3,7 @@
 #include "gateway/answer.h"
 #include "gateway/auth.h"
 #include "gateway/budget.h"
+#include "gateway/cache.h"
 #include "gateway/buf.h"
 #include "gateway/error.h"
 #include "gateway/keyauth.h"
@@ -70,6 +71,9 @@ struct request {
     bool budget_asked, budget_pending, budget_suspended, budget_in_redis;
     enum budget_result budget_result;
     double budget_reserved; /* the estimate reserved */
+    enum { REQUEST_CACHE_BYPASS = 0, REQUEST_CACHE_MISS, REQUEST_CACHE_HIT } cache_result;
+    bool cache_store;     /* a complete answer may be stored */
+    unsigned char cache_key[32];
     const char *model; /* the route's model name (config-owned) */
     double t_start;
     struct buf body;
@@ -215,6 +219,10 @@ static void request_headers(struct request *r, struct MHD_Response *resp)
     }
     if (r->no_retry)
         MHD_add_response_header(resp, "x-should-retry", "false");
+    if (r->ep && r->ep->upstream_path) {
+        static const char *const names[] = {"bypass", "miss", "hit"};
+        MHD_add_response_header(resp, "x-tollgate-cache", names[r->cache_result]);
+    }
     if (r->limited) {
         const struct ratelimit_view *v = &r->limit_view;
         char n[32];
@@ -627,6 +635,61 @@ static int request_start_attempt(struct request *r, struct router_outcome *why)
     return 0;
 }
 
+/* Whether Cache-Control has a directive; for max-age=N, sets *max_age_ms. */
+static bool cache_control_has(const char *cc, const char *what, int64_t *max_age_ms)
+{
+    for (const char *p = cc; p && *p;) {
+        while (*p == ' ' || *p == ',')
+            p++;
+        size_t n = strcspn(p, ",");
+        size_t w = strlen(what);
+        if (n >= w && !strncasecmp(p, what, w)) {
+            if (max_age_ms) {
+                if (p[w] != '=')
+                    return false;
+                *max_age_ms = strtoll(p + w + 1, NULL, 10) * 1000;
+            }
+            return true;
+        }
+        p += n;
+    }
+    return false;
+}
+
+/* An answer from the cache, when there is one for this request: true when the reply is set. */
+static bool request_cache_lookup(struct request *r)
+{
+    const struct config_cache *cc = &r->cfg->cache;
+    if (!r->w->cache || cc->mode == CONFIG_CACHE_OFF || r->oreq.stream)
+        return false; /* streams are not served from the cache yet */
+    if (cc->mode == CONFIG_CACHE_DETERMINISTIC && r->ep->route != OPENAI_EMBEDDINGS &&
+        !cache_deterministic(r->json))
+        return false;
+    const char *ctl =
+        MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CACHE_CONTROL);
+    const char *scope = cc->global ? "" : (r->key_name ? r->key_name : "");
+    if (cache_key(r->ep->path, r->model, scope, r->json, r->cache_key))
+        return false;
+    r->cache_result = REQUEST_CACHE_MISS;
+    r->cache_store = !cache_control_has(ctl, "no-store", NULL);
+    if (cache_control_has(ctl, "no-cache", NULL))
+        return false;
+    int64_t max_age = -1;
+    cache_control_has(ctl, "max-age", &max_age);
+    const struct cache_entry *e = cache_get(r->w->cache, r->cache_key, backend_now_ms(), max_age);
+    if (!e)
+        return false;
+    char *body = malloc(e->len + 1);
+    if (!body)
+        return false;
+    memcpy(body, e->body, e->len + 1);
+    r->cache_result = REQUEST_CACHE_HIT;
+    r->usage_done = true; /* a hit costs nothing upstream */
+    r->cost_usd = 0;
+    request_set_reply(r, 200, body, e->len, "application/json");
+    return true;
+}
+
 static void request_limit_done(void *ctx, enum ratelimit_result result,
                                const struct ratelimit_view *view)
 {
@@ -679,6 +742,8 @@ static enum MHD_Result request_dispatch(struct request *r)
     if (!keycache_allows(r->key_models, r->model))
         return REQUEST_FAIL_NOW(r, TG_ERR_MODEL_NOT_ALLOWED, "model",
                                 "This API key may not use the model '%s'.", r->model);
+    if (request_cache_lookup(r))
+        return request_queue_reply(r);
 
     const struct config_routing *rc_cfg = &r->cfg->routing;
     r->rreq = (struct router_request){
@@ -1117,6 +1182,14 @@ static void request_whole_answer(struct request *r)
         request_set_error(r, TG_ERR_NOMEM, NULL, "out of memory");
         return;
     }
+    /* Only complete answers are kept: every choice finished, nothing cut, no error. */
+    bool complete = r->ep->route == OPENAI_EMBEDDINGS
+                        ? true
+                        : r->scan.choices_len > 0 && r->scan.finished == r->scan.choices_len;
+    if (r->cache_result == REQUEST_CACHE_MISS && r->cache_store && complete &&
+        len <= r->cfg->cache.max_entry_bytes && r->up_status == 200)
+        cache_put(r->w->cache, r->cache_key, text, len, r->target->backend->name, r->cost_usd,
+                  backend_now_ms(), r->cfg->cache.ttl_s * 1000);
     request_set_reply(r, (unsigned)r->up_status, text, len, "application/json");
 }
 
@@ -1378,7 +1451,9 @@ void request_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
             .key = r->key_name ? r->key_name : "",
             .model = r->model ? r->model : "",
             .backend = r->target && r->up_status ? r->target->backend->name : "",
-            .cache = "none",
+            .cache = r->cache_result == REQUEST_CACHE_HIT    ? "hit"
+                     : r->cache_result == REQUEST_CACHE_MISS ? "miss"
+                                                             : "bypass",
             .status = r->status,
             .prompt_tokens = r->usage_done ? r->prompt_tokens : 0,
             .completion_tokens = r->usage_done ? r->completion_tokens : 0,

@@ -4,6 +4,7 @@
 #include "gateway/ledger.h"
 #include "gateway/log.h"
 #include "gateway/budget.h"
+#include "gateway/cache.h"
 #include "gateway/ratelimit.h"
 #include "gateway/redis.h"
 #include "gateway/request.h"
@@ -294,6 +295,11 @@ static int worker_init(struct worker *w, struct config *cfg, char *err, size_t e
                         cfg->workers;
     w->upstream = w->loop ? upstream_new(w->loop, per_host) : NULL;
     w->metrics = metrics_shard_new();
+    if (cfg->cache.mode != CONFIG_CACHE_OFF && cfg->cache.max_bytes &&
+        !(w->cache = cache_new(cfg->cache.max_bytes / cfg->workers))) {
+        snprintf(err, err_len, "worker %u: out of memory", w->id);
+        return -1;
+    }
     /* Keys in Redis: a bounded cache, 60 s for keys found, 5 s for keys not found. */
     if (cfg->redis_url && !(w->keycache = keycache_new(10000, 60000, 5000))) {
         snprintf(err, err_len, "worker %u: out of memory", w->id);
@@ -445,6 +451,7 @@ static void worker_destroy(struct worker *w)
     upstream_free(w->upstream);
     metrics_shard_free(w->metrics);
     keycache_free(w->keycache);
+    cache_free(w->cache);
     if (w->loop)
         ev_loop_destroy(w->loop);
     if (w->listen_fd >= 0)

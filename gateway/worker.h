@@ -19,6 +19,7 @@ struct keycache;
 struct ratelimit;
 struct budget;
 struct ledger;
+struct cache;
 struct redis_client;
 struct request;
 struct server;
@@ -42,6 +43,7 @@ struct worker {
     struct ratelimit *ratelimit; /* per-key limits; NULL without redis.url */
     struct budget *budget;       /* per-key budgets; NULL without redis.url */
     struct ledger *ledger;       /* usage records; NULL without redis.url */
+    struct cache *cache;         /* answers, this worker's share of cache.max_bytes */
     ev_timer redis_stats_timer;
     struct metrics_shard *metrics; /* read by the scraping thread (relaxed atomics) */
     struct config *cfg;            /* current snapshot; the worker holds a reference */

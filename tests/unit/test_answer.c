@@ -44,6 +44,7 @@ static void check_chat(const struct answer_scan *s)
     assert_int_equal(s->n_choices, 2);
     assert_true(s->has_choices);
     assert_int_equal(s->choices_len, 2);
+    assert_int_equal(s->finished, 2);
 }
 
 static void test_chat_whole_and_split(void **state)
@@ -84,6 +85,7 @@ static void test_stream_chunks(void **state)
                      0);
     assert_int_equal(s.delivered, 6);
     assert_int_equal(s.choices_len, 1);
+    assert_int_equal(s.finished, 0); /* finish_reason null: not finished */
     assert_false(s.has_usage);
     assert_int_equal(scan("{\"choices\":[],\"usage\":{\"prompt_tokens\":4,\"completion_tokens\":3}}",
                           1, &s),
