@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -273,6 +274,7 @@ struct ledger {
     const struct redis_script *script;
     char *path;
     int fd;          /* the spool, O_RDWR | O_APPEND; -1 once closed */
+    int lock_fd;     /* <spool>.lock, flock()ed for the ledger's life: one writer a spool */
     off_t size;      /* the spool's length: this ledger is its only writer */
     off_t done;      /* bytes at its start already replayed (or skipped as corrupt) */
     off_t batch_end; /* where the replay batch in flight ends */
@@ -566,6 +568,7 @@ struct ledger *ledger_new(struct ev_loop *loop, struct redis_client *redis, cons
         return NULL;
     }
     l->fd = -1;
+    l->lock_fd = -1;
     l->loop = loop;
     l->redis = redis;
     if (!(l->path = strdup(spool_path)))
@@ -574,6 +577,15 @@ struct ledger *ledger_new(struct ev_loop *loop, struct redis_client *redis, cons
         errno = ENOMEM;
         goto err;
     }
+    char lock_path[4200];
+    if ((size_t)snprintf(lock_path, sizeof lock_path, "%s.lock", spool_path) >= sizeof lock_path) {
+        errno = ENAMETOOLONG;
+        goto err;
+    }
+    /* Two writers would replay and truncate each other's records: refuse a spool in use. */
+    if ((l->lock_fd = open(lock_path, O_RDWR | O_CREAT | O_CLOEXEC, 0600)) == -1 ||
+        flock(l->lock_fd, LOCK_EX | LOCK_NB) == -1)
+        goto err;
     if ((l->fd = open(spool_path, O_RDWR | O_APPEND | O_CREAT | O_CLOEXEC, 0600)) == -1)
         goto err;
     struct stat st;
@@ -602,6 +614,8 @@ err:;
     int saved = errno;
     if (l->fd != -1)
         close(l->fd);
+    if (l->lock_fd != -1)
+        close(l->lock_fd);
     ledger_destroy(l);
     errno = saved;
     return NULL;
@@ -649,6 +663,10 @@ void ledger_free(struct ledger *l)
     if (l->fd != -1) {
         close(l->fd);
         l->fd = -1;
+    }
+    if (l->lock_fd != -1) {
+        close(l->lock_fd); /* the spool is free for the next process */
+        l->lock_fd = -1;
     }
     l->closing = true;
     if (!l->slots)

@@ -11,6 +11,7 @@
 #include "gateway/log.h"
 #include "gateway/openai.h"
 #include "gateway/ratelimit.h"
+#include "gateway/redis.h"
 #include "gateway/sse.h"
 #include "gateway/worker.h"
 #include "routing/backend.h"
@@ -22,6 +23,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 
 /* Above this many unsent stream bytes the upstream transfer is paused (slow client). */
 #define REQUEST_STREAM_HIGH_WATER (256u << 10)
@@ -73,6 +75,11 @@ struct request {
     double budget_reserved; /* the estimate reserved */
     enum { REQUEST_CACHE_BYPASS = 0, REQUEST_CACHE_MISS, REQUEST_CACHE_HIT } cache_result;
     bool cache_store;     /* a complete answer may be stored */
+    bool cache_checked;
+    bool cache_pending;   /* the shared store (Redis) is being asked */
+    bool cache_suspended;
+    struct request_cache_ask *cache_ask;
+    int64_t cache_max_age_ms;
     unsigned char cache_key[32];
     const char *model; /* the route's model name (config-owned) */
     double t_start;
@@ -139,6 +146,7 @@ struct request {
 
 static const struct upstream_ops request_upstream_ops;
 static enum MHD_Result request_admitted(struct request *r);
+static enum MHD_Result request_proceed(struct request *r);
 
 /* ---- small helpers ---------------------------------------------------------------------- */
 
@@ -656,7 +664,139 @@ static bool cache_control_has(const char *cc, const char *what, int64_t *max_age
     return false;
 }
 
-/* An answer from the cache, when there is one for this request: true when the reply is set. */
+static void request_cache_ignored(void *ctx, int result, const redisReply *reply)
+{
+    (void)ctx;
+    (void)result;
+    (void)reply;
+}
+
+/* A cached answer becomes the reply. */
+static bool request_cache_hit(struct request *r, const char *body, size_t len)
+{
+    char *copy = malloc(len + 1);
+    if (!copy)
+        return false;
+    memcpy(copy, body, len);
+    copy[len] = '\0';
+    r->cache_result = REQUEST_CACHE_HIT;
+    r->usage_done = true; /* a hit costs nothing upstream */
+    r->cost_usd = 0;
+    request_set_reply(r, 200, copy, len, "application/json");
+    return true;
+}
+
+/* The shared store: HASH tg:cache:<hex> {body, backend, cost, stored_at (wall ms)}. */
+struct request_cache_ask {
+    struct request *r; /* NULL once the request is gone */
+};
+
+static void cache_redis_key(const unsigned char key[32], char out[9 + 65])
+{
+    static const char hex[] = "0123456789abcdef";
+    memcpy(out, "tg:cache:", 9);
+    for (int i = 0; i < 32; i++) {
+        out[9 + 2 * i] = hex[key[i] >> 4];
+        out[9 + 2 * i + 1] = hex[key[i] & 15];
+    }
+    out[9 + 64] = '\0';
+}
+
+static int64_t wall_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void request_cache_answer(void *ctx, int result, const redisReply *reply)
+{
+    struct request_cache_ask *ask = ctx;
+    struct request *r = ask->r;
+    free(ask);
+    if (!r)
+        return;
+    r->cache_ask = NULL;
+    r->cache_pending = false;
+    const char *body = NULL, *backend = "";
+    size_t len = 0;
+    int64_t stored = 0;
+    double cost = 0;
+    if (result == 0 && reply && reply->type == REDIS_REPLY_ARRAY) {
+        for (size_t i = 0; i + 1 < reply->elements; i += 2) {
+            const redisReply *k = reply->element[i], *v = reply->element[i + 1];
+            if (k->type != REDIS_REPLY_STRING || v->type != REDIS_REPLY_STRING)
+                continue;
+            if (!strcmp(k->str, "body")) {
+                body = v->str;
+                len = v->len;
+            } else if (!strcmp(k->str, "backend")) {
+                backend = v->str;
+            } else if (!strcmp(k->str, "stored_at")) {
+                stored = strtoll(v->str, NULL, 10);
+            } else if (!strcmp(k->str, "cost")) {
+                cost = strtod(v->str, NULL);
+            }
+        }
+    }
+    int64_t age = wall_now_ms() - stored;
+    if (body && (r->cache_max_age_ms < 0 || age <= r->cache_max_age_ms)) {
+        /* Kept here too, for the worker's next caller. */
+        cache_put(r->w->cache, r->cache_key, body, len, backend, cost, backend_now_ms(),
+                  r->cfg->cache.ttl_s * 1000 - (age > 0 ? age : 0));
+        request_cache_hit(r, body, len);
+    }
+    if (r->cache_suspended) {
+        r->cache_suspended = false;
+        request_resume(r);
+    }
+}
+
+static void request_cache_ask(struct request *r)
+{
+    struct request_cache_ask *ask = calloc(1, sizeof *ask);
+    if (!ask)
+        return;
+    ask->r = r;
+    char key[9 + 65];
+    cache_redis_key(r->cache_key, key);
+    const char *argv[] = {"HGETALL", key};
+    size_t argvlen[] = {7, strlen(key)};
+    if (redis_command(r->w->redis, 2, argv, argvlen, request_cache_answer, ask)) {
+        free(ask);
+        return;
+    }
+    r->cache_ask = ask;
+    r->cache_pending = true;
+}
+
+/* Stores a complete answer in the shared store too (fire and forget). */
+static void request_cache_share(struct request *r, const char *text, size_t len)
+{
+    static const char script[] =
+        "redis.call('HSET', KEYS[1], 'body', ARGV[1], 'backend', ARGV[2], 'cost', ARGV[3], "
+        "'stored_at', ARGV[4])\n"
+        "redis.call('PEXPIRE', KEYS[1], ARGV[5])\n"
+        "return 1\n";
+    if (!r->w->redis || !redis_client_available(r->w->redis))
+        return;
+    const struct redis_script *s = redis_script_load(r->w->redis, script, sizeof script - 1);
+    if (!s)
+        return;
+    char key[9 + 65], cost[40], stored[24], ttl[24];
+    cache_redis_key(r->cache_key, key);
+    snprintf(cost, sizeof cost, "%.10f", r->cost_usd);
+    snprintf(stored, sizeof stored, "%lld", (long long)wall_now_ms());
+    snprintf(ttl, sizeof ttl, "%ld", r->cfg->cache.ttl_s * 1000);
+    const char *backend = r->target->backend->name;
+    const char *argv[] = {key, text, backend, cost, stored, ttl};
+    size_t argvlen[] = {strlen(key), len, strlen(backend), strlen(cost), strlen(stored),
+                        strlen(ttl)};
+    redis_evalsha(r->w->redis, s, 1, 6, argv, argvlen, request_cache_ignored, NULL);
+}
+
+/* An answer from the cache, when there is one for this request: true when the reply is set.
+ * Otherwise the request goes on, or waits for the shared store (cache_pending). */
 static bool request_cache_lookup(struct request *r)
 {
     const struct config_cache *cc = &r->cfg->cache;
@@ -676,18 +816,15 @@ static bool request_cache_lookup(struct request *r)
         return false;
     int64_t max_age = -1;
     cache_control_has(ctl, "max-age", &max_age);
+    r->cache_max_age_ms = max_age;
     const struct cache_entry *e = cache_get(r->w->cache, r->cache_key, backend_now_ms(), max_age);
-    if (!e)
-        return false;
-    char *body = malloc(e->len + 1);
-    if (!body)
-        return false;
-    memcpy(body, e->body, e->len + 1);
-    r->cache_result = REQUEST_CACHE_HIT;
-    r->usage_done = true; /* a hit costs nothing upstream */
-    r->cost_usd = 0;
-    request_set_reply(r, 200, body, e->len, "application/json");
-    return true;
+    if (e)
+        return request_cache_hit(r, e->body, e->len);
+    /* Not in this worker's store: ask the shared one, unless Redis is out of reach (then
+     * the request goes on as a miss; a cache never fails a request). */
+    if (r->w->redis && redis_client_available(r->w->redis))
+        request_cache_ask(r);
+    return false;
 }
 
 static void request_limit_done(void *ctx, enum ratelimit_result result,
@@ -717,7 +854,7 @@ static enum MHD_Result request_dispatch(struct request *r)
     if (r->local_url)
         return request_local(r, r->local_url);
     if (r->json)
-        return request_admitted(r); /* back from waiting for the rate limiter */
+        return request_proceed(r); /* back from waiting for the cache or the limiter */
     json_error_t jerr;
     r->json = json_loadb(r->body.data ? r->body.data : "", r->body.len, 0, &jerr);
     if (!r->json)
@@ -742,8 +879,6 @@ static enum MHD_Result request_dispatch(struct request *r)
     if (!keycache_allows(r->key_models, r->model))
         return REQUEST_FAIL_NOW(r, TG_ERR_MODEL_NOT_ALLOWED, "model",
                                 "This API key may not use the model '%s'.", r->model);
-    if (request_cache_lookup(r))
-        return request_queue_reply(r);
 
     const struct config_routing *rc_cfg = &r->cfg->routing;
     r->rreq = (struct router_request){
@@ -776,21 +911,37 @@ static enum MHD_Result request_dispatch(struct request *r)
     if (!r->skip)
         return REQUEST_FAIL_NOW(r, TG_ERR_NOMEM, NULL, "out of memory");
     r->deadline = r->t_start + (double)rc_cfg->deadline_ms / 1000.0;
+    return request_proceed(r);
+}
 
-    if ((r->key_rpm || r->key_tpm) && r->w->ratelimit) {
+/* The checks that may wait on Redis, in order, each resumed where it left off: the cache,
+ * then the key's limits; then request_admitted() (budget, routing). */
+static enum MHD_Result request_proceed(struct request *r)
+{
+    if (!r->cache_checked) {
+        r->cache_checked = true;
+        if (request_cache_lookup(r))
+            return request_queue_reply(r);
+    }
+    if (r->cache_pending) {
+        r->cache_suspended = true; /* request_cache_answer resumes us */
+        request_suspend(r);
+        return MHD_YES;
+    }
+    if ((r->key_rpm || r->key_tpm) && r->w->ratelimit && !r->limited) {
         r->limited = true;
         r->limit_tokens = (long)(r->rreq.prompt_tokens + r->rreq.output_tokens);
         r->limit_pending = true;
         r->limit_result = ratelimit_admit(r->w->ratelimit, r->key_name, r->key_rpm, r->key_tpm,
                                           r->limit_tokens, request_limit_done, r, &r->limit_wait,
                                           &r->limit_view);
-        if (r->limit_result != RATELIMIT_PENDING) {
+        if (r->limit_result != RATELIMIT_PENDING)
             r->limit_pending = false;
-        } else if (r->limit_pending) {
-            r->limit_suspended = true; /* request_limit_done resumes us */
-            request_suspend(r);
-            return MHD_YES;
-        }
+    }
+    if (r->limit_pending) {
+        r->limit_suspended = true; /* request_limit_done resumes us */
+        request_suspend(r);
+        return MHD_YES;
     }
     return request_admitted(r);
 }
@@ -1188,8 +1339,11 @@ static void request_whole_answer(struct request *r)
                         : r->scan.choices_len > 0 && r->scan.finished == r->scan.choices_len;
     if (r->cache_result == REQUEST_CACHE_MISS && r->cache_store && complete &&
         len <= r->cfg->cache.max_entry_bytes && r->up_status == 200)
+    {
         cache_put(r->w->cache, r->cache_key, text, len, r->target->backend->name, r->cost_usd,
                   backend_now_ms(), r->cfg->cache.ttl_s * 1000);
+        request_cache_share(r, text, len);
+    }
     request_set_reply(r, (unsigned)r->up_status, text, len, "application/json");
 }
 
@@ -1420,6 +1574,8 @@ void request_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
         return;
     *con_cls = NULL;
     keyauth_cancel(r->lookup);
+    if (r->cache_ask)
+        r->cache_ask->r = NULL; /* the answer, when it comes, finds nobody */
     ratelimit_cancel(r->limit_wait);
     budget_cancel(r->budget_wait);
     if (r->budget_asked && r->budget_result == BUDGET_OK && r->w->budget)

@@ -389,7 +389,9 @@ static void worker_start_redis(struct worker *w)
 {
     if (!w->cfg->redis_url)
         return;
-    struct redis_options opt = {.url = w->cfg->redis_url};
+    /* Probing a Redis that is down every 5 s at most costs little; coming back soon after it
+     * does is what matters (keys fetched afresh, spooled usage replayed). */
+    struct redis_options opt = {.url = w->cfg->redis_url, .breaker_cooloff_max_ms = 5000};
     w->redis = redis_client_new(w->loop, &opt);
     if (w->redis && w->keycache)
         redis_subscribe(w->redis, KEYAUTH_REVOKED_CHANNEL, revoked_cb, w);
@@ -486,6 +488,7 @@ struct server *server_start(struct config *cfg, char *err, size_t err_len)
         if (w->listen_fd == -1 || worker_init(w, cfg, err, err_len))
             goto err_workers;
     }
+    s->port = port; /* before any worker runs: they name their spool files after it */
     for (; started < s->n_workers; started++)
         if (pthread_create(&s->workers[started].thread, NULL, worker_main,
                            &s->workers[started])) {
@@ -500,7 +503,6 @@ struct server *server_start(struct config *cfg, char *err, size_t err_len)
             pthread_join(s->workers[i].thread, NULL);
         goto err_workers;
     }
-    s->port = port;
     char esc[300];
     log_event(LOG_INFO, "listening", "\"listen\":\"%s\",\"port\":%d,\"workers\":%u",
               log_escape(esc, sizeof esc, cfg->listen), port, s->n_workers);

@@ -93,8 +93,15 @@ test('every answered request is in the ledger exactly once, across a Redis outag
   await wave(20);
   assert.equal(failed, 0);
   assert.equal(answered, 120);
-  await waitFor(async () => Number((await usage()).requests) === answered,
-    { timeoutMs: 20000, intervalMs: 250, what: `ledger holds ${answered} records` });
+  let held = -1;
+  try {
+    await waitFor(async () => (held = Number((await usage()).requests)) === answered,
+      { timeoutMs: 45000, intervalMs: 250, what: 'the ledger to hold every answered request' });
+  } catch (err) {
+    const spools = gw_a.logs.text() + gw_b.logs.text();
+    throw new Error(`${err.message}: ledger holds ${held} of ${answered}; stream has ` +
+      `${await cli('XLEN', 'tg:usage')}; gateway logs:\n${spools.split('\n').filter((l) => /ledger|redis/.test(l)).slice(-12).join('\n')}`);
+  }
   // ...and no more than that, even after the replay timers ran again.
   await new Promise((r) => setTimeout(r, 1500));
   const row = await usage();
