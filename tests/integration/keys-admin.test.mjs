@@ -4,15 +4,14 @@
 // Authenticating requests with these keys is tested elsewhere.
 import { test, before, after, describe } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import crypto from 'node:crypto';
 import { once } from 'node:events';
 import net from 'node:net';
-import { setTimeout as sleep } from 'node:timers/promises';
 import {
   startMocknode, startGateway, backendFor, cleanup, post, get, errorShapeProblems,
   adminListener, freePort, makeTempDir, runTollgate, writeTempFile, waitFor,
 } from '../lib/harness.mjs';
+import { redisClient, startRedis } from '../lib/redis.mjs';
 
 const REDIS_PASS = 'tg-test-redis-pass';
 const REDIS_DB = 3;
@@ -20,116 +19,6 @@ const STATIC_KEY = 'sk-keys-admin-static';
 const KEY_RE = /^tg-[0-9a-f]{32}$/;
 const sha256 = (s) => crypto.createHash('sha256').update(s).digest('hex');
 const now = () => Math.floor(Date.now() / 1000);
-
-// ---- a throwaway redis-server and a tiny RESP client --------------------------------------
-
-function respEncode(args) {
-  const parts = [Buffer.from(`*${args.length}\r\n`)];
-  for (const a of args) {
-    const b = Buffer.from(String(a));
-    parts.push(Buffer.from(`$${b.length}\r\n`), b, Buffer.from('\r\n'));
-  }
-  return Buffer.concat(parts);
-}
-
-// One RESP2 value at buf[i..]: [value, next index], or null when incomplete.
-function respParse(buf, i = 0) {
-  const nl = buf.indexOf('\r\n', i);
-  if (nl < 0) return null;
-  const type = String.fromCharCode(buf[i]);
-  const line = buf.toString('utf8', i + 1, nl);
-  switch (type) {
-    case '+': return [line, nl + 2];
-    case '-': return [new Error(line), nl + 2];
-    case ':': return [Number(line), nl + 2];
-    case '$': {
-      const n = Number(line);
-      if (n < 0) return [null, nl + 2];
-      if (buf.length < nl + 2 + n + 2) return null;
-      return [buf.toString('utf8', nl + 2, nl + 2 + n), nl + 4 + n];
-    }
-    case '*': {
-      const n = Number(line);
-      if (n < 0) return [null, nl + 2];
-      const out = [];
-      let j = nl + 2;
-      for (let k = 0; k < n; k++) {
-        const r = respParse(buf, j);
-        if (!r) return null;
-        out.push(r[0]);
-        j = r[1];
-      }
-      return [out, j];
-    }
-    default: throw new Error(`bad RESP type ${type}`);
-  }
-}
-
-async function redisClient(port, { db = REDIS_DB, pass = REDIS_PASS } = {}) {
-  const sock = net.connect(port, '127.0.0.1');
-  await once(sock, 'connect');
-  let buf = Buffer.alloc(0);
-  const waiters = [];
-  const pushes = [];
-  sock.on('data', (d) => {
-    buf = Buffer.concat([buf, d]);
-    for (;;) {
-      const r = respParse(buf);
-      if (!r) break;
-      buf = buf.subarray(r[1]);
-      const w = waiters.shift();
-      if (w) w(r[0]); else pushes.push(r[0]);
-    }
-  });
-  sock.on('error', () => {});
-  const client = {
-    pushes,
-    call(...args) {
-      return new Promise((resolve, reject) => {
-        const timer = setTimeout(() => reject(new Error(`redis ${args[0]}: no reply in 5 s`)), 5000);
-        waiters.push((v) => { clearTimeout(timer); v instanceof Error ? reject(v) : resolve(v); });
-        sock.write(respEncode(args));
-      });
-    },
-    close() { sock.destroy(); },
-  };
-  if (pass) await client.call('AUTH', pass);
-  if (db) await client.call('SELECT', db);
-  return client;
-}
-
-async function startRedis() {
-  const dir = await makeTempDir('tollgate-redis-');
-  const port = await freePort();
-  const proc = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--dir', dir,
-    '--save', '', '--appendonly', 'no', '--requirepass', REDIS_PASS, '--databases', '16'],
-  { stdio: ['ignore', 'pipe', 'pipe'] });
-  const out = [];
-  proc.stdout.on('data', (d) => out.push(String(d)));
-  proc.stderr.on('data', (d) => out.push(String(d)));
-  const failed = new Promise((_, reject) => {
-    proc.once('error', reject);
-    proc.once('exit', (code) => reject(new Error(`redis-server exited (${code}): ${out.join('')}`)));
-  });
-  failed.catch(() => {});
-  const client = await Promise.race([failed, waitFor(async () => {
-    const c = await redisClient(port);
-    return (await c.call('PING')) === 'PONG' ? c : (c.close(), null);
-  }, { timeoutMs: 10000, what: 'redis-server to answer PING' })]);
-  return {
-    port,
-    proc,
-    client,
-    url: `redis://:${REDIS_PASS}@127.0.0.1:${port}/${REDIS_DB}`,
-    async stop() {
-      client.close();
-      if (proc.exitCode !== null || proc.signalCode !== null) return;
-      const gone = once(proc, 'exit');
-      proc.kill('SIGKILL');
-      await Promise.race([gone, sleep(3000)]);
-    },
-  };
-}
 
 // Every key and value (strings, hashes, sets) of the test db, as one text.
 async function dumpRedis(r) {
@@ -156,7 +45,7 @@ let cfgFile;
 const createdKeys = []; // every key material seen; none may leak anywhere else
 
 before(async () => {
-  redis = await startRedis();
+  redis = await startRedis({ pass: REDIS_PASS, db: REDIS_DB });
   const node = await startMocknode({ name: 'keys-node', models: ['m1', 'm2'], quiet: true });
   admin = await adminListener();
   const config = { keys: [{ name: 'static-one', key: STATIC_KEY }], ...admin.config,
@@ -341,7 +230,7 @@ describe('GET and DELETE /admin/keys', () => {
     const c = await create({ name: 'doomed', rpm: 5 });
     assert.equal(c.status, 201, c.text);
     createdKeys.push(c.json.key);
-    const sub = await redisClient(redis.port, { db: 0 });
+    const sub = await redisClient(redis.port, { db: 0, pass: REDIS_PASS });
     try {
       assert.deepEqual(await sub.call('SUBSCRIBE', 'tg:keys:revoked'), ['subscribe', 'tg:keys:revoked', 1]);
       const r = await revoke('doomed');

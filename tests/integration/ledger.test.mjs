@@ -8,16 +8,13 @@
 // once) is tested in tests/unit/test_ledger.c.
 import { test, before, after, describe } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import { once } from 'node:events';
 import fs from 'node:fs';
-import net from 'node:net';
 import path from 'node:path';
-import { setTimeout as sleep } from 'node:timers/promises';
 import {
   REPO_ROOT, startMocknode, startGateway, backendFor, cleanup, get, errorShapeProblems,
   adminListener, freePort, makeTempDir, runTollgate, writeTempFile, waitFor,
 } from '../lib/harness.mjs';
+import { redisClient, startRedis } from '../lib/redis.mjs';
 
 const REDIS_PASS = 'tg-test-ledger-pass';
 const REDIS_DB = 5;
@@ -30,111 +27,6 @@ function ledgerLua() {
   assert.ok(m, 'ledger_lua not found in gateway/ledger.c');
   const parts = [...m[1].matchAll(/"((?:[^"\\]|\\.)*)"/g)].map((x) => x[1]);
   return parts.join('').replace(/\\(.)/g, (_, c) => (c === 'n' ? '\n' : c));
-}
-
-// ---- a throwaway redis-server and a tiny RESP client --------------------------------------
-
-function respEncode(args) {
-  const parts = [Buffer.from(`*${args.length}\r\n`)];
-  for (const a of args) {
-    const b = Buffer.from(String(a));
-    parts.push(Buffer.from(`$${b.length}\r\n`), b, Buffer.from('\r\n'));
-  }
-  return Buffer.concat(parts);
-}
-
-function respParse(buf, i = 0) {
-  const nl = buf.indexOf('\r\n', i);
-  if (nl < 0) return null;
-  const type = String.fromCharCode(buf[i]);
-  const line = buf.toString('utf8', i + 1, nl);
-  switch (type) {
-    case '+': return [line, nl + 2];
-    case '-': return [new Error(line), nl + 2];
-    case ':': return [Number(line), nl + 2];
-    case '$': {
-      const n = Number(line);
-      if (n < 0) return [null, nl + 2];
-      if (buf.length < nl + 2 + n + 2) return null;
-      return [buf.toString('utf8', nl + 2, nl + 2 + n), nl + 4 + n];
-    }
-    case '*': {
-      const n = Number(line);
-      if (n < 0) return [null, nl + 2];
-      const out = [];
-      let j = nl + 2;
-      for (let k = 0; k < n; k++) {
-        const r = respParse(buf, j);
-        if (!r) return null;
-        out.push(r[0]);
-        j = r[1];
-      }
-      return [out, j];
-    }
-    default: throw new Error(`bad RESP type ${type}`);
-  }
-}
-
-async function redisClient(port) {
-  const sock = net.connect(port, '127.0.0.1');
-  await once(sock, 'connect');
-  let buf = Buffer.alloc(0);
-  const waiters = [];
-  sock.on('data', (d) => {
-    buf = Buffer.concat([buf, d]);
-    for (;;) {
-      const r = respParse(buf);
-      if (!r) break;
-      buf = buf.subarray(r[1]);
-      waiters.shift()?.(r[0]);
-    }
-  });
-  sock.on('error', () => {});
-  const client = {
-    call(...args) {
-      return new Promise((resolve, reject) => {
-        const timer = setTimeout(() => reject(new Error(`redis ${args[0]}: no reply in 5 s`)), 5000);
-        waiters.push((v) => { clearTimeout(timer); v instanceof Error ? reject(v) : resolve(v); });
-        sock.write(respEncode(args));
-      });
-    },
-    close() { sock.destroy(); },
-  };
-  await client.call('AUTH', REDIS_PASS);
-  await client.call('SELECT', REDIS_DB);
-  return client;
-}
-
-async function startRedis() {
-  const dir = await makeTempDir('tollgate-redis-');
-  const port = await freePort();
-  const proc = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--dir', dir,
-    '--save', '', '--appendonly', 'no', '--requirepass', REDIS_PASS, '--databases', '16'],
-  { stdio: ['ignore', 'pipe', 'pipe'] });
-  const out = [];
-  proc.stdout.on('data', (d) => out.push(String(d)));
-  proc.stderr.on('data', (d) => out.push(String(d)));
-  const failed = new Promise((_, reject) => {
-    proc.once('error', reject);
-    proc.once('exit', (code) => reject(new Error(`redis-server exited (${code}): ${out.join('')}`)));
-  });
-  failed.catch(() => {});
-  const client = await Promise.race([failed, waitFor(async () => {
-    const c = await redisClient(port);
-    return (await c.call('PING')) === 'PONG' ? c : (c.close(), null);
-  }, { timeoutMs: 10000, what: 'redis-server to answer PING' })]);
-  return {
-    port,
-    client,
-    url: `redis://:${REDIS_PASS}@127.0.0.1:${port}/${REDIS_DB}`,
-    async stop() {
-      client.close();
-      if (proc.exitCode !== null || proc.signalCode !== null) return;
-      const gone = once(proc, 'exit');
-      proc.kill('SIGKILL');
-      await Promise.race([gone, sleep(3000)]);
-    },
-  };
 }
 
 // ---- records, as a worker sends them ------------------------------------------------------
@@ -158,7 +50,7 @@ let admin;
 let cfgFile;
 
 before(async () => {
-  redis = await startRedis();
+  redis = await startRedis({ pass: REDIS_PASS, db: REDIS_DB });
   const node = await startMocknode({ name: 'ledger-node', models: ['m1'], quiet: true });
   admin = await adminListener();
   const config = { ...admin.config, redis: { url: redis.url }, backends: [backendFor(node)] };
