@@ -147,6 +147,8 @@ struct request {
 static const struct upstream_ops request_upstream_ops;
 static enum MHD_Result request_admitted(struct request *r);
 static enum MHD_Result request_proceed(struct request *r);
+static enum MHD_Result request_queue_stream(struct request *r);
+static int request_emit_event(struct request *r, json_t *chunk);
 
 /* ---- small helpers ---------------------------------------------------------------------- */
 
@@ -672,8 +674,95 @@ static void request_cache_ignored(void *ctx, int result, const redisReply *reply
 }
 
 /* A cached answer becomes the reply. */
+/* A stored whole answer replayed to a streaming caller: per choice one event with the whole
+ * message as its delta and one with the finish reason, the usage chunk when asked for, then
+ * [DONE] — what the SDKs assemble into the same answer. */
+static bool request_cache_hit_stream(struct request *r, const char *body, size_t len)
+{
+    json_t *doc = json_loadb(body, len, 0, NULL);
+    json_t *choices = json_object_get(doc, "choices");
+    if (!json_is_array(choices)) {
+        json_decref(doc);
+        return false;
+    }
+    bool chat = r->ep->route == OPENAI_CHAT;
+    const char *object = chat ? "chat.completion.chunk" : "text_completion";
+    buf_init(&r->out, REQUEST_STREAM_HIGH_WATER + 2 * REQUEST_STREAM_MAX_EVENT + len * 2);
+    r->out_off = 0;
+    int rc = 0;
+    size_t i;
+    json_t *c;
+    json_array_foreach(choices, i, c)
+    {
+        json_t *index = json_object_get(c, "index");
+        json_t *delta;
+        if (chat) {
+            delta = json_deep_copy(json_object_get(c, "message"));
+            if (!json_is_object(delta)) {
+                json_decref(delta);
+                delta = json_object();
+            }
+            /* Streamed tool calls carry their position. */
+            size_t k;
+            json_t *call;
+            json_array_foreach(json_object_get(delta, "tool_calls"), k, call)
+                json_object_set_new(call, "index", json_integer((json_int_t)k));
+        }
+        json_t *first = json_pack("{s:O?, s:s, s:O?, s:O?, s:[{s:O?, s:o, s:n}]}", "id",
+                                  json_object_get(doc, "id"), "object", object, "created",
+                                  json_object_get(doc, "created"), "model",
+                                  json_object_get(doc, "model"), "choices", "index", index,
+                                  chat ? "delta" : "text",
+                                  chat ? delta : json_copy(json_object_get(c, "text")),
+                                  "finish_reason");
+        json_t *last = json_pack("{s:O?, s:s, s:O?, s:O?, s:[{s:O?, s:o, s:O?}]}", "id",
+                                 json_object_get(doc, "id"), "object", object, "created",
+                                 json_object_get(doc, "created"), "model",
+                                 json_object_get(doc, "model"), "choices", "index", index,
+                                 chat ? "delta" : "text", chat ? json_object() : json_string(""),
+                                 "finish_reason", json_object_get(c, "finish_reason"));
+        if (!first || !last)
+            rc = TG_ERR_NOMEM;
+        if (!rc)
+            rc = request_emit_event(r, first);
+        if (!rc)
+            rc = request_emit_event(r, last);
+        json_decref(first);
+        json_decref(last);
+    }
+    if (!rc && r->caller_usage) {
+        json_t *usage = json_deep_copy(json_object_get(doc, "usage"));
+        if (!json_is_object(usage)) {
+            json_decref(usage);
+            usage = json_object();
+        }
+        json_object_set_new(usage, "cost", json_real(0)); /* a hit costs nothing */
+        json_t *u = json_pack("{s:O?, s:s, s:[], s:o}", "id", json_object_get(doc, "id"), "object",
+                              object, "choices", "usage", usage);
+        rc = u ? request_emit_event(r, u) : TG_ERR_NOMEM;
+        json_decref(u);
+    }
+    json_decref(doc);
+    if (!rc)
+        rc = buf_append_str(&r->out, "data: [DONE]\n\n") ? TG_ERR_NOMEM : 0;
+    if (rc) {
+        buf_free(&r->out);
+        return false;
+    }
+    r->stream_mode = true;
+    r->stream_ended = true;
+    sse_init(&r->sse, REQUEST_STREAM_MAX_EVENT); /* freed with the request like any stream */
+    r->cache_result = REQUEST_CACHE_HIT;
+    r->usage_done = true;
+    r->cost_usd = 0;
+    r->state = REQUEST_STREAM;
+    return true;
+}
+
 static bool request_cache_hit(struct request *r, const char *body, size_t len)
 {
+    if (r->oreq.stream)
+        return request_cache_hit_stream(r, body, len);
     char *copy = malloc(len + 1);
     if (!copy)
         return false;
@@ -800,8 +889,8 @@ static void request_cache_share(struct request *r, const char *text, size_t len)
 static bool request_cache_lookup(struct request *r)
 {
     const struct config_cache *cc = &r->cfg->cache;
-    if (!r->w->cache || cc->mode == CONFIG_CACHE_OFF || r->oreq.stream)
-        return false; /* streams are not served from the cache yet */
+    if (!r->w->cache || cc->mode == CONFIG_CACHE_OFF)
+        return false;
     if (cc->mode == CONFIG_CACHE_DETERMINISTIC && r->ep->route != OPENAI_EMBEDDINGS &&
         !cache_deterministic(r->json))
         return false;
@@ -921,7 +1010,7 @@ static enum MHD_Result request_proceed(struct request *r)
     if (!r->cache_checked) {
         r->cache_checked = true;
         if (request_cache_lookup(r))
-            return request_queue_reply(r);
+            return r->state == REQUEST_STREAM ? request_queue_stream(r) : request_queue_reply(r);
     }
     if (r->cache_pending) {
         r->cache_suspended = true; /* request_cache_answer resumes us */

@@ -22,6 +22,14 @@ before(async () => {
 after(cleanup);
 
 const calls = async () => chatCalls(await node.stats());
+const stream = async (body, { key = KEY_A } = {}) => {
+  const r = await fetch(gw.v1 + '/chat/completions', {
+    method: 'POST',
+    body: JSON.stringify({ model: 'llama', stream: true, ...body }),
+    headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json' },
+  });
+  return { status: r.status, headers: r.headers, text: await r.text() };
+};
 const ask = (body, { key = KEY_A, headers } = {}) => post(gw.v1 + '/chat/completions',
   { model: 'llama', messages: [{ role: 'user', content: 'cache me' }], ...body }, { key, headers });
 
@@ -65,20 +73,39 @@ test('another tenant does not get the first one\'s answer', async () => {
   assert.equal(other.headers.get('x-tollgate-cache'), 'miss');
 });
 
-test('non-deterministic requests and streams bypass the cache', async () => {
+test('non-deterministic requests bypass the cache; streamed misses are not stored (yet)', async () => {
   const before_calls = await calls();
   for (let i = 0; i < 2; i++) {
     const r = await ask({ temperature: 0.7, max_tokens: 2 });
     assert.equal(r.headers.get('x-tollgate-cache'), 'bypass');
   }
   assert.equal(await calls(), before_calls + 2);
-  const s = await fetch(gw.v1 + '/chat/completions', {
-    method: 'POST',
-    body: JSON.stringify({ model: 'llama', temperature: 0, stream: true, messages: [{ role: 'user', content: 's' }] }),
-    headers: { authorization: `Bearer ${KEY_A}`, 'content-type': 'application/json' },
-  });
-  assert.equal(s.headers.get('x-tollgate-cache'), 'bypass');
-  await s.text();
+  for (let i = 0; i < 2; i++) {
+    const s = await stream({ temperature: 0, messages: [{ role: 'user', content: 'streamed first' }] });
+    assert.equal(s.headers.get('x-tollgate-cache'), 'miss');
+  }
+});
+
+test('a stored answer is replayed to a streaming caller as a proper SSE stream', async () => {
+  const body = { temperature: 0, max_tokens: 5, messages: [{ role: 'user', content: 'replay me' }] };
+  const whole = await ask(body);
+  assert.equal(whole.headers.get('x-tollgate-cache'), 'miss');
+  const before_calls = await calls();
+  const s = await stream({ ...body, stream_options: { include_usage: true } });
+  assert.equal(s.status, 200);
+  assert.equal(s.headers.get('x-tollgate-cache'), 'hit');
+  assert.match(s.headers.get('content-type'), /text\/event-stream/);
+  const events = s.text.split('\n\n').filter(Boolean).map((e) => e.replace(/^data: /, ''));
+  assert.equal(events.at(-1), '[DONE]');
+  const chunks = events.slice(0, -1).map((e) => JSON.parse(e));
+  const text = chunks.flatMap((c) => c.choices ?? []).map((c) => c.delta?.content ?? '').join('');
+  assert.equal(text, whole.json.choices[0].message.content, 'the same answer');
+  const finish = chunks.flatMap((c) => c.choices ?? []).find((c) => c.finish_reason);
+  assert.equal(finish.finish_reason, whole.json.choices[0].finish_reason);
+  const usage = chunks.find((c) => c.usage);
+  assert.equal(usage.usage.cost, 0);
+  assert.deepEqual(usage.choices, []);
+  assert.equal(await calls(), before_calls, 'no backend call');
 });
 
 test('Cache-Control: no-cache skips the read, no-store the write, max-age limits the age', async () => {
