@@ -46,6 +46,7 @@ struct request {
     struct worker *w;
     struct MHD_Connection *conn;
     bool first_call; /* inside MHD's first call for this request */
+    bool parked;     /* suspended until a Redis answer (key, cache, limiter, budget) comes */
     struct config *cfg; /* the snapshot this request started with (referenced) */
     const struct openai_endpoint *ep;
     enum request_state state;
@@ -57,27 +58,24 @@ struct request {
     char *key_models;     /* a Redis key's allowed models (keycache format); NULL = all */
     struct keyauth_lookup *lookup; /* a Redis key lookup in flight */
     bool auth_pending;    /* the key is being looked up */
-    bool auth_wait;       /* ... and the request is suspended until it is known */
     enum keyauth_result auth_result;
     char *local_url;      /* the path of a local endpoint answered after the lookup */
     long key_rpm, key_tpm; /* the key's per-minute limits, 0 = none */
     struct ratelimit_wait *limit_wait;
     bool limit_pending;   /* admission asked for, not answered yet */
-    bool limit_suspended; /* ... and the request waits for it */
     bool limited;         /* the key has limits: send x-ratelimit-* */
     enum ratelimit_result limit_result;
     struct ratelimit_view limit_view;
     long limit_tokens;    /* tokens admitted on the estimate */
     double key_budget;    /* USD, 0 = none */
     struct budget_wait *budget_wait;
-    bool budget_asked, budget_pending, budget_suspended, budget_in_redis;
+    bool budget_asked, budget_pending, budget_in_redis;
     enum budget_result budget_result;
     double budget_reserved; /* the estimate reserved */
     enum { REQUEST_CACHE_BYPASS = 0, REQUEST_CACHE_MISS, REQUEST_CACHE_HIT } cache_result;
     bool cache_store;     /* a complete answer may be stored */
     bool cache_checked;
     bool cache_pending;   /* the shared store (Redis) is being asked */
-    bool cache_suspended;
     struct request_cache_ask *cache_ask;
     int64_t cache_max_age_ms;
     unsigned char cache_key[32];
@@ -170,6 +168,25 @@ static void request_resume(struct request *r)
     }
 }
 
+/* Waits for one of the checks that may ask Redis; request_wake() is its answer. Only one
+ * such check is ever in progress, so one flag does. */
+static enum MHD_Result request_park(struct request *r)
+{
+    r->parked = true;
+    request_suspend(r);
+    return MHD_YES;
+}
+
+/* An answer came: a parked request goes on through MHD's next call for it; one that is not
+ * parked (the answer came before it had to wait) simply reads the result when it gets there. */
+static void request_wake(struct request *r)
+{
+    if (r->parked) {
+        r->parked = false;
+        request_resume(r);
+    }
+}
+
 static void backend_release(struct request *r)
 {
     if (r->target)
@@ -198,6 +215,22 @@ static void request_set_id(struct request *r)
     }
     snprintf(r->id, sizeof r->id, "%016llx%016llx", (unsigned long long)worker_random(r->w),
              (unsigned long long)worker_random(r->w));
+}
+
+/* x-ratelimit-limit-<what>, -remaining-<what>, -reset-<what> ("12s"), as OpenAI names them. */
+static void ratelimit_headers(struct MHD_Response *resp, const char *what, long limit,
+                              long remaining, long reset_s)
+{
+    char name[48], value[32];
+    snprintf(name, sizeof name, "x-ratelimit-limit-%s", what);
+    snprintf(value, sizeof value, "%ld", limit);
+    MHD_add_response_header(resp, name, value);
+    snprintf(name, sizeof name, "x-ratelimit-remaining-%s", what);
+    snprintf(value, sizeof value, "%ld", remaining);
+    MHD_add_response_header(resp, name, value);
+    snprintf(name, sizeof name, "x-ratelimit-reset-%s", what);
+    snprintf(value, sizeof value, "%lds", reset_s);
+    MHD_add_response_header(resp, name, value);
 }
 
 /* USD as a plain decimal ("0.0000123"), never in exponent form. */
@@ -235,24 +268,11 @@ static void request_headers(struct request *r, struct MHD_Response *resp)
     }
     if (r->limited) {
         const struct ratelimit_view *v = &r->limit_view;
-        char n[32];
         long reset_s = (v->reset_ms + 999) / 1000;
-        if (v->limit_requests) {
-            snprintf(n, sizeof n, "%ld", v->limit_requests);
-            MHD_add_response_header(resp, "x-ratelimit-limit-requests", n);
-            snprintf(n, sizeof n, "%ld", v->remaining_requests);
-            MHD_add_response_header(resp, "x-ratelimit-remaining-requests", n);
-            snprintf(n, sizeof n, "%lds", reset_s);
-            MHD_add_response_header(resp, "x-ratelimit-reset-requests", n);
-        }
-        if (v->limit_tokens) {
-            snprintf(n, sizeof n, "%ld", v->limit_tokens);
-            MHD_add_response_header(resp, "x-ratelimit-limit-tokens", n);
-            snprintf(n, sizeof n, "%ld", v->remaining_tokens);
-            MHD_add_response_header(resp, "x-ratelimit-remaining-tokens", n);
-            snprintf(n, sizeof n, "%lds", reset_s);
-            MHD_add_response_header(resp, "x-ratelimit-reset-tokens", n);
-        }
+        if (v->limit_requests)
+            ratelimit_headers(resp, "requests", v->limit_requests, v->remaining_requests, reset_s);
+        if (v->limit_tokens)
+            ratelimit_headers(resp, "tokens", v->limit_tokens, v->remaining_tokens, reset_s);
     }
     if (worker_draining(r->w))
         MHD_add_response_header(resp, MHD_HTTP_HEADER_CONNECTION, "close");
@@ -427,10 +447,7 @@ static void request_key_done(void *ctx, enum keyauth_result result,
     r->auth_result = result;
     if (result == KEYAUTH_OK)
         request_take_key(r, e);
-    if (r->auth_wait) {
-        r->auth_wait = false;
-        request_resume(r);
-    }
+    request_wake(r);
 }
 
 /* The error for a key that did not resolve, or 0. */
@@ -835,10 +852,7 @@ static void request_cache_answer(void *ctx, int result, const redisReply *reply)
                   r->cfg->cache.ttl_s * 1000 - (age > 0 ? age : 0));
         request_cache_hit(r, body, len);
     }
-    if (r->cache_suspended) {
-        r->cache_suspended = false;
-        request_resume(r);
-    }
+    request_wake(r);
 }
 
 static void request_cache_ask(struct request *r)
@@ -924,19 +938,14 @@ static void request_limit_done(void *ctx, enum ratelimit_result result,
     r->limit_pending = false;
     r->limit_result = result;
     r->limit_view = *view;
-    if (r->limit_suspended) {
-        r->limit_suspended = false;
-        request_resume(r);
-    }
+    request_wake(r);
 }
 
 /* The whole body is in: validate, route, forward. */
 static enum MHD_Result request_dispatch(struct request *r)
 {
     if (r->auth_pending) {
-        r->auth_wait = true; /* request_key_done resumes us */
-        request_suspend(r);
-        return MHD_YES;
+        return request_park(r); /* request_key_done wakes us */
     }
     if (r->auth_result != KEYAUTH_OK && r->auth_result != KEYAUTH_PENDING)
         return request_key_error(r);
@@ -1013,9 +1022,7 @@ static enum MHD_Result request_proceed(struct request *r)
             return r->state == REQUEST_STREAM ? request_queue_stream(r) : request_queue_reply(r);
     }
     if (r->cache_pending) {
-        r->cache_suspended = true; /* request_cache_answer resumes us */
-        request_suspend(r);
-        return MHD_YES;
+        return request_park(r); /* request_cache_answer wakes us */
     }
     if ((r->key_rpm || r->key_tpm) && r->w->ratelimit && !r->limited) {
         r->limited = true;
@@ -1028,9 +1035,7 @@ static enum MHD_Result request_proceed(struct request *r)
             r->limit_pending = false;
     }
     if (r->limit_pending) {
-        r->limit_suspended = true; /* request_limit_done resumes us */
-        request_suspend(r);
-        return MHD_YES;
+        return request_park(r); /* request_limit_done wakes us */
     }
     return request_admitted(r);
 }
@@ -1042,10 +1047,7 @@ static void request_budget_done(void *ctx, enum budget_result result, bool in_re
     r->budget_pending = false;
     r->budget_result = result;
     r->budget_in_redis = result == BUDGET_OK && in_redis;
-    if (r->budget_suspended) {
-        r->budget_suspended = false;
-        request_resume(r);
-    }
+    request_wake(r);
 }
 
 /* The dearest estimate among the backends that may serve it: reserving that much means a
@@ -1081,9 +1083,7 @@ static enum MHD_Result request_admitted(struct request *r)
         if (r->budget_result != BUDGET_PENDING) {
             r->budget_pending = false;
         } else if (r->budget_pending) {
-            r->budget_suspended = true; /* request_budget_done resumes us */
-            request_suspend(r);
-            return MHD_YES;
+            return request_park(r); /* request_budget_done wakes us */
         }
     }
     if (r->budget_asked && r->budget_result == BUDGET_EXHAUSTED) {
