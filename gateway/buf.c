@@ -146,3 +146,13 @@ size_t buf_utf8_len(const unsigned char *p, size_t avail)
             return 0;
     return len;
 }
+
+void buf_hex(const unsigned char *in, size_t n, char *out)
+{
+    static const char digits[] = "0123456789abcdef";
+    for (size_t i = 0; i < n; i++) {
+        out[2 * i] = digits[in[i] >> 4];
+        out[2 * i + 1] = digits[in[i] & 15];
+    }
+    out[2 * n] = '\0';
+}

@@ -37,4 +37,7 @@ void buf_free(struct buf *b);
  * nothing above U+10FFFF; `avail` bytes readable), or 0 when there is none. */
 size_t buf_utf8_len(const unsigned char *p, size_t avail);
 
+/* Lowercase hex of n bytes into out, which must hold 2n + 1 characters (NUL-terminated). */
+void buf_hex(const unsigned char *in, size_t n, char *out);
+
 #endif

@@ -1,5 +1,7 @@
 #include "gateway/keyauth.h"
 
+#include "gateway/buf.h"
+
 #include "gateway/redis.h"
 #include "routing/backend.h"
 
@@ -17,15 +19,6 @@ struct keyauth_lookup {
     void *ctx;
 };
 
-static void hex_of(const unsigned char d[32], char out[65])
-{
-    static const char hex[] = "0123456789abcdef";
-    for (int i = 0; i < 32; i++) {
-        out[2 * i] = hex[d[i] >> 4];
-        out[2 * i + 1] = hex[d[i] & 15];
-    }
-    out[64] = '\0';
-}
 
 static bool expired(const struct keycache_entry *e)
 {
@@ -137,7 +130,7 @@ enum keyauth_result keyauth_resolve(struct keycache *cache, struct redis_client 
     l->ctx = ctx;
     char key[8 + 65];
     memcpy(key, "tg:key:", 7);
-    hex_of(digest, key + 7);
+    buf_hex(digest, 32, key + 7);
     const char *argv[] = {"HGETALL", key};
     size_t argvlen[] = {7, 7 + 64};
     if (redis_command(redis, 2, argv, argvlen, lookup_reply, l)) {

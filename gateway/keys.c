@@ -1,5 +1,7 @@
 #include "gateway/keys.h"
 
+#include "gateway/buf.h"
+
 #include "gateway/auth.h"
 #include "gateway/error.h"
 #include "gateway/redis.h"
@@ -527,15 +529,6 @@ static int keys_static_name(const struct config *cfg, const char *name)
     return 0;
 }
 
-static void keys_hex(const unsigned char *in, size_t n, char *out)
-{
-    static const char digits[] = "0123456789abcdef";
-    for (size_t i = 0; i < n; i++) {
-        out[2 * i] = digits[in[i] >> 4];
-        out[2 * i + 1] = digits[in[i] & 15];
-    }
-    out[2 * n] = '\0';
-}
 
 int keys_create(const struct config *cfg, struct keys_record *r, char key[KEYS_KEY_LEN + 1],
                 struct keys_error *err)
@@ -548,10 +541,10 @@ int keys_create(const struct config *cfg, struct keys_record *r, char key[KEYS_K
     if (getrandom(raw, sizeof raw, 0) != (ssize_t)sizeof raw)
         return keys_fail(err, KEYS_ENOMEM, "internal_error", NULL, "getrandom() failed");
     memcpy(key, "tg-", 3);
-    keys_hex(raw, sizeof raw, key + 3);
+    buf_hex(raw, sizeof raw, key + 3);
     OPENSSL_cleanse(raw, sizeof raw);
     auth_sha256(key, KEYS_KEY_LEN, digest);
-    keys_hex(digest, sizeof digest, r->sha256);
+    buf_hex(digest, sizeof digest, r->sha256);
     r->created_at = (long long)time(NULL);
 
     int rc = KEYS_OK;

@@ -1,6 +1,7 @@
 #include "gateway/ledger.h"
 
 #include "gateway/buf.h"
+#include "routing/backend.h"
 
 #include "gateway/log.h"
 #include "gateway/redis.h"
@@ -76,12 +77,6 @@ static void ledger_format_decimal(double x, char *out, size_t n)
         out[--len] = '\0';
 }
 
-static int64_t ledger_wall_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 void ledger_record_from_entry(struct ledger_record *r, const struct ledger_entry *e,
                               const char *uid)
@@ -103,7 +98,7 @@ void ledger_record_from_entry(struct ledger_record *r, const struct ledger_entry
     double lat =
         isfinite(e->latency_ms) && e->latency_ms > 0 && e->latency_ms < 1e12 ? e->latency_ms : 0;
     snprintf(r->latency_ms, sizeof r->latency_ms, "%.3f", lat);
-    int64_t ts = e->ts_ms > 0 ? e->ts_ms : ledger_wall_ms();
+    int64_t ts = e->ts_ms > 0 ? e->ts_ms : backend_wall_ms();
     snprintf(r->ts_ms, sizeof r->ts_ms, "%lld", (long long)ts);
 }
 

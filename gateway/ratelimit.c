@@ -1,6 +1,7 @@
 #include "gateway/ratelimit.h"
 
 #include "gateway/redis.h"
+#include "routing/backend.h"
 
 #include <hiredis/hiredis.h>
 #include <stdio.h>
@@ -31,14 +32,6 @@ static const char ratelimit_script[] =
     "redis.call('PEXPIRE', KEYS[1], ARGV[6])\n"
     "return {gr, gt, ur + gr, ut + gt}\n";
 
-/* Wall-clock milliseconds: windows must line up across replicas on different machines,
- * which a monotonic clock does not. */
-static int64_t wall_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 struct ratelimit_wait {
     struct rl_state *st;
@@ -175,7 +168,7 @@ static void ask(struct rl_state *st);
 /* Settles queued requests with what there is; asks for more when a grant ran out. */
 static void serve_waiters(struct rl_state *st, bool denied, bool unavailable)
 {
-    int64_t now = wall_ms();
+    int64_t now = backend_wall_ms();
     while (st->head) {
         struct ratelimit_wait *w = st->head;
         enum ratelimit_result res;
@@ -207,7 +200,7 @@ static void granted(void *ctx, int result, const redisReply *reply)
 {
     struct rl_state *st = ctx;
     st->taking = false;
-    int64_t now = wall_ms();
+    int64_t now = backend_wall_ms();
     roll(st, now);
     bool ok = result == 0 && reply && reply->type == REDIS_REPLY_ARRAY && reply->elements == 4;
     if (ok && st->taking_window != st->window) {
@@ -265,7 +258,7 @@ enum ratelimit_result ratelimit_admit(struct ratelimit *rl, const char *key, lon
                                       long tokens, ratelimit_fn fn, void *ctx,
                                       struct ratelimit_wait **wait, struct ratelimit_view *view)
 {
-    int64_t now = wall_ms();
+    int64_t now = backend_wall_ms();
     struct rl_state *st = state_for(rl, key, true);
     if (!st)
         return RATELIMIT_DENY;
@@ -308,7 +301,7 @@ void ratelimit_cancel(struct ratelimit_wait *w)
 void ratelimit_settle(struct ratelimit *rl, const char *key, long estimated, long used)
 {
     struct rl_state *st = state_for(rl, key, false);
-    if (!st || st->tpm <= 0 || st->window != wall_ms() / RATELIMIT_WINDOW_MS)
+    if (!st || st->tpm <= 0 || st->window != backend_wall_ms() / RATELIMIT_WINDOW_MS)
         return;
     /* Unused estimate goes back to this worker's lease; an overrun is taken from it. */
     st->lease_tok += estimated - used;

@@ -1,5 +1,7 @@
 #include "gateway/redis.h"
 
+#include "gateway/buf.h"
+
 #include "gateway/log.h"
 
 #include <hiredis/adapters/libev.h>
@@ -1356,12 +1358,7 @@ const struct redis_script *redis_script_load(struct redis_client *c, const char 
     if (!EVP_Digest(len ? body : "", len, md, &mdlen, EVP_sha1(), NULL) || mdlen != 20)
         return NULL;
     char sha[41];
-    static const char hex[] = "0123456789abcdef";
-    for (unsigned i = 0; i < 20; i++) {
-        sha[2 * i] = hex[md[i] >> 4];
-        sha[2 * i + 1] = hex[md[i] & 15];
-    }
-    sha[40] = '\0';
+    buf_hex(md, 20, sha);
     for (struct redis_script *s = c->scripts; s; s = s->next)
         if (!strcmp(s->sha, sha) && s->len == len && (!len || !memcmp(s->body, body, len)))
             return s;

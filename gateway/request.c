@@ -799,21 +799,10 @@ struct request_cache_ask {
 
 static void cache_redis_key(const unsigned char key[32], char out[9 + 65])
 {
-    static const char hex[] = "0123456789abcdef";
     memcpy(out, "tg:cache:", 9);
-    for (int i = 0; i < 32; i++) {
-        out[9 + 2 * i] = hex[key[i] >> 4];
-        out[9 + 2 * i + 1] = hex[key[i] & 15];
-    }
-    out[9 + 64] = '\0';
+    buf_hex(key, 32, out + 9);
 }
 
-static int64_t wall_now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 static void request_cache_answer(void *ctx, int result, const redisReply *reply)
 {
@@ -845,7 +834,7 @@ static void request_cache_answer(void *ctx, int result, const redisReply *reply)
             }
         }
     }
-    int64_t age = wall_now_ms() - stored;
+    int64_t age = backend_wall_ms() - stored;
     if (body && (r->cache_max_age_ms < 0 || age <= r->cache_max_age_ms)) {
         /* Kept here too, for the worker's next caller. */
         cache_put(r->w->cache, r->cache_key, body, len, backend, cost, backend_now_ms(),
@@ -889,7 +878,7 @@ static void request_cache_share(struct request *r, const char *text, size_t len)
     char key[9 + 65], cost[40], stored[24], ttl[24];
     cache_redis_key(r->cache_key, key);
     snprintf(cost, sizeof cost, "%.10f", r->cost_usd);
-    snprintf(stored, sizeof stored, "%lld", (long long)wall_now_ms());
+    snprintf(stored, sizeof stored, "%lld", (long long)backend_wall_ms());
     snprintf(ttl, sizeof ttl, "%ld", r->cfg->cache.ttl_s * 1000);
     const char *backend = r->target->backend->name;
     const char *argv[] = {key, text, backend, cost, stored, ttl};

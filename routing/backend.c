@@ -76,6 +76,13 @@ int64_t backend_now_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+int64_t backend_wall_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
 bool backend_available(struct backend_state *s, int64_t now_ms, int64_t *back_ms)
 {
     int64_t until = atomic_load_explicit(&s->ejected_until_ms, RELAXED);

@@ -57,6 +57,9 @@ int backend_attach(struct config *cfg);
 
 /* Milliseconds on the monotonic clock. */
 int64_t backend_now_ms(void);
+/* Milliseconds since the epoch: for what other processes and machines must agree on
+ * (rate-limit windows, cache ages, usage records). */
+int64_t backend_wall_ms(void);
 
 /* Whether the backend may take a request now; when not, *back_ms (if not NULL) is when it
  * is expected back (0 when unknown, e.g. probes failing). */
