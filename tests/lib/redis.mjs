@@ -83,11 +83,14 @@ export async function redisClient(port, { db = 0, pass } = {}) {
   return client;
 }
 
-export async function startRedis({ pass, db = 0 } = {}) {
-  const dir = await makeTempDir('tollgate-redis-');
-  const port = await freePort();
+// `port` and `dir` restart a server where a stopped one was (same data with AOF in `args`);
+// `args` are appended to the command line and win over the defaults.
+export async function startRedis({ pass, db = 0, port, dir, args = [] } = {}) {
+  dir = dir ?? await makeTempDir('tollgate-redis-');
+  port = port ?? await freePort();
   const proc = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--dir', dir,
-    '--save', '', '--appendonly', 'no', '--databases', '16', ...(pass ? ['--requirepass', pass] : [])],
+    '--save', '', '--appendonly', 'no', '--databases', '16', ...(pass ? ['--requirepass', pass] : []),
+    ...args],
   { stdio: ['ignore', 'pipe', 'pipe'] });
   const out = [];
   proc.stdout.on('data', (d) => out.push(String(d)));
@@ -103,6 +106,7 @@ export async function startRedis({ pass, db = 0 } = {}) {
   }, { timeoutMs: 10000, what: 'redis-server to answer PING' })]);
   return {
     port,
+    dir,
     proc,
     client,
     url: `redis://${pass ? `:${pass}@` : ''}127.0.0.1:${port}/${db}`,
