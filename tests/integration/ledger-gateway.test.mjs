@@ -3,35 +3,43 @@
 // counts every answered request exactly once (records spooled during the outage replayed).
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
+import { spawn, execFile } from 'node:child_process';
+import { once } from 'node:events';
+import { promisify } from 'node:util';
 import {
-  cleanup, makeTempDir, waitFor, startMocknode, backendFor, startGateway, post,
+  cleanup, freePort, makeTempDir, waitFor, startMocknode, backendFor, startGateway, post,
   adminListener,
 } from '../lib/harness.mjs';
-import { startRedis } from '../lib/redis.mjs';
 
-let redis; // the running server (replaced on a restart)
-let gw_a, gw_b, admin;
+const run = promisify(execFile);
+let redis_port, redis_dir, redis_proc, gw_a, gw_b, admin;
 
-// Persistent, as a production Redis is: what it acknowledged survives the restart.
-async function start_redis() {
-  redis = await startRedis({ port: redis?.port, dir: redis?.dir, args: ['--appendonly', 'yes', '--appendfsync', 'always'] });
-}
-
-async function stop_redis() {
-  await redis?.stop();
-}
-
-// A command to the current server; null while it is down.
 async function cli(...args) {
   try {
-    const v = await redis.client.call(...args);
-    return v === null || v === undefined ? null : String(v);
+    return (await run('redis-cli', ['-p', String(redis_port), ...args], { timeout: 3000 })).stdout.trim();
   } catch {
     return null;
   }
 }
 
+async function start_redis() {
+  redis_proc = spawn('redis-server', ['--port', String(redis_port), '--bind', '127.0.0.1',
+    // Persistent, as a production Redis is: what it acknowledged survives the restart.
+    '--save', '', '--appendonly', 'yes', '--appendfsync', 'always', '--dir', redis_dir],
+    { stdio: 'ignore' });
+  await waitFor(async () => (await cli('PING')) === 'PONG', { what: 'redis-server up' });
+}
+
+async function stop_redis() {
+  if (!redis_proc || redis_proc.exitCode !== null) return;
+  const gone = once(redis_proc, 'exit');
+  redis_proc.kill('SIGKILL');
+  await gone;
+}
+
 before(async () => {
+  redis_port = await freePort();
+  redis_dir = await makeTempDir('tollgate-ledger-redis-');
   const spool_dir = await makeTempDir('tollgate-spool-');
   await start_redis();
   const node = await startMocknode({ name: 'n1', models: ['llama'] });
@@ -40,7 +48,7 @@ before(async () => {
     log_level: 'warn',
     workers: 2,
     spool_dir,
-    redis: { url: `redis://127.0.0.1:${redis.port}/0` },
+    redis: { url: `redis://127.0.0.1:${redis_port}/0` },
     keys: [{ name: 'team-static', key: 'sk-ledger-test-key' }],
     backends: [backendFor(node, { prices: [1000, 2000] })],
   };

@@ -3,28 +3,34 @@
 // Redis outage costs no cached key and lets no unknown key in.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
+import { spawn, execFile } from 'node:child_process';
 import { createHash } from 'node:crypto';
+import { once } from 'node:events';
+import { promisify } from 'node:util';
 import {
-  cleanup, waitFor, startMocknode, backendFor, startGateway, post, get,
+  cleanup, freePort, makeTempDir, waitFor, startMocknode, backendFor, startGateway, post, get,
 } from '../lib/harness.mjs';
-import { startRedis } from '../lib/redis.mjs';
 
-let redis; // the running server (replaced on a restart)
-let node, gw_a, gw_b;
+const run = promisify(execFile);
+let redis_port, redis_dir, redis_proc, node, gw_a, gw_b;
 
 async function start_redis() {
-  redis = await startRedis({ port: redis?.port, dir: redis?.dir, args: [] });
+  redis_proc = spawn('redis-server', ['--port', String(redis_port), '--bind', '127.0.0.1',
+    '--save', '', '--appendonly', 'no', '--dir', redis_dir], { stdio: 'ignore' });
+  await waitFor(async () => (await cli('PING')) === 'PONG', { what: 'redis-server up' });
 }
 
 async function stop_redis() {
-  await redis?.stop();
+  if (!redis_proc || redis_proc.exitCode !== null) return;
+  const gone = once(redis_proc, 'exit');
+  redis_proc.kill('SIGKILL');
+  await gone;
 }
 
-// A command to the current server; null while it is down.
 async function cli(...args) {
   try {
-    const v = await redis.client.call(...args);
-    return v === null || v === undefined ? null : String(v);
+    const { stdout } = await run('redis-cli', ['-p', String(redis_port), ...args], { timeout: 3000 });
+    return stdout.trim();
   } catch {
     return null;
   }
@@ -46,12 +52,14 @@ const chat = (gw, key, model = 'llama') =>
   post(gw.v1 + '/chat/completions', { model, messages: [{ role: 'user', content: 'hi' }] }, { key, timeoutMs: 5000 });
 
 before(async () => {
+  redis_port = await freePort();
+  redis_dir = await makeTempDir('tollgate-redis-');
   await start_redis();
   node = await startMocknode({ name: 'n1', models: ['llama', 'qwen'] });
   const config = {
     log_level: 'warn',
     workers: 2,
-    redis: { url: `redis://127.0.0.1:${redis.port}/0` },
+    redis: { url: `redis://127.0.0.1:${redis_port}/0` },
     keys: [{ name: 'static-admin', key: 'sk-static-key-for-tests' }],
     backends: [backendFor(node, { models: ['llama', 'qwen'], prices: [1000, 2000] })],
   };

@@ -83,14 +83,11 @@ export async function redisClient(port, { db = 0, pass } = {}) {
   return client;
 }
 
-// `port` and `dir` restart a server where a stopped one was (same data with AOF in `args`);
-// `args` are appended to the command line and win over the defaults.
-export async function startRedis({ pass, db = 0, port, dir, args = [] } = {}) {
-  dir = dir ?? await makeTempDir('tollgate-redis-');
-  port = port ?? await freePort();
+export async function startRedis({ pass, db = 0 } = {}) {
+  const dir = await makeTempDir('tollgate-redis-');
+  const port = await freePort();
   const proc = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--dir', dir,
-    '--save', '', '--appendonly', 'no', '--databases', '16', ...(pass ? ['--requirepass', pass] : []),
-    ...args],
+    '--save', '', '--appendonly', 'no', '--databases', '16', ...(pass ? ['--requirepass', pass] : [])],
   { stdio: ['ignore', 'pipe', 'pipe'] });
   const out = [];
   proc.stdout.on('data', (d) => out.push(String(d)));
@@ -106,7 +103,6 @@ export async function startRedis({ pass, db = 0, port, dir, args = [] } = {}) {
   }, { timeoutMs: 10000, what: 'redis-server to answer PING' })]);
   return {
     port,
-    dir,
     proc,
     client,
     url: `redis://${pass ? `:${pass}@` : ''}127.0.0.1:${port}/${db}`,
