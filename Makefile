@@ -17,11 +17,12 @@ MOCK_SRC := $(wildcard tools/mocknode/*.c)
 UNIT_SRC := $(wildcard tests/unit/test_*.c)
 UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 
-# Debian packages the build, the tests and the benchmark need. Node.js and npm count as
-# present when the commands exist, whoever installed them (a machine may have its own).
+# Debian packages the build, the tests and the benchmark need. Node.js, npm and kubectl
+# (kubernetes-client, for the manifests' test) count as present when the commands exist,
+# whoever installed them (a machine may have its own). prometheus brings promtool.
 DEB_PKGS := build-essential pkg-config libmicrohttpd-dev libcurl4-openssl-dev libhiredis-dev \
             libev-dev libjansson-dev libyajl-dev libyaml-dev libssl-dev libcmocka-dev redis-server nginx \
-            wrk curl
+            wrk curl prometheus
 
 .PHONY: all deps run test unit integration bench asan install clean fmt
 
@@ -51,6 +52,7 @@ deps:
 	done; \
 	command -v node >/dev/null 2>&1 || missing="$$missing nodejs"; \
 	command -v npm >/dev/null 2>&1 || missing="$$missing npm"; \
+	command -v kubectl >/dev/null 2>&1 || missing="$$missing kubernetes-client"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \

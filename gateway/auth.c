@@ -50,6 +50,7 @@ enum auth_result auth_check(const struct config *cfg, const char *authorization,
                             struct auth_identity *who)
 {
     who->key_name = NULL;
+    who->metric_key = 0;
     if (cfg->n_keys == 0 && !cfg->redis_url)
         return AUTH_OPEN;
     size_t n;
@@ -68,5 +69,6 @@ enum auth_result auth_check(const struct config *cfg, const char *authorization,
     if (!found)
         return AUTH_INVALID;
     who->key_name = found->name;
+    who->metric_key = found->metric_key;
     return AUTH_OK;
 }

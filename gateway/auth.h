@@ -18,6 +18,7 @@ enum auth_result {
 
 struct auth_identity {
     const char *key_name;     /* points into the config; NULL when open */
+    unsigned metric_key;      /* the key's metric label index */
     unsigned char digest[32]; /* SHA-256 of the presented key, when there was one */
 };
 

@@ -215,3 +215,205 @@ bool cache_deterministic(json_t *body)
     json_t *seed = json_object_get(body, "seed");
     return (json_is_number(t) && json_number_value(t) == 0) || json_is_integer(seed);
 }
+
+/* ---- streamed answers ------------------------------------------------------------------- */
+
+void cache_capture_init(struct cache_capture *c, bool chat, size_t max_bytes)
+{
+    *c = (struct cache_capture){.chat = chat, .max_bytes = max_bytes};
+}
+
+void cache_capture_free(struct cache_capture *c)
+{
+    json_decref(c->doc);
+    c->doc = NULL;
+}
+
+static void capture_fail(struct cache_capture *c)
+{
+    c->failed = true;
+    cache_capture_free(c);
+}
+
+/* Appends a string delta to obj[key] (created on first use). */
+static int capture_append(struct cache_capture *c, json_t *obj, const char *key, json_t *delta)
+{
+    if (!delta || json_is_null(delta))
+        return 0;
+    if (!json_is_string(delta))
+        return -1;
+    size_t add = json_string_length(delta);
+    c->bytes += add;
+    if (c->bytes > c->max_bytes)
+        return -1;
+    json_t *have = json_object_get(obj, key);
+    if (!json_is_string(have))
+        return json_object_set(obj, key, delta);
+    size_t old = json_string_length(have);
+    char *joined = malloc(old + add + 1);
+    if (!joined)
+        return -1;
+    memcpy(joined, json_string_value(have), old);
+    memcpy(joined + old, json_string_value(delta), add);
+    joined[old + add] = '\0';
+    int rc = json_object_set_new(obj, key, json_stringn_nocheck(joined, old + add));
+    free(joined);
+    return rc;
+}
+
+/* A streamed tool call delta merged into message.tool_calls[index]. */
+static int capture_tool_call(struct cache_capture *c, json_t *message, json_t *d)
+{
+    json_t *calls = json_object_get(message, "tool_calls");
+    if (!calls) {
+        calls = json_array();
+        if (json_object_set_new(message, "tool_calls", calls))
+            return -1;
+    }
+    json_t *idx = json_object_get(d, "index");
+    size_t k = json_is_integer(idx) ? (size_t)json_integer_value(idx) : json_array_size(calls);
+    if (k > 128)
+        return -1;
+    while (json_array_size(calls) <= k)
+        if (json_array_append_new(calls, json_pack("{s:{}}", "function")))
+            return -1;
+    json_t *call = json_array_get(calls, k);
+    json_t *fn = json_object_get(call, "function");
+    if (json_object_get(d, "id"))
+        json_object_set(call, "id", json_object_get(d, "id"));
+    if (json_object_get(d, "type"))
+        json_object_set(call, "type", json_object_get(d, "type"));
+    json_t *dfn = json_object_get(d, "function");
+    if (json_is_object(dfn) &&
+        (capture_append(c, fn, "name", json_object_get(dfn, "name")) ||
+         capture_append(c, fn, "arguments", json_object_get(dfn, "arguments"))))
+        return -1;
+    return 0;
+}
+
+/* The accumulated choice with this index, created on first sight. */
+static json_t *capture_choice(struct cache_capture *c, json_t *choices, json_t *index)
+{
+    size_t n = json_array_size(choices);
+    for (size_t i = 0; i < n; i++) {
+        json_t *ch = json_array_get(choices, i);
+        if (json_equal(json_object_get(ch, "index"), index))
+            return ch;
+    }
+    if (n >= 128)
+        return NULL;
+    json_t *ch = c->chat ? json_pack("{s:O, s:{s:s, s:n}, s:n, s:n}", "index", index, "message",
+                                     "role", "assistant", "content", "logprobs", "finish_reason")
+                         : json_pack("{s:O, s:s, s:n, s:n}", "index", index, "text", "",
+                                     "logprobs", "finish_reason");
+    if (!ch || json_array_append_new(choices, ch))
+        return NULL;
+    return ch;
+}
+
+static int capture_choice_delta(struct cache_capture *c, json_t *choices, json_t *d)
+{
+    json_t *index = json_object_get(d, "index");
+    if (!json_is_integer(index))
+        return -1;
+    json_t *lp = json_object_get(d, "logprobs");
+    if (lp && !json_is_null(lp))
+        return -1; /* not reassembled: such answers are not stored */
+    json_t *ch = capture_choice(c, choices, index);
+    if (!ch)
+        return -1;
+    json_t *fin = json_object_get(d, "finish_reason");
+    if (json_is_string(fin))
+        json_object_set(ch, "finish_reason", fin);
+    if (!c->chat)
+        return capture_append(c, ch, "text", json_object_get(d, "text"));
+    json_t *delta = json_object_get(d, "delta");
+    if (!delta || json_is_null(delta))
+        return 0;
+    if (!json_is_object(delta))
+        return -1;
+    json_t *message = json_object_get(ch, "message");
+    const char *k;
+    json_t *v;
+    json_object_foreach(delta, k, v)
+    {
+        if (!strcmp(k, "role")) {
+            if (json_is_string(v))
+                json_object_set(message, "role", v);
+        } else if (!strcmp(k, "tool_calls")) {
+            size_t i;
+            json_t *call;
+            if (!json_is_array(v) && !json_is_null(v))
+                return -1;
+            json_array_foreach(v, i, call)
+            {
+                if (!json_is_object(call) || capture_tool_call(c, message, call))
+                    return -1;
+            }
+        } else if (json_is_string(v)) {
+            /* content, refusal, reasoning_content, ...: text deltas */
+            if (capture_append(c, message, k, v))
+                return -1;
+        } else if (!json_is_null(v)) {
+            return -1; /* a delta field we do not know how to merge */
+        }
+    }
+    return 0;
+}
+
+void cache_capture_event(struct cache_capture *c, const char *data, size_t len)
+{
+    if (c->failed)
+        return;
+    json_t *ev = json_loadb(data, len, 0, NULL);
+    json_t *choices = json_object_get(ev, "choices");
+    if (!json_is_object(ev) || (choices && !json_is_array(choices))) {
+        json_decref(ev);
+        capture_fail(c);
+        return;
+    }
+    if (!c->doc) {
+        c->doc = json_pack("{s:O?, s:s, s:O?, s:O?, s:[]}", "id", json_object_get(ev, "id"),
+                           "object", c->chat ? "chat.completion" : "text_completion", "created",
+                           json_object_get(ev, "created"), "model", json_object_get(ev, "model"),
+                           "choices");
+        json_t *fp = json_object_get(ev, "system_fingerprint");
+        if (c->doc && fp)
+            json_object_set(c->doc, "system_fingerprint", fp);
+        if (!c->doc) {
+            json_decref(ev);
+            capture_fail(c);
+            return;
+        }
+    }
+    json_t *acc = json_object_get(c->doc, "choices");
+    size_t i;
+    json_t *d;
+    json_array_foreach(choices, i, d)
+    {
+        if (!json_is_object(d) || capture_choice_delta(c, acc, d)) {
+            json_decref(ev);
+            capture_fail(c);
+            return;
+        }
+    }
+    json_decref(ev);
+}
+
+char *cache_capture_finish(struct cache_capture *c, json_t *usage, size_t *len)
+{
+    json_t *choices = json_object_get(c->doc, "choices");
+    size_t n = json_array_size(choices);
+    bool complete = !c->failed && n > 0;
+    for (size_t i = 0; complete && i < n; i++)
+        complete = json_is_string(json_object_get(json_array_get(choices, i), "finish_reason"));
+    if (!complete) {
+        json_decref(usage);
+        return NULL;
+    }
+    if (usage)
+        json_object_set_new(c->doc, "usage", usage);
+    char *text = json_dumps(c->doc, JSON_COMPACT);
+    *len = text ? strlen(text) : 0;
+    return text;
+}

@@ -36,6 +36,27 @@ int cache_put(struct cache *c, const unsigned char key[32], const char *body, si
               const char *backend, double cost_usd, int64_t now_ms, int64_t ttl_ms);
 size_t cache_bytes(const struct cache *c);
 
+/* A streamed answer assembled as it passes, so that a streamed miss can be stored as the
+ * whole answer a non-streaming caller would have had (and replayed to streaming ones).
+ * Chat deltas (role, content, refusal, reasoning, tool calls by index) and completion texts
+ * are concatenated per choice; finish reasons kept. A capture gives up (and stores nothing)
+ * on anything it cannot represent faithfully (logprobs, a malformed event) or past
+ * `max_bytes` of text. */
+struct cache_capture {
+    json_t *doc; /* the answer so far; NULL until the first event */
+    bool chat;
+    bool failed;
+    size_t bytes, max_bytes;
+};
+
+void cache_capture_init(struct cache_capture *c, bool chat, size_t max_bytes);
+void cache_capture_free(struct cache_capture *c);
+/* Adds one event's data (a JSON chunk). */
+void cache_capture_event(struct cache_capture *c, const char *data, size_t len);
+/* The whole answer with `usage` (taken, may be NULL) when every choice finished: a malloc'd
+ * compact JSON text and its length, or NULL. */
+char *cache_capture_finish(struct cache_capture *c, json_t *usage, size_t *len);
+
 /* The canonical key of a request. 0, or -1 on OOM. */
 int cache_key(const char *route, const char *model, const char *scope, json_t *body,
               unsigned char out[32]);

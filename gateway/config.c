@@ -681,14 +681,16 @@ static void parse_health(struct cfg_ctx *ctx, struct config *cfg, json_t *root)
 
 static void parse_cache(struct cfg_ctx *ctx, struct config *cfg, json_t *root)
 {
-    static const char *const allowed[] = {"mode", "ttl_s", "max_bytes", "max_entry_bytes",
-                                          "scope", NULL};
+    static const char *const allowed[] = {"mode",  "ttl_s",           "max_bytes",
+                                          "max_entry_bytes", "scope", "coalesce_wait_ms",
+                                          NULL};
     struct config_cache *c = &cfg->cache;
     c->mode = CONFIG_CACHE_DETERMINISTIC;
     c->ttl_s = 3600;
     c->max_bytes = 64u << 20;
     c->max_entry_bytes = 1u << 20;
     c->global = false;
+    c->coalesce_wait_ms = 30000;
     json_t *o = get_obj(ctx, root, "cache", "");
     if (!o)
         return;
@@ -710,6 +712,8 @@ static void parse_cache(struct cfg_ctx *ctx, struct config *cfg, json_t *root)
         (size_t)get_num(ctx, o, "max_bytes", "cache", 0, 1e12, 64u << 20, false, true);
     c->max_entry_bytes = (size_t)get_num(ctx, o, "max_entry_bytes", "cache", 1, 1 << 30,
                                          1u << 20, false, true);
+    c->coalesce_wait_ms =
+        (long)get_num(ctx, o, "coalesce_wait_ms", "cache", 0, 3600000, 30000, false, true);
     char *scope = get_str(ctx, o, "scope", "cache", false);
     if (scope) {
         if (!strcmp(scope, "global"))
@@ -718,6 +722,21 @@ static void parse_cache(struct cfg_ctx *ctx, struct config *cfg, json_t *root)
             cfg_error(ctx, "cache.scope", "must be key or global");
         free(scope);
     }
+}
+
+static void parse_metrics(struct cfg_ctx *ctx, struct config *cfg, json_t *root)
+{
+    static const char *const allowed[] = {"enabled", NULL};
+    cfg->metrics_enabled = true;
+    json_t *o = get_obj(ctx, root, "metrics", "");
+    if (!o)
+        return;
+    check_keys(ctx, o, "metrics", allowed);
+    json_t *v = json_object_get(o, "enabled");
+    if (v && !json_is_boolean(v))
+        cfg_error(ctx, "metrics.enabled", "must be true or false");
+    else if (v)
+        cfg->metrics_enabled = json_is_true(v);
 }
 
 int config_parse_strategy(const char *name, enum config_strategy *out)
@@ -852,7 +871,7 @@ static struct config *config_build(json_t *root, struct cfg_ctx *ctx)
         "max_body_bytes",   "drain_timeout_ms", "log_level", "upstream",
         "keys",             "backends", "redis",           "routing",
         "health",           "admin_listen", "admin_key",   "spool_dir",       "cache",
-        NULL};
+        "metrics",          NULL};
     struct config *cfg = calloc(1, sizeof *cfg);
     if (!cfg)
         return NULL;
@@ -907,6 +926,7 @@ static struct config *config_build(json_t *root, struct cfg_ctx *ctx)
     parse_routing(ctx, cfg, root);
     parse_health(ctx, cfg, root);
     parse_cache(ctx, cfg, root);
+    parse_metrics(ctx, cfg, root);
     cfg->spool_dir = get_str(ctx, root, "spool_dir", "", false);
     if (!cfg->spool_dir || !*cfg->spool_dir) {
         free(cfg->spool_dir);

@@ -43,6 +43,7 @@ struct config_backend {
 struct config_key {
     char *name;
     unsigned char sha256[32];
+    unsigned metric_key; /* label index (metrics/metrics.h), set by backend_attach() */
 };
 
 /* One model name and every (backend, model) pair that serves it. */
@@ -53,6 +54,7 @@ struct config_target {
 
 struct config_route {
     char *model;
+    unsigned metric_model; /* label index (metrics/metrics.h), set by backend_attach() */
     struct config_target *targets;
     size_t n_targets;
 };
@@ -96,6 +98,7 @@ struct config_cache {
     size_t max_bytes;       /* all workers together */
     size_t max_entry_bytes;
     bool global;            /* scope: shared by all keys (default: per key) */
+    long coalesce_wait_ms;  /* identical misses wait this long for the first; 0 = never */
 };
 
 struct config {
@@ -116,6 +119,7 @@ struct config {
     struct config_routing routing;
     struct config_health health;
     struct config_cache cache;
+    bool metrics_enabled; /* metrics.enabled: false leaves the counters alone */
     char *admin_listen; /* NULL: no admin listener */
     char *admin_key;    /* Bearer token for the admin listener */
     char *redis_url;    /* NULL when not configured */

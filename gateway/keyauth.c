@@ -3,6 +3,7 @@
 #include "gateway/buf.h"
 
 #include "gateway/redis.h"
+#include "metrics/metrics.h"
 #include "routing/backend.h"
 
 #include <hiredis/hiredis.h>
@@ -80,6 +81,8 @@ static void entry_from_reply(struct keycache_entry *e, const redisReply *reply)
     }
     if (e->known && !e->name[0])
         e->known = false; /* a record without a name is not a key */
+    if (e->known)
+        e->metric_key = metrics_label(METRICS_LABEL_KEY, e->name, NULL);
 }
 
 static void lookup_reply(void *ctx, int result, const redisReply *reply)

@@ -95,6 +95,9 @@ void ledger_record_from_entry(struct ledger_record *r, const struct ledger_entry
     /* Beyond 1e12 a number is a bug upstream, and would not fit the fixed-point text. */
     double cost = isfinite(e->cost_usd) && e->cost_usd > 0 && e->cost_usd < 1e12 ? e->cost_usd : 0;
     ledger_format_decimal(cost, r->cost_usd, sizeof r->cost_usd);
+    double saved =
+        isfinite(e->saved_usd) && e->saved_usd > 0 && e->saved_usd < 1e12 ? e->saved_usd : 0;
+    ledger_format_decimal(saved, r->saved_usd, sizeof r->saved_usd);
     double lat =
         isfinite(e->latency_ms) && e->latency_ms > 0 && e->latency_ms < 1e12 ? e->latency_ms : 0;
     snprintf(r->latency_ms, sizeof r->latency_ms, "%.3f", lat);
@@ -158,6 +161,7 @@ int ledger_format_line(const struct ledger_record *r, char *out, size_t n)
          ledger_put_string(out, n, &o, r->f);                                                      \
     sep = ",";
     LEDGER_FIELDS(LEDGER_PUT)
+    LEDGER_PUT(saved_usd)
 #undef LEDGER_PUT
     ok = ok && ledger_put_raw(out, n, &o, "}\n");
     if (!ok || o >= n || o > LEDGER_LINE_MAX)
@@ -205,6 +209,11 @@ int ledger_parse_line(const char *line, size_t len, struct ledger_record *r)
             memcpy(r->f, json_string_value(v), vl + 1);                                            \
     }
     LEDGER_FIELDS(LEDGER_GET)
+    if (json_object_get(doc, "saved_usd")) { /* lines spooled before it existed have none */
+        LEDGER_GET(saved_usd)
+    } else {
+        memcpy(r->saved_usd, "0", 2);
+    }
 #undef LEDGER_GET
     json_decref(doc);
     static const char digits[] = "0123456789";
@@ -213,7 +222,7 @@ int ledger_parse_line(const char *line, size_t len, struct ledger_record *r)
         !ledger_all_of(r->prompt_tokens, digits, 1, 19) ||
         !ledger_all_of(r->completion_tokens, digits, 1, 19) ||
         !ledger_all_of(r->ts_ms, digits, 1, 19) || !ledger_is_decimal(r->cost_usd) ||
-        !ledger_is_decimal(r->latency_ms))
+        !ledger_is_decimal(r->latency_ms) || !ledger_is_decimal(r->saved_usd))
         return -1;
     return 0;
 }
@@ -225,12 +234,13 @@ const char ledger_lua[] =
     "redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', 'uid', ARGV[3], 'id', ARGV[4],\n"
     "  'key', ARGV[5], 'model', ARGV[6], 'backend', ARGV[7], 'cache', ARGV[8],\n"
     "  'status', ARGV[9], 'prompt_tokens', ARGV[10], 'completion_tokens', ARGV[11],\n"
-    "  'cost_usd', ARGV[12], 'latency_ms', ARGV[13], 'ts_ms', ARGV[14])\n"
+    "  'cost_usd', ARGV[12], 'latency_ms', ARGV[13], 'ts_ms', ARGV[14], 'saved_usd', ARGV[15])\n"
     "local m = ARGV[6]\n"
     "redis.call('HINCRBY', KEYS[3], m .. ':requests', 1)\n"
     "redis.call('HINCRBY', KEYS[3], m .. ':prompt_tokens', ARGV[10])\n"
     "redis.call('HINCRBY', KEYS[3], m .. ':completion_tokens', ARGV[11])\n"
     "redis.call('HINCRBYFLOAT', KEYS[3], m .. ':cost_usd', ARGV[12])\n"
+    "if ARGV[15] ~= '0' then redis.call('HINCRBYFLOAT', KEYS[3], m .. ':saved_usd', ARGV[15]) end\n"
     "redis.call('SADD', KEYS[4], ARGV[5])\n"
     "redis.call('SET', KEYS[1], '1', 'EX', ARGV[2])\n"
     "return 1\n";
@@ -245,7 +255,7 @@ void ledger_script_args(const struct ledger_record *r, struct ledger_args *out)
         out->seen,   LEDGER_STREAM, out->sum,  LEDGER_KEYSET,    out->maxlen,
         out->ttl,    r->uid,        r->id,     r->key,           r->model,
         r->backend,  r->cache,      r->status, r->prompt_tokens, r->completion_tokens,
-        r->cost_usd, r->latency_ms, r->ts_ms};
+        r->cost_usd, r->latency_ms, r->ts_ms,    r->saved_usd};
     for (int i = 0; i < LEDGER_ARGC; i++) {
         out->argv[i] = v[i];
         out->argvlen[i] = strlen(v[i]);

@@ -4,10 +4,12 @@
  * Redis layout (prefix "tg:"):
  *   STREAM tg:usage                 one entry per request (XADD MAXLEN ~ LEDGER_STREAM_MAXLEN):
  *                                   uid, id (request id), key, model, backend, cache, status,
- *                                   prompt_tokens, completion_tokens, cost_usd, latency_ms, ts_ms
+ *                                   prompt_tokens, completion_tokens, cost_usd, latency_ms, ts_ms,
+ *                                   saved_usd (what a cache hit saved)
  *   STRING tg:usage:seen:<uid>      "1", 7 days: the record is already counted
  *   HASH   tg:usage:sum:<key>       "<model>:requests", "<model>:prompt_tokens",
- *                                   "<model>:completion_tokens", "<model>:cost_usd" (decimal)
+ *                                   "<model>:completion_tokens", "<model>:cost_usd" (decimal),
+ *                                   "<model>:saved_usd" (once a hit saved something)
  *   SET    tg:usage:keys            key names that have a sum hash
  * One Lua script writes all of it for a record, only when tg:usage:seen:<uid> does not exist
  * yet, so a record sent twice (reply lost, then replayed from the spool) counts once.
@@ -53,6 +55,7 @@ struct ledger_entry {
     unsigned status;
     long prompt_tokens, completion_tokens;
     double cost_usd, latency_ms;
+    double saved_usd; /* a cache hit: what the stored answer cost when it was made */
     int64_t ts_ms; /* wall clock, ms since the epoch; 0: now */
 };
 
@@ -63,6 +66,7 @@ struct ledger_record {
         backend[LEDGER_FIELD_MAX + 1], cache[LEDGER_FIELD_MAX + 1];
     char status[12], prompt_tokens[24], completion_tokens[24], ts_ms[24];
     char cost_usd[40];   /* fixed point, no exponent: "0.00123" */
+    char saved_usd[40];  /* the same; "0" unless a cache hit */
     char latency_ms[40]; /* fixed point, 3 decimals */
 };
 
@@ -105,7 +109,7 @@ extern const char ledger_lua[];
  * (LEDGER_NUMKEYS): the keys (seen, stream, sum, key set), then the values. argv points into
  * r and into this struct. */
 #define LEDGER_NUMKEYS 4
-#define LEDGER_ARGC 18
+#define LEDGER_ARGC 19
 struct ledger_args {
     const char *argv[LEDGER_ARGC];
     size_t argvlen[LEDGER_ARGC];

@@ -5,9 +5,54 @@
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
+#include <limits.h>
 #include <unistd.h>
 
 static atomic_int log_level_now = LOG_INFO;
+
+/* A worker's pending lines (log_buffer_lines()): written by log_flush(), in writes of whole
+ * lines of at most PIPE_BUF bytes, so lines from different threads never interleave. */
+#define LOG_BUFFER_BYTES 16384
+static __thread struct {
+    bool on;
+    size_t len;
+    char data[LOG_BUFFER_BYTES];
+} log_pending;
+
+void log_buffer_lines(void)
+{
+    log_pending.on = true;
+}
+
+static void log_write(const char *data, size_t len)
+{
+    while (len) {
+        ssize_t w = write(STDOUT_FILENO, data, len);
+        if (w <= 0)
+            return; /* stdout gone or full: a log line is not worth blocking for */
+        data += w;
+        len -= (size_t)w;
+    }
+}
+
+void log_flush(void)
+{
+    size_t off = 0;
+    while (off < log_pending.len) {
+        size_t n = log_pending.len - off;
+        if (n > PIPE_BUF) {
+            /* Up to the last line end within PIPE_BUF (lines are shorter than that). */
+            n = PIPE_BUF;
+            while (n && log_pending.data[off + n - 1] != '\n')
+                n--;
+            if (!n)
+                n = PIPE_BUF;
+        }
+        log_write(log_pending.data + off, n);
+        off += n;
+    }
+    log_pending.len = 0;
+}
 
 void log_set_level(enum log_level level)
 {
@@ -49,7 +94,7 @@ void log_event(enum log_level level, const char *event, const char *members_fmt,
     static const char *const names[] = {"debug", "info", "warn", "error", "off"};
     if (!log_enabled(level))
         return;
-    char line[4096];
+    char line[PIPE_BUF];
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     struct tm tm;
@@ -74,6 +119,13 @@ void log_event(enum log_level level, const char *event, const char *members_fmt,
         n = (int)sizeof line - 3; /* a truncated line still ends as one line */
     line[n++] = '}';
     line[n++] = '\n';
-    ssize_t w = write(STDOUT_FILENO, line, (size_t)n);
-    (void)w;
+    if (!log_pending.on || level >= LOG_WARN) {
+        log_flush(); /* problems go out at once, after what came before them */
+        log_write(line, (size_t)n);
+        return;
+    }
+    if (log_pending.len + (size_t)n > sizeof log_pending.data)
+        log_flush();
+    memcpy(log_pending.data + log_pending.len, line, (size_t)n);
+    log_pending.len += (size_t)n;
 }

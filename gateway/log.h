@@ -3,7 +3,7 @@
  * Callers pass already-escaped JSON members ("\"k\":v"); log_escape() makes a string safe to
  * embed. Never pass a key, a prompt or an Authorization header. Thread-safe: every line is
  * formatted on the caller's stack and written with one write(2) (atomic for pipes up to
- * PIPE_BUF), so lines from workers never interleave. */
+ * PIPE_BUF), so lines from workers never interleave; see log_buffer_lines(). */
 #ifndef TOLLGATE_LOG_H
 #define TOLLGATE_LOG_H
 
@@ -14,6 +14,12 @@
 
 void log_set_level(enum log_level level);
 bool log_enabled(enum log_level level);
+
+/* From now on this thread keeps its info and debug lines until log_flush() (a worker calls
+ * it before its loop waits), so a busy worker writes many lines per write(2). Warnings and
+ * errors are written at once. */
+void log_buffer_lines(void);
+void log_flush(void);
 
 /* Writes {"ts":...,"level":...,"event":EVENT, <members>}. `members_fmt` may be NULL. */
 void log_event(enum log_level level, const char *event, const char *members_fmt, ...)

@@ -55,6 +55,7 @@ struct request {
     char method[8];
     const char *key_name; /* the static key's name (config), or key_name_buf */
     char key_name_buf[72];
+    unsigned metric_key;  /* the key name's metric label index */
     char *key_models;     /* a Redis key's allowed models (keycache format); NULL = all */
     struct keyauth_lookup *lookup; /* a Redis key lookup in flight */
     bool auth_pending;    /* the key is being looked up */
@@ -77,10 +78,25 @@ struct request {
     bool cache_checked;
     bool cache_pending;   /* the shared store (Redis) is being asked */
     struct request_cache_ask *cache_ask;
+    bool cache_read;      /* may be answered from the cache (no Cache-Control: no-cache) */
     int64_t cache_max_age_ms;
+    /* Coalescing: the first cacheable miss for a key leads a flight, identical ones that come
+     * while it is answered follow it (parked) and get its answer. */
+    bool coalesce_checked;
+    bool leads;
+    struct request_flight *flight;
+    struct request *follower_next;
+    ev_timer follow_timer;
+    /* A streamed miss assembled into a whole answer for the cache. */
+    bool capturing;
+    struct cache_capture capture;
     unsigned char cache_key[32];
     const char *model; /* the route's model name (config-owned) */
     double t_start;
+    double t_queued;   /* when the answer (or the stream's first event) was queued */
+    double up_wait;    /* seconds spent waiting on backends before that */
+    double saved_usd;  /* a hit: what the stored answer cost when it was made */
+    double routing_saved_usd; /* the priciest healthy alternative's cost minus ours */
     struct buf body;
     json_t *json;
     struct openai_request oreq;
@@ -292,6 +308,8 @@ static enum MHD_Result request_queue_reply(struct request *r)
     if (r->allow)
         MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, r->allow);
     request_headers(r, resp);
+    if (!r->t_queued)
+        r->t_queued = ev_time();
     enum MHD_Result ok = MHD_queue_response(r->conn, r->reply_status, resp);
     MHD_destroy_response(resp);
     r->status = r->reply_status;
@@ -424,6 +442,7 @@ static void request_take_key(struct request *r, const struct keycache_entry *e)
     r->key_budget = e->budget_usd > 0 ? e->budget_usd : 0;
     snprintf(r->key_name_buf, sizeof r->key_name_buf, "%s", e->name);
     r->key_name = r->key_name_buf;
+    r->metric_key = e->metric_key;
     free(r->key_models);
     r->key_models = NULL;
     if (e->models) {
@@ -492,6 +511,7 @@ static enum MHD_Result request_begin(struct request *r, const char *url, const c
                                     "You didn't provide an API key. Send it in the "
                                     "Authorization header as 'Bearer YOUR_KEY'.");
         r->key_name = who.key_name;
+        r->metric_key = who.metric_key;
         if (a == AUTH_INVALID) {
             if (!r->w->keycache)
                 return REQUEST_FAIL_NOW(r, TG_ERR_AUTH, NULL, "Incorrect API key provided.");
@@ -541,6 +561,9 @@ static void request_reset_attempt(struct request *r)
     buf_free(&r->out);
     if (r->stream_mode)
         sse_free(&r->sse);
+    if (r->capturing)
+        cache_capture_free(&r->capture);
+    r->capturing = false;
     r->stream_mode = false;
     r->out_off = 0;
     r->saw_done = false;
@@ -694,7 +717,8 @@ static void request_cache_ignored(void *ctx, int result, const redisReply *reply
 /* A stored whole answer replayed to a streaming caller: per choice one event with the whole
  * message as its delta and one with the finish reason, the usage chunk when asked for, then
  * [DONE] — what the SDKs assemble into the same answer. */
-static bool request_cache_hit_stream(struct request *r, const char *body, size_t len)
+static bool request_cache_hit_stream(struct request *r, const char *body, size_t len,
+                                     double saved_usd)
 {
     json_t *doc = json_loadb(body, len, 0, NULL);
     json_t *choices = json_object_get(doc, "choices");
@@ -772,14 +796,15 @@ static bool request_cache_hit_stream(struct request *r, const char *body, size_t
     r->cache_result = REQUEST_CACHE_HIT;
     r->usage_done = true;
     r->cost_usd = 0;
+    r->saved_usd = saved_usd;
     r->state = REQUEST_STREAM;
     return true;
 }
 
-static bool request_cache_hit(struct request *r, const char *body, size_t len)
+static bool request_cache_hit(struct request *r, const char *body, size_t len, double saved_usd)
 {
     if (r->oreq.stream)
-        return request_cache_hit_stream(r, body, len);
+        return request_cache_hit_stream(r, body, len, saved_usd);
     char *copy = malloc(len + 1);
     if (!copy)
         return false;
@@ -788,6 +813,7 @@ static bool request_cache_hit(struct request *r, const char *body, size_t len)
     r->cache_result = REQUEST_CACHE_HIT;
     r->usage_done = true; /* a hit costs nothing upstream */
     r->cost_usd = 0;
+    r->saved_usd = saved_usd;
     request_set_reply(r, 200, copy, len, "application/json");
     return true;
 }
@@ -839,7 +865,7 @@ static void request_cache_answer(void *ctx, int result, const redisReply *reply)
         /* Kept here too, for the worker's next caller. */
         cache_put(r->w->cache, r->cache_key, body, len, backend, cost, backend_now_ms(),
                   r->cfg->cache.ttl_s * 1000 - (age > 0 ? age : 0));
-        request_cache_hit(r, body, len);
+        request_cache_hit(r, body, len, cost);
     }
     request_wake(r);
 }
@@ -887,6 +913,117 @@ static void request_cache_share(struct request *r, const char *text, size_t len)
     redis_evalsha(r->w->redis, s, 1, 6, argv, argvlen, request_cache_ignored, NULL);
 }
 
+/* ---- coalescing: identical misses share one upstream call -------------------------------- */
+
+struct request_flight {
+    unsigned char key[32];
+    struct request *leader;
+    struct request *followers; /* linked through follower_next */
+    struct request_flight *next; /* same bucket */
+};
+
+static struct request_flight **flight_slot(struct worker *w, const unsigned char key[32])
+{
+    struct request_flight **p = &w->flights[key[0] % WORKER_FLIGHT_BUCKETS];
+    while (*p && memcmp((*p)->key, key, 32))
+        p = &(*p)->next;
+    return p;
+}
+
+/* A follower stops waiting (its time is up, or it is gone). */
+static void request_unfollow(struct request *r)
+{
+    if (!r->flight || r->leads)
+        return;
+    for (struct request **p = &r->flight->followers; *p; p = &(*p)->follower_next)
+        if (*p == r) {
+            *p = r->follower_next;
+            break;
+        }
+    r->flight = NULL;
+    r->follower_next = NULL;
+    ev_timer_stop(r->w->loop, &r->follow_timer);
+}
+
+static void request_follow_timeout(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    (void)loop;
+    (void)revents;
+    struct request *r = t->data;
+    request_unfollow(r);
+    request_wake(r); /* on its own now: it goes on as a miss */
+}
+
+/* The leader's flight ends: with the stored answer, its followers are answered from it (a
+ * hit, costing nothing); without one (the answer failed, was cut, or is not storable) they go
+ * on on their own. */
+static void request_flight_land(struct request *r, const char *text, size_t len, double cost)
+{
+    if (!r->leads)
+        return;
+    struct request_flight *f = r->flight;
+    struct request_flight **slot = flight_slot(r->w, f->key);
+    *slot = f->next;
+    r->leads = false;
+    r->flight = NULL;
+    for (struct request *next, *fr = f->followers; fr; fr = next) {
+        next = fr->follower_next;
+        fr->follower_next = NULL;
+        fr->flight = NULL;
+        ev_timer_stop(r->w->loop, &fr->follow_timer);
+        if (text)
+            request_cache_hit(fr, text, len, cost);
+        request_wake(fr);
+    }
+    free(f);
+}
+
+/* A cacheable miss: follows the flight already answering the same request (true: park until
+ * it lands), or leads a new one. */
+static bool request_coalesce(struct request *r)
+{
+    long wait_ms = r->cfg->cache.coalesce_wait_ms;
+    if (r->cache_result != REQUEST_CACHE_MISS || !wait_ms)
+        return false;
+    struct request_flight **slot = flight_slot(r->w, r->cache_key);
+    if (*slot) {
+        if (!r->cache_read)
+            return false;
+        r->flight = *slot;
+        r->follower_next = (*slot)->followers;
+        (*slot)->followers = r;
+        ev_timer_init(&r->follow_timer, request_follow_timeout, (double)wait_ms / 1000.0, 0);
+        r->follow_timer.data = r;
+        ev_timer_start(r->w->loop, &r->follow_timer);
+        return true;
+    }
+    if (!r->cache_store)
+        return false; /* its answer would not be kept: nothing to share */
+    struct request_flight *f = calloc(1, sizeof *f);
+    if (!f)
+        return false; /* no coalescing is still a correct answer */
+    memcpy(f->key, r->cache_key, 32);
+    f->leader = r;
+    *slot = f;
+    r->flight = f;
+    r->leads = true;
+    return false;
+}
+
+/* Keeps a complete answer (this worker's store and the shared one) and hands it to the
+ * requests waiting for it. */
+static void request_cache_store(struct request *r, const char *text, size_t len)
+{
+    if (len > r->cfg->cache.max_entry_bytes) {
+        request_flight_land(r, NULL, 0, 0);
+        return;
+    }
+    cache_put(r->w->cache, r->cache_key, text, len, r->target->backend->name, r->cost_usd,
+              backend_now_ms(), r->cfg->cache.ttl_s * 1000);
+    request_cache_share(r, text, len);
+    request_flight_land(r, text, len, r->cost_usd);
+}
+
 /* An answer from the cache, when there is one for this request: true when the reply is set.
  * Otherwise the request goes on, or waits for the shared store (cache_pending). */
 static bool request_cache_lookup(struct request *r)
@@ -906,12 +1043,13 @@ static bool request_cache_lookup(struct request *r)
     r->cache_store = !cache_control_has(ctl, "no-store", NULL);
     if (cache_control_has(ctl, "no-cache", NULL))
         return false;
+    r->cache_read = true;
     int64_t max_age = -1;
     cache_control_has(ctl, "max-age", &max_age);
     r->cache_max_age_ms = max_age;
     const struct cache_entry *e = cache_get(r->w->cache, r->cache_key, backend_now_ms(), max_age);
     if (e)
-        return request_cache_hit(r, e->body, e->len);
+        return request_cache_hit(r, e->body, e->len, e->cost_usd);
     /* Not in this worker's store: ask the shared one, unless Redis is out of reach (then
      * the request goes on as a miss; a cache never fails a request). */
     if (r->w->redis && redis_client_available(r->w->redis))
@@ -1013,6 +1151,11 @@ static enum MHD_Result request_proceed(struct request *r)
     if (r->cache_pending) {
         return request_park(r); /* request_cache_answer wakes us */
     }
+    if (!r->coalesce_checked) {
+        r->coalesce_checked = true;
+        if (request_coalesce(r))
+            return request_park(r); /* request_flight_land or the wait's end wakes us */
+    }
     if ((r->key_rpm || r->key_tpm) && r->w->ratelimit && !r->limited) {
         r->limited = true;
         r->limit_tokens = (long)(r->rreq.prompt_tokens + r->rreq.output_tokens);
@@ -1113,7 +1256,8 @@ static void request_attempt_failed(struct request *r, enum tg_error err, bool bl
     if (blame)
         backend_record_failure(s, &r->cfg->health, unreachable, backend_now_ms());
     r->skip[r->target - r->route->targets] = true;
-    METRICS_ADD(r->w->metrics->upstream_errors, 1);
+    if (r->cfg->metrics_enabled)
+        METRICS_ADD(r->w->metrics->upstream_errors, 1);
     if (log_enabled(LOG_WARN)) {
         char esc[500];
         log_event(LOG_WARN, "upstream_failed",
@@ -1125,7 +1269,8 @@ static void request_attempt_failed(struct request *r, enum tg_error err, bool bl
         !worker_draining(r->w)) {
         struct router_outcome why;
         if (request_start_attempt(r, &why) == 0) {
-            METRICS_ADD(r->w->metrics->retries, 1);
+            if (r->cfg->metrics_enabled)
+                METRICS_ADD(r->w->metrics->retries, 1);
             return; /* still suspended; the next backend is working */
         }
     }
@@ -1186,6 +1331,20 @@ static void request_settle_usage(struct request *r)
     r->cost_usd = ((double)prompt * backend_input_price(m) +
                    (double)completion * backend_output_price(m)) /
                   1e6;
+    /* What routing saved: the same usage at the priciest backend that could have served it. */
+    double dearest = r->cost_usd;
+    int64_t now = backend_now_ms();
+    for (size_t i = 0; i < r->route->n_targets; i++) {
+        const struct config_target *t = &r->route->targets[i];
+        if (t == r->target || !backend_available(t->backend->state, now, NULL))
+            continue;
+        double c = ((double)prompt * backend_input_price(t->model) +
+                    (double)completion * backend_output_price(t->model)) /
+                   1e6;
+        if (c > dearest)
+            dearest = c;
+    }
+    r->routing_saved_usd = dearest - r->cost_usd;
 }
 
 /* Writes the settled numbers into a usage object (and the cost, for stream chunks). */
@@ -1228,6 +1387,23 @@ static int request_emit_estimated_usage(struct request *r)
     return rc;
 }
 
+/* [DONE]: a streamed miss captured whole is stored like a non-streamed one. */
+static void request_capture_done(struct request *r)
+{
+    json_t *usage = json_object();
+    if (usage)
+        request_write_usage(r, usage, false);
+    size_t len = 0;
+    char *text = cache_capture_finish(&r->capture, usage, &len);
+    cache_capture_free(&r->capture);
+    r->capturing = false;
+    if (text)
+        request_cache_store(r, text, len);
+    else
+        request_flight_land(r, NULL, 0, 0);
+    free(text);
+}
+
 static int request_on_event(void *ctx, const struct sse_event *ev)
 {
     struct request *r = ctx;
@@ -1243,6 +1419,8 @@ static int request_on_event(void *ctx, const struct sse_event *ev)
                 return rc;
         }
         request_settle_usage(r);
+        if (r->capturing)
+            request_capture_done(r);
         return buf_append(&r->out, ev->raw, ev->raw_len) ? TG_ERR_NOMEM : 0;
     }
     struct answer_scan sc;
@@ -1261,6 +1439,8 @@ static int request_on_event(void *ctx, const struct sse_event *ev)
         return TG_ERR_BAD_BACKEND_RESPONSE;
     }
     request_note_scan(r, &sc);
+    if (r->capturing)
+        cache_capture_event(&r->capture, ev->data, ev->data_len);
     if (!sc.has_usage)
         return buf_append(&r->out, ev->raw, ev->raw_len) ? TG_ERR_NOMEM : 0;
     /* A chunk with usage: the usage chunk (no choices) comes after the last content. */
@@ -1295,6 +1475,11 @@ static void request_start_body(struct request *r)
                      !strncasecmp(ct, "text/event-stream", 17);
     if (r->stream_mode) {
         sse_init(&r->sse, REQUEST_STREAM_MAX_EVENT);
+        if (r->cache_result == REQUEST_CACHE_MISS && r->cache_store) {
+            cache_capture_init(&r->capture, r->ep->route == OPENAI_CHAT,
+                               r->cfg->cache.max_entry_bytes);
+            r->capturing = true;
+        }
         buf_init(&r->out, REQUEST_STREAM_HIGH_WATER + 2 * REQUEST_STREAM_MAX_EVENT + 4096);
         r->out_off = 0;
     } else {
@@ -1350,6 +1535,11 @@ static int request_on_data(void *ctx, const char *data, size_t len)
     if (r->out.len > r->out_off) {
         if (r->state == REQUEST_UPSTREAM) {
             r->state = REQUEST_STREAM; /* the first event: from here on, no failover */
+            double now = ev_time();
+            r->up_wait += now - r->t_attempt;
+            if (r->cfg->metrics_enabled)
+                metrics_observe_ttft(r->w->metrics, r->ep->metric, r->route->metric_model,
+                                     now - r->t_start, 1);
             request_resume(r);
         } else if (r->reader_waiting) {
             request_resume(r);
@@ -1416,13 +1606,22 @@ static void request_whole_answer(struct request *r)
                         ? true
                         : r->scan.choices_len > 0 && r->scan.finished == r->scan.choices_len;
     if (r->cache_result == REQUEST_CACHE_MISS && r->cache_store && complete &&
-        len <= r->cfg->cache.max_entry_bytes && r->up_status == 200)
-    {
-        cache_put(r->w->cache, r->cache_key, text, len, r->target->backend->name, r->cost_usd,
-                  backend_now_ms(), r->cfg->cache.ttl_s * 1000);
-        request_cache_share(r, text, len);
-    }
+        r->up_status == 200)
+        request_cache_store(r, text, len);
+    else
+        request_flight_land(r, NULL, 0, 0);
     request_set_reply(r, (unsigned)r->up_status, text, len, "application/json");
+}
+
+/* One upstream attempt ended: counted by backend, model and outcome. */
+static void request_note_attempt(struct request *r, enum metrics_outcome outcome, double now)
+{
+    if (!r->cfg->metrics_enabled)
+        return;
+    const struct config_target *t = r->target;
+    metrics_observe_attempt(r->w->metrics, t->backend->state->metric_backend,
+                            t->model->price ? t->model->price->metric_pair : 0, outcome,
+                            now - r->t_attempt);
 }
 
 static void request_on_done(void *ctx, int result, long status, const char *detail)
@@ -1437,6 +1636,8 @@ static void request_on_done(void *ctx, int result, long status, const char *deta
     if (result && r->fail_detail[0])
         detail = r->fail_detail;
     double now = ev_time();
+    if (r->state == REQUEST_UPSTREAM)
+        r->up_wait += now - r->t_attempt; /* (a stream's first event counted its own) */
 
     if (r->stream_mode && r->state != REQUEST_UPSTREAM) {
         /* The caller has bytes already: no failover, an honest end. */
@@ -1444,10 +1645,12 @@ static void request_on_done(void *ctx, int result, long status, const char *deta
             request_stream_error(r, "backend %s ended the stream without [DONE]", backend);
         else if (result)
             request_stream_error(r, "backend %s broke the stream: %s", backend, detail);
-        if (result || !r->saw_done)
+        bool ok = !result && r->saw_done;
+        if (!ok)
             backend_record_failure(bs, &r->cfg->health, false, backend_now_ms());
         else
             backend_record_success(bs, r->ttfb, now - r->t_attempt);
+        request_note_attempt(r, ok ? METRICS_OUTCOME_SUCCESS : METRICS_OUTCOME_BROKEN, now);
         r->stream_ended = true;
         if (r->reader_waiting)
             request_resume(r);
@@ -1455,22 +1658,27 @@ static void request_on_done(void *ctx, int result, long status, const char *deta
     }
 
     if (result == TG_ERR_BACKEND_UNREACHABLE) {
+        request_note_attempt(r, METRICS_OUTCOME_UNREACHABLE, now);
         request_attempt_failed(r, result, true, true, "Backend %s is unreachable: %s", backend,
                                detail);
     } else if (result == TG_ERR_BACKEND_TIMEOUT) {
         /* Connected but silent: out for the cooldown, whatever the probes say. */
+        request_note_attempt(r, METRICS_OUTCOME_TIMEOUT, now);
         request_attempt_failed(r, result, true, false, "Backend %s timed out: %s", backend,
                                detail);
     } else if (result) {
         /* A connection that died before any byte of an answer (the node crashed or was
          * killed) is a reachability failure: its next good probe readmits it. */
+        request_note_attempt(r, METRICS_OUTCOME_BROKEN, now);
         request_attempt_failed(r, TG_ERR_BAD_BACKEND_RESPONSE, true, status == 0,
                                "Backend %s sent a broken answer: %s", backend, detail);
     } else if (r->stream_mode) {
+        request_note_attempt(r, METRICS_OUTCOME_BROKEN, now);
         request_attempt_failed(r, TG_ERR_BAD_BACKEND_RESPONSE, true, false,
                                "Backend %s ended the stream before sending any event", backend);
     } else if (r->up_status == 429) {
         char m[300];
+        request_note_attempt(r, METRICS_OUTCOME_RATE_LIMITED, now);
         if (!r->rate_limit_wait_s || r->up_retry_after_s < r->rate_limit_wait_s)
             r->rate_limit_wait_s = r->up_retry_after_s;
         request_attempt_failed(r, TG_ERR_BACKEND_RATE_LIMITED, false, false,
@@ -1479,27 +1687,35 @@ static void request_on_done(void *ctx, int result, long status, const char *deta
     } else if (r->up_status / 100 == 2) {
         bool json_ok = r->scanning && answer_scan_finish(&r->scan) == 0 && r->scan.object;
         if (!json_ok || r->scan.has_error) {
+            request_note_attempt(r, METRICS_OUTCOME_BROKEN, now);
             request_attempt_failed(r, TG_ERR_BAD_BACKEND_RESPONSE, true, false,
                                    json_ok ? "Backend %s answered 2xx with an error object"
                                            : "Backend %s sent an answer that is not a JSON object",
                                    backend);
         } else if (r->oreq.stream) {
+            request_note_attempt(r, METRICS_OUTCOME_BROKEN, now);
             request_attempt_failed(r, TG_ERR_BAD_BACKEND_RESPONSE, true, false,
                                    "Backend %s answered a streaming request without a stream",
                                    backend);
         } else {
             backend_record_success(bs, r->ttfb, now - r->t_attempt);
+            request_note_attempt(r, METRICS_OUTCOME_SUCCESS, now);
+            if (r->cfg->metrics_enabled)
+                metrics_observe_ttft(r->w->metrics, r->ep->metric, r->route->metric_model,
+                                     now - r->t_start, 0);
             request_whole_answer(r);
             request_resume(r);
         }
     } else if (r->up_status >= 500 || r->up_status < 400) {
         char m[300];
+        request_note_attempt(r, METRICS_OUTCOME_SERVER_ERROR, now);
         request_attempt_failed(r, TG_ERR_BAD_BACKEND_RESPONSE, true, false,
                                "Backend %s answered HTTP %ld%s", backend, r->up_status,
                                request_upstream_message(r, m, sizeof m));
     } else {
         /* A client error the backend found in the request: the caller sees it as is, and it
          * never counts against the backend. */
+        request_note_attempt(r, METRICS_OUTCOME_CLIENT_ERROR, now);
         json_t *doc = json_loadb(r->resp.data ? r->resp.data : "", r->resp.len, 0, NULL);
         if (json_is_object(json_object_get(doc, "error"))) {
             size_t len;
@@ -1564,11 +1780,14 @@ static enum MHD_Result request_queue_stream(struct request *r)
     MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
     MHD_add_response_header(resp, "X-Accel-Buffering", "no");
     request_headers(r, resp);
+    if (!r->t_queued)
+        r->t_queued = ev_time();
     enum MHD_Result ok = MHD_queue_response(r->conn, 200, resp);
     MHD_destroy_response(resp);
     r->status = 200;
     r->state = REQUEST_SENT;
-    METRICS_ADD(r->w->metrics->streams, 1);
+    if (r->cfg->metrics_enabled)
+        METRICS_ADD(r->w->metrics->streams, 1);
     return ok;
 }
 
@@ -1626,20 +1845,56 @@ enum MHD_Result request_handle(void *cls, struct MHD_Connection *conn, const cha
     }
 }
 
+/* Everything a finished request adds to the worker's metrics shard. */
+static void request_observe(const struct request *r, double seconds)
+{
+    struct metrics_shard *m = r->w->metrics;
+    enum metrics_route route = r->ep ? r->ep->metric : METRICS_ROUTE_OTHER;
+    unsigned model = r->route ? r->route->metric_model : 0;
+    metrics_observe_request(m, route, model, r->status, seconds);
+    if (r->t_queued)
+        metrics_observe_overhead(m, r->t_queued - r->t_start - r->up_wait);
+    if (!r->route)
+        return; /* refused before a model was known */
+    static const enum metrics_cache results[] = {
+        [REQUEST_CACHE_BYPASS] = METRICS_CACHE_BYPASS,
+        [REQUEST_CACHE_MISS] = METRICS_CACHE_MISS,
+        [REQUEST_CACHE_HIT] = METRICS_CACHE_HIT,
+    };
+    METRICS_ADD(m->cache[results[r->cache_result]], 1);
+    if (r->cache_result == REQUEST_CACHE_HIT)
+        METRICS_ADD(m->cache_savings, r->saved_usd);
+    else if (r->usage_done && r->target) {
+        const struct config_model *cm = r->target->model;
+        metrics_observe_usage(m, route, model, cm->price ? cm->price->metric_pair : 0,
+                              r->metric_key, r->prompt_tokens, r->completion_tokens, r->cost_usd);
+        if (r->routing_saved_usd > 0)
+            METRICS_ADD(m->routing_savings, r->routing_saved_usd);
+    }
+}
+
 static void request_log(const struct request *r, double seconds)
 {
     if (!log_enabled(LOG_INFO))
         return;
-    char model[160], key[160];
+    static const char *const cache[] = {
+        [REQUEST_CACHE_BYPASS] = "bypass", [REQUEST_CACHE_MISS] = "miss",
+        [REQUEST_CACHE_HIT] = "hit"};
+    char model[160], key[160], backend[160], id[300];
+    bool billed = r->usage_done && r->route;
     log_event(LOG_INFO, "request",
               "\"request_id\":\"%s\",\"method\":\"%s\",\"path\":\"%s\",\"key\":\"%s\","
               "\"model\":\"%s\",\"backend\":\"%s\",\"status\":%u,\"stream\":%s,"
-              "\"duration_ms\":%.3f",
-              r->id, r->method, r->ep ? r->ep->path : "-",
+              "\"duration_ms\":%.3f,\"attempts\":%u,\"prompt_tokens\":%ld,"
+              "\"completion_tokens\":%ld,\"cost_usd\":%.10f,\"cache\":\"%s\"",
+              log_escape(id, sizeof id, r->id), r->method, r->ep ? r->ep->path : "-",
               log_escape(key, sizeof key, r->key_name ? r->key_name : ""),
               log_escape(model, sizeof model, r->model ? r->model : ""),
-              r->target ? r->target->backend->name : "", r->status,
-              r->stream_mode ? "true" : "false", seconds * 1000);
+              log_escape(backend, sizeof backend,
+                         r->target && r->up_status ? r->target->backend->name : ""),
+              r->status, r->oreq.stream ? "true" : "false", seconds * 1000, r->attempts,
+              billed ? r->prompt_tokens : 0, billed ? r->completion_tokens : 0,
+              billed ? r->cost_usd : 0, r->route ? cache[r->cache_result] : "bypass");
 }
 
 void request_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
@@ -1652,6 +1907,10 @@ void request_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
         return;
     *con_cls = NULL;
     keyauth_cancel(r->lookup);
+    request_unfollow(r);
+    request_flight_land(r, NULL, 0, 0); /* followers of an unfinished leader go on alone */
+    if (r->capturing)
+        cache_capture_free(&r->capture);
     if (r->cache_ask)
         r->cache_ask->r = NULL; /* the answer, when it comes, finds nobody */
     ratelimit_cancel(r->limit_wait);
@@ -1674,8 +1933,8 @@ void request_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     if (!r->status)
         r->status = 499;
     double seconds = ev_time() - r->t_start;
-    metrics_observe_request(w->metrics, r->ep ? r->ep->metric : METRICS_ROUTE_OTHER, r->status,
-                            seconds);
+    if (r->cfg->metrics_enabled)
+        request_observe(r, seconds);
     METRICS_ADD(w->metrics->inflight, -1);
     request_log(r, seconds);
     if (r->w->ledger && r->ep && r->ep->upstream_path) {
@@ -1692,6 +1951,7 @@ void request_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
             .prompt_tokens = r->usage_done ? r->prompt_tokens : 0,
             .completion_tokens = r->usage_done ? r->completion_tokens : 0,
             .cost_usd = r->usage_done ? r->cost_usd : 0,
+            .saved_usd = r->cache_result == REQUEST_CACHE_HIT ? r->saved_usd : 0,
             .latency_ms = seconds * 1000,
         };
         ledger_record(r->w->ledger, &e);

@@ -71,7 +71,14 @@ int server_render_metrics(struct server *s, struct buf *out)
     unsigned n = s->n_workers < 256 ? s->n_workers : 256;
     for (unsigned i = 0; i < n; i++)
         shards[i] = s->workers[i].metrics;
-    return metrics_render(out, shards, n);
+    pthread_mutex_lock(&s->cfg_lock);
+    struct config *cfg = config_ref(s->cfg);
+    pthread_mutex_unlock(&s->cfg_lock);
+    int rc = metrics_render(out, shards, n);
+    if (!rc)
+        rc = metrics_render_backends(out, cfg);
+    config_unref(cfg);
+    return rc;
 }
 
 uint64_t worker_random(struct worker *w)
@@ -147,6 +154,7 @@ static void mhd_prepare_cb(struct ev_loop *loop, ev_prepare *p, int revents)
         if (!did)
             break;
     }
+    log_flush();
 }
 
 static void mhd_log(void *cls, const char *fmt, va_list ap)
@@ -424,12 +432,14 @@ static void worker_start_redis(struct worker *w)
 static void *worker_main(void *arg)
 {
     struct worker *w = arg;
+    log_buffer_lines();
     worker_start_redis(w);
     mhd_run(w); /* pick up anything already pending, arm MHD's timer */
     ev_run(w->loop, 0);
     /* Stopped: no suspended connection may remain when the daemon goes. */
     request_resume_all(w);
     MHD_stop_daemon(w->mhd);
+    log_flush();
     w->mhd = NULL;
     ledger_free(w->ledger); /* after the daemon: the last requests' records are in */
     w->ledger = NULL;
@@ -442,6 +452,7 @@ static void *worker_main(void *arg)
         budget_free(w->budget);
         w->budget = NULL;
     }
+    log_flush();
     atomic_fetch_add(&w->server->n_stopped, 1);
     return NULL;
 }

@@ -22,7 +22,10 @@ struct ledger;
 struct cache;
 struct redis_client;
 struct request;
+struct request_flight;
 struct server;
+
+#define WORKER_FLIGHT_BUCKETS 64
 
 struct worker {
     unsigned id;
@@ -44,6 +47,8 @@ struct worker {
     struct budget *budget;       /* per-key budgets; NULL without redis.url */
     struct ledger *ledger;       /* usage records; NULL without redis.url */
     struct cache *cache;         /* answers, this worker's share of cache.max_bytes */
+    /* Cacheable misses being answered now, by cache key: identical ones wait for them. */
+    struct request_flight *flights[WORKER_FLIGHT_BUCKETS];
     ev_timer redis_stats_timer;
     struct metrics_shard *metrics; /* read by the scraping thread (relaxed atomics) */
     struct config *cfg;            /* current snapshot; the worker holds a reference */

@@ -1,20 +1,245 @@
 #include "metrics/metrics.h"
 
+#include "gateway/config.h"
+#include "routing/backend.h"
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
-static const double metrics_bounds[METRICS_DURATION_BUCKETS] = {
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10};
+#ifndef TOLLGATE_VERSION
+#define TOLLGATE_VERSION "0.0.0"
+#endif
 
-static const char *const metrics_route_names[METRICS_ROUTE_COUNT] = {
+#define LOAD(x) atomic_load_explicit(&(x), memory_order_relaxed)
+
+/* ---- bucket bounds ------------------------------------------------------------------------- */
+
+struct metrics_bounds {
+    const double *le;
+    size_t n;
+};
+
+static const double duration_le[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                                     0.25,   0.5,   1,      2.5,   5,    10,   30,    60};
+static const double overhead_le[] = {5e-06,  1e-05, 2.5e-05, 5e-05, 0.0001, 0.00025, 0.0005,
+                                     0.001,  0.0025, 0.005,  0.01,  0.025,  0.1};
+/* The OpenTelemetry GenAI semantic conventions' advised boundaries. */
+static const double genai_duration_le[] = {0.01, 0.02, 0.04, 0.08,  0.16,  0.32,  0.64,
+                                           1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92};
+static const double genai_tokens_le[] = {1,      4,       16,      64,       256,
+                                         1024,   4096,    16384,   65536,    262144,
+                                         1048576, 4194304, 16777216, 67108864};
+static const double genai_ttft_le[] = {0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1,
+                                       0.25,  0.5,   0.75, 1.0,  2.5,  5.0,  7.5,  10.0};
+
+#define BOUNDS(a) ((struct metrics_bounds){a, sizeof a / sizeof a[0]})
+
+/* The shortest decimal that reads back as v (bucket bounds must print exactly). */
+static const char *shortest(char out[40], double v)
+{
+    for (int digits = 6; digits <= 17; digits++) {
+        snprintf(out, 40, "%.*g", digits, v);
+        if (strtod(out, NULL) == v)
+            break;
+    }
+    return out;
+}
+
+static void hist_observe(struct metrics_hist *h, const double *le, size_t n, double v)
+{
+    size_t b = 0;
+    while (b < n && v > le[b])
+        b++;
+    METRICS_ADD(h->bucket[b], 1);
+    METRICS_ADD(h->sum, v);
+}
+
+#define OBSERVE(h, a, v) hist_observe((h), (a), sizeof(a) / sizeof((a)[0]), (v))
+
+/* ---- labels -------------------------------------------------------------------------------- */
+
+static const size_t label_caps[METRICS_LABEL_KINDS] = {METRICS_MAX_MODELS, METRICS_MAX_BACKENDS,
+                                                       METRICS_MAX_PAIRS, METRICS_MAX_KEYS};
+
+/* Names are stored escaped for the exposition format. A PAIR is "backend\0model". */
+static pthread_mutex_t label_lock = PTHREAD_MUTEX_INITIALIZER;
+static char *label_names[METRICS_LABEL_KINDS][METRICS_MAX_PAIRS];
+static _Atomic size_t label_count[METRICS_LABEL_KINDS] = {1, 1, 1, 1};
+
+/* Label value escaping (text format 0.0.4): backslash, double quote and line feed. */
+static size_t label_escape(char *out, const char *in)
+{
+    size_t o = 0;
+    for (const char *p = in; *p; p++) {
+        if (*p == '\\' || *p == '"') {
+            if (out) {
+                out[o] = '\\';
+                out[o + 1] = *p;
+            }
+            o += 2;
+        } else if (*p == '\n') {
+            if (out) {
+                out[o] = '\\';
+                out[o + 1] = 'n';
+            }
+            o += 2;
+        } else {
+            if (out)
+                out[o] = *p;
+            o++;
+        }
+    }
+    return o;
+}
+
+/* `in` escaped into out (n bytes), cut at a character when too long. */
+static const char *escaped(char *out, size_t n, const char *in)
+{
+    size_t o = 0;
+    for (const char *p = in; *p; p++) {
+        char one[3];
+        size_t k = label_escape(NULL, (char[]){*p, '\0'});
+        if (o + k + 1 > n)
+            break;
+        label_escape(one, (char[]){*p, '\0'});
+        memcpy(out + o, one, k);
+        o += k;
+    }
+    out[o] = '\0';
+    return out;
+}
+
+static char *label_make(const char *name, const char *name2)
+{
+    size_t a = label_escape(NULL, name), b = name2 ? label_escape(NULL, name2) : 0;
+    char *s = malloc(a + b + 2);
+    if (!s)
+        return NULL;
+    label_escape(s, name);
+    s[a] = '\0';
+    if (name2) {
+        label_escape(s + a + 1, name2);
+        s[a + 1 + b] = '\0';
+    }
+    return s;
+}
+
+/* Whether a stored label is `want` (made by label_make; pairs compare both halves). */
+static bool label_equal(const char *stored, const char *want, bool pair)
+{
+    size_t a = strlen(want);
+    return !strcmp(stored, want) && (!pair || !strcmp(stored + a + 1, want + a + 1));
+}
+
+unsigned metrics_label(enum metrics_label_kind kind, const char *name, const char *name2)
+{
+    if ((unsigned)kind >= METRICS_LABEL_KINDS || !name)
+        return 0;
+    if (kind != METRICS_LABEL_PAIR)
+        name2 = NULL;
+    else if (!name2)
+        return 0;
+    if (label_escape(NULL, name) > METRICS_LABEL_MAX ||
+        (name2 && label_escape(NULL, name2) > METRICS_LABEL_MAX))
+        return 0; /* longer names count as "other": every series line stays bounded */
+    char *want = label_make(name, name2);
+    if (!want)
+        return 0;
+    pthread_mutex_lock(&label_lock);
+    size_t n = atomic_load_explicit(&label_count[kind], memory_order_relaxed);
+    unsigned found = 0;
+    for (size_t i = 1; i < n && !found; i++)
+        if (label_equal(label_names[kind][i], want, name2 != NULL))
+            found = (unsigned)i;
+    if (!found && n < label_caps[kind]) {
+        label_names[kind][n] = want;
+        want = NULL;
+        found = (unsigned)n;
+        /* Published after the name: a scrape never sees an index without its name. */
+        atomic_store_explicit(&label_count[kind], n + 1, memory_order_release);
+    }
+    pthread_mutex_unlock(&label_lock);
+    free(want);
+    return found;
+}
+
+static size_t labels_in_use(enum metrics_label_kind kind)
+{
+    return atomic_load_explicit(&label_count[kind], memory_order_acquire);
+}
+
+static const char *label_name(enum metrics_label_kind kind, size_t i)
+{
+    return i ? label_names[kind][i] : "other";
+}
+
+/* The model half of a pair ("other" for index 0). */
+static const char *pair_model(size_t i)
+{
+    return i ? label_names[METRICS_LABEL_PAIR][i] + strlen(label_names[METRICS_LABEL_PAIR][i]) + 1
+             : "other";
+}
+
+/* ---- statuses, routes, operations ------------------------------------------------------------ */
+
+static const unsigned status_codes[] = {200, 201, 204, 206, 301, 302, 304, 400,
+                                        401, 403, 404, 405, 408, 409, 413, 415,
+                                        422, 429, 499, 500, 501, 502, 503, 504};
+#define STATUS_NAMED (sizeof status_codes / sizeof status_codes[0])
+_Static_assert(STATUS_NAMED + 5 == METRICS_STATUSES, "status table size");
+
+static unsigned status_index(unsigned status)
+{
+    for (unsigned i = 0; i < STATUS_NAMED; i++)
+        if (status_codes[i] == status)
+            return i;
+    unsigned cls = status / 100;
+    return STATUS_NAMED + (cls >= 1 && cls <= 5 ? cls - 1 : 4);
+}
+
+static void status_text(unsigned i, char out[8])
+{
+    if (i < STATUS_NAMED)
+        snprintf(out, 8, "%u", status_codes[i]);
+    else
+        snprintf(out, 8, "%uxx", i - (unsigned)STATUS_NAMED + 1);
+}
+
+static const char *const route_names[METRICS_ROUTE_COUNT] = {
     "chat_completions", "completions", "embeddings", "models", "other"};
+static const char *const genai_op_names[METRICS_GENAI_OPS] = {"chat", "text_completion",
+                                                              "embeddings"};
+static const char *const outcome_names[METRICS_OUTCOME_COUNT] = {
+    "success", "client_error", "rate_limited", "server_error", "timeout", "unreachable",
+    "broken"};
+static const char *const cache_names[3] = {"hit", "miss", "bypass"};
+static const char *const token_types[2] = {"input", "output"};
+
+int metrics_genai_op(enum metrics_route route)
+{
+    switch (route) {
+    case METRICS_ROUTE_CHAT:
+        return 0;
+    case METRICS_ROUTE_COMPLETIONS:
+        return 1;
+    case METRICS_ROUTE_EMBEDDINGS:
+        return 2;
+    default:
+        return -1;
+    }
+}
+
+/* ---- shards and observations -------------------------------------------------------------- */
 
 struct metrics_shard *metrics_shard_new(void)
 {
-    struct metrics_shard *s = aligned_alloc(64, sizeof *s);
-    if (!s)
-        return NULL;
-    *s = (struct metrics_shard){0};
-    atomic_store_explicit(&s->redis_up, -1, memory_order_relaxed);
+    /* calloc: a fresh mapping of this size is zero already, so untouched pages stay free. */
+    struct metrics_shard *s = calloc(1, sizeof *s);
+    if (s)
+        atomic_store_explicit(&s->redis_up, -1, memory_order_relaxed);
     return s;
 }
 
@@ -23,138 +248,427 @@ void metrics_shard_free(struct metrics_shard *s)
     free(s);
 }
 
-void metrics_observe_request(struct metrics_shard *s, enum metrics_route route, unsigned status,
-                             double seconds)
+static unsigned clamp(unsigned i, unsigned cap)
 {
-    unsigned cls = status / 100;
-    if (cls >= METRICS_STATUS_CLASSES)
-        cls = 0;
-    METRICS_ADD(s->requests[route][cls], 1);
-    size_t b = 0;
-    while (b < METRICS_DURATION_BUCKETS && seconds > metrics_bounds[b])
-        b++;
-    METRICS_ADD(s->duration_bucket[route][b], 1);
-    METRICS_ADD(s->duration_sum_us[route], (uint64_t)(seconds * 1e6));
+    return i < cap ? i : 0;
 }
 
-#define LOAD(x) atomic_load_explicit(&(x), memory_order_relaxed)
+void metrics_observe_request(struct metrics_shard *s, enum metrics_route route, unsigned model,
+                             unsigned status, double seconds)
+{
+    model = clamp(model, METRICS_MAX_MODELS);
+    METRICS_ADD(s->requests[route][model][status_index(status)], 1);
+    OBSERVE(&s->duration[route], duration_le, seconds);
+    int op = metrics_genai_op(route);
+    if (op >= 0)
+        OBSERVE(&s->genai_duration[op][model], genai_duration_le, seconds);
+}
+
+void metrics_observe_ttft(struct metrics_shard *s, enum metrics_route route, unsigned model,
+                          double seconds, int stream)
+{
+    model = clamp(model, METRICS_MAX_MODELS);
+    OBSERVE(&s->ttft[model], duration_le, seconds);
+    int op = metrics_genai_op(route);
+    if (stream && op >= 0)
+        OBSERVE(&s->genai_ttft[op][model], genai_ttft_le, seconds);
+}
+
+void metrics_observe_overhead(struct metrics_shard *s, double seconds)
+{
+    OBSERVE(&s->overhead, overhead_le, seconds > 0 ? seconds : 0);
+}
+
+void metrics_observe_attempt(struct metrics_shard *s, unsigned backend, unsigned pair,
+                             enum metrics_outcome outcome, double seconds)
+{
+    METRICS_ADD(s->backend_requests[clamp(pair, METRICS_MAX_PAIRS)][outcome], 1);
+    OBSERVE(&s->backend_duration[clamp(backend, METRICS_MAX_BACKENDS)], duration_le, seconds);
+}
+
+void metrics_observe_usage(struct metrics_shard *s, enum metrics_route route, unsigned model,
+                           unsigned pair, unsigned key, long input, long output, double cost_usd)
+{
+    pair = clamp(pair, METRICS_MAX_PAIRS);
+    model = clamp(model, METRICS_MAX_MODELS);
+    METRICS_ADD(s->tokens[pair][0], (uint64_t)(input > 0 ? input : 0));
+    METRICS_ADD(s->tokens[pair][1], (uint64_t)(output > 0 ? output : 0));
+    METRICS_ADD(s->cost[pair], cost_usd);
+    METRICS_ADD(s->key_cost[clamp(key, METRICS_MAX_KEYS)], cost_usd);
+    int op = metrics_genai_op(route);
+    if (op >= 0) {
+        OBSERVE(&s->genai_tokens[op][model][0], genai_tokens_le, (double)(input > 0 ? input : 0));
+        if (route != METRICS_ROUTE_EMBEDDINGS)
+            OBSERVE(&s->genai_tokens[op][model][1], genai_tokens_le,
+                    (double)(output > 0 ? output : 0));
+    }
+}
+
+/* ---- rendering ------------------------------------------------------------------------------ */
+
+struct render {
+    struct buf *out;
+    struct metrics_shard *const *shards;
+    size_t n;
+    int err;
+};
+
+static uint64_t sum_u64(const struct render *rd, size_t off)
+{
+    uint64_t v = 0;
+    for (size_t i = 0; i < rd->n; i++)
+        v += atomic_load_explicit((_Atomic uint64_t *)((char *)rd->shards[i] + off),
+                                  memory_order_relaxed);
+    return v;
+}
+
+static double sum_f64(const struct render *rd, size_t off)
+{
+    double v = 0;
+    for (size_t i = 0; i < rd->n; i++)
+        v += atomic_load_explicit((_Atomic double *)((char *)rd->shards[i] + off),
+                                  memory_order_relaxed);
+    return v;
+}
+
+#define OFF(field) offsetof(struct metrics_shard, field)
+
+static void head(struct render *rd, const char *name, const char *type, const char *help)
+{
+    rd->err |= buf_printf(rd->out, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+/* One histogram series (labels without braces, "" for none); skipped when empty unless
+ * `always`. */
+static void hist(struct render *rd, const char *name, const char *labels, size_t off,
+                 struct metrics_bounds bounds, bool always)
+{
+    uint64_t counts[METRICS_HIST_MAX + 1] = {0};
+    double sum = 0;
+    uint64_t total = 0;
+    for (size_t i = 0; i < rd->n; i++) {
+        const struct metrics_hist *h = (const void *)((const char *)rd->shards[i] + off);
+        for (size_t b = 0; b <= bounds.n; b++) {
+            uint64_t c = LOAD(h->bucket[b]);
+            counts[b] += c;
+            total += c;
+        }
+        sum += LOAD(h->sum);
+    }
+    if (!total && !always)
+        return;
+    const char *sep = *labels ? "," : "";
+    uint64_t cum = 0;
+    for (size_t b = 0; b <= bounds.n; b++) {
+        cum += counts[b];
+        char le[40];
+        if (b < bounds.n)
+            rd->err |= buf_printf(rd->out, "%s_bucket{%s%sle=\"%s\"} %llu\n", name, labels, sep,
+                                  shortest(le, bounds.le[b]), (unsigned long long)cum);
+        else
+            rd->err |= buf_printf(rd->out, "%s_bucket{%s%sle=\"+Inf\"} %llu\n", name, labels,
+                                  sep, (unsigned long long)cum);
+    }
+    const char *open = *labels ? "{" : "", *close = *labels ? "}" : "";
+    rd->err |= buf_printf(rd->out, "%s_sum%s%s%s %.17g\n%s_count%s%s%s %llu\n", name, open,
+                          labels, close, sum, name, open, labels, close,
+                          (unsigned long long)total);
+}
+
+static void render_requests(struct render *rd)
+{
+    head(rd, "tollgate_requests_total", "counter",
+         "Requests answered, by route, model (from the config, else other) and HTTP status.");
+    size_t models = labels_in_use(METRICS_LABEL_MODEL);
+    for (int route = 0; route < METRICS_ROUTE_COUNT; route++)
+        for (size_t m = 0; m < models; m++)
+            for (unsigned st = 0; st < METRICS_STATUSES; st++) {
+                uint64_t v = sum_u64(rd, OFF(requests[route][m][st]));
+                if (!v)
+                    continue;
+                char code[8];
+                status_text(st, code);
+                rd->err |= buf_printf(
+                    rd->out, "tollgate_requests_total{route=\"%s\",model=\"%s\",status=\"%s\"} %llu\n",
+                    route_names[route], label_name(METRICS_LABEL_MODEL, m), code,
+                    (unsigned long long)v);
+            }
+    head(rd, "tollgate_request_duration_seconds", "histogram",
+         "Time from a request's arrival to the end of its answer.");
+    for (int route = 0; route < METRICS_ROUTE_COUNT; route++) {
+        char labels[512];
+        snprintf(labels, sizeof labels, "route=\"%s\"", route_names[route]);
+        hist(rd, "tollgate_request_duration_seconds", labels, OFF(duration[route]),
+             BOUNDS(duration_le), route != METRICS_ROUTE_OTHER);
+    }
+    head(rd, "tollgate_time_to_first_token_seconds", "histogram",
+         "Time from a request's arrival to its first content relayed (streams) or its answer "
+         "(non-streams), for answers a backend served.");
+    for (size_t m = 0; m < models; m++) {
+        char labels[512];
+        snprintf(labels, sizeof labels, "model=\"%s\"", label_name(METRICS_LABEL_MODEL, m));
+        hist(rd, "tollgate_time_to_first_token_seconds", labels, OFF(ttft[m]),
+             BOUNDS(duration_le), false);
+    }
+    head(rd, "tollgate_overhead_seconds", "histogram",
+         "Time a request spent in the gateway itself: until its answer was queued, minus the "
+         "time spent waiting on backends.");
+    hist(rd, "tollgate_overhead_seconds", "", OFF(overhead), BOUNDS(overhead_le), true);
+}
+
+static void render_backends(struct render *rd)
+{
+    size_t pairs = labels_in_use(METRICS_LABEL_PAIR);
+    size_t backends = labels_in_use(METRICS_LABEL_BACKEND);
+    head(rd, "tollgate_backend_requests_total", "counter",
+         "Upstream attempts, by backend, model and outcome.");
+    for (size_t p = 0; p < pairs; p++)
+        for (int o = 0; o < METRICS_OUTCOME_COUNT; o++) {
+            uint64_t v = sum_u64(rd, OFF(backend_requests[p][o]));
+            if (v)
+                rd->err |= buf_printf(rd->out,
+                                      "tollgate_backend_requests_total{backend=\"%s\",model=\"%s\","
+                                      "outcome=\"%s\"} %llu\n",
+                                      label_name(METRICS_LABEL_PAIR, p), pair_model(p),
+                                      outcome_names[o], (unsigned long long)v);
+        }
+    head(rd, "tollgate_backend_duration_seconds", "histogram",
+         "Duration of one upstream attempt, by backend.");
+    for (size_t b = 0; b < backends; b++) {
+        char labels[512];
+        snprintf(labels, sizeof labels, "backend=\"%s\"", label_name(METRICS_LABEL_BACKEND, b));
+        hist(rd, "tollgate_backend_duration_seconds", labels, OFF(backend_duration[b]),
+             BOUNDS(duration_le), false);
+    }
+    head(rd, "tollgate_tokens_total", "counter",
+         "Tokens billed, by backend, model and type (input, output).");
+    for (size_t p = 0; p < pairs; p++)
+        for (int t = 0; t < 2; t++) {
+            uint64_t v = sum_u64(rd, OFF(tokens[p][t]));
+            if (v || sum_f64(rd, OFF(cost[p])) > 0)
+                rd->err |= buf_printf(rd->out,
+                                      "tollgate_tokens_total{backend=\"%s\",model=\"%s\","
+                                      "type=\"%s\"} %llu\n",
+                                      label_name(METRICS_LABEL_PAIR, p), pair_model(p),
+                                      token_types[t], (unsigned long long)v);
+        }
+    head(rd, "tollgate_cost_usd_total", "counter", "USD billed, by backend and model.");
+    for (size_t p = 0; p < pairs; p++) {
+        double v = sum_f64(rd, OFF(cost[p]));
+        if (v > 0 || sum_u64(rd, OFF(tokens[p][0])))
+            rd->err |= buf_printf(rd->out,
+                                  "tollgate_cost_usd_total{backend=\"%s\",model=\"%s\"} %.17g\n",
+                                  label_name(METRICS_LABEL_PAIR, p), pair_model(p), v);
+    }
+    head(rd, "tollgate_key_cost_usd_total", "counter",
+         "USD billed, by caller key name (at most " "256" " names; the rest count as other).");
+    size_t keys = labels_in_use(METRICS_LABEL_KEY);
+    for (size_t k = 0; k < keys; k++) {
+        double v = sum_f64(rd, OFF(key_cost[k]));
+        if (v > 0)
+            rd->err |= buf_printf(rd->out, "tollgate_key_cost_usd_total{key=\"%s\"} %.17g\n",
+                                  label_name(METRICS_LABEL_KEY, k), v);
+    }
+}
+
+static void render_genai(struct render *rd)
+{
+    size_t models = labels_in_use(METRICS_LABEL_MODEL);
+    head(rd, "gen_ai_client_operation_duration_seconds", "histogram",
+         "GenAI operation duration (OpenTelemetry gen_ai.client.operation.duration).");
+    for (int op = 0; op < METRICS_GENAI_OPS; op++)
+        for (size_t m = 0; m < models; m++) {
+            char labels[512];
+            snprintf(labels, sizeof labels,
+                     "gen_ai_operation_name=\"%s\",gen_ai_request_model=\"%s\"",
+                     genai_op_names[op], label_name(METRICS_LABEL_MODEL, m));
+            hist(rd, "gen_ai_client_operation_duration_seconds", labels,
+                 OFF(genai_duration[op][m]), BOUNDS(genai_duration_le), false);
+        }
+    head(rd, "gen_ai_client_token_usage", "histogram",
+         "Tokens per operation (OpenTelemetry gen_ai.client.token.usage).");
+    for (int op = 0; op < METRICS_GENAI_OPS; op++)
+        for (size_t m = 0; m < models; m++)
+            for (int t = 0; t < 2; t++) {
+                char labels[512];
+                snprintf(labels, sizeof labels,
+                         "gen_ai_operation_name=\"%s\",gen_ai_request_model=\"%s\","
+                         "gen_ai_token_type=\"%s\"",
+                         genai_op_names[op], label_name(METRICS_LABEL_MODEL, m), token_types[t]);
+                hist(rd, "gen_ai_client_token_usage", labels, OFF(genai_tokens[op][m][t]),
+                     BOUNDS(genai_tokens_le), false);
+            }
+    head(rd, "gen_ai_server_time_to_first_token_seconds", "histogram",
+         "Time to the first streamed token (OpenTelemetry gen_ai.server.time_to_first_token).");
+    for (int op = 0; op < METRICS_GENAI_OPS; op++)
+        for (size_t m = 0; m < models; m++) {
+            char labels[512];
+            snprintf(labels, sizeof labels,
+                     "gen_ai_operation_name=\"%s\",gen_ai_request_model=\"%s\"",
+                     genai_op_names[op], label_name(METRICS_LABEL_MODEL, m));
+            hist(rd, "gen_ai_server_time_to_first_token_seconds", labels,
+                 OFF(genai_ttft[op][m]), BOUNDS(genai_ttft_le), false);
+        }
+}
+
+static void render_scalars(struct render *rd)
+{
+    struct buf *out = rd->out;
+    head(rd, "tollgate_routing_savings_usd_total", "counter",
+         "USD saved by routing: the priciest healthy candidate's cost for the same usage minus "
+         "the cost billed.");
+    rd->err |= buf_printf(out, "tollgate_routing_savings_usd_total %.17g\n",
+                          sum_f64(rd, OFF(routing_savings)));
+    head(rd, "tollgate_cache_requests_total", "counter",
+         "Inference requests by cache result (hit, miss, bypass).");
+    for (int c = 0; c < 3; c++)
+        rd->err |= buf_printf(out, "tollgate_cache_requests_total{result=\"%s\"} %llu\n",
+                              cache_names[c], (unsigned long long)sum_u64(rd, OFF(cache[c])));
+    head(rd, "tollgate_cache_savings_usd_total", "counter",
+         "USD that cache hits would have cost: what the stored answer cost when it was made.");
+    rd->err |= buf_printf(out, "tollgate_cache_savings_usd_total %.17g\n",
+                          sum_f64(rd, OFF(cache_savings)));
+    int64_t inflight = 0;
+    for (size_t i = 0; i < rd->n; i++)
+        inflight += LOAD(rd->shards[i]->inflight);
+    rd->err |= buf_printf(out,
+                          "# HELP tollgate_upstream_errors_total Upstream attempts that failed.\n"
+                          "# TYPE tollgate_upstream_errors_total counter\n"
+                          "tollgate_upstream_errors_total %llu\n"
+                          "# HELP tollgate_retries_total Requests moved to another backend "
+                          "after a failure.\n"
+                          "# TYPE tollgate_retries_total counter\n"
+                          "tollgate_retries_total %llu\n"
+                          "# HELP tollgate_streams_total Streamed answers started.\n"
+                          "# TYPE tollgate_streams_total counter\n"
+                          "tollgate_streams_total %llu\n"
+                          "# HELP tollgate_inflight_requests Requests being served.\n"
+                          "# TYPE tollgate_inflight_requests gauge\n"
+                          "tollgate_inflight_requests %lld\n",
+                          (unsigned long long)sum_u64(rd, OFF(upstream_errors)),
+                          (unsigned long long)sum_u64(rd, OFF(retries)),
+                          (unsigned long long)sum_u64(rd, OFF(streams)), (long long)inflight);
+}
+
+static void render_redis(struct render *rd)
+{
+    uint64_t errors = 0, timeouts = 0, reconnects = 0;
+    int64_t up = 0, configured = 0;
+    for (size_t i = 0; i < rd->n; i++) {
+        int64_t u = LOAD(rd->shards[i]->redis_up);
+        if (u < 0)
+            continue;
+        configured++;
+        up += u;
+        errors += LOAD(rd->shards[i]->redis_errors);
+        timeouts += LOAD(rd->shards[i]->redis_timeouts);
+        reconnects += LOAD(rd->shards[i]->redis_reconnects);
+    }
+    if (!configured)
+        return;
+    rd->err |= buf_printf(
+        rd->out,
+        "# HELP tollgate_ledger_records_total Usage records, by what became of them.\n"
+        "# TYPE tollgate_ledger_records_total counter\n"
+        "tollgate_ledger_records_total{outcome=\"written\"} %llu\n"
+        "tollgate_ledger_records_total{outcome=\"spooled\"} %llu\n"
+        "tollgate_ledger_records_total{outcome=\"replayed\"} %llu\n"
+        "tollgate_ledger_records_total{outcome=\"dropped\"} %llu\n"
+        "# HELP tollgate_ledger_spool_bytes Usage records waiting in spool files.\n"
+        "# TYPE tollgate_ledger_spool_bytes gauge\n"
+        "tollgate_ledger_spool_bytes %llu\n",
+        (unsigned long long)sum_u64(rd, OFF(ledger_written)),
+        (unsigned long long)sum_u64(rd, OFF(ledger_spooled)),
+        (unsigned long long)sum_u64(rd, OFF(ledger_replayed)),
+        (unsigned long long)sum_u64(rd, OFF(ledger_dropped)),
+        (unsigned long long)sum_u64(rd, OFF(ledger_spool_bytes)));
+    rd->err |= buf_printf(rd->out,
+                          "# HELP tollgate_redis_errors_total Redis commands that failed "
+                          "(errors, timeouts, refusals while the breaker is open).\n"
+                          "# TYPE tollgate_redis_errors_total counter\n"
+                          "tollgate_redis_errors_total %llu\n"
+                          "# HELP tollgate_redis_timeouts_total Redis commands past their "
+                          "deadline.\n"
+                          "# TYPE tollgate_redis_timeouts_total counter\n"
+                          "tollgate_redis_timeouts_total %llu\n"
+                          "# HELP tollgate_redis_reconnects_total Redis reconnections.\n"
+                          "# TYPE tollgate_redis_reconnects_total counter\n"
+                          "tollgate_redis_reconnects_total %llu\n"
+                          "# HELP tollgate_redis_up Share of workers connected to Redis.\n"
+                          "# TYPE tollgate_redis_up gauge\n"
+                          "tollgate_redis_up %g\n",
+                          (unsigned long long)errors, (unsigned long long)timeouts,
+                          (unsigned long long)reconnects, (double)up / (double)configured);
+}
 
 int metrics_render(struct buf *out, struct metrics_shard *const *shards, size_t n_shards)
 {
-    int r = 0;
-    r |= buf_append_str(out, "# HELP tollgate_requests_total Requests answered, by route and "
-                             "status class.\n# TYPE tollgate_requests_total counter\n");
-    for (int route = 0; route < METRICS_ROUTE_COUNT; route++)
-        for (int c = 1; c < METRICS_STATUS_CLASSES; c++) {
-            uint64_t v = 0;
-            for (size_t i = 0; i < n_shards; i++)
-                v += LOAD(shards[i]->requests[route][c]);
-            if (v)
-                r |= buf_printf(out, "tollgate_requests_total{route=\"%s\",status=\"%dxx\"} %llu\n",
-                                metrics_route_names[route], c, (unsigned long long)v);
+    struct render rd = {.out = out, .shards = shards, .n = n_shards};
+    render_requests(&rd);
+    render_backends(&rd);
+    render_scalars(&rd);
+    render_genai(&rd);
+    render_redis(&rd);
+    return rd.err ? -1 : 0;
+}
+
+int metrics_render_backends(struct buf *out, const struct config *cfg)
+{
+    int err = 0;
+    char name[300], model[300];
+    err |= buf_printf(out, "# HELP tollgate_build_info The running build.\n"
+                           "# TYPE tollgate_build_info gauge\n"
+                           "tollgate_build_info{version=\"%s\"} 1\n",
+                      TOLLGATE_VERSION);
+    err |= buf_append_str(out, "# HELP tollgate_backend_up Whether the backend takes requests "
+                               "(1) or is ejected or failing its probes (0).\n"
+                               "# TYPE tollgate_backend_up gauge\n");
+    int64_t now = backend_now_ms();
+    for (size_t i = 0; i < cfg->n_backends; i++) {
+        const struct config_backend *b = &cfg->backends[i];
+        escaped(name, sizeof name, b->name);
+        err |= buf_printf(out, "tollgate_backend_up{backend=\"%s\"} %d\n", name,
+                          b->state ? backend_available(b->state, now, NULL) : 0);
+    }
+    err |= buf_append_str(out, "# HELP tollgate_backend_inflight Requests in flight to the "
+                               "backend (all workers).\n"
+                               "# TYPE tollgate_backend_inflight gauge\n");
+    for (size_t i = 0; i < cfg->n_backends; i++) {
+        const struct config_backend *b = &cfg->backends[i];
+        escaped(name, sizeof name, b->name);
+        err |= buf_printf(out, "tollgate_backend_inflight{backend=\"%s\"} %d\n", name,
+                          b->state ? atomic_load_explicit(&b->state->inflight,
+                                                          memory_order_relaxed)
+                                   : 0);
+    }
+    err |= buf_append_str(out, "# HELP tollgate_backend_ejections_total Times the backend was "
+                               "ejected after failures.\n"
+                               "# TYPE tollgate_backend_ejections_total counter\n");
+    for (size_t i = 0; i < cfg->n_backends; i++) {
+        const struct config_backend *b = &cfg->backends[i];
+        escaped(name, sizeof name, b->name);
+        err |= buf_printf(out, "tollgate_backend_ejections_total{backend=\"%s\"} %llu\n", name,
+                          b->state ? (unsigned long long)atomic_load_explicit(
+                                         &b->state->ejections, memory_order_relaxed)
+                                   : 0ull);
+    }
+    err |= buf_append_str(out, "# HELP tollgate_backend_price_usd_per_mtok Current price, USD "
+                               "per million tokens (live feed or config).\n"
+                               "# TYPE tollgate_backend_price_usd_per_mtok gauge\n");
+    for (size_t i = 0; i < cfg->n_backends; i++) {
+        const struct config_backend *b = &cfg->backends[i];
+        escaped(name, sizeof name, b->name);
+        for (size_t j = 0; j < b->n_models; j++) {
+            const struct config_model *m = &b->models[j];
+            escaped(model, sizeof model, m->name);
+            err |= buf_printf(out,
+                              "tollgate_backend_price_usd_per_mtok{backend=\"%s\",model=\"%s\","
+                              "type=\"input\"} %.17g\n"
+                              "tollgate_backend_price_usd_per_mtok{backend=\"%s\",model=\"%s\","
+                              "type=\"output\"} %.17g\n",
+                              name, model, backend_input_price(m), name, model,
+                              backend_output_price(m));
         }
-    r |= buf_append_str(out, "# HELP tollgate_request_duration_seconds Time from request to "
-                             "the end of the answer.\n"
-                             "# TYPE tollgate_request_duration_seconds histogram\n");
-    for (int route = 0; route < METRICS_ROUTE_COUNT; route++) {
-        uint64_t cum = 0, sum_us = 0;
-        for (size_t i = 0; i < n_shards; i++)
-            sum_us += LOAD(shards[i]->duration_sum_us[route]);
-        for (int b = 0; b <= METRICS_DURATION_BUCKETS; b++) {
-            for (size_t i = 0; i < n_shards; i++)
-                cum += LOAD(shards[i]->duration_bucket[route][b]);
-            if (b < METRICS_DURATION_BUCKETS)
-                r |= buf_printf(out,
-                                "tollgate_request_duration_seconds_bucket{route=\"%s\",le=\"%g\"}"
-                                " %llu\n",
-                                metrics_route_names[route], metrics_bounds[b],
-                                (unsigned long long)cum);
-            else
-                r |= buf_printf(out,
-                                "tollgate_request_duration_seconds_bucket{route=\"%s\",le=\"+Inf\"}"
-                                " %llu\n",
-                                metrics_route_names[route], (unsigned long long)cum);
-        }
-        r |= buf_printf(out, "tollgate_request_duration_seconds_sum{route=\"%s\"} %.6f\n",
-                        metrics_route_names[route], (double)sum_us / 1e6);
-        r |= buf_printf(out, "tollgate_request_duration_seconds_count{route=\"%s\"} %llu\n",
-                        metrics_route_names[route], (unsigned long long)cum);
     }
-    uint64_t errors = 0, streams = 0, retries = 0;
-    int64_t inflight = 0;
-    for (size_t i = 0; i < n_shards; i++) {
-        retries += LOAD(shards[i]->retries);
-        errors += LOAD(shards[i]->upstream_errors);
-        streams += LOAD(shards[i]->streams);
-        inflight += LOAD(shards[i]->inflight);
-    }
-    r |= buf_printf(out,
-                    "# HELP tollgate_upstream_errors_total Upstream transfers that failed.\n"
-                    "# TYPE tollgate_upstream_errors_total counter\n"
-                    "tollgate_upstream_errors_total %llu\n"
-                    "# HELP tollgate_retries_total Requests moved to another backend after a "
-                    "failure.\n"
-                    "# TYPE tollgate_retries_total counter\n"
-                    "tollgate_retries_total %llu\n"
-                    "# HELP tollgate_streams_total Streamed answers started.\n"
-                    "# TYPE tollgate_streams_total counter\n"
-                    "tollgate_streams_total %llu\n"
-                    "# HELP tollgate_inflight_requests Requests being served.\n"
-                    "# TYPE tollgate_inflight_requests gauge\n"
-                    "tollgate_inflight_requests %lld\n",
-                    (unsigned long long)errors, (unsigned long long)retries,
-                    (unsigned long long)streams, (long long)inflight);
-    uint64_t redis_errors = 0, redis_timeouts = 0, redis_reconnects = 0;
-    int64_t redis_up = 0, redis_configured = 0;
-    for (size_t i = 0; i < n_shards; i++) {
-        int64_t up = LOAD(shards[i]->redis_up);
-        if (up < 0)
-            continue;
-        redis_configured++;
-        redis_up += up;
-        redis_errors += LOAD(shards[i]->redis_errors);
-        redis_timeouts += LOAD(shards[i]->redis_timeouts);
-        redis_reconnects += LOAD(shards[i]->redis_reconnects);
-    }
-    uint64_t lw = 0, ls = 0, lr = 0, ld = 0, lb = 0;
-    for (size_t i = 0; i < n_shards; i++) {
-        lw += LOAD(shards[i]->ledger_written);
-        ls += LOAD(shards[i]->ledger_spooled);
-        lr += LOAD(shards[i]->ledger_replayed);
-        ld += LOAD(shards[i]->ledger_dropped);
-        lb += LOAD(shards[i]->ledger_spool_bytes);
-    }
-    if (redis_configured)
-        r |= buf_printf(out,
-                        "# HELP tollgate_ledger_records_total Usage records, by what became of "
-                        "them.\n"
-                        "# TYPE tollgate_ledger_records_total counter\n"
-                        "tollgate_ledger_records_total{outcome=\"written\"} %llu\n"
-                        "tollgate_ledger_records_total{outcome=\"spooled\"} %llu\n"
-                        "tollgate_ledger_records_total{outcome=\"replayed\"} %llu\n"
-                        "tollgate_ledger_records_total{outcome=\"dropped\"} %llu\n"
-                        "# HELP tollgate_ledger_spool_bytes Usage records waiting in spool files.\n"
-                        "# TYPE tollgate_ledger_spool_bytes gauge\n"
-                        "tollgate_ledger_spool_bytes %llu\n",
-                        (unsigned long long)lw, (unsigned long long)ls, (unsigned long long)lr,
-                        (unsigned long long)ld, (unsigned long long)lb);
-    if (redis_configured)
-        r |= buf_printf(out,
-                        "# HELP tollgate_redis_errors_total Redis commands that failed "
-                        "(errors, timeouts, refusals while the breaker is open).\n"
-                        "# TYPE tollgate_redis_errors_total counter\n"
-                        "tollgate_redis_errors_total %llu\n"
-                        "# HELP tollgate_redis_timeouts_total Redis commands past their deadline.\n"
-                        "# TYPE tollgate_redis_timeouts_total counter\n"
-                        "tollgate_redis_timeouts_total %llu\n"
-                        "# HELP tollgate_redis_reconnects_total Redis reconnections.\n"
-                        "# TYPE tollgate_redis_reconnects_total counter\n"
-                        "tollgate_redis_reconnects_total %llu\n"
-                        "# HELP tollgate_redis_up Share of workers connected to Redis.\n"
-                        "# TYPE tollgate_redis_up gauge\n"
-                        "tollgate_redis_up %g\n",
-                        (unsigned long long)redis_errors, (unsigned long long)redis_timeouts,
-                        (unsigned long long)redis_reconnects,
-                        (double)redis_up / (double)redis_configured);
-    return r ? -1 : 0;
+    return err ? -1 : 0;
 }

@@ -2,8 +2,14 @@
  *
  * A shard is written only by its worker thread (plain relaxed stores, no lock-prefixed
  * instruction on the hot path) and read by the scraping thread with relaxed loads, so a
- * scrape may be a few increments behind, never torn. Labels are bounded: routes are a fixed
- * enum, statuses are grouped by class. */
+ * scrape may be a few increments behind, never torn.
+ *
+ * Labels are bounded. Routes are a fixed enum and statuses a fixed table (other codes count
+ * by class, "4xx"). Models, backends, (backend, model) pairs and key names are interned into
+ * process-wide tables when a config is attached or a Redis-held key is first fetched, never
+ * per request: a request carries small indexes. Each table holds at most its cap of names;
+ * index 0 is "other", where everything past the cap counts. Names come from the config and
+ * from the key store only, never from what a caller sends. */
 #ifndef TOLLGATE_METRICS_H
 #define TOLLGATE_METRICS_H
 
@@ -12,6 +18,8 @@
 #include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
+
+struct config;
 
 enum metrics_route {
     METRICS_ROUTE_CHAT = 0,
@@ -22,13 +30,64 @@ enum metrics_route {
     METRICS_ROUTE_COUNT,
 };
 
-#define METRICS_STATUS_CLASSES 6 /* 1xx..5xx, and index 0 for "other" */
-#define METRICS_DURATION_BUCKETS 14
+/* What became of one upstream attempt. */
+enum metrics_outcome {
+    METRICS_OUTCOME_SUCCESS = 0,
+    METRICS_OUTCOME_CLIENT_ERROR, /* a 4xx the backend found in the request */
+    METRICS_OUTCOME_RATE_LIMITED, /* 429 */
+    METRICS_OUTCOME_SERVER_ERROR, /* 5xx or another unexpected status */
+    METRICS_OUTCOME_TIMEOUT,
+    METRICS_OUTCOME_UNREACHABLE,
+    METRICS_OUTCOME_BROKEN, /* garbage, a cut stream, an error event, a lie */
+    METRICS_OUTCOME_COUNT,
+};
+
+enum metrics_cache { METRICS_CACHE_HIT = 0, METRICS_CACHE_MISS, METRICS_CACHE_BYPASS };
+
+/* Interned label tables. */
+enum metrics_label_kind {
+    METRICS_LABEL_MODEL = 0, /* a model name clients send */
+    METRICS_LABEL_BACKEND,
+    METRICS_LABEL_PAIR, /* (backend, model) */
+    METRICS_LABEL_KEY,  /* a caller key's name */
+    METRICS_LABEL_KINDS,
+};
+
+#define METRICS_MAX_MODELS 128
+#define METRICS_MAX_BACKENDS 64
+#define METRICS_MAX_PAIRS 512
+#define METRICS_MAX_KEYS 256
+#define METRICS_STATUSES 29 /* 24 named codes, then 1xx..5xx for the rest */
+#define METRICS_GENAI_OPS 3 /* chat, text_completion, embeddings */
+#define METRICS_HIST_MAX 17 /* finite buckets of the widest histogram */
+#define METRICS_LABEL_MAX 200 /* longest label value (escaped); longer names are "other" */
+
+/* The index of a label (1..cap-1), interning it when new; 0 ("other") once the table is
+ * full, for a name longer than METRICS_LABEL_MAX, or on OOM. `name2` is the model of a METRICS_LABEL_PAIR, else NULL. Takes a mutex:
+ * call it when a config is attached or a key is fetched, not per request. */
+unsigned metrics_label(enum metrics_label_kind kind, const char *name, const char *name2);
+
+struct metrics_hist {
+    _Atomic uint64_t bucket[METRICS_HIST_MAX + 1]; /* per bucket, not cumulative; last: +Inf */
+    _Atomic double sum;
+};
 
 struct metrics_shard {
-    _Atomic uint64_t requests[METRICS_ROUTE_COUNT][METRICS_STATUS_CLASSES];
-    _Atomic uint64_t duration_bucket[METRICS_ROUTE_COUNT][METRICS_DURATION_BUCKETS + 1];
-    _Atomic uint64_t duration_sum_us[METRICS_ROUTE_COUNT];
+    _Atomic uint64_t requests[METRICS_ROUTE_COUNT][METRICS_MAX_MODELS][METRICS_STATUSES];
+    struct metrics_hist duration[METRICS_ROUTE_COUNT];
+    struct metrics_hist ttft[METRICS_MAX_MODELS];
+    struct metrics_hist overhead;
+    _Atomic uint64_t backend_requests[METRICS_MAX_PAIRS][METRICS_OUTCOME_COUNT];
+    struct metrics_hist backend_duration[METRICS_MAX_BACKENDS];
+    _Atomic uint64_t tokens[METRICS_MAX_PAIRS][2]; /* input, output */
+    _Atomic double cost[METRICS_MAX_PAIRS];
+    _Atomic double key_cost[METRICS_MAX_KEYS];
+    _Atomic double routing_savings;
+    _Atomic double cache_savings;
+    _Atomic uint64_t cache[3];
+    struct metrics_hist genai_duration[METRICS_GENAI_OPS][METRICS_MAX_MODELS];
+    struct metrics_hist genai_tokens[METRICS_GENAI_OPS][METRICS_MAX_MODELS][2];
+    struct metrics_hist genai_ttft[METRICS_GENAI_OPS][METRICS_MAX_MODELS];
     _Atomic uint64_t upstream_errors;
     _Atomic uint64_t retries;
     _Atomic uint64_t streams;
@@ -44,8 +103,10 @@ struct metrics_shard {
     _Atomic uint64_t ledger_replayed;
     _Atomic uint64_t ledger_dropped;
     _Atomic uint64_t ledger_spool_bytes;
-} __attribute__((aligned(64)));
+};
 
+/* A zeroed shard: about 400 KiB of address space, of which only the pages of labels in use
+ * ever become resident. */
 struct metrics_shard *metrics_shard_new(void);
 void metrics_shard_free(struct metrics_shard *s);
 
@@ -54,10 +115,24 @@ void metrics_shard_free(struct metrics_shard *s);
     atomic_store_explicit(&(field), atomic_load_explicit(&(field), memory_order_relaxed) + (n), \
                           memory_order_relaxed)
 
-void metrics_observe_request(struct metrics_shard *s, enum metrics_route route, unsigned status,
-                             double seconds);
+/* The gen_ai operation of a route (chat, text_completion, embeddings), or -1. */
+int metrics_genai_op(enum metrics_route route);
+
+/* One answered request: its count, its duration, and the gen_ai duration for inference. */
+void metrics_observe_request(struct metrics_shard *s, enum metrics_route route, unsigned model,
+                             unsigned status, double seconds);
+void metrics_observe_ttft(struct metrics_shard *s, enum metrics_route route, unsigned model,
+                          double seconds, int stream);
+void metrics_observe_overhead(struct metrics_shard *s, double seconds);
+void metrics_observe_attempt(struct metrics_shard *s, unsigned backend, unsigned pair,
+                             enum metrics_outcome outcome, double seconds);
+/* Billed usage of a request served by a backend. */
+void metrics_observe_usage(struct metrics_shard *s, enum metrics_route route, unsigned model,
+                           unsigned pair, unsigned key, long input, long output, double cost_usd);
 
 /* Appends the Prometheus text exposition (format 0.0.4) of the summed shards. */
 int metrics_render(struct buf *out, struct metrics_shard *const *shards, size_t n_shards);
+/* Appends the gauges of `cfg`'s backends (up, in flight, ejections, prices) and build info. */
+int metrics_render_backends(struct buf *out, const struct config *cfg);
 
 #endif

@@ -1,5 +1,7 @@
 #include "routing/backend.h"
 
+#include "metrics/metrics.h"
+
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,6 +26,7 @@ static struct backend_state *backend_state_for(const char *name)
         free(s);
         return NULL;
     }
+    s->metric_backend = metrics_label(METRICS_LABEL_BACKEND, name, NULL);
     s->next = backend_registry;
     backend_registry = s;
     return s;
@@ -42,6 +45,7 @@ static struct backend_price *backend_price_for(struct backend_state *s, const ch
         free(p);
         return NULL;
     }
+    p->metric_pair = metrics_label(METRICS_LABEL_PAIR, s->name, model);
     /* Published last: readers walking the list see a complete slot. */
     p->next = s->prices;
     s->prices = p;
@@ -66,6 +70,10 @@ int backend_attach(struct config *cfg)
         }
     }
     pthread_mutex_unlock(&backend_registry_lock);
+    for (size_t i = 0; i < cfg->n_routes; i++)
+        cfg->routes[i].metric_model = metrics_label(METRICS_LABEL_MODEL, cfg->routes[i].model, NULL);
+    for (size_t i = 0; i < cfg->n_keys; i++)
+        cfg->keys[i].metric_key = metrics_label(METRICS_LABEL_KEY, cfg->keys[i].name, NULL);
     return result;
 }
 

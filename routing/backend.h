@@ -29,11 +29,13 @@ struct backend_price {
     _Atomic uint64_t output_bits;
     atomic_bool live;
     _Atomic int64_t updated_ms;
+    unsigned metric_pair; /* (backend, model) label index (metrics/metrics.h) */
     struct backend_price *next;
 };
 
 struct backend_state {
     char *name;
+    unsigned metric_backend; /* label index (metrics/metrics.h) */
     atomic_int inflight;
     _Atomic uint64_t requests;
     _Atomic uint64_t failures;
@@ -52,7 +54,8 @@ struct backend_state {
 };
 
 /* Points every backend (and model price slot) of `cfg` at its state, creating the missing
- * ones. 0, or -1 on OOM. */
+ * ones, and gives backends, models, (backend, model) pairs and static keys their metric label
+ * indexes. 0, or -1 on OOM. */
 int backend_attach(struct config *cfg);
 
 /* Milliseconds on the monotonic clock. */

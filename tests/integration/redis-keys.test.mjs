@@ -238,6 +238,10 @@ test('the cache is shared through Redis: an answer cached on one replica is a hi
   const first = await q(gw_a, 'shared question');
   assert.equal(first.status, 200);
   assert.equal(first.headers.get('x-tollgate-cache'), 'miss');
+  // A stores it in Redis after answering (fire and forget): wait until it is there, or B
+  // would answer its own miss and then hit its own store.
+  await waitFor(async () => Boolean(await cli('KEYS', 'tg:cache:*')),
+    { what: 'the answer in Redis' });
   // B has never seen it: its workers' own stores are empty, Redis has it.
   let hit;
   await waitFor(async () => {
