@@ -2,11 +2,15 @@
 # Tollgate benchmark: gateway vs nginx reverse proxy in front of the same upstream.
 # Measures throughput (wrk, 64 connections), latency at 1 connection (p50/p99) and the
 # gateway's RSS. Prints a table and appends it to bench/RESULTS.md.
+# On the static upstream it also measures the cost of the gateway's metrics (the gateway
+# with metrics on and with `metrics.enabled: false`, alternated) and the gateway answering
+# from its response cache (every request a hit), against nginx serving the static answer.
 # It never fails on the targets it reports against; it fails only when the setup is broken
 # (missing binaries, a process that does not start, a preflight request that is not answered).
 #
 # Env: BENCH_SECONDS (default 10)       length of each measured wrk run
 #      BENCH_UPSTREAMS (default "static mock")  which upstreams to run, in order
+#      BENCH_AB_ROUNDS (default 2)      metrics on/off: alternated throughput runs of each
 #      BENCH_KEEP=1                     keep the temp dir (configs, logs, wrk output)
 #      BENCH_NO_RESULTS=1               do not append to bench/RESULTS.md
 #      BENCH_GATEWAY, BENCH_MOCKNODE    binaries to use instead of build/tollgate, build/mocknode
@@ -29,6 +33,8 @@ die() { printf 'bench: error: %s\n' "$*" >&2; exit 1; }
 note() { printf 'bench: %s\n' "$*" >&2; }
 
 [[ "$SECS" =~ ^[1-9][0-9]*$ ]] || die "BENCH_SECONDS must be a positive integer (got '$SECS')"
+AB_ROUNDS="${BENCH_AB_ROUNDS:-2}"
+[[ "$AB_ROUNDS" =~ ^[1-9][0-9]*$ ]] || die "BENCH_AB_ROUNDS must be a positive integer (got '$AB_ROUNDS')"
 [[ -n "${UPSTREAMS// /}" ]] || die "BENCH_UPSTREAMS is empty"
 for u in $UPSTREAMS; do
     [[ "$u" == static || "$u" == mock ]] || die "BENCH_UPSTREAMS: unknown upstream '$u' (static|mock)"
@@ -90,13 +96,22 @@ stop_pid() {
 }
 
 USED_PORTS=" "
-# free_port: a loopback TCP port nobody listens on (and that we did not hand out yet).
+# Ports are picked outside the kernel's ephemeral range: a port there may be taken by an
+# outgoing connection (wrk's, nginx's keep-alive pool, ...) between the check and the bind.
+read -r EPH_LO EPH_HI < /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || { EPH_LO=32768; EPH_HI=60999; }
+if ((EPH_LO > 12000)); then
+    PORT_LO=10000 PORT_N=$((EPH_LO - 10000))
+else
+    PORT_LO=$((EPH_HI + 1)) PORT_N=$((65535 - EPH_HI))
+fi
+((PORT_N >= 1000)) || { PORT_LO=20000 PORT_N=40000; }
+# free_port: a loopback TCP port no socket uses (and that we did not hand out yet).
 free_port() {
     local p
     for _ in $(seq 200); do
-        p=$((20000 + RANDOM % 40000))
+        p=$((PORT_LO + (RANDOM * 32768 + RANDOM) % PORT_N))
         [[ "$USED_PORTS" == *" $p "* ]] && continue
-        if [[ -z "$(ss -Hltn "sport = :$p" 2>/dev/null)" ]]; then
+        if [[ -z "$(ss -Htan "sport = :$p" 2>/dev/null)" ]]; then
             USED_PORTS+="$p "
             echo "$p"
             return 0
@@ -105,11 +120,15 @@ free_port() {
     die "no free port found"
 }
 
-# wait_http NAME PID URL: wait until URL answers with any HTTP status.
+# wait_http NAME PID URL [LOG]: wait until URL answers with any HTTP status. LOG: the file the
+# process logs to, shown when it exits.
 wait_http() {
-    local name=$1 pid=$2 url=$3 code
+    local name=$1 pid=$2 url=$3 log=${4:-} code
     for _ in $(seq 100); do
-        kill -0 "$pid" 2>/dev/null || die "$name exited during start-up (see above)"
+        if ! kill -0 "$pid" 2>/dev/null; then
+            if [[ -n "$log" ]]; then tail -n 20 "$log" >&2 2>/dev/null || true; fi
+            die "$name exited during start-up (see above)"
+        fi
         code="$(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "$url" 2>/dev/null || true)"
         [[ "$code" =~ ^[1-5][0-9][0-9]$ ]] && return 0
         sleep 0.1
@@ -117,17 +136,55 @@ wait_http() {
     die "$name did not answer on $url within 10 s"
 }
 
+# cache_header FILE: the x-tollgate-cache value of the last response whose headers are in FILE.
+cache_header() {
+    awk 'tolower($1) == "x-tollgate-cache:" { v = $2 } END { sub(/\r$/, "", v); print v }' "$1"
+}
+
 # preflight NAME URL EXPECTED_STATUS [AUTH]: one chat request must get the expected status.
+# Sets PF_CACHE to the answer's x-tollgate-cache header (empty when there is none).
 preflight() {
     local name=$1 url=$2 want=$3 auth=${4:-} out code
-    local args=(-s -o "$TMP/preflight.out" -w '%{http_code}' --max-time 5
-                -H 'Content-Type: application/json' --data-binary "$REQ_BODY")
+    local args=(-s -o "$TMP/preflight.out" -D "$TMP/preflight.hdr" -w '%{http_code}'
+                --max-time 5 -H 'Content-Type: application/json' --data-binary "$REQ_BODY")
     if [[ -n "$auth" ]]; then args+=(-H "Authorization: Bearer $auth"); fi
+    rm -f "$TMP/preflight.hdr"
     code="$(curl "${args[@]}" "$url" 2>/dev/null || true)"
     if [[ "$code" != "$want" ]]; then
         out="$(head -c 400 "$TMP/preflight.out" 2>/dev/null || true)"
         die "$name: preflight POST $url got status '$code', want $want; body: $out"
     fi
+    PF_CACHE="$(cache_header "$TMP/preflight.hdr" 2>/dev/null || true)"
+}
+
+# preflight_cache_hit NAME URL: two identical chat requests on one connection (the cache is
+# per gateway worker, and one connection stays on one worker): both must get 200 and the
+# second must be answered from the cache (x-tollgate-cache: hit), with the upstream's body.
+preflight_cache_hit() {
+    local name=$1 url=$2 codes first second
+    rm -f "$TMP/preflight-hit.hdr"
+    codes="$(curl -s -D "$TMP/preflight-hit.hdr" -o "$TMP/preflight-1.out" -o "$TMP/preflight-2.out" \
+        -w '%{http_code} ' --max-time 5 -H 'Content-Type: application/json' \
+        --data-binary "$REQ_BODY" "$url" "$url" 2>/dev/null || true)"
+    [[ "$codes" == "200 200 " ]] \
+        || die "$name: preflight POST $url twice got statuses '$codes', want 200 200; body: $(head -c 400 "$TMP/preflight-2.out" 2>/dev/null || true)"
+    first="$(awk 'tolower($1) == "x-tollgate-cache:" { sub(/\r$/, "", $2); print $2; exit }' "$TMP/preflight-hit.hdr")"
+    second="$(cache_header "$TMP/preflight-hit.hdr")"
+    [[ "$second" == hit ]] \
+        || die "$name: preflight: the second identical request got x-tollgate-cache '$second' (first '$first'), want hit"
+    cmp -s "$TMP/preflight-1.out" "$TMP/preflight-2.out" \
+        || die "$name: preflight: the cached answer differs from the upstream's"
+}
+
+# metric_sum PORT NAME [LABELS]: the sum of a gateway's /metrics samples of NAME whose labels
+# contain LABELS (a substring, e.g. 'result="hit"'); 0 when there are none.
+metric_sum() {
+    local port=$1 name=$2 labels=${3:-} text
+    text="$(curl -s --max-time 5 "http://127.0.0.1:$port/metrics" 2>/dev/null)" \
+        || die "gateway on port $port: GET /metrics failed"
+    awk -v n="$name" -v l="$labels" '
+        index($1, n "{") == 1 || $1 == n { if (l == "" || index($1, l)) s += $NF }
+        END { printf "%.0f\n", s }' <<<"$text"
 }
 
 # ---------------------------------------------------------------- nginx ----------
@@ -200,7 +257,7 @@ start_mock_upstream() {
         --ttfb-ms 0 --token-ms 0 --threads 1 --quiet >"$TMP/mocknode.log" 2>&1 &
     LAST_PID=$!
     PIDS+=("$LAST_PID")
-    wait_http "mocknode" "$LAST_PID" "http://127.0.0.1:$port/healthz"
+    wait_http "mocknode" "$LAST_PID" "http://127.0.0.1:$port/healthz" "$TMP/mocknode.log"
     UP_PORT=$port
 }
 
@@ -237,19 +294,23 @@ EOF
 
 # ---------------------------------------------------------------- gateway --------
 
-# start_gateway TAG UPSTREAM_PORT WITH_KEY: the gateway with one backend and one model.
+# start_gateway TAG UPSTREAM_PORT WITH_KEY [EXTRA]: the gateway with one backend and one
+# model. EXTRA: more top-level config members, JSON without the braces, e.g.
+# '"metrics": {"enabled": false}'.
 start_gateway() {
-    local tag=$1 up=$2 with_key=$3 port conf keys
+    local tag=$1 up=$2 with_key=$3 extra=${4:-} port conf keys
     port="$(free_port)"
     conf="$TMP/gateway-$tag.json"
     keys='[]'
     if [[ "$with_key" == 1 ]]; then keys="[{\"name\":\"bench\",\"key\":\"$BENCH_KEY\"}]"; fi
+    if [[ -n "$extra" ]]; then extra="$extra,"; fi
     cat >"$conf" <<EOF
 {
   "listen": "127.0.0.1:$port",
   "workers": 2,
   "log_level": "warn",
   "drain_timeout_ms": 2000,
+  $extra
   "keys": $keys,
   "backends": [
     {"name": "bench-upstream", "url": "http://127.0.0.1:$up/v1",
@@ -263,7 +324,7 @@ EOF
     "$GATEWAY" -c "$conf" >"$TMP/gateway-$tag.log" 2>&1 &
     LAST_PID=$!
     PIDS+=("$LAST_PID")
-    wait_http "gateway ($tag)" "$LAST_PID" "http://127.0.0.1:$port/healthz"
+    wait_http "gateway ($tag)" "$LAST_PID" "http://127.0.0.1:$port/healthz" "$TMP/gateway-$tag.log"
     GW_PORT=$port
 }
 
@@ -381,30 +442,109 @@ run_wrk() {
 # Rows of the result table: "upstream|target|rps|p50_us|p99_us|valid(1/0)|other_cpu_pct".
 ROWS=()
 
-# measure UPSTREAM TARGET URL LUA: warm-up, throughput at 64 connections, latency at 1.
-measure() {
-    local up=$1 target=$2 url=$3 lua=$4 tag ok rps p50 p99 snap_before other
-    tag="${up}-${target// /_}"
-    note "[$up] $target: warm-up ${WARMUP_SECS}s, throughput ${SECS}s @64, latency ${SECS}s @1"
-    run_wrk "$up/$target warm-up" "$TMP/wrk-$tag-warm.txt" "$lua" "$url" \
-        -t2 -c64 -d"${WARMUP_SECS}s"
-    snap_before=$(cpu_snapshot)
-    run_wrk "$up/$target throughput" "$TMP/wrk-$tag-c64.txt" "$lua" "$url" \
+# What the measured runs of each row ("UP/TARGET") gave so far: the CPU time (cpu_snapshot
+# deltas summed), validity, every throughput run's req/s and the latency run's p50/p99.
+declare -A M_CPU M_OK M_RUNS M_P50 M_P99
+
+# wrk_file UP TARGET KIND: where a run's wrk output goes.
+wrk_file() {
+    local t="${1}-${2// /_}"
+    t=${t//[()]/}
+    echo "$TMP/wrk-$t-$3.txt"
+}
+
+# snap_add ACC BEFORE AFTER: ACC plus the CPU time between two cpu_snapshots.
+snap_add() {
+    awk -v a="$1" -v b="$2" -v c="$3" 'BEGIN {
+        split(a, x, " "); split(b, y, " "); split(c, z, " ")
+        printf "%.0f %.0f %.0f\n", x[1] + z[1] - y[1], x[2] + z[2] - y[2], x[3] + z[3] - y[3] }'
+}
+
+# warm_up UP TARGET URL LUA: 64 connections for WARMUP_SECS, not reported.
+warm_up() {
+    run_wrk "$1/$2 warm-up" "$(wrk_file "$1" "$2" warm)" "$4" "$3" -t2 -c64 -d"${WARMUP_SECS}s"
+}
+
+# throughput_run UP TARGET URL LUA [N]: one throughput run (the Nth of the row); the row
+# reports the median of its runs.
+throughput_run() {
+    local up=$1 target=$2 url=$3 lua=$4 n=${5:-} key="$1/$2" before rps
+    before=$(cpu_snapshot)
+    run_wrk "$key throughput${n:+ #$n}" "$(wrk_file "$up" "$target" "c64${n:+-$n}")" "$lua" "$url" \
         -t2 -c64 -d"${SECS}s"
-    ok=$W_OK
-    rps=$W_RPS
-    run_wrk "$up/$target latency" "$TMP/wrk-$tag-c1.txt" "$lua" "$url" \
+    M_CPU[$key]=$(snap_add "${M_CPU[$key]:-0 0 0}" "$before" "$(cpu_snapshot)")
+    [[ "$W_OK" == 1 ]] || M_OK[$key]=0
+    M_RUNS[$key]="${M_RUNS[$key]:+${M_RUNS[$key]} }$W_RPS"
+    [[ -z "$n" ]] || note "[$up] $target: throughput run $n: $W_RPS req/s"
+}
+
+# median WORDS...: the median of numbers ("-" ones are left out; "-" when none is left).
+median() {
+    printf '%s\n' "$@" | awk '$1 != "-" { v[++n] = $1 + 0 }
+        END {
+            if (!n) { print "-"; exit }
+            for (i = 2; i <= n; i++) for (j = i; j > 1 && v[j - 1] > v[j]; j--) {
+                t = v[j]; v[j] = v[j - 1]; v[j - 1] = t }
+            printf "%.2f\n", (n % 2) ? v[(n + 1) / 2] : (v[n / 2] + v[n / 2 + 1]) / 2
+        }'
+}
+
+# latency_run UP TARGET URL LUA: one latency run at 1 connection.
+latency_run() {
+    local up=$1 target=$2 url=$3 lua=$4 key="$1/$2" before
+    before=$(cpu_snapshot)
+    run_wrk "$key latency" "$(wrk_file "$up" "$target" c1)" "$lua" "$url" \
         -t1 -c1 -d"${SECS}s" --latency
-    [[ "$W_OK" == 1 ]] || ok=0
-    p50=$W_P50
-    p99=$W_P99
-    other=$(other_cpu_pct "$snap_before" "$(cpu_snapshot)")
+    M_CPU[$key]=$(snap_add "${M_CPU[$key]:-0 0 0}" "$before" "$(cpu_snapshot)")
+    [[ "$W_OK" == 1 ]] || M_OK[$key]=0
+    M_P50[$key]=$W_P50
+    M_P99[$key]=$W_P99
+}
+
+# add_row UP TARGET: the row from its runs, flagged when other processes used the CPUs.
+add_row() {
+    local up=$1 target=$2 key="$1/$2" ok rps p50 p99 other
+    ok=${M_OK[$key]:-1}
+    # shellcheck disable=SC2086 # the runs are words
+    rps=$(median ${M_RUNS[$key]:--})
+    p50=${M_P50[$key]:--}
+    p99=${M_P99[$key]:--}
+    other=$(other_cpu_pct "0 0 0" "${M_CPU[$key]:-0 0 0}")
     if ((other > 10)); then
-        echo "!!! $up/$target: other processes used ${other}% of the CPUs during the runs" >&2
-        NOISY_NOTES+=("$up/$target: other processes used ${other}% of the CPUs during the runs")
+        echo "!!! $key: other processes used ${other}% of the CPUs during the runs" >&2
+        NOISY_NOTES+=("$key: other processes used ${other}% of the CPUs during the runs")
     fi
     ROWS+=("$up|$target|$rps|$p50|$p99|$ok|$other")
     note "[$up] $target: $rps req/s, p50 ${p50}us, p99 ${p99}us, other CPU ${other}%$([[ $ok == 1 ]] || echo ' (INVALID)')"
+}
+
+# measure UP TARGET URL LUA: warm-up, throughput at 64 connections, latency at 1.
+measure() {
+    local up=$1 target=$2 url=$3 lua=$4
+    note "[$up] $target: warm-up ${WARMUP_SECS}s, throughput ${SECS}s @64, latency ${SECS}s @1"
+    warm_up "$up" "$target" "$url" "$lua"
+    throughput_run "$up" "$target" "$url" "$lua"
+    latency_run "$up" "$target" "$url" "$lua"
+    add_row "$up" "$target"
+}
+
+# measure_ab UP TARGET_A URL_A TARGET_B URL_B LUA: two targets whose throughputs are
+# compared closely: both warmed up, then AB_ROUNDS throughput runs of each, alternated
+# (A, B, A, B, ...), each row reporting the median of its runs; then one latency run of
+# each.
+measure_ab() {
+    local up=$1 ta=$2 ua=$3 tb=$4 ub=$5 lua=$6 i
+    note "[$up] $ta / $tb: warm-up ${WARMUP_SECS}s each, $AB_ROUNDS alternated throughput runs of ${SECS}s @64 each, latency ${SECS}s @1 each"
+    warm_up "$up" "$ta" "$ua" "$lua"
+    warm_up "$up" "$tb" "$ub" "$lua"
+    for ((i = 1; i <= AB_ROUNDS; i++)); do
+        throughput_run "$up" "$ta" "$ua" "$lua" "$i"
+        throughput_run "$up" "$tb" "$ub" "$lua" "$i"
+    done
+    latency_run "$up" "$ta" "$ua" "$lua"
+    latency_run "$up" "$tb" "$ub" "$lua"
+    add_row "$up" "$ta"
+    add_row "$up" "$tb"
 }
 
 # gateway_log_problems TAG FROM_LINE: the gateway runs at log_level warn, so any line it
@@ -487,11 +627,34 @@ for up in $UPSTREAMS; do
     sleep 0.5
     read -r idle idle_anon < <(rss_kib "$gw_pid")
     preflight "gateway" "http://127.0.0.1:$gw_port/v1/chat/completions" 200
+    # The gateway rows measure proxying: their requests must all reach the upstream.
+    [[ "$PF_CACHE" != hit ]] || die "gateway: preflight answered from the cache; the gateway rows must reach the upstream"
     log_from=$(line_count "$TMP/gateway-$up-open.log")
 
     measure "$up" "direct" "http://127.0.0.1:$up_port/v1/chat/completions" "$TMP/post.lua"
     measure "$up" "nginx proxy" "http://127.0.0.1:$proxy_port/v1/chat/completions" "$TMP/post.lua"
-    measure "$up" "gateway" "http://127.0.0.1:$gw_port/v1/chat/completions" "$TMP/post.lua"
+    if [[ "$up" == static ]]; then
+        # Metrics cost: the same gateway with metrics off, runs alternated with the one on.
+        start_gateway "$up-nometrics" "$up_port" 0 '"metrics": {"enabled": false}'
+        nm_pid=$LAST_PID
+        nm_port=$GW_PORT
+        preflight "gateway (metrics off)" "http://127.0.0.1:$nm_port/v1/chat/completions" 200
+        [[ "$PF_CACHE" != hit ]] || die "gateway (metrics off): preflight answered from the cache; its row must reach the upstream"
+        # The switch must have taken: after their preflights, only the gateway with metrics
+        # on counts requests.
+        [[ "$(metric_sum "$gw_port" tollgate_requests_total)" -gt 0 ]] \
+            || die "gateway: /metrics counts no request after the preflight"
+        [[ "$(metric_sum "$nm_port" tollgate_requests_total)" == 0 ]] \
+            || die "gateway (metrics off): /metrics counts requests although metrics.enabled is false"
+        nm_log_from=$(line_count "$TMP/gateway-$up-nometrics.log")
+        measure_ab "$up" "gateway" "http://127.0.0.1:$gw_port/v1/chat/completions" \
+            "gateway (metrics off)" "http://127.0.0.1:$nm_port/v1/chat/completions" "$TMP/post.lua"
+        check_alive "$nm_pid" "$up-nometrics"
+        gateway_log_problems "$up-nometrics" "$nm_log_from"
+        stop_pid "$nm_pid"
+    else
+        measure "$up" "gateway" "http://127.0.0.1:$gw_port/v1/chat/completions" "$TMP/post.lua"
+    fi
     read -r loaded loaded_anon < <(rss_kib "$gw_pid")
     check_alive "$gw_pid" "$up-open"
     if [[ -z "$RSS_IDLE_KIB" ]]; then
@@ -505,6 +668,37 @@ for up in $UPSTREAMS; do
     gateway_log_problems "$up-open" "$log_from"
     stop_pid "$gw_pid"
     stop_pid "$proxy_pid"
+
+    # Cache hits: every request is the same, so after the first one per worker (each
+    # worker has its own cache) the gateway answers from its cache without the upstream.
+    if [[ "$up" == static ]]; then
+        start_gateway "$up-cache" "$up_port" 0 '"cache": {"mode": "all"}'
+        gw_pid=$LAST_PID
+        gw_port=$GW_PORT
+        preflight_cache_hit "gateway cache hit" "http://127.0.0.1:$gw_port/v1/chat/completions"
+        log_from=$(line_count "$TMP/gateway-$up-cache.log")
+        url="http://127.0.0.1:$gw_port/v1/chat/completions"
+        note "[$up] gateway cache hit: warm-up ${WARMUP_SECS}s, throughput ${SECS}s @64, latency ${SECS}s @1"
+        warm_up "$up" "gateway cache hit" "$url" "$TMP/post.lua"
+        throughput_run "$up" "gateway cache hit" "$url" "$TMP/post.lua"
+        latency_run "$up" "gateway cache hit" "$url" "$TMP/post.lua"
+        # The row counts only if (nearly) every answer came from the cache: the first request
+        # on each worker misses, the rest must hit.
+        if kill -0 "$gw_pid" 2>/dev/null; then
+            hits=$(metric_sum "$gw_port" tollgate_cache_requests_total 'result="hit"')
+            total=$(metric_sum "$gw_port" tollgate_cache_requests_total)
+            note "[$up] gateway cache hit: $hits of $total answers were cache hits"
+            if ((total == 0 || hits * 100 < total * 99)); then
+                M_OK["$up/gateway cache hit"]=0
+                echo "!!! INVALID RUN: $up/gateway cache hit: only $hits of $total answers were cache hits" >&2
+                INVALID_NOTES+=("$up/gateway cache hit: only $hits of $total answers were cache hits")
+            fi
+        fi
+        add_row "$up" "gateway cache hit"
+        check_alive "$gw_pid" "$up-cache"
+        gateway_log_problems "$up-cache" "$log_from"
+        stop_pid "$gw_pid"
+    fi
 
     # Auth costs the same whatever the upstream, so it is measured on the first one only.
     if [[ "$up" == "${UPSTREAMS%% *}" ]]; then
@@ -530,7 +724,7 @@ ELAPSED=$(( $(date +%s) - START_TS ))
 # The table, the ratios and the notes, as Markdown (also fine on a terminal).
 report() {
     local row up target rps p50 p99 ok other d50 d99 a50 a99 valid
-    local -A direct50 direct99 rpsof add50of okof
+    local -A direct50 direct99 rpsof add50of okof p50of
     for row in "${ROWS[@]}"; do
         IFS='|' read -r up target rps p50 p99 ok other <<<"$row"
         if [[ "$target" == direct ]]; then
@@ -551,6 +745,7 @@ report() {
             a99=$(awk -v a="$p99" -v b="$d99" 'BEGIN { printf "%.0f", a - b }')
         fi
         rpsof["$up/$target"]=$rps
+        p50of["$up/$target"]=$p50
         add50of["$up/$target"]=$a50
         okof["$up/$target"]=$ok
         valid=yes
@@ -565,8 +760,18 @@ report() {
     echo "connection is noisy on shared or virtual CPUs: a negative added p99 means the direct run"
     echo "had the worse tail. Other CPU: share of the CPUs used by processes other than the bench's"
     echo "during the measured runs; above 10% the row is skewed by other work on the machine."
+    if [[ -n "${rpsof["static/gateway (metrics off)"]:-}" ]]; then
+        echo "Static upstream: \"gateway\" and \"gateway (metrics off)\" (\`metrics.enabled: false\`) run"
+        echo "side by side, their throughput runs alternated (on, off, on, off, ...); their req/s is"
+        echo "the median of $AB_ROUNDS runs each, their latency from one run each."
+    fi
+    if [[ -n "${rpsof["static/gateway cache hit"]:-}" ]]; then
+        echo "\"gateway cache hit\": \`cache.mode: all\` and always the same request, so every answer comes"
+        echo "from the gateway's cache; its added latency is over nginx returning the same answer"
+        echo "(the direct row: one nginx worker, \`return 200\`; the gateway has two workers)."
+    fi
     echo
-    echo "Ratios (targets: rps ratio >= 0.8, added-p50 ratio <= 1.5, idle RSS < 10 MiB):"
+    echo "Ratios (targets: rps ratio >= 0.8, added-p50 ratio <= 1.5, metrics on/off >= 0.95, idle RSS < 10 MiB):"
     echo
     local seen=" "
     for row in "${ROWS[@]}"; do
@@ -583,7 +788,28 @@ report() {
         if [[ -n "${rpsof["$up/gateway+auth"]:-}" ]]; then
             echo "- $up upstream: gateway+auth rps / gateway rps = $(ratio "${rpsof["$up/gateway+auth"]}" "$gr" "" "")"
         fi
+        if [[ -n "${rpsof["$up/gateway (metrics off)"]:-}" ]]; then
+            inval=""
+            [[ "${okof["$up/gateway"]:-0}" == 1 && "${okof["$up/gateway (metrics off)"]:-0}" == 1 ]] \
+                || inval=" (from an INVALID run)"
+            echo "- $up upstream: gateway rps with metrics / without = $(ratio "$gr" "${rpsof["$up/gateway (metrics off)"]}" ">=" 0.95)$inval"
+            echo "  (medians of $AB_ROUNDS alternated runs each; req/s with: $(fmt_runs "${M_RUNS["$up/gateway"]:-}"), without: $(fmt_runs "${M_RUNS["$up/gateway (metrics off)"]:-}"))"
+        fi
     done
+    if [[ -n "${rpsof["static/gateway cache hit"]:-}" ]]; then
+        local hit50=${p50of["static/gateway cache hit"]} miss50=${p50of["static/gateway"]:--}
+        inval=""
+        [[ "${okof["static/gateway cache hit"]:-0}" == 1 && "${okof["static/direct"]:-0}" == 1 ]] \
+            || inval=" (from an INVALID run)"
+        local hinval=""
+        [[ "${okof["static/gateway cache hit"]:-0}" == 1 && "${okof["static/gateway"]:-0}" == 1 ]] \
+            || hinval=" (from an INVALID run)"
+        echo "- cache hit: gateway rps / nginx static rps = $(ratio "${rpsof["static/gateway cache hit"]}" "${rpsof["static/direct"]:--}" "" "")$inval"
+        echo "- cache hit: gateway p50 @1 conn, hit = $(fmt_us "$hit50") us, miss (gateway row, static upstream) = $(fmt_us "$miss50") us: $(awk -v h="$hit50" -v m="$miss50" 'BEGIN {
+                if (h == "-" || m == "-") print "n/a"
+                else if (h + 0 < m + 0) print "the hit is faster"
+                else print "the hit is NOT faster" }')$hinval"
+    fi
     local idle_mib load_mib idle_ok
     idle_mib=$(kib_to_mib "$RSS_IDLE_KIB")
     load_mib=$(kib_to_mib "$RSS_LOAD_KIB")
@@ -602,6 +828,13 @@ report() {
 }
 
 fmt_us() { awk -v v="$1" 'BEGIN { if (v == "-") print "-"; else printf "%.0f", v }'; }
+
+# fmt_runs "RPS...": the runs' req/s, rounded, comma-separated.
+fmt_runs() {
+    awk -v r="$1" 'BEGIN { n = split(r, v, " "); s = ""
+        for (i = 1; i <= n; i++) s = s (i > 1 ? ", " : "") (v[i] == "-" ? "-" : sprintf("%.0f", v[i]))
+        print (n ? s : "-") }'
+}
 
 # ratio A B OP TARGET: "A/B" to two decimals with a verdict against the target.
 ratio() {

@@ -6,6 +6,7 @@
 #include "gateway/cache.h"
 #include "gateway/buf.h"
 #include "gateway/error.h"
+#include "gateway/flight.h"
 #include "gateway/keyauth.h"
 #include "gateway/ledger.h"
 #include "gateway/log.h"
@@ -83,9 +84,9 @@ struct request {
     /* Coalescing: the first cacheable miss for a key leads a flight, identical ones that come
      * while it is answered follow it (parked) and get its answer. */
     bool coalesce_checked;
-    bool leads;
-    struct request_flight *flight;
-    struct request *follower_next;
+    bool leads, follows;
+    uint64_t flight_token;
+    struct request *follower_next; /* the worker's followers */
     ev_timer follow_timer;
     /* A streamed miss assembled into a whole answer for the cache. */
     bool capturing;
@@ -915,34 +916,55 @@ static void request_cache_share(struct request *r, const char *text, size_t len)
 
 /* ---- coalescing: identical misses share one upstream call -------------------------------- */
 
-struct request_flight {
-    unsigned char key[32];
-    struct request *leader;
-    struct request *followers; /* linked through follower_next */
-    struct request_flight *next; /* same bucket */
+/* An answer posted by a leader (on any worker) for one of this worker's followers. */
+struct worker_mail {
+    uint64_t token;
+    bool has_text;
+    double cost_usd;
+    size_t len;
+    struct worker_mail *next;
+    char text[];
 };
 
-static struct request_flight **flight_slot(struct worker *w, const unsigned char key[32])
+/* flight_post_fn, on the leader's thread: queue it for the follower's worker. */
+static void request_post(void *target, uint64_t token, const char *text, size_t len,
+                         double cost_usd)
 {
-    struct request_flight **p = &w->flights[key[0] % WORKER_FLIGHT_BUCKETS];
-    while (*p && memcmp((*p)->key, key, 32))
-        p = &(*p)->next;
-    return p;
+    struct worker *w = target;
+    struct worker_mail *m = malloc(sizeof *m + (text ? len : 0));
+    if (!m)
+        return; /* the follower's wait ends and it goes on alone */
+    *m = (struct worker_mail){.token = token, .has_text = text != NULL, .cost_usd = cost_usd,
+                              .len = text ? len : 0};
+    if (text)
+        memcpy(m->text, text, len);
+    pthread_mutex_lock(&w->mail_lock);
+    m->next = w->mail;
+    w->mail = m;
+    pthread_mutex_unlock(&w->mail_lock);
+    ev_async_send(w->loop, &w->mail_async);
+}
+
+/* Takes a follower off this worker's list (and its timer off the loop). */
+static void request_unlink_follower(struct request *r)
+{
+    for (struct request **p = &r->w->followers; *p; p = &(*p)->follower_next)
+        if (*p == r) {
+            *p = r->follower_next;
+            break;
+        }
+    r->follower_next = NULL;
+    r->follows = false;
+    ev_timer_stop(r->w->loop, &r->follow_timer);
 }
 
 /* A follower stops waiting (its time is up, or it is gone). */
 static void request_unfollow(struct request *r)
 {
-    if (!r->flight || r->leads)
+    if (!r->follows)
         return;
-    for (struct request **p = &r->flight->followers; *p; p = &(*p)->follower_next)
-        if (*p == r) {
-            *p = r->follower_next;
-            break;
-        }
-    r->flight = NULL;
-    r->follower_next = NULL;
-    ev_timer_stop(r->w->loop, &r->follow_timer);
+    flight_leave(r->cache_key, r->flight_token);
+    request_unlink_follower(r);
 }
 
 static void request_follow_timeout(struct ev_loop *loop, ev_timer *t, int revents)
@@ -954,6 +976,36 @@ static void request_follow_timeout(struct ev_loop *loop, ev_timer *t, int revent
     request_wake(r); /* on its own now: it goes on as a miss */
 }
 
+void request_take_mail(struct worker *w)
+{
+    pthread_mutex_lock(&w->mail_lock);
+    struct worker_mail *m = w->mail;
+    w->mail = NULL;
+    pthread_mutex_unlock(&w->mail_lock);
+    for (struct worker_mail *next; m; m = next) {
+        next = m->next;
+        struct request *r = w->followers;
+        while (r && r->flight_token != m->token)
+            r = r->follower_next;
+        if (r) {
+            request_unlink_follower(r);
+            if (m->has_text)
+                request_cache_hit(r, m->text, m->len, m->cost_usd);
+            request_wake(r); /* a hit is queued; without one it goes on as a miss */
+        }
+        free(m);
+    }
+}
+
+void request_drop_mail(struct worker *w)
+{
+    for (struct worker_mail *next, *m = w->mail; m; m = next) {
+        next = m->next;
+        free(m);
+    }
+    w->mail = NULL;
+}
+
 /* The leader's flight ends: with the stored answer, its followers are answered from it (a
  * hit, costing nothing); without one (the answer failed, was cut, or is not storable) they go
  * on on their own. */
@@ -961,53 +1013,33 @@ static void request_flight_land(struct request *r, const char *text, size_t len,
 {
     if (!r->leads)
         return;
-    struct request_flight *f = r->flight;
-    struct request_flight **slot = flight_slot(r->w, f->key);
-    *slot = f->next;
     r->leads = false;
-    r->flight = NULL;
-    for (struct request *next, *fr = f->followers; fr; fr = next) {
-        next = fr->follower_next;
-        fr->follower_next = NULL;
-        fr->flight = NULL;
-        ev_timer_stop(r->w->loop, &fr->follow_timer);
-        if (text)
-            request_cache_hit(fr, text, len, cost);
-        request_wake(fr);
-    }
-    free(f);
+    flight_land(r->cache_key, r->flight_token, text, len, cost, request_post);
 }
 
-/* A cacheable miss: follows the flight already answering the same request (true: park until
- * it lands), or leads a new one. */
+/* A cacheable miss: follows the flight already answering the same request, on any worker
+ * (true: park until it lands or the wait ends), or leads a new one. */
 static bool request_coalesce(struct request *r)
 {
     long wait_ms = r->cfg->cache.coalesce_wait_ms;
     if (r->cache_result != REQUEST_CACHE_MISS || !wait_ms)
         return false;
-    struct request_flight **slot = flight_slot(r->w, r->cache_key);
-    if (*slot) {
-        if (!r->cache_read)
-            return false;
-        r->flight = *slot;
-        r->follower_next = (*slot)->followers;
-        (*slot)->followers = r;
+    r->flight_token = worker_random(r->w);
+    switch (flight_join(r->cache_key, r->flight_token, r->w, r->cache_read, r->cache_store)) {
+    case FLIGHT_LEAD:
+        r->leads = true;
+        return false;
+    case FLIGHT_FOLLOW:
+        r->follows = true;
+        r->follower_next = r->w->followers;
+        r->w->followers = r;
         ev_timer_init(&r->follow_timer, request_follow_timeout, (double)wait_ms / 1000.0, 0);
         r->follow_timer.data = r;
         ev_timer_start(r->w->loop, &r->follow_timer);
         return true;
+    default:
+        return false;
     }
-    if (!r->cache_store)
-        return false; /* its answer would not be kept: nothing to share */
-    struct request_flight *f = calloc(1, sizeof *f);
-    if (!f)
-        return false; /* no coalescing is still a correct answer */
-    memcpy(f->key, r->cache_key, 32);
-    f->leader = r;
-    *slot = f;
-    r->flight = f;
-    r->leads = true;
-    return false;
 }
 
 /* Keeps a complete answer (this worker's store and the shared one) and hands it to the

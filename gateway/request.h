@@ -23,5 +23,10 @@ void request_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 void request_abort_all(struct worker *w);
 /* Resumes every suspended connection (before the daemon stops). */
 void request_resume_all(struct worker *w);
+/* Delivers the answers other workers' flights posted for this worker's followers (the
+ * worker's mail_async callback). */
+void request_take_mail(struct worker *w);
+/* Frees mail nobody will read (the worker is gone). */
+void request_drop_mail(struct worker *w);
 
 #endif

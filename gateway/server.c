@@ -223,6 +223,13 @@ static void worker_begin_drain(struct worker *w)
     }
 }
 
+static void mail_cb(struct ev_loop *loop, ev_async *a, int revents)
+{
+    (void)loop;
+    (void)revents;
+    request_take_mail(a->data);
+}
+
 static void wakeup_cb(struct ev_loop *loop, ev_async *a, int revents)
 {
     (void)loop;
@@ -298,6 +305,7 @@ static int listen_socket(const char *listen_addr, char *err, size_t err_len, int
 
 static int worker_init(struct worker *w, struct config *cfg, char *err, size_t err_len)
 {
+    pthread_mutex_init(&w->mail_lock, NULL);
     w->loop = ev_loop_new(EVBACKEND_EPOLL | EVFLAG_NOENV);
     unsigned per_host = (cfg->upstream.max_connections_per_backend + cfg->workers - 1) /
                         cfg->workers;
@@ -350,6 +358,9 @@ static int worker_init(struct worker *w, struct config *cfg, char *err, size_t e
     ev_async_init(&w->wakeup, wakeup_cb);
     w->wakeup.data = w;
     ev_async_start(w->loop, &w->wakeup);
+    ev_async_init(&w->mail_async, mail_cb);
+    w->mail_async.data = w;
+    ev_async_start(w->loop, &w->mail_async);
     return 0;
 }
 
@@ -465,6 +476,8 @@ static void worker_destroy(struct worker *w)
     metrics_shard_free(w->metrics);
     keycache_free(w->keycache);
     cache_free(w->cache);
+    request_drop_mail(w);
+    pthread_mutex_destroy(&w->mail_lock);
     if (w->loop)
         ev_loop_destroy(w->loop);
     if (w->listen_fd >= 0)

@@ -22,10 +22,8 @@ struct ledger;
 struct cache;
 struct redis_client;
 struct request;
-struct request_flight;
+struct worker_mail;
 struct server;
-
-#define WORKER_FLIGHT_BUCKETS 64
 
 struct worker {
     unsigned id;
@@ -47,8 +45,13 @@ struct worker {
     struct budget *budget;       /* per-key budgets; NULL without redis.url */
     struct ledger *ledger;       /* usage records; NULL without redis.url */
     struct cache *cache;         /* answers, this worker's share of cache.max_bytes */
-    /* Cacheable misses being answered now, by cache key: identical ones wait for them. */
-    struct request_flight *flights[WORKER_FLIGHT_BUCKETS];
+    /* Requests waiting for an identical miss's answer (gateway/flight.h), and the answers
+     * other workers post for them: mail_lock guards `mail`, the one field other threads
+     * write; mail_async wakes the loop to read it. */
+    struct request *followers;
+    pthread_mutex_t mail_lock;
+    struct worker_mail *mail;
+    ev_async mail_async;
     ev_timer redis_stats_timer;
     struct metrics_shard *metrics; /* read by the scraping thread (relaxed atomics) */
     struct config *cfg;            /* current snapshot; the worker holds a reference */

@@ -1,0 +1,47 @@
+/* Request coalescing across workers: a process-wide table of the cacheable misses being
+ * answered right now, by cache key.
+ *
+ * The first miss for a key leads; identical ones that arrive while it is answered, on any
+ * worker, follow it and wait. When the leader lands (its answer stored, or failed), every
+ * follower is posted the answer (or NULL: go on alone) through a callback the caller gives,
+ * which hands it to the follower's own worker (gateway/request.c uses a mailbox and an
+ * ev_async per worker). The table is striped by key, and touched only by cacheable misses:
+ * never for a request the cache does not concern, and never while a lock is held across a
+ * post. */
+#ifndef TOLLGATE_FLIGHT_H
+#define TOLLGATE_FLIGHT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+enum flight_role {
+    FLIGHT_ALONE = 0, /* neither: no flight to join and may not lead one (or out of memory) */
+    FLIGHT_LEAD,
+    FLIGHT_FOLLOW,
+};
+
+/* Delivers a landed flight's answer to one follower: `target` and `token` as the follower
+ * joined with; `text` (not NUL-terminated, valid during the call) is NULL when the leader
+ * had no answer to share. Called without any lock held. */
+typedef void (*flight_post_fn)(void *target, uint64_t token, const char *text, size_t len,
+                               double cost_usd);
+
+/* Joins the flight for `key` as a follower (when may_follow and one exists) or starts one as
+ * its leader (when may_lead and none exists). `token` names the request, unique in the
+ * process; `target` is where its answer goes (its worker). */
+enum flight_role flight_join(const unsigned char key[32], uint64_t token, void *target,
+                             bool may_follow, bool may_lead);
+
+/* A follower stops waiting (its wait is over, or it is gone). Nothing happens if the flight
+ * landed already (its post, if not yet handled, finds the follower gone and is dropped). */
+void flight_leave(const unsigned char key[32], uint64_t token);
+
+/* The leader ends its flight: each follower gets `text` (NULL: none) through `post`. */
+void flight_land(const unsigned char key[32], uint64_t leader_token, const char *text, size_t len,
+                 double cost_usd, flight_post_fn post);
+
+/* Followers waiting now, all flights together (tests and metrics). */
+size_t flight_waiting(void);
+
+#endif

@@ -1,0 +1,45 @@
+// Coalescing across workers: identical concurrent cacheable misses arriving on different
+// connections (spread over the workers by SO_REUSEPORT) make one backend call in all.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { cleanup, startMocknode, backendFor, startGateway, post, chatCalls } from '../lib/harness.mjs';
+
+let node, gw;
+const KEY = 'sk-coalesce-workers';
+
+before(async () => {
+  node = await startMocknode({ name: 'cw', models: ['llama'], tokens: 6, ttfb_ms: 400 });
+  gw = await startGateway({
+    log_level: 'warn',
+    workers: 2,
+    health: { interval_ms: 60000 },
+    keys: [{ name: 'cw', key: KEY }],
+    backends: [backendFor(node)],
+  });
+});
+
+after(cleanup);
+
+// Concurrent fetches open a connection each, which the kernel spreads over the workers.
+const ask = (content) => post(gw.v1 + '/chat/completions',
+  { model: 'llama', temperature: 0, max_tokens: 5, messages: [{ role: 'user', content }] },
+  { key: KEY });
+
+test('50 identical concurrent misses on two workers: one backend call, one answer', async () => {
+  const before_calls = chatCalls(await node.stats());
+  const answers = await Promise.all(Array.from({ length: 50 }, () => ask('coalesce across workers')));
+  for (const a of answers) assert.equal(a.status, 200, a.text);
+  assert.equal(chatCalls(await node.stats()) - before_calls, 1, 'one backend call for all of them');
+  const bodies = new Set(answers.map((a) => a.text));
+  assert.equal(bodies.size, 1, 'every caller got the same answer');
+  const results = answers.map((a) => a.headers.get('x-tollgate-cache'));
+  assert.equal(results.filter((r) => r === 'miss').length, 1);
+  assert.equal(results.filter((r) => r === 'hit').length, 49);
+});
+
+test('different questions are not coalesced', async () => {
+  const before_calls = chatCalls(await node.stats());
+  const answers = await Promise.all(Array.from({ length: 6 }, (_, i) => ask(`question ${i}`)));
+  for (const a of answers) assert.equal(a.status, 200);
+  assert.equal(chatCalls(await node.stats()) - before_calls, 6);
+});

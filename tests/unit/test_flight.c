@@ -1,0 +1,186 @@
+/* Unit tests for gateway/flight: the process-wide table of misses being answered. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include "gateway/flight.h"
+
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* What the fake post saw. */
+struct posted {
+    int n;
+    uint64_t tokens[64];
+    void *targets[64];
+    char texts[64][32];
+    int with_text;
+    double cost;
+};
+
+static struct posted seen;
+
+static void post(void *target, uint64_t token, const char *text, size_t len, double cost)
+{
+    int i = seen.n++;
+    seen.tokens[i] = token;
+    seen.targets[i] = target;
+    if (text) {
+        seen.with_text++;
+        snprintf(seen.texts[i], sizeof seen.texts[i], "%.*s", (int)len, text);
+    }
+    seen.cost = cost;
+}
+
+static void key_of(unsigned char key[32], int n)
+{
+    memset(key, 0, 32);
+    key[0] = (unsigned char)n;
+    key[31] = (unsigned char)(n >> 8);
+    key[5] = 0xa5;
+}
+
+static int setup(void **state)
+{
+    (void)state;
+    memset(&seen, 0, sizeof seen);
+    return 0;
+}
+
+static void test_lead_follow_land(void **state)
+{
+    (void)state;
+    unsigned char k[32];
+    key_of(k, 1);
+    int w1, w2;
+    assert_int_equal(flight_join(k, 100, &w1, true, true), FLIGHT_LEAD);
+    assert_int_equal(flight_join(k, 101, &w1, true, true), FLIGHT_FOLLOW);
+    assert_int_equal(flight_join(k, 102, &w2, true, true), FLIGHT_FOLLOW);
+    assert_int_equal(flight_waiting(), 2);
+    /* Landing with someone else's token does nothing. */
+    flight_land(k, 101, "x", 1, 0, post);
+    assert_int_equal(seen.n, 0);
+    flight_land(k, 100, "answer", 6, 0.25, post);
+    assert_int_equal(seen.n, 2);
+    assert_int_equal(seen.with_text, 2);
+    assert_string_equal(seen.texts[0], "answer");
+    assert_float_equal(seen.cost, 0.25, 0);
+    /* Each follower's answer went where it asked (its worker). */
+    for (int i = 0; i < 2; i++)
+        assert_ptr_equal(seen.targets[i], seen.tokens[i] == 101 ? (void *)&w1 : (void *)&w2);
+    assert_int_equal(flight_waiting(), 0);
+    /* Landed: the next one leads a new flight. */
+    assert_int_equal(flight_join(k, 103, &w1, true, true), FLIGHT_LEAD);
+    flight_land(k, 103, NULL, 0, 0, post);
+}
+
+static void test_leave_and_failed_leader(void **state)
+{
+    (void)state;
+    unsigned char k[32];
+    key_of(k, 2);
+    int w;
+    assert_int_equal(flight_join(k, 200, &w, true, true), FLIGHT_LEAD);
+    assert_int_equal(flight_join(k, 201, &w, true, true), FLIGHT_FOLLOW);
+    assert_int_equal(flight_join(k, 202, &w, true, true), FLIGHT_FOLLOW);
+    flight_leave(k, 201);
+    flight_leave(k, 201); /* twice: harmless */
+    flight_leave(k, 999); /* never joined: harmless */
+    flight_land(k, 200, NULL, 0, 0, post); /* the leader failed */
+    assert_int_equal(seen.n, 1);
+    assert_int_equal(seen.tokens[0], 202);
+    assert_int_equal(seen.with_text, 0);
+    /* Leaving after the landing is harmless too. */
+    flight_leave(k, 202);
+    assert_int_equal(flight_waiting(), 0);
+}
+
+static void test_who_may_lead_or_follow(void **state)
+{
+    (void)state;
+    unsigned char k[32], other[32];
+    key_of(k, 3);
+    key_of(other, 3 + 256); /* same stripe, another key */
+    int w;
+    /* no-store cannot lead; no-cache cannot follow */
+    assert_int_equal(flight_join(k, 300, &w, true, false), FLIGHT_ALONE);
+    assert_int_equal(flight_join(k, 301, &w, true, true), FLIGHT_LEAD);
+    assert_int_equal(flight_join(k, 302, &w, false, true), FLIGHT_ALONE);
+    /* Another key in the same stripe is another flight. */
+    assert_int_equal(flight_join(other, 303, &w, true, true), FLIGHT_LEAD);
+    flight_land(k, 301, "a", 1, 0, post);
+    assert_int_equal(seen.n, 0);
+    flight_land(other, 303, "b", 1, 0, post);
+    assert_int_equal(seen.n, 0);
+}
+
+/* Many threads joining, leaving and landing the same keys: every follower is posted at most
+ * once, and none is left waiting once every flight landed. */
+struct racer {
+    int id;
+};
+
+static _Atomic int race_posts;
+
+static void race_post(void *target, uint64_t token, const char *text, size_t len, double cost)
+{
+    (void)target;
+    (void)token;
+    (void)text;
+    (void)len;
+    (void)cost;
+    race_posts++;
+}
+
+static void *racer(void *arg)
+{
+    struct racer *r = arg;
+    for (int i = 0; i < 2000; i++) {
+        unsigned char k[32];
+        key_of(k, 1000 + i % 7);
+        uint64_t token = ((uint64_t)r->id << 32) | (uint64_t)i;
+        enum flight_role role = flight_join(k, token, r, true, true);
+        if (role == FLIGHT_LEAD)
+            flight_land(k, token, "t", 1, 0, race_post);
+        else if (role == FLIGHT_FOLLOW && i % 3 == 0)
+            flight_leave(k, token);
+    }
+    return NULL;
+}
+
+static void test_threads(void **state)
+{
+    (void)state;
+    pthread_t t[4];
+    struct racer r[4];
+    for (int i = 0; i < 4; i++) {
+        r[i] = (struct racer){.id = i + 1};
+        assert_int_equal(pthread_create(&t[i], NULL, racer, &r[i]), 0);
+    }
+    for (int i = 0; i < 4; i++)
+        pthread_join(t[i], NULL);
+    /* Flights whose leader is done are gone; stragglers of the last ones: land them. */
+    for (int i = 0; i < 7; i++) {
+        unsigned char k[32];
+        key_of(k, 1000 + i);
+        if (flight_join(k, 1, NULL, false, true) == FLIGHT_LEAD)
+            flight_land(k, 1, NULL, 0, 0, race_post);
+    }
+    assert_int_equal(flight_waiting(), 0);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup(test_lead_follow_land, setup),
+        cmocka_unit_test_setup(test_leave_and_failed_leader, setup),
+        cmocka_unit_test_setup(test_who_may_lead_or_follow, setup),
+        cmocka_unit_test_setup(test_threads, setup),
+    };
+    return cmocka_run_group_tests_name("flight", tests, NULL, NULL);
+}
