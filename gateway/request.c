@@ -400,6 +400,11 @@ static enum MHD_Result request_local(struct request *r, const char *url)
             return request_reply_json(r, 503, json_pack("{s:s}", "status", "draining"));
         return request_reply_json(r, 200, json_pack("{s:s}", "status", "ready"));
     case OPENAI_METRICS: {
+        /* Per-key spend is no business of the callers: with an admin listener, only there. */
+        if (r->cfg->admin_listen)
+            return REQUEST_FAIL_NOW(r, TG_ERR_UNKNOWN_URL, NULL,
+                                    "Invalid URL (GET /metrics): metrics are served on the "
+                                    "admin listener.");
         struct buf out;
         buf_init(&out, 16u << 20);
         if (worker_render_metrics(r->w, &out)) {

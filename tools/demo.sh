@@ -130,6 +130,7 @@ Backends: node-cheap :$a, node-mid :$b, node-premium :$c (simulated, different p
 
 The answer's x-tollgate-backend header names the node that served it (the cheapest).
 Admin (Bearer $ADMIN_KEY): http://127.0.0.1:$admin_port/admin/backends
+Metrics (same key):       http://127.0.0.1:$admin_port/metrics
 MSG
 if [ -n "$redis_yaml" ]; then
     cat <<MSG
@@ -139,7 +140,7 @@ Redis is running for this demo, so keys can be made at run time:
 MSG
 fi
 cat <<MSG
-Gateway log: $dir/gateway.log   Metrics: $url/metrics   Ctrl-C stops.
+Gateway log (one JSON line per request): $dir/gateway.log   Ctrl-C stops.
 
 MSG
 curl -s "$url/v1/chat/completions" -H "Authorization: Bearer $KEY" \

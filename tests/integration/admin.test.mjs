@@ -112,6 +112,13 @@ describe('GET /admin/backends and /metrics', () => {
     const errors = /^tollgate_upstream_errors_total (\d+)/m.exec(r.text);
     assert.ok(errors && Number(errors[1]) >= 1, 'the failed try is counted');
   });
+
+  test('with an admin listener, the public listener does not serve /metrics', async () => {
+    const r = await get(gw.url + '/metrics');
+    assert.equal(r.status, 404);
+    assert.deepEqual(errorShapeProblems(r.json), []);
+    assert.match(r.json.error.message, /admin listener/);
+  });
 });
 
 test('SIGHUP reload changes the backend list', async () => {
