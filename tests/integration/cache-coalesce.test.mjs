@@ -43,3 +43,36 @@ test('different questions are not coalesced', async () => {
   for (const a of answers) assert.equal(a.status, 200);
   assert.equal(chatCalls(await node.stats()) - before_calls, 6);
 });
+
+// A streamed leader's followers may want whole answers, and the other way round: one stored
+// answer serves both.
+test('a streamed leader answers non-stream followers and a whole leader answers streamed ones', async () => {
+  const body = (content, stream) => JSON.stringify({ model: 'llama', temperature: 0, max_tokens: 5,
+    stream, messages: [{ role: 'user', content }] });
+  const send = (content, stream) => fetch(gw.v1 + '/chat/completions', {
+    method: 'POST', body: body(content, stream),
+    headers: { authorization: `Bearer ${KEY}`, 'content-type': 'application/json' },
+  }).then(async (r) => ({ status: r.status, cache: r.headers.get('x-tollgate-cache'), text: await r.text() }));
+  const deltas = (text) => text.split('\n\n').filter((e) => e.startsWith('data: {'))
+    .map((e) => JSON.parse(e.slice(6))).flatMap((c) => c.choices ?? [])
+    .map((c) => c.delta?.content ?? '').join('');
+
+  for (const [leaderStreams, question] of [[true, 'mixed one'], [false, 'mixed two']]) {
+    const before_calls = chatCalls(await node.stats());
+    const leader = send(question, leaderStreams);
+    // Followers come once the leader is at the node (its ttfb keeps it there for 400 ms).
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    const followers = await Promise.all(Array.from({ length: 6 }, (_, i) => send(question, i % 2 === 0)));
+    const first = await leader;
+    assert.equal(first.status, 200);
+    assert.equal(chatCalls(await node.stats()) - before_calls, 1, `one call (leader streams: ${leaderStreams})`);
+    const want = leaderStreams ? deltas(first.text) : JSON.parse(first.text).choices[0].message.content;
+    assert.ok(want.length > 0);
+    followers.forEach((f, i) => {
+      assert.equal(f.status, 200);
+      assert.equal(f.cache, 'hit');
+      const got = i % 2 === 0 ? deltas(f.text) : JSON.parse(f.text).choices[0].message.content;
+      assert.equal(got, want, `follower ${i} (${i % 2 === 0 ? 'stream' : 'whole'})`);
+    });
+  }
+});
