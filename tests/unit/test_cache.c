@@ -1,9 +1,11 @@
-/* The response cache: the canonical key and the byte-capped LRU store. */
+/* The response cache: the canonical key, the byte-capped LRU store, and streamed answers
+ * assembled into whole ones. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <cmocka.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "gateway/cache.h"
@@ -95,12 +97,171 @@ static void test_store(void **state)
     cache_free(c);
 }
 
+
+/* Feeds SSE data payloads (one JSON chunk each) and returns the whole answer, or NULL. */
+static json_t *assemble(bool chat, size_t max_bytes, const char *const *events, json_t *usage)
+{
+    struct cache_capture c;
+    cache_capture_init(&c, chat, max_bytes);
+    for (const char *const *e = events; *e; e++)
+        cache_capture_event(&c, *e, strlen(*e));
+    size_t len = 0;
+    char *text = cache_capture_finish(&c, usage, &len);
+    cache_capture_free(&c);
+    if (!text)
+        return NULL;
+    assert_int_equal(strlen(text), len);
+    json_t *doc = json_loads(text, 0, NULL);
+    free(text);
+    assert_non_null(doc);
+    return doc;
+}
+
+static const char *str_at(json_t *doc, const char *path)
+{
+    /* "choices.N.message.content"-style paths */
+    char buf[200];
+    snprintf(buf, sizeof buf, "%s", path);
+    json_t *cur = doc;
+    for (char *save = NULL, *part = strtok_r(buf, ".", &save); part && cur;
+         part = strtok_r(NULL, ".", &save)) {
+        if (json_is_array(cur))
+            cur = json_array_get(cur, (size_t)atoi(part));
+        else
+            cur = json_object_get(cur, part);
+    }
+    return json_string_value(cur);
+}
+
+static void test_capture_chat(void **state)
+{
+    (void)state;
+    static const char *const events[] = {
+        "{\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"created\":7,\"model\":\"m\","
+        "\"system_fingerprint\":\"fp\",\"choices\":[{\"index\":0,\"delta\":{\"role\":"
+        "\"assistant\",\"content\":\"\"},\"finish_reason\":null}]}",
+        "{\"id\":\"c1\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hel\"}},"
+        "{\"index\":1,\"delta\":{\"content\":\"Other\"}}]}",
+        "{\"id\":\"c1\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"lo \\u00e9\"}}]}",
+        "{\"id\":\"c1\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"},"
+        "{\"index\":1,\"delta\":{},\"finish_reason\":\"length\"}]}",
+        "{\"id\":\"c1\",\"choices\":[],\"usage\":{\"prompt_tokens\":99}}",
+        NULL};
+    json_t *doc = assemble(true, 1 << 20, events,
+                           json_pack("{s:i, s:i, s:i}", "prompt_tokens", 3, "completion_tokens",
+                                     4, "total_tokens", 7));
+    assert_non_null(doc);
+    assert_string_equal(str_at(doc, "object"), "chat.completion");
+    assert_string_equal(str_at(doc, "id"), "c1");
+    assert_string_equal(str_at(doc, "model"), "m");
+    assert_string_equal(str_at(doc, "system_fingerprint"), "fp");
+    assert_int_equal(json_integer_value(json_object_get(doc, "created")), 7);
+    assert_string_equal(str_at(doc, "choices.0.message.role"), "assistant");
+    assert_string_equal(str_at(doc, "choices.0.message.content"), "Hello \xc3\xa9");
+    assert_string_equal(str_at(doc, "choices.0.finish_reason"), "stop");
+    assert_string_equal(str_at(doc, "choices.1.message.content"), "Other");
+    assert_string_equal(str_at(doc, "choices.1.finish_reason"), "length");
+    /* The settled usage given at the end wins over the node's. */
+    assert_int_equal(json_integer_value(json_object_get(json_object_get(doc, "usage"),
+                                                        "prompt_tokens")),
+                     3);
+    json_decref(doc);
+}
+
+static void test_capture_tool_calls(void **state)
+{
+    (void)state;
+    static const char *const events[] = {
+        "{\"id\":\"t\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\","
+        "\"content\":null,\"tool_calls\":[{\"index\":0,\"id\":\"call_a\",\"type\":"
+        "\"function\",\"function\":{\"name\":\"get_\",\"arguments\":\"\"}}]}}]}",
+        "{\"id\":\"t\",\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,"
+        "\"function\":{\"name\":\"weather\",\"arguments\":\"{\\\"city\\\":\"}}]}}]}",
+        "{\"id\":\"t\",\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":1,"
+        "\"id\":\"call_b\",\"type\":\"function\",\"function\":{\"name\":\"time\","
+        "\"arguments\":\"{}\"}},{\"index\":0,\"function\":{\"arguments\":\"\\\"Oslo\\\"}\"}}]}}]}",
+        "{\"id\":\"t\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":"
+        "\"tool_calls\"}]}",
+        NULL};
+    json_t *doc = assemble(true, 1 << 20, events, NULL);
+    assert_non_null(doc);
+    assert_string_equal(str_at(doc, "choices.0.message.tool_calls.0.id"), "call_a");
+    assert_string_equal(str_at(doc, "choices.0.message.tool_calls.0.type"), "function");
+    assert_string_equal(str_at(doc, "choices.0.message.tool_calls.0.function.name"),
+                        "get_weather");
+    assert_string_equal(str_at(doc, "choices.0.message.tool_calls.0.function.arguments"),
+                        "{\"city\":\"Oslo\"}");
+    assert_string_equal(str_at(doc, "choices.0.message.tool_calls.1.function.name"), "time");
+    assert_string_equal(str_at(doc, "choices.0.finish_reason"), "tool_calls");
+    assert_true(json_is_null(json_object_get(
+        json_object_get(json_array_get(json_object_get(doc, "choices"), 0), "message"),
+        "content")));
+    json_decref(doc);
+}
+
+static void test_capture_completions(void **state)
+{
+    (void)state;
+    static const char *const events[] = {
+        "{\"id\":\"x\",\"object\":\"text_completion\",\"choices\":[{\"index\":0,"
+        "\"text\":\"one \"}]}",
+        "{\"id\":\"x\",\"choices\":[{\"index\":0,\"text\":\"two\",\"finish_reason\":"
+        "\"stop\"}]}",
+        NULL};
+    json_t *doc = assemble(false, 1 << 20, events, NULL);
+    assert_non_null(doc);
+    assert_string_equal(str_at(doc, "object"), "text_completion");
+    assert_string_equal(str_at(doc, "choices.0.text"), "one two");
+    json_decref(doc);
+}
+
+/* What is not kept: an unfinished choice, logprobs, garbage, an unknown delta shape, a
+ * capture past its size, no choices at all. */
+static void test_capture_refuses(void **state)
+{
+    (void)state;
+    static const char *const unfinished[] = {
+        "{\"choices\":[{\"index\":0,\"delta\":{\"content\":\"a\"},\"finish_reason\":\"stop\"},"
+        "{\"index\":1,\"delta\":{\"content\":\"b\"}}]}",
+        NULL};
+    assert_null(assemble(true, 1 << 20, unfinished, NULL));
+    static const char *const logprobs[] = {
+        "{\"choices\":[{\"index\":0,\"delta\":{\"content\":\"a\"},\"logprobs\":{\"content\":[]},"
+        "\"finish_reason\":\"stop\"}]}",
+        NULL};
+    assert_null(assemble(true, 1 << 20, logprobs, NULL));
+    static const char *const garbage[] = {
+        "{\"choices\":[{\"index\":0,\"delta\":{\"content\":\"a\"}}]}", "not json",
+        "{\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}", NULL};
+    assert_null(assemble(true, 1 << 20, garbage, NULL));
+    static const char *const odd_delta[] = {
+        "{\"choices\":[{\"index\":0,\"delta\":{\"audio\":{\"id\":\"x\"}},"
+        "\"finish_reason\":\"stop\"}]}",
+        NULL};
+    assert_null(assemble(true, 1 << 20, odd_delta, NULL));
+    static const char *const big[] = {
+        "{\"choices\":[{\"index\":0,\"delta\":{\"content\":\"0123456789\"}}]}",
+        "{\"choices\":[{\"index\":0,\"delta\":{\"content\":\"0123456789\"},"
+        "\"finish_reason\":\"stop\"}]}",
+        NULL};
+    assert_null(assemble(true, 15, big, NULL));
+    json_t *fits = assemble(true, 20, big, NULL);
+    assert_non_null(fits);
+    json_decref(fits);
+    static const char *const nothing[] = {"{\"choices\":[]}", NULL};
+    assert_null(assemble(true, 1 << 20, nothing, json_object()));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_key_canonical),
         cmocka_unit_test(test_deterministic),
         cmocka_unit_test(test_store),
+        cmocka_unit_test(test_capture_chat),
+        cmocka_unit_test(test_capture_tool_calls),
+        cmocka_unit_test(test_capture_completions),
+        cmocka_unit_test(test_capture_refuses),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
