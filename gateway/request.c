@@ -86,7 +86,7 @@ struct request {
     bool coalesce_checked;
     bool leads, follows;
     uint64_t flight_token;
-    struct request *follower_next; /* the worker's followers */
+    struct request *follower_prev, *follower_next; /* the worker's followers */
     ev_timer follow_timer;
     /* A streamed miss assembled into a whole answer for the cache. */
     bool capturing;
@@ -953,12 +953,13 @@ static void request_post(void *target, uint64_t token, const char *text, size_t 
 /* Takes a follower off this worker's list (and its timer off the loop). */
 static void request_unlink_follower(struct request *r)
 {
-    for (struct request **p = &r->w->followers; *p; p = &(*p)->follower_next)
-        if (*p == r) {
-            *p = r->follower_next;
-            break;
-        }
-    r->follower_next = NULL;
+    if (r->follower_prev)
+        r->follower_prev->follower_next = r->follower_next;
+    else
+        r->w->followers = r->follower_next;
+    if (r->follower_next)
+        r->follower_next->follower_prev = r->follower_prev;
+    r->follower_prev = r->follower_next = NULL;
     r->follows = false;
     ev_timer_stop(r->w->loop, &r->follow_timer);
 }
@@ -981,23 +982,58 @@ static void request_follow_timeout(struct ev_loop *loop, ev_timer *t, int revent
     request_wake(r); /* on its own now: it goes on as a miss */
 }
 
+/* One delivered answer: the follower leaves the list and wakes with a hit, or without one
+ * goes on as a miss. */
+static void request_deliver(struct request *r, const struct worker_mail *m)
+{
+    request_unlink_follower(r);
+    if (m->has_text)
+        request_cache_hit(r, m->text, m->len, m->cost_usd);
+    request_wake(r);
+}
+
 void request_take_mail(struct worker *w)
 {
     pthread_mutex_lock(&w->mail_lock);
     struct worker_mail *m = w->mail;
     w->mail = NULL;
     pthread_mutex_unlock(&w->mail_lock);
+    size_t n = 0;
+    for (struct worker_mail *x = m; x; x = x->next)
+        n++;
+    /* A herd of identical requests can leave thousands of followers and as many answers:
+     * index the answers by token (open addressing) and walk the followers once. */
+    size_t cap = 16;
+    while (cap < 2 * n)
+        cap *= 2;
+    struct worker_mail **slots = n > 1 ? calloc(cap, sizeof *slots) : NULL;
+    if (slots) {
+        for (struct worker_mail *x = m; x; x = x->next) {
+            size_t i = (size_t)x->token & (cap - 1);
+            while (slots[i])
+                i = (i + 1) & (cap - 1);
+            slots[i] = x;
+        }
+        for (struct request *next, *r = w->followers; r; r = next) {
+            next = r->follower_next;
+            size_t i = (size_t)r->flight_token & (cap - 1);
+            while (slots[i] && slots[i]->token != r->flight_token)
+                i = (i + 1) & (cap - 1);
+            if (slots[i])
+                request_deliver(r, slots[i]);
+        }
+    } else {
+        for (struct worker_mail *x = m; x; x = x->next) {
+            struct request *r = w->followers;
+            while (r && r->flight_token != x->token)
+                r = r->follower_next;
+            if (r)
+                request_deliver(r, x);
+        }
+    }
+    free(slots);
     for (struct worker_mail *next; m; m = next) {
         next = m->next;
-        struct request *r = w->followers;
-        while (r && r->flight_token != m->token)
-            r = r->follower_next;
-        if (r) {
-            request_unlink_follower(r);
-            if (m->has_text)
-                request_cache_hit(r, m->text, m->len, m->cost_usd);
-            request_wake(r); /* a hit is queued; without one it goes on as a miss */
-        }
         free(m);
     }
 }
@@ -1036,7 +1072,10 @@ static bool request_coalesce(struct request *r)
         return false;
     case FLIGHT_FOLLOW:
         r->follows = true;
+        r->follower_prev = NULL;
         r->follower_next = r->w->followers;
+        if (r->w->followers)
+            r->w->followers->follower_prev = r;
         r->w->followers = r;
         ev_timer_init(&r->follow_timer, request_follow_timeout, (double)wait_ms / 1000.0, 0);
         r->follow_timer.data = r;

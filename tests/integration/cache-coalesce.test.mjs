@@ -76,3 +76,13 @@ test('a streamed leader answers non-stream followers and a whole leader answers 
     });
   }
 });
+
+test('a herd of 500 identical requests: one backend call, every caller answered', async () => {
+  const before_calls = chatCalls(await node.stats());
+  const answers = await Promise.all(Array.from({ length: 500 }, () => ask('the herd')));
+  const statuses = new Map();
+  for (const a of answers) statuses.set(a.status, (statuses.get(a.status) ?? 0) + 1);
+  assert.deepEqual([...statuses], [[200, 500]]);
+  assert.equal(chatCalls(await node.stats()) - before_calls, 1);
+  assert.equal(new Set(answers.map((a) => a.text)).size, 1);
+});
