@@ -7,16 +7,11 @@
 
 #define FLIGHT_STRIPES 64
 
-struct flight_waiter {
-    uint64_t token;
-    void *target;
-    struct flight_waiter *next;
-};
-
 struct flight {
     unsigned char key[32];
     uint64_t leader;
     struct flight_waiter *waiters;
+    size_t n_waiters;
     struct flight *next;
 };
 
@@ -42,21 +37,22 @@ static struct flight **find(struct flight **head, const unsigned char key[32])
 }
 
 enum flight_role flight_join(const unsigned char key[32], uint64_t token, void *target,
-                             bool may_follow, bool may_lead)
+                             bool may_follow, bool may_lead, struct flight_waiter *w)
 {
     unsigned s = stripe_of(key);
     enum flight_role role = FLIGHT_ALONE;
     pthread_mutex_lock(&flight_stripes[s].lock);
     struct flight **slot = find(&flight_stripes[s].head, key);
     if (*slot && may_follow) {
-        struct flight_waiter *wt = malloc(sizeof *wt);
-        if (wt) {
-            *wt = (struct flight_waiter){.token = token, .target = target,
-                                         .next = (*slot)->waiters};
-            (*slot)->waiters = wt;
-            atomic_fetch_add_explicit(&flight_waiters, 1, memory_order_relaxed);
-            role = FLIGHT_FOLLOW;
-        }
+        struct flight *f = *slot;
+        *w = (struct flight_waiter){.token = token, .target = target, .stripe = s, .flight = f,
+                                    .next = f->waiters};
+        if (f->waiters)
+            f->waiters->prev = w;
+        f->waiters = w;
+        f->n_waiters++;
+        atomic_fetch_add_explicit(&flight_waiters, 1, memory_order_relaxed);
+        role = FLIGHT_FOLLOW;
     } else if (!*slot && may_lead) {
         struct flight *f = calloc(1, sizeof *f);
         if (f) {
@@ -70,44 +66,59 @@ enum flight_role flight_join(const unsigned char key[32], uint64_t token, void *
     return role;
 }
 
-void flight_leave(const unsigned char key[32], uint64_t token)
+void flight_leave(struct flight_waiter *w)
 {
-    unsigned s = stripe_of(key);
-    struct flight_waiter *gone = NULL;
-    pthread_mutex_lock(&flight_stripes[s].lock);
-    struct flight *f = *find(&flight_stripes[s].head, key);
-    for (struct flight_waiter **p = f ? &f->waiters : NULL; p && *p; p = &(*p)->next)
-        if ((*p)->token == token) {
-            gone = *p;
-            *p = gone->next;
-            break;
-        }
-    pthread_mutex_unlock(&flight_stripes[s].lock);
-    if (gone)
+    pthread_mutex_lock(&flight_stripes[w->stripe].lock);
+    struct flight *f = w->flight;
+    if (f) {
+        if (w->prev)
+            w->prev->next = w->next;
+        else
+            f->waiters = w->next;
+        if (w->next)
+            w->next->prev = w->prev;
+        f->n_waiters--;
+        w->flight = NULL;
+        w->prev = w->next = NULL;
         atomic_fetch_sub_explicit(&flight_waiters, 1, memory_order_relaxed);
-    free(gone);
+    }
+    pthread_mutex_unlock(&flight_stripes[w->stripe].lock);
 }
 
 void flight_land(const unsigned char key[32], uint64_t leader_token, const char *text, size_t len,
                  double cost_usd, flight_post_fn post)
 {
     unsigned s = stripe_of(key);
+    struct {
+        uint64_t token;
+        void *target;
+    } *to = NULL;
+    size_t n = 0;
     struct flight *f = NULL;
     pthread_mutex_lock(&flight_stripes[s].lock);
     struct flight **slot = find(&flight_stripes[s].head, key);
     if (*slot && (*slot)->leader == leader_token) {
         f = *slot;
         *slot = f->next;
+        /* The waiters live in their followers' requests, which may end as soon as the lock
+         * is released: take what the posts need now and let go of every node. */
+        to = f->n_waiters ? malloc(f->n_waiters * sizeof *to) : NULL;
+        for (struct flight_waiter *next, *w = f->waiters; w; w = next) {
+            next = w->next;
+            if (to) {
+                to[n].token = w->token;
+                to[n].target = w->target;
+                n++;
+            }
+            w->flight = NULL; /* without memory for the list, they wait out their time */
+            w->prev = w->next = NULL;
+        }
+        atomic_fetch_sub_explicit(&flight_waiters, f->n_waiters, memory_order_relaxed);
     }
     pthread_mutex_unlock(&flight_stripes[s].lock);
-    if (!f)
-        return;
-    for (struct flight_waiter *next, *wt = f->waiters; wt; wt = next) {
-        next = wt->next;
-        atomic_fetch_sub_explicit(&flight_waiters, 1, memory_order_relaxed);
-        post(wt->target, wt->token, text, len, cost_usd);
-        free(wt);
-    }
+    for (size_t i = 0; i < n; i++)
+        post(to[i].target, to[i].token, text, len, cost_usd);
+    free(to);
     free(f);
 }
 

@@ -5,9 +5,9 @@
  * worker, follow it and wait. When the leader lands (its answer stored, or failed), every
  * follower is posted the answer (or NULL: go on alone) through a callback the caller gives,
  * which hands it to the follower's own worker (gateway/request.c uses a mailbox and an
- * ev_async per worker). The table is striped by key, and touched only by cacheable misses:
- * never for a request the cache does not concern, and never while a lock is held across a
- * post. */
+ * ev_async per worker). The table is striped by key and touched only by cacheable misses.
+ * Joining and leaving are O(1) (the follower owns its list node); landing is O(followers),
+ * and posts happen with no lock held. */
 #ifndef TOLLGATE_FLIGHT_H
 #define TOLLGATE_FLIGHT_H
 
@@ -21,21 +21,34 @@ enum flight_role {
     FLIGHT_FOLLOW,
 };
 
+struct flight;
+
+/* A follower's place in a flight, owned by the follower (embedded in its request). Its
+ * fields belong to the table while it follows: read them only through this API. */
+struct flight_waiter {
+    uint64_t token;
+    void *target;
+    unsigned stripe;
+    struct flight *flight; /* NULL once landed or left */
+    struct flight_waiter *prev, *next;
+};
+
 /* Delivers a landed flight's answer to one follower: `target` and `token` as the follower
  * joined with; `text` (not NUL-terminated, valid during the call) is NULL when the leader
  * had no answer to share. Called without any lock held. */
 typedef void (*flight_post_fn)(void *target, uint64_t token, const char *text, size_t len,
                                double cost_usd);
 
-/* Joins the flight for `key` as a follower (when may_follow and one exists) or starts one as
- * its leader (when may_lead and none exists). `token` names the request, unique in the
- * process; `target` is where its answer goes (its worker). */
+/* Joins the flight for `key` as a follower through `w` (when may_follow and one exists) or
+ * starts one as its leader (when may_lead and none exists). `token` names the request,
+ * unique in the process; `target` is where its answer goes (its worker). */
 enum flight_role flight_join(const unsigned char key[32], uint64_t token, void *target,
-                             bool may_follow, bool may_lead);
+                             bool may_follow, bool may_lead, struct flight_waiter *w);
 
-/* A follower stops waiting (its wait is over, or it is gone). Nothing happens if the flight
- * landed already (its post, if not yet handled, finds the follower gone and is dropped). */
-void flight_leave(const unsigned char key[32], uint64_t token);
+/* A follower stops waiting (its wait is over, or it is gone). Nothing happens if its flight
+ * landed already (the post, if not yet handled, finds the follower gone and is dropped).
+ * After it returns, the table no longer refers to `w`. */
+void flight_leave(struct flight_waiter *w);
 
 /* The leader ends its flight: each follower gets `text` (NULL: none) through `post`. */
 void flight_land(const unsigned char key[32], uint64_t leader_token, const char *text, size_t len,

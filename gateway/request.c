@@ -86,6 +86,7 @@ struct request {
     bool coalesce_checked;
     bool leads, follows;
     uint64_t flight_token;
+    struct flight_waiter waiter;                    /* its place in the flight it follows */
     struct request *follower_prev, *follower_next; /* the worker's followers */
     ev_timer follow_timer;
     /* A streamed miss assembled into a whole answer for the cache. */
@@ -969,7 +970,7 @@ static void request_unfollow(struct request *r)
 {
     if (!r->follows)
         return;
-    flight_leave(r->cache_key, r->flight_token);
+    flight_leave(&r->waiter);
     request_unlink_follower(r);
 }
 
@@ -1066,7 +1067,8 @@ static bool request_coalesce(struct request *r)
     if (r->cache_result != REQUEST_CACHE_MISS || !wait_ms)
         return false;
     r->flight_token = worker_random(r->w);
-    switch (flight_join(r->cache_key, r->flight_token, r->w, r->cache_read, r->cache_store)) {
+    switch (flight_join(r->cache_key, r->flight_token, r->w, r->cache_read, r->cache_store,
+                        &r->waiter)) {
     case FLIGHT_LEAD:
         r->leads = true;
         return false;

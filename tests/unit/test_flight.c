@@ -58,9 +58,10 @@ static void test_lead_follow_land(void **state)
     unsigned char k[32];
     key_of(k, 1);
     int w1, w2;
-    assert_int_equal(flight_join(k, 100, &w1, true, true), FLIGHT_LEAD);
-    assert_int_equal(flight_join(k, 101, &w1, true, true), FLIGHT_FOLLOW);
-    assert_int_equal(flight_join(k, 102, &w2, true, true), FLIGHT_FOLLOW);
+    struct flight_waiter a, b, c;
+    assert_int_equal(flight_join(k, 100, &w1, true, true, &a), FLIGHT_LEAD);
+    assert_int_equal(flight_join(k, 101, &w1, true, true, &b), FLIGHT_FOLLOW);
+    assert_int_equal(flight_join(k, 102, &w2, true, true, &c), FLIGHT_FOLLOW);
     assert_int_equal(flight_waiting(), 2);
     /* Landing with someone else's token does nothing. */
     flight_land(k, 101, "x", 1, 0, post);
@@ -74,8 +75,10 @@ static void test_lead_follow_land(void **state)
     for (int i = 0; i < 2; i++)
         assert_ptr_equal(seen.targets[i], seen.tokens[i] == 101 ? (void *)&w1 : (void *)&w2);
     assert_int_equal(flight_waiting(), 0);
+    assert_null(b.flight); /* the table no longer refers to the followers' nodes */
+    assert_null(c.flight);
     /* Landed: the next one leads a new flight. */
-    assert_int_equal(flight_join(k, 103, &w1, true, true), FLIGHT_LEAD);
+    assert_int_equal(flight_join(k, 103, &w1, true, true, &a), FLIGHT_LEAD);
     flight_land(k, 103, NULL, 0, 0, post);
 }
 
@@ -85,18 +88,22 @@ static void test_leave_and_failed_leader(void **state)
     unsigned char k[32];
     key_of(k, 2);
     int w;
-    assert_int_equal(flight_join(k, 200, &w, true, true), FLIGHT_LEAD);
-    assert_int_equal(flight_join(k, 201, &w, true, true), FLIGHT_FOLLOW);
-    assert_int_equal(flight_join(k, 202, &w, true, true), FLIGHT_FOLLOW);
-    flight_leave(k, 201);
-    flight_leave(k, 201); /* twice: harmless */
-    flight_leave(k, 999); /* never joined: harmless */
+    struct flight_waiter lead, first, second, third;
+    assert_int_equal(flight_join(k, 200, &w, true, true, &lead), FLIGHT_LEAD);
+    assert_int_equal(flight_join(k, 201, &w, true, true, &first), FLIGHT_FOLLOW);
+    assert_int_equal(flight_join(k, 202, &w, true, true, &second), FLIGHT_FOLLOW);
+    assert_int_equal(flight_join(k, 203, &w, true, true, &third), FLIGHT_FOLLOW);
+    /* Leaving from the middle, the head and twice keeps the list whole. */
+    flight_leave(&second);
+    flight_leave(&third);
+    flight_leave(&third); /* twice: harmless */
+    assert_int_equal(flight_waiting(), 1);
     flight_land(k, 200, NULL, 0, 0, post); /* the leader failed */
     assert_int_equal(seen.n, 1);
-    assert_int_equal(seen.tokens[0], 202);
+    assert_int_equal(seen.tokens[0], 201);
     assert_int_equal(seen.with_text, 0);
     /* Leaving after the landing is harmless too. */
-    flight_leave(k, 202);
+    flight_leave(&first);
     assert_int_equal(flight_waiting(), 0);
 }
 
@@ -107,12 +114,13 @@ static void test_who_may_lead_or_follow(void **state)
     key_of(k, 3);
     key_of(other, 3 + 256); /* same stripe, another key */
     int w;
+    struct flight_waiter x;
     /* no-store cannot lead; no-cache cannot follow */
-    assert_int_equal(flight_join(k, 300, &w, true, false), FLIGHT_ALONE);
-    assert_int_equal(flight_join(k, 301, &w, true, true), FLIGHT_LEAD);
-    assert_int_equal(flight_join(k, 302, &w, false, true), FLIGHT_ALONE);
+    assert_int_equal(flight_join(k, 300, &w, true, false, &x), FLIGHT_ALONE);
+    assert_int_equal(flight_join(k, 301, &w, true, true, &x), FLIGHT_LEAD);
+    assert_int_equal(flight_join(k, 302, &w, false, true, &x), FLIGHT_ALONE);
     /* Another key in the same stripe is another flight. */
-    assert_int_equal(flight_join(other, 303, &w, true, true), FLIGHT_LEAD);
+    assert_int_equal(flight_join(other, 303, &w, true, true, &x), FLIGHT_LEAD);
     flight_land(k, 301, "a", 1, 0, post);
     assert_int_equal(seen.n, 0);
     flight_land(other, 303, "b", 1, 0, post);
@@ -144,11 +152,12 @@ static void *racer(void *arg)
         unsigned char k[32];
         key_of(k, 1000 + i % 7);
         uint64_t token = ((uint64_t)r->id << 32) | (uint64_t)i;
-        enum flight_role role = flight_join(k, token, r, true, true);
+        struct flight_waiter w;
+        enum flight_role role = flight_join(k, token, r, true, true, &w);
         if (role == FLIGHT_LEAD)
             flight_land(k, token, "t", 1, 0, race_post);
-        else if (role == FLIGHT_FOLLOW && i % 3 == 0)
-            flight_leave(k, token);
+        else if (role == FLIGHT_FOLLOW)
+            flight_leave(&w); /* its node goes out of scope: it must be out of the table */
     }
     return NULL;
 }
@@ -168,7 +177,8 @@ static void test_threads(void **state)
     for (int i = 0; i < 7; i++) {
         unsigned char k[32];
         key_of(k, 1000 + i);
-        if (flight_join(k, 1, NULL, false, true) == FLIGHT_LEAD)
+        struct flight_waiter w;
+        if (flight_join(k, 1, NULL, false, true, &w) == FLIGHT_LEAD)
             flight_land(k, 1, NULL, 0, 0, race_post);
     }
     assert_int_equal(flight_waiting(), 0);
