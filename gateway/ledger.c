@@ -19,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <dirent.h>
 #include <sys/random.h>
 #include <sys/file.h>
 #include <sys/stat.h>
@@ -561,6 +562,99 @@ static void ledger_timer_cb(struct ev_loop *loop, ev_timer *t, int revents)
     ledger_replay(t->data);
 }
 
+/* Appends the whole lines of the spool at `from` to this ledger's spool. 0, or -1 when it
+ * could not all be copied (the orphan then stays for a later run). */
+static int ledger_copy_lines(struct ledger *l, int from, off_t *copied)
+{
+    char *buf = malloc(LEDGER_READ_CHUNK);
+    if (!buf)
+        return -1;
+    off_t at = 0;
+    int rc = 0;
+    for (;;) {
+        ssize_t got = pread(from, buf, LEDGER_READ_CHUNK, at);
+        if (got < 0) {
+            rc = -1;
+            break;
+        }
+        if (got == 0)
+            break;
+        /* Up to the last line end in the chunk: a line cut by a crash is left behind. */
+        size_t n = (size_t)got;
+        while (n && buf[n - 1] != '\n')
+            n--;
+        if (!n) {
+            if (got == LEDGER_READ_CHUNK) {
+                at += got; /* a "line" longer than any record: corrupt, skipped */
+                continue;
+            }
+            break;
+        }
+        if (l->size + (off_t)n > LEDGER_SPOOL_MAX || write(l->fd, buf, n) != (ssize_t)n) {
+            rc = -1;
+            break;
+        }
+        l->size += (off_t)n;
+        *copied += (off_t)n;
+        at += (off_t)n;
+    }
+    free(buf);
+    return rc;
+}
+
+/* Spools nobody holds any more, next to this one: their records are replayed here. */
+static void ledger_adopt(struct ledger *l)
+{
+    const char *slash = strrchr(l->path, '/');
+    char dir[4096];
+    if ((size_t)snprintf(dir, sizeof dir, "%.*s", slash ? (int)(slash - l->path) : 1,
+                         slash ? l->path : ".") >= sizeof dir)
+        return;
+    if (!*dir)
+        snprintf(dir, sizeof dir, "/");
+    DIR *d = opendir(dir);
+    if (!d)
+        return;
+    const size_t pre = strlen(LEDGER_SPOOL_PREFIX), suf = strlen(LEDGER_SPOOL_SUFFIX);
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        size_t n = strlen(e->d_name);
+        if (n <= pre + suf || strncmp(e->d_name, LEDGER_SPOOL_PREFIX, pre) ||
+            strcmp(e->d_name + n - suf, LEDGER_SPOOL_SUFFIX))
+            continue;
+        char path[4400], lock_path[4400];
+        if ((size_t)snprintf(path, sizeof path, "%s/%s", dir, e->d_name) >= sizeof path - 8 ||
+            !strcmp(path, l->path))
+            continue;
+        memcpy(lock_path, path, strlen(path));
+        memcpy(lock_path + strlen(path), ".lock", 6);
+        int lock_fd = open(lock_path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+        if (lock_fd == -1)
+            continue;
+        if (flock(lock_fd, LOCK_EX | LOCK_NB) == -1) {
+            close(lock_fd); /* a live ledger's spool */
+            continue;
+        }
+        int fd = open(path, O_RDONLY | O_CLOEXEC);
+        off_t copied = 0;
+        if (fd != -1 && ledger_copy_lines(l, fd, &copied) == 0) {
+            unlink(path);
+            unlink(lock_path);
+            if (copied) {
+                char from[600], to[600];
+                log_event(LOG_INFO, "ledger_spool_adopted",
+                          "\"from\":\"%s\",\"spool\":\"%s\",\"bytes\":%lld",
+                          log_escape(from, sizeof from, path), log_escape(to, sizeof to, l->path),
+                          (long long)copied);
+            }
+        }
+        if (fd != -1)
+            close(fd);
+        close(lock_fd);
+    }
+    closedir(d);
+}
+
 struct ledger *ledger_new(struct ev_loop *loop, struct redis_client *redis, const char *spool_path)
 {
     if (!loop || !redis || !spool_path || !*spool_path) {
@@ -587,10 +681,15 @@ struct ledger *ledger_new(struct ev_loop *loop, struct redis_client *redis, cons
         errno = ENAMETOOLONG;
         goto err;
     }
-    /* Two writers would replay and truncate each other's records: refuse a spool in use. */
-    if ((l->lock_fd = open(lock_path, O_RDWR | O_CREAT | O_CLOEXEC, 0600)) == -1 ||
-        flock(l->lock_fd, LOCK_EX | LOCK_NB) == -1)
+    /* Two writers would replay and truncate each other's records: refuse a spool in use.
+     * Another ledger may hold it for a moment while adopting it (ledger_adopt): retry. */
+    if ((l->lock_fd = open(lock_path, O_RDWR | O_CREAT | O_CLOEXEC, 0600)) == -1)
         goto err;
+    for (int tries = 0; flock(l->lock_fd, LOCK_EX | LOCK_NB) == -1; tries++) {
+        if (errno != EWOULDBLOCK || tries == 50)
+            goto err;
+        usleep(10000);
+    }
     if ((l->fd = open(spool_path, O_RDWR | O_APPEND | O_CREAT | O_CLOEXEC, 0600)) == -1)
         goto err;
     struct stat st;
@@ -602,6 +701,7 @@ struct ledger *ledger_new(struct ev_loop *loop, struct redis_client *redis, cons
     if (l->size > 0 && pread(l->fd, &last, 1, l->size - 1) == 1 && last != '\n' &&
         write(l->fd, "\n", 1) == 1)
         l->size++;
+    ledger_adopt(l);
     ledger_publish_size(l);
     if (getrandom(&l->uid_prefix, sizeof l->uid_prefix, 0) != sizeof l->uid_prefix)
         goto err;
@@ -666,6 +766,13 @@ void ledger_free(struct ledger *l)
     }
     ev_timer_stop(l->loop, &l->timer);
     if (l->fd != -1) {
+        if (l->size == l->done && !l->batch_pending) {
+            /* Nothing waits for Redis: no file left behind (removed while still locked). */
+            char lock_path[4200];
+            snprintf(lock_path, sizeof lock_path, "%s.lock", l->path);
+            unlink(l->path);
+            unlink(lock_path);
+        }
         close(l->fd);
         l->fd = -1;
     }

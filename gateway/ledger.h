@@ -48,6 +48,10 @@
 #define LEDGER_REPLAY_BATCH 256      /* spool lines sent per replay round */
 #define LEDGER_SPOOL_MAX (1ll << 30) /* bytes; past this a record is dropped (and logged) */
 #define LEDGER_REPLAY_INTERVAL_S 1.0
+/* Spool files are named LEDGER_SPOOL_PREFIX "<port>-<worker>" LEDGER_SPOOL_SUFFIX; a ledger
+ * adopts the ones in its directory that no live process holds (see ledger_new()). */
+#define LEDGER_SPOOL_PREFIX "tollgate-ledger-"
+#define LEDGER_SPOOL_SUFFIX ".spool"
 
 /* What the request path knows when a request ends. Strings are copied; NULL counts as "". */
 struct ledger_entry {
@@ -122,8 +126,11 @@ void ledger_script_args(const struct ledger_record *r, struct ledger_args *out);
 /* A ledger on `loop` writing through `redis` (required; both must outlive every use, see
  * ledger_free()) and spooling to spool_path (created 0600 if missing; its directory must
  * exist; one file per worker: nothing else may write it). Records left in the spool by an
- * earlier run are replayed. NULL with errno set (EINVAL, ENOMEM, or open(2)'s) on failure.
- * Loop thread only, like every function here but ledger_stats(). */
+ * earlier run are replayed. So are those of orphaned spools: files named like spools in the
+ * same directory whose lock no live process holds (a run on another port, or with more
+ * workers) are appended to this spool, whole lines only, and removed; the uid keeps a record
+ * counted once even if that is interrupted. NULL with errno set (EINVAL, ENOMEM, or
+ * open(2)'s) on failure. Loop thread only, like every function here but ledger_stats(). */
 struct ledger *ledger_new(struct ev_loop *loop, struct redis_client *redis, const char *spool_path);
 
 /* Records one request: never waits, never fails silently (a record that can be neither sent
@@ -132,7 +139,8 @@ struct ledger *ledger_new(struct ev_loop *loop, struct redis_client *redis, cons
 void ledger_record(struct ledger *l, const struct ledger_entry *e);
 
 /* Ends the ledger: records still awaiting Redis's answer are written to the spool (they are
- * replayed next time, and counted once thanks to the uid), the spool is closed. May be
+ * replayed next time, and counted once thanks to the uid), the spool is closed, and removed
+ * when nothing in it waits for Redis. May be
  * called before or after redis_client_free() of its client (when before, the ledger's
  * memory stays until the client has answered the commands still in flight, by its command
  * deadline or at redis_client_free()). The loop must still exist. NULL is fine. */

@@ -419,8 +419,8 @@ static void worker_start_redis(struct worker *w)
         w->budget = budget_new(w->redis);
         /* One spool file per worker and port: a spool has exactly one writer. */
         char path[1024];
-        snprintf(path, sizeof path, "%s/tollgate-ledger-%d-%u.spool", w->cfg->spool_dir,
-                 w->server->port, w->id);
+        snprintf(path, sizeof path, "%s/" LEDGER_SPOOL_PREFIX "%d-%u" LEDGER_SPOOL_SUFFIX,
+                 w->cfg->spool_dir, w->server->port, w->id);
         w->ledger = ledger_new(w->loop, w->redis, path);
         if (!w->ledger) {
             char esc[1100];

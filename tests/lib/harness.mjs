@@ -277,6 +277,8 @@ async function start_gateway_once(config, opts) {
     if (!port) throw new Error('startGateway: raw config needs opts.port');
   } else {
     const cfg = { ...config };
+    // Usage spools go to the test's own directory, not the machine's /var/tmp.
+    if (cfg.redis && cfg.spool_dir === undefined) cfg.spool_dir = dir;
     if (!cfg.listen) {
       port = port ?? await freePort();
       cfg.listen = `${HOST}:${port}`;

@@ -570,6 +570,69 @@ static void test_down_spooled_then_replayed_once(void **state)
     redis_client_free(c);
 }
 
+/* Spools left by runs that are gone (another port, more workers) are adopted: their whole
+ * lines are replayed by the new ledger and the files removed; a spool a live ledger holds is
+ * left alone; a line cut by a crash is not copied. */
+static void write_records(const char *path, const char *prefix, int n, bool cut_tail)
+{
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    for (int i = 0; i < n; i++) {
+        char id[32], uid[33], line[LEDGER_LINE_MAX + 1];
+        snprintf(id, sizeof id, "%s-%d", prefix, i);
+        snprintf(uid, sizeof uid, "%s%030d", prefix, i);
+        struct ledger_entry e = entry(id, "orphan-key", "m1", 1, 2, 0.5);
+        struct ledger_record r;
+        ledger_record_from_entry(&r, &e, uid);
+        assert_true(ledger_format_line(&r, line, sizeof line) > 0);
+        fputs(line, f);
+    }
+    if (cut_tail)
+        fputs("{\"uid\":\"ffff", f);
+    fclose(f);
+}
+
+static void test_orphaned_spools_adopted(void **state)
+{
+    struct world *w = *state;
+    struct redis_client *c = client_new(w, true);
+    char held[700], orphan[700], lock[720];
+    snprintf(held, sizeof held, "%s/" LEDGER_SPOOL_PREFIX "7-0" LEDGER_SPOOL_SUFFIX, w->dir);
+    snprintf(orphan, sizeof orphan, "%s/" LEDGER_SPOOL_PREFIX "9-3" LEDGER_SPOOL_SUFFIX, w->dir);
+    struct ledger *live = ledger_new(w->loop, c, held); /* holds its spool's lock */
+    assert_non_null(live);
+    write_records(orphan, "aa", 3, true);
+
+    struct ledger *l = ledger_new(w->loop, c, w->spool);
+    assert_non_null(l);
+    struct stat sb;
+    assert_int_equal(stat(orphan, &sb), -1); /* adopted and removed */
+    snprintf(lock, sizeof lock, "%s.lock", orphan);
+    assert_int_equal(stat(lock, &sb), -1);
+    assert_int_equal(stat(held, &sb), 0); /* a live ledger's: untouched */
+    assert_int_equal(file_lines(w->spool), 3); /* the cut line was left behind */
+    struct want x = {.l = l, .replayed = 3, .check_spool = true};
+    assert_true(run_until(w, reached, &x, 10));
+    assert_int_equal(stream_len(w), 3);
+    assert_int_equal(sum_field(w, "orphan-key", "m1:requests"), 3);
+
+    /* Adopting the same records again (an interrupted adoption) counts nothing twice. */
+    write_records(orphan, "aa", 3, false);
+    ledger_free(l);
+    l = ledger_new(w->loop, c, w->spool);
+    assert_non_null(l);
+    x = (struct want){.l = l, .duplicates = 3, .check_spool = true};
+    assert_true(run_until(w, reached, &x, 10));
+    assert_int_equal(stream_len(w), 3);
+
+    /* A ledger that ends with nothing waiting leaves no file behind. */
+    ledger_free(l);
+    assert_int_equal(stat(w->spool, &sb), -1);
+    ledger_free(live);
+    assert_int_equal(stat(held, &sb), -1);
+    redis_client_free(c);
+}
+
 static void test_same_spool_twice_counts_once(void **state)
 {
     struct world *w = *state;
@@ -784,6 +847,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_live_writes, setup, teardown),
         cmocka_unit_test_setup_teardown(test_down_spooled_then_replayed_once, setup, teardown),
         cmocka_unit_test_setup_teardown(test_same_spool_twice_counts_once, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_orphaned_spools_adopted, setup, teardown),
         cmocka_unit_test_setup_teardown(test_ack_lost_then_replayed, setup, teardown),
         cmocka_unit_test_setup_teardown(test_client_freed_first, setup, teardown),
         cmocka_unit_test_setup_teardown(test_inflight_cap_and_corrupt_lines, setup, teardown),
