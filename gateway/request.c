@@ -1303,6 +1303,9 @@ static enum MHD_Result request_admitted(struct request *r)
                                 "quota.",
                                 r->key_name);
     }
+    if (r->w->forced)
+        return REQUEST_FAIL_NOW(r, TG_ERR_SHUTTING_DOWN, NULL,
+                                "The gateway is shutting down; retry the request.");
     struct router_outcome why;
     int rc = request_start_attempt(r, &why);
     if (rc == 1) {
@@ -2064,6 +2067,14 @@ void request_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 void request_abort_all(struct worker *w)
 {
     for (struct request *r = w->active; r; r = r->next) {
+        if (r->follows) {
+            /* Waiting for an identical request's answer: it will not come in time. */
+            request_unfollow(r);
+            request_set_error(r, TG_ERR_SHUTTING_DOWN, NULL,
+                              "The gateway is shutting down; retry the request.");
+            request_wake(r);
+            continue;
+        }
         if (!r->xfer)
             continue;
         upstream_cancel(r->xfer);

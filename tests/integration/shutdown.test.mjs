@@ -121,6 +121,27 @@ test('drain_timeout_ms bounds the drain: a long stream is cut and the process st
   assert.ok(!(s.events ?? []).some((e) => e.data === '[DONE]'), 'a cut stream has no [DONE]');
 });
 
+test('drain timeout: a slow request and the identical ones waiting for it all get a clear 503', async () => {
+  const node = await startMocknode({ name: 'drain-slow', models: ['ds'], ttfbMs: 5000, quiet: true });
+  const gw = await startGateway({ workers: 1, drain_timeout_ms: 400, backends: [backendFor(node)] });
+  const ask = () => post(gw.v1 + '/chat/completions',
+    { model: 'ds', temperature: 0, messages: [{ role: 'user', content: 'slow and shared' }] },
+    { timeoutMs: 10000 });
+  const leader = ask();
+  await waitFor(async () => apiCalls(await node.stats()) === 1, { what: 'the first request at the node' });
+  const followers = Array.from({ length: 4 }, ask);
+  await new Promise((resolve) => setTimeout(resolve, 100));
+  assert.equal(apiCalls(await node.stats()), 1, 'the identical requests wait for the first');
+  gw.proc.kill('SIGTERM');
+  const answers = await Promise.all([leader, ...followers]);
+  for (const a of answers) {
+    assert.equal(a.status, 503, a.text);
+    assert.equal(a.json?.error?.code, 'shutting_down', a.text);
+  }
+  assert.deepEqual(await gw.waitExit(10000), { code: 0, signal: null }, gw.logs.text());
+  assert.equal(apiCalls(await node.stats()), 1, 'no new upstream call was started while stopping');
+});
+
 test('SIGINT on an idle gateway exits 0 promptly', async () => {
   const node = await startMocknode({ name: 'int-node', models: ['i1'], quiet: true });
   const gw = await startGateway({ backends: [backendFor(node)] });
