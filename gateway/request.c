@@ -1949,6 +1949,8 @@ static void request_observe(const struct request *r, double seconds)
         const struct config_model *cm = r->target->model;
         metrics_observe_usage(m, route, model, cm->price ? cm->price->metric_pair : 0,
                               r->metric_key, r->prompt_tokens, r->completion_tokens, r->cost_usd);
+        if (r->usage_clamped)
+            metrics_observe_clamped(m, r->target->backend->state->metric_backend);
         if (r->routing_saved_usd > 0)
             METRICS_ADD(m->routing_savings, r->routing_saved_usd);
     }

@@ -286,6 +286,11 @@ void metrics_observe_attempt(struct metrics_shard *s, unsigned backend, unsigned
     OBSERVE(&s->backend_duration[clamp(backend, METRICS_MAX_BACKENDS)], duration_le, seconds);
 }
 
+void metrics_observe_clamped(struct metrics_shard *s, unsigned backend)
+{
+    METRICS_ADD(s->usage_clamped[clamp(backend, METRICS_MAX_BACKENDS)], 1);
+}
+
 void metrics_observe_usage(struct metrics_shard *s, enum metrics_route route, unsigned model,
                            unsigned pair, unsigned key, long input, long output, double cost_usd)
 {
@@ -439,6 +444,16 @@ static void render_backends(struct render *rd)
         snprintf(labels, sizeof labels, "backend=\"%s\"", label_name(METRICS_LABEL_BACKEND, b));
         hist(rd, "tollgate_backend_duration_seconds", labels, OFF(backend_duration[b]),
              BOUNDS(duration_le), false);
+    }
+    head(rd, "tollgate_backend_usage_clamped_total", "counter",
+         "Answers whose reported usage was more than the backend could have produced "
+         "(more than max_tokens or the text it delivered allow); billed at the bound.");
+    for (size_t b = 0; b < backends; b++) {
+        uint64_t v = sum_u64(rd, OFF(usage_clamped[b]));
+        if (v)
+            rd->err |= buf_printf(rd->out,
+                                  "tollgate_backend_usage_clamped_total{backend=\"%s\"} %llu\n",
+                                  label_name(METRICS_LABEL_BACKEND, b), (unsigned long long)v);
     }
     head(rd, "tollgate_tokens_total", "counter",
          "Tokens billed, by backend, model and type (input, output).");

@@ -79,6 +79,7 @@ struct metrics_shard {
     struct metrics_hist overhead;
     _Atomic uint64_t backend_requests[METRICS_MAX_PAIRS][METRICS_OUTCOME_COUNT];
     struct metrics_hist backend_duration[METRICS_MAX_BACKENDS];
+    _Atomic uint64_t usage_clamped[METRICS_MAX_BACKENDS]; /* answers claiming more than possible */
     _Atomic uint64_t tokens[METRICS_MAX_PAIRS][2]; /* input, output */
     _Atomic double cost[METRICS_MAX_PAIRS];
     _Atomic double key_cost[METRICS_MAX_KEYS];
@@ -126,6 +127,8 @@ void metrics_observe_ttft(struct metrics_shard *s, enum metrics_route route, uns
 void metrics_observe_overhead(struct metrics_shard *s, double seconds);
 void metrics_observe_attempt(struct metrics_shard *s, unsigned backend, unsigned pair,
                              enum metrics_outcome outcome, double seconds);
+/* A backend reported more usage than it could have produced; the bill used the bound. */
+void metrics_observe_clamped(struct metrics_shard *s, unsigned backend);
 /* Billed usage of a request served by a backend. */
 void metrics_observe_usage(struct metrics_shard *s, enum metrics_route route, unsigned model,
                            unsigned pair, unsigned key, long input, long output, double cost_usd);

@@ -9,7 +9,7 @@
 import { test, before, after, describe } from 'node:test';
 import assert from 'node:assert/strict';
 import {
-  startMocknode, startGateway, backendFor, cleanup, post, streamPost, parseEvents, mockText,
+  get, startMocknode, startGateway, backendFor, cleanup, post, streamPost, parseEvents, mockText,
   mockPromptTokens, chatCalls, adminListener, waitFor, startRawBackend, startJsonServer, chunk,
 } from '../lib/harness.mjs';
 
@@ -102,6 +102,14 @@ describe('usage from a node that inflates it (inflate-usage: numbers x 100)', ()
     // 'once upon': 9 bytes, one item: 9 + 8 + 64.
     assert.deepEqual(r.json.usage, { prompt_tokens: 81, completion_tokens: 2, total_tokens: 83 });
     assertCostHeader(r, usd(81, 2));
+  });
+
+  test('every clamped answer is counted against the node in /metrics', async () => {
+    const m = await get(gw.url + '/metrics');
+    assert.equal(m.status, 200);
+    const line = /^tollgate_backend_usage_clamped_total\{backend="liar"\} (\d+)$/m.exec(m.text);
+    assert.ok(line, m.text.split('\n').filter((l) => l.includes('clamped')).join('\n'));
+    assert.equal(Number(line[1]), 5, 'the five answers above');
   });
 });
 
