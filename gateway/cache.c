@@ -304,8 +304,8 @@ static json_t *capture_choice(struct cache_capture *c, json_t *choices, json_t *
         return NULL;
     json_t *ch = c->chat ? json_pack("{s:O, s:{s:s, s:n}, s:n, s:n}", "index", index, "message",
                                      "role", "assistant", "content", "logprobs", "finish_reason")
-                         : json_pack("{s:O, s:s, s:n, s:n}", "index", index, "text", "",
-                                     "logprobs", "finish_reason");
+                         : json_pack("{s:O, s:s, s:n, s:n}", "index", index, "text", "", "logprobs",
+                                     "finish_reason");
     if (!ch || json_array_append_new(choices, ch))
         return NULL;
     return ch;

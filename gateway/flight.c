@@ -45,8 +45,8 @@ enum flight_role flight_join(const unsigned char key[32], uint64_t token, void *
     struct flight **slot = find(&flight_stripes[s].head, key);
     if (*slot && may_follow) {
         struct flight *f = *slot;
-        *w = (struct flight_waiter){.token = token, .target = target, .stripe = s, .flight = f,
-                                    .next = f->waiters};
+        *w = (struct flight_waiter){
+            .token = token, .target = target, .stripe = s, .flight = f, .next = f->waiters};
         if (f->waiters)
             f->waiters->prev = w;
         f->waiters = w;

@@ -23,15 +23,14 @@ struct metrics_bounds {
 };
 
 static const double duration_le[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
-                                     0.25,   0.5,   1,      2.5,   5,    10,   30,    60};
-static const double overhead_le[] = {5e-06,  1e-05, 2.5e-05, 5e-05, 0.0001, 0.00025, 0.0005,
-                                     0.001,  0.0025, 0.005,  0.01,  0.025,  0.1};
+                                     0.25,   0.5,   1,      2.5,   5,    10,    30,   60};
+static const double overhead_le[] = {5e-06, 1e-05,  2.5e-05, 5e-05, 0.0001, 0.00025, 0.0005,
+                                     0.001, 0.0025, 0.005,   0.01,  0.025,  0.1};
 /* The OpenTelemetry GenAI semantic conventions' advised boundaries. */
 static const double genai_duration_le[] = {0.01, 0.02, 0.04, 0.08,  0.16,  0.32,  0.64,
                                            1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92};
-static const double genai_tokens_le[] = {1,      4,       16,      64,       256,
-                                         1024,   4096,    16384,   65536,    262144,
-                                         1048576, 4194304, 16777216, 67108864};
+static const double genai_tokens_le[] = {
+    1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864};
 static const double genai_ttft_le[] = {0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1,
                                        0.25,  0.5,   0.75, 1.0,  2.5,  5.0,  7.5,  10.0};
 
@@ -185,9 +184,8 @@ static const char *pair_model(size_t i)
 
 /* ---- statuses, routes, operations ------------------------------------------------------------ */
 
-static const unsigned status_codes[] = {200, 201, 204, 206, 301, 302, 304, 400,
-                                        401, 403, 404, 405, 408, 409, 413, 415,
-                                        422, 429, 499, 500, 501, 502, 503, 504};
+static const unsigned status_codes[] = {200, 201, 204, 206, 301, 302, 304, 400, 401, 403, 404, 405,
+                                        408, 409, 413, 415, 422, 429, 499, 500, 501, 502, 503, 504};
 #define STATUS_NAMED (sizeof status_codes / sizeof status_codes[0])
 _Static_assert(STATUS_NAMED + 5 == METRICS_STATUSES, "status table size");
 
@@ -208,13 +206,12 @@ static void status_text(unsigned i, char out[8])
         snprintf(out, 8, "%uxx", i - (unsigned)STATUS_NAMED + 1);
 }
 
-static const char *const route_names[METRICS_ROUTE_COUNT] = {
-    "chat_completions", "completions", "embeddings", "models", "other"};
+static const char *const route_names[METRICS_ROUTE_COUNT] = {"chat_completions", "completions",
+                                                             "embeddings", "models", "other"};
 static const char *const genai_op_names[METRICS_GENAI_OPS] = {"chat", "text_completion",
                                                               "embeddings"};
 static const char *const outcome_names[METRICS_OUTCOME_COUNT] = {
-    "success", "client_error", "rate_limited", "server_error", "timeout", "unreachable",
-    "broken"};
+    "success", "client_error", "rate_limited", "server_error", "timeout", "unreachable", "broken"};
 static const char *const cache_names[3] = {"hit", "miss", "bypass"};
 static const char *const token_types[2] = {"input", "output"};
 
@@ -371,13 +368,12 @@ static void hist(struct render *rd, const char *name, const char *labels, size_t
             rd->err |= buf_printf(rd->out, "%s_bucket{%s%sle=\"%s\"} %llu\n", name, labels, sep,
                                   shortest(le, bounds.le[b]), (unsigned long long)cum);
         else
-            rd->err |= buf_printf(rd->out, "%s_bucket{%s%sle=\"+Inf\"} %llu\n", name, labels,
-                                  sep, (unsigned long long)cum);
+            rd->err |= buf_printf(rd->out, "%s_bucket{%s%sle=\"+Inf\"} %llu\n", name, labels, sep,
+                                  (unsigned long long)cum);
     }
     const char *open = *labels ? "{" : "", *close = *labels ? "}" : "";
-    rd->err |= buf_printf(rd->out, "%s_sum%s%s%s %.17g\n%s_count%s%s%s %llu\n", name, open,
-                          labels, close, sum, name, open, labels, close,
-                          (unsigned long long)total);
+    rd->err |= buf_printf(rd->out, "%s_sum%s%s%s %.17g\n%s_count%s%s%s %llu\n", name, open, labels,
+                          close, sum, name, open, labels, close, (unsigned long long)total);
 }
 
 static void render_requests(struct render *rd)
@@ -394,7 +390,8 @@ static void render_requests(struct render *rd)
                 char code[8];
                 status_text(st, code);
                 rd->err |= buf_printf(
-                    rd->out, "tollgate_requests_total{route=\"%s\",model=\"%s\",status=\"%s\"} %llu\n",
+                    rd->out,
+                    "tollgate_requests_total{route=\"%s\",model=\"%s\",status=\"%s\"} %llu\n",
                     route_names[route], label_name(METRICS_LABEL_MODEL, m), code,
                     (unsigned long long)v);
             }
@@ -412,8 +409,8 @@ static void render_requests(struct render *rd)
     for (size_t m = 0; m < models; m++) {
         char labels[512];
         snprintf(labels, sizeof labels, "model=\"%s\"", label_name(METRICS_LABEL_MODEL, m));
-        hist(rd, "tollgate_time_to_first_token_seconds", labels, OFF(ttft[m]),
-             BOUNDS(duration_le), false);
+        hist(rd, "tollgate_time_to_first_token_seconds", labels, OFF(ttft[m]), BOUNDS(duration_le),
+             false);
     }
     head(rd, "tollgate_overhead_seconds", "histogram",
          "Time a request spent in the gateway itself: until its answer was queued, minus the "
@@ -451,9 +448,9 @@ static void render_backends(struct render *rd)
     for (size_t b = 0; b < backends; b++) {
         uint64_t v = sum_u64(rd, OFF(usage_clamped[b]));
         if (v)
-            rd->err |= buf_printf(rd->out,
-                                  "tollgate_backend_usage_clamped_total{backend=\"%s\"} %llu\n",
-                                  label_name(METRICS_LABEL_BACKEND, b), (unsigned long long)v);
+            rd->err |=
+                buf_printf(rd->out, "tollgate_backend_usage_clamped_total{backend=\"%s\"} %llu\n",
+                           label_name(METRICS_LABEL_BACKEND, b), (unsigned long long)v);
     }
     head(rd, "tollgate_tokens_total", "counter",
          "Tokens billed, by backend, model and type (input, output).");
@@ -471,12 +468,14 @@ static void render_backends(struct render *rd)
     for (size_t p = 0; p < pairs; p++) {
         double v = sum_f64(rd, OFF(cost[p]));
         if (v > 0 || sum_u64(rd, OFF(tokens[p][0])))
-            rd->err |= buf_printf(rd->out,
-                                  "tollgate_cost_usd_total{backend=\"%s\",model=\"%s\"} %.17g\n",
-                                  label_name(METRICS_LABEL_PAIR, p), pair_model(p), v);
+            rd->err |=
+                buf_printf(rd->out, "tollgate_cost_usd_total{backend=\"%s\",model=\"%s\"} %.17g\n",
+                           label_name(METRICS_LABEL_PAIR, p), pair_model(p), v);
     }
     head(rd, "tollgate_key_cost_usd_total", "counter",
-         "USD billed, by caller key name (at most " "256" " names; the rest count as other).");
+         "USD billed, by caller key name (at most "
+         "256"
+         " names; the rest count as other).");
     size_t keys = labels_in_use(METRICS_LABEL_KEY);
     for (size_t k = 0; k < keys; k++) {
         double v = sum_f64(rd, OFF(key_cost[k]));
@@ -495,10 +494,10 @@ static void render_genai(struct render *rd)
         for (size_t m = 0; m < models; m++) {
             char labels[512];
             snprintf(labels, sizeof labels,
-                     "gen_ai_operation_name=\"%s\",gen_ai_request_model=\"%s\"",
-                     genai_op_names[op], label_name(METRICS_LABEL_MODEL, m));
-            hist(rd, "gen_ai_client_operation_duration_seconds", labels,
-                 OFF(genai_duration[op][m]), BOUNDS(genai_duration_le), false);
+                     "gen_ai_operation_name=\"%s\",gen_ai_request_model=\"%s\"", genai_op_names[op],
+                     label_name(METRICS_LABEL_MODEL, m));
+            hist(rd, "gen_ai_client_operation_duration_seconds", labels, OFF(genai_duration[op][m]),
+                 BOUNDS(genai_duration_le), false);
         }
     head(rd, "gen_ai_client_token_usage", "histogram",
          "Tokens per operation (OpenTelemetry gen_ai.client.token.usage).");
@@ -519,10 +518,10 @@ static void render_genai(struct render *rd)
         for (size_t m = 0; m < models; m++) {
             char labels[512];
             snprintf(labels, sizeof labels,
-                     "gen_ai_operation_name=\"%s\",gen_ai_request_model=\"%s\"",
-                     genai_op_names[op], label_name(METRICS_LABEL_MODEL, m));
-            hist(rd, "gen_ai_server_time_to_first_token_seconds", labels,
-                 OFF(genai_ttft[op][m]), BOUNDS(genai_ttft_le), false);
+                     "gen_ai_operation_name=\"%s\",gen_ai_request_model=\"%s\"", genai_op_names[op],
+                     label_name(METRICS_LABEL_MODEL, m));
+            hist(rd, "gen_ai_server_time_to_first_token_seconds", labels, OFF(genai_ttft[op][m]),
+                 BOUNDS(genai_ttft_le), false);
         }
 }
 
@@ -581,22 +580,22 @@ static void render_redis(struct render *rd)
     }
     if (!configured)
         return;
-    rd->err |= buf_printf(
-        rd->out,
-        "# HELP tollgate_ledger_records_total Usage records, by what became of them.\n"
-        "# TYPE tollgate_ledger_records_total counter\n"
-        "tollgate_ledger_records_total{outcome=\"written\"} %llu\n"
-        "tollgate_ledger_records_total{outcome=\"spooled\"} %llu\n"
-        "tollgate_ledger_records_total{outcome=\"replayed\"} %llu\n"
-        "tollgate_ledger_records_total{outcome=\"dropped\"} %llu\n"
-        "# HELP tollgate_ledger_spool_bytes Usage records waiting in spool files.\n"
-        "# TYPE tollgate_ledger_spool_bytes gauge\n"
-        "tollgate_ledger_spool_bytes %llu\n",
-        (unsigned long long)sum_u64(rd, OFF(ledger_written)),
-        (unsigned long long)sum_u64(rd, OFF(ledger_spooled)),
-        (unsigned long long)sum_u64(rd, OFF(ledger_replayed)),
-        (unsigned long long)sum_u64(rd, OFF(ledger_dropped)),
-        (unsigned long long)sum_u64(rd, OFF(ledger_spool_bytes)));
+    rd->err |=
+        buf_printf(rd->out,
+                   "# HELP tollgate_ledger_records_total Usage records, by what became of them.\n"
+                   "# TYPE tollgate_ledger_records_total counter\n"
+                   "tollgate_ledger_records_total{outcome=\"written\"} %llu\n"
+                   "tollgate_ledger_records_total{outcome=\"spooled\"} %llu\n"
+                   "tollgate_ledger_records_total{outcome=\"replayed\"} %llu\n"
+                   "tollgate_ledger_records_total{outcome=\"dropped\"} %llu\n"
+                   "# HELP tollgate_ledger_spool_bytes Usage records waiting in spool files.\n"
+                   "# TYPE tollgate_ledger_spool_bytes gauge\n"
+                   "tollgate_ledger_spool_bytes %llu\n",
+                   (unsigned long long)sum_u64(rd, OFF(ledger_written)),
+                   (unsigned long long)sum_u64(rd, OFF(ledger_spooled)),
+                   (unsigned long long)sum_u64(rd, OFF(ledger_replayed)),
+                   (unsigned long long)sum_u64(rd, OFF(ledger_dropped)),
+                   (unsigned long long)sum_u64(rd, OFF(ledger_spool_bytes)));
     rd->err |= buf_printf(rd->out,
                           "# HELP tollgate_redis_errors_total Redis commands that failed "
                           "(errors, timeouts, refusals while the breaker is open).\n"
@@ -631,9 +630,10 @@ int metrics_render_backends(struct buf *out, const struct config *cfg)
 {
     int err = 0;
     char name[300], model[300];
-    err |= buf_printf(out, "# HELP tollgate_build_info The running build.\n"
-                           "# TYPE tollgate_build_info gauge\n"
-                           "tollgate_build_info{version=\"%s\"} 1\n",
+    err |= buf_printf(out,
+                      "# HELP tollgate_build_info The running build.\n"
+                      "# TYPE tollgate_build_info gauge\n"
+                      "tollgate_build_info{version=\"%s\"} 1\n",
                       TOLLGATE_VERSION);
     err |= buf_append_str(out, "# HELP tollgate_backend_up Whether the backend takes requests "
                                "(1) or is ejected or failing its probes (0).\n"
@@ -652,8 +652,7 @@ int metrics_render_backends(struct buf *out, const struct config *cfg)
         const struct config_backend *b = &cfg->backends[i];
         escaped(name, sizeof name, b->name);
         err |= buf_printf(out, "tollgate_backend_inflight{backend=\"%s\"} %d\n", name,
-                          b->state ? atomic_load_explicit(&b->state->inflight,
-                                                          memory_order_relaxed)
+                          b->state ? atomic_load_explicit(&b->state->inflight, memory_order_relaxed)
                                    : 0);
     }
     err |= buf_append_str(out, "# HELP tollgate_backend_ejections_total Times the backend was "
@@ -663,8 +662,8 @@ int metrics_render_backends(struct buf *out, const struct config *cfg)
         const struct config_backend *b = &cfg->backends[i];
         escaped(name, sizeof name, b->name);
         err |= buf_printf(out, "tollgate_backend_ejections_total{backend=\"%s\"} %llu\n", name,
-                          b->state ? (unsigned long long)atomic_load_explicit(
-                                         &b->state->ejections, memory_order_relaxed)
+                          b->state ? (unsigned long long)atomic_load_explicit(&b->state->ejections,
+                                                                              memory_order_relaxed)
                                    : 0ull);
     }
     err |= buf_append_str(out, "# HELP tollgate_backend_price_usd_per_mtok Current price, USD "

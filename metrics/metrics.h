@@ -57,14 +57,15 @@ enum metrics_label_kind {
 #define METRICS_MAX_BACKENDS 64
 #define METRICS_MAX_PAIRS 512
 #define METRICS_MAX_KEYS 256
-#define METRICS_STATUSES 29 /* 24 named codes, then 1xx..5xx for the rest */
-#define METRICS_GENAI_OPS 3 /* chat, text_completion, embeddings */
-#define METRICS_HIST_MAX 17 /* finite buckets of the widest histogram */
+#define METRICS_STATUSES 29   /* 24 named codes, then 1xx..5xx for the rest */
+#define METRICS_GENAI_OPS 3   /* chat, text_completion, embeddings */
+#define METRICS_HIST_MAX 17   /* finite buckets of the widest histogram */
 #define METRICS_LABEL_MAX 200 /* longest label value (escaped); longer names are "other" */
 
 /* The index of a label (1..cap-1), interning it when new; 0 ("other") once the table is
- * full, for a name longer than METRICS_LABEL_MAX, or on OOM. `name2` is the model of a METRICS_LABEL_PAIR, else NULL. Takes a mutex:
- * call it when a config is attached or a key is fetched, not per request. */
+ * full, for a name longer than METRICS_LABEL_MAX, or on OOM. `name2` is the model of a
+ * METRICS_LABEL_PAIR, else NULL. Takes a mutex: call it when a config is attached or a key is
+ * fetched, not per request. */
 unsigned metrics_label(enum metrics_label_kind kind, const char *name, const char *name2);
 
 struct metrics_hist {
@@ -80,7 +81,7 @@ struct metrics_shard {
     _Atomic uint64_t backend_requests[METRICS_MAX_PAIRS][METRICS_OUTCOME_COUNT];
     struct metrics_hist backend_duration[METRICS_MAX_BACKENDS];
     _Atomic uint64_t usage_clamped[METRICS_MAX_BACKENDS]; /* answers claiming more than possible */
-    _Atomic uint64_t tokens[METRICS_MAX_PAIRS][2]; /* input, output */
+    _Atomic uint64_t tokens[METRICS_MAX_PAIRS][2];        /* input, output */
     _Atomic double cost[METRICS_MAX_PAIRS];
     _Atomic double key_cost[METRICS_MAX_KEYS];
     _Atomic double routing_savings;
@@ -112,8 +113,8 @@ struct metrics_shard *metrics_shard_new(void);
 void metrics_shard_free(struct metrics_shard *s);
 
 /* Single-writer increment: only the owning worker calls these. */
-#define METRICS_ADD(field, n)                                                                  \
-    atomic_store_explicit(&(field), atomic_load_explicit(&(field), memory_order_relaxed) + (n), \
+#define METRICS_ADD(field, n)                                                                      \
+    atomic_store_explicit(&(field), atomic_load_explicit(&(field), memory_order_relaxed) + (n),    \
                           memory_order_relaxed)
 
 /* The gen_ai operation of a route (chat, text_completion, embeddings), or -1. */

@@ -71,7 +71,8 @@ int backend_attach(struct config *cfg)
     }
     pthread_mutex_unlock(&backend_registry_lock);
     for (size_t i = 0; i < cfg->n_routes; i++)
-        cfg->routes[i].metric_model = metrics_label(METRICS_LABEL_MODEL, cfg->routes[i].model, NULL);
+        cfg->routes[i].metric_model =
+            metrics_label(METRICS_LABEL_MODEL, cfg->routes[i].model, NULL);
     for (size_t i = 0; i < cfg->n_keys; i++)
         cfg->keys[i].metric_key = metrics_label(METRICS_LABEL_KEY, cfg->keys[i].name, NULL);
     return result;
