@@ -6,6 +6,7 @@
 #include "gateway/log.h"
 #include "gateway/redis.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
@@ -19,9 +20,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <dirent.h>
-#include <sys/random.h>
 #include <sys/file.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -256,7 +256,7 @@ void ledger_script_args(const struct ledger_record *r, struct ledger_args *out)
         out->seen,   LEDGER_STREAM, out->sum,  LEDGER_KEYSET,    out->maxlen,
         out->ttl,    r->uid,        r->id,     r->key,           r->model,
         r->backend,  r->cache,      r->status, r->prompt_tokens, r->completion_tokens,
-        r->cost_usd, r->latency_ms, r->ts_ms,    r->saved_usd};
+        r->cost_usd, r->latency_ms, r->ts_ms,  r->saved_usd};
     for (int i = 0; i < LEDGER_ARGC; i++) {
         out->argv[i] = v[i];
         out->argvlen[i] = strlen(v[i]);

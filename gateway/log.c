@@ -1,11 +1,11 @@
 #include "gateway/log.h"
 
+#include <limits.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
-#include <limits.h>
 #include <unistd.h>
 
 static atomic_int log_level_now = LOG_INFO;

@@ -3,8 +3,8 @@
 #include "gateway/answer.h"
 #include "gateway/auth.h"
 #include "gateway/budget.h"
-#include "gateway/cache.h"
 #include "gateway/buf.h"
+#include "gateway/cache.h"
 #include "gateway/error.h"
 #include "gateway/flight.h"
 #include "gateway/keyauth.h"
@@ -79,14 +79,14 @@ struct request {
     bool cache_checked;
     bool cache_pending;   /* the shared store (Redis) is being asked */
     struct request_cache_ask *cache_ask;
-    bool cache_read;      /* may be answered from the cache (no Cache-Control: no-cache) */
+    bool cache_read; /* may be answered from the cache (no Cache-Control: no-cache) */
     int64_t cache_max_age_ms;
     /* Coalescing: the first cacheable miss for a key leads a flight, identical ones that come
      * while it is answered follow it (parked) and get its answer. */
     bool coalesce_checked;
     bool leads, follows;
     uint64_t flight_token;
-    struct flight_waiter waiter;                    /* its place in the flight it follows */
+    struct flight_waiter waiter;                   /* its place in the flight it follows */
     struct request *follower_prev, *follower_next; /* the worker's followers */
     ev_timer follow_timer;
     /* A streamed miss assembled into a whole answer for the cache. */
@@ -95,9 +95,9 @@ struct request {
     unsigned char cache_key[32];
     const char *model; /* the route's model name (config-owned) */
     double t_start;
-    double t_queued;   /* when the answer (or the stream's first event) was queued */
-    double up_wait;    /* seconds spent waiting on backends before that */
-    double saved_usd;  /* a hit: what the stored answer cost when it was made */
+    double t_queued;          /* when the answer (or the stream's first event) was queued */
+    double up_wait;           /* seconds spent waiting on backends before that */
+    double saved_usd;         /* a hit: what the stored answer cost when it was made */
     double routing_saved_usd; /* the priciest healthy alternative's cost minus ours */
     struct buf body;
     json_t *json;
@@ -940,8 +940,8 @@ static void request_post(void *target, uint64_t token, const char *text, size_t 
     struct worker_mail *m = malloc(sizeof *m + (text ? len : 0));
     if (!m)
         return; /* the follower's wait ends and it goes on alone */
-    *m = (struct worker_mail){.token = token, .has_text = text != NULL, .cost_usd = cost_usd,
-                              .len = text ? len : 0};
+    *m = (struct worker_mail){
+        .token = token, .has_text = text != NULL, .cost_usd = cost_usd, .len = text ? len : 0};
     if (text)
         memcpy(m->text, text, len);
     pthread_mutex_lock(&w->mail_lock);
@@ -1686,8 +1686,7 @@ static void request_whole_answer(struct request *r)
     bool complete = r->ep->route == OPENAI_EMBEDDINGS
                         ? true
                         : r->scan.choices_len > 0 && r->scan.finished == r->scan.choices_len;
-    if (r->cache_result == REQUEST_CACHE_MISS && r->cache_store && complete &&
-        r->up_status == 200)
+    if (r->cache_result == REQUEST_CACHE_MISS && r->cache_store && complete && r->up_status == 200)
         request_cache_store(r, text, len);
     else
         request_flight_land(r, NULL, 0, 0);
@@ -1960,9 +1959,9 @@ static void request_log(const struct request *r, double seconds)
 {
     if (!log_enabled(LOG_INFO))
         return;
-    static const char *const cache[] = {
-        [REQUEST_CACHE_BYPASS] = "bypass", [REQUEST_CACHE_MISS] = "miss",
-        [REQUEST_CACHE_HIT] = "hit"};
+    static const char *const cache[] = {[REQUEST_CACHE_BYPASS] = "bypass",
+                                        [REQUEST_CACHE_MISS] = "miss",
+                                        [REQUEST_CACHE_HIT] = "hit"};
     char model[160], key[160], backend[160], id[300];
     bool billed = r->usage_done && r->route;
     log_event(LOG_INFO, "request",
