@@ -367,7 +367,7 @@ void cache_capture_event(struct cache_capture *c, const char *data, size_t len)
         return;
     json_t *ev = json_loadb(data, len, 0, NULL);
     json_t *choices = json_object_get(ev, "choices");
-    if (!json_is_object(ev) || (choices && !json_is_array(choices))) {
+    if (!json_is_object(ev) || (choices && !json_is_array(choices) && !json_is_null(choices))) {
         json_decref(ev);
         capture_fail(c);
         return;

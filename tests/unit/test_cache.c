@@ -146,6 +146,7 @@ static void test_capture_chat(void **state)
         "{\"id\":\"c1\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"},"
         "{\"index\":1,\"delta\":{},\"finish_reason\":\"length\"}]}",
         "{\"id\":\"c1\",\"choices\":[],\"usage\":{\"prompt_tokens\":99}}",
+        "{\"id\":\"c1\",\"choices\":null,\"usage\":{\"prompt_tokens\":99}}", /* some nodes */
         NULL};
     json_t *doc = assemble(true, 1 << 20, events,
                            json_pack("{s:i, s:i, s:i}", "prompt_tokens", 3, "completion_tokens",
