@@ -202,11 +202,23 @@ static enum MHD_Result admin_keys(struct MHD_Connection *conn, const struct conf
             return admin_keys_create(conn, cfg, req);
         if (!get)
             return admin_error(conn, TG_ERR_METHOD, "Use GET or POST.");
+        /* Pages as OpenAI's lists: ?limit=N (1..1000, default 100) &after=NAME. */
+        const char *after = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "after");
+        const char *lim = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "limit");
+        long limit = 100;
+        if (lim) {
+            char *end;
+            limit = strtol(lim, &end, 10);
+            if (end == lim || *end || limit < 1 || limit > 1000)
+                return admin_error(conn, TG_ERR_INVALID_VALUE,
+                                   "limit must be a number from 1 to 1000.");
+        }
         struct keys_record *list;
         size_t n;
-        if (keys_list(cfg, &list, &n, &err))
+        bool more;
+        if (keys_list(cfg, after, (size_t)limit, &list, &n, &more, &err))
             return admin_keys_error(conn, &err);
-        json_t *doc = keys_list_json(list, n);
+        json_t *doc = keys_list_json(list, n, more);
         keys_records_free(list, n);
         return admin_json(conn, 200, doc);
     }

@@ -290,7 +290,7 @@ json_t *keys_created_json(const struct keys_record *r, const char *key)
                      "created_at", (json_int_t)r->created_at);
 }
 
-json_t *keys_list_json(const struct keys_record *list, size_t n)
+json_t *keys_list_json(const struct keys_record *list, size_t n, bool has_more)
 {
     json_t *data = json_array();
     if (!data)
@@ -301,7 +301,9 @@ json_t *keys_list_json(const struct keys_record *list, size_t n)
             return NULL;
         }
     }
-    return json_pack("{s:s, s:o}", "object", "list", "data", data);
+    return json_pack("{s:s, s:o, s:b, s:s?, s:s?}", "object", "list", "data", data, "has_more",
+                     has_more, "first_id", n ? list[0].name : NULL, "last_id",
+                     n ? list[n - 1].name : NULL);
 }
 
 static void keys_field(struct keys_fields *f, const char *name, const char *value)
@@ -738,10 +740,13 @@ out:
     return rc;
 }
 
-int keys_list(const struct config *cfg, struct keys_record **out, size_t *n, struct keys_error *err)
+int keys_list(const struct config *cfg, const char *after, size_t limit,
+              struct keys_record **out, size_t *n, bool *has_more, struct keys_error *err)
 {
     *out = NULL;
     *n = 0;
+    if (has_more)
+        *has_more = false;
     redisContext *c = keys_connect(cfg, err);
     if (!c)
         return err->result;
@@ -772,6 +777,19 @@ int keys_list(const struct config *cfg, struct keys_record **out, size_t *n, str
     if (count == 0)
         goto out;
     qsort(names, count, sizeof *names, keys_cmp_name);
+    /* The page: names after `after`, at most `limit`. */
+    size_t first = 0;
+    while (after && first < count && strcmp(names[first], after) <= 0)
+        first++;
+    count -= first;
+    if (limit && count > limit) {
+        count = limit;
+        if (has_more)
+            *has_more = true;
+    }
+    memmove(names, names + first, count * sizeof *names);
+    if (count == 0)
+        goto out;
     list = calloc(count, sizeof *list);
     if (!list) {
         rc = keys_nomem(err);
@@ -1086,12 +1104,12 @@ int keys_cli(const struct config *cfg, int argc, char **argv)
     } else if (!strcmp(cmd, "list")) {
         struct keys_record *list;
         size_t n;
-        if (keys_list(cfg, &list, &n, &err)) {
+        if (keys_list(cfg, NULL, 0, &list, &n, NULL, &err)) {
             rc = keys_cli_fail(&err);
             goto out;
         }
         if (as_json) {
-            rc = keys_cli_print_json(keys_list_json(list, n));
+            rc = keys_cli_print_json(keys_list_json(list, n, false));
         } else {
             printf("%-24s %-8s %-10s %-10s %-12s %-20s %-20s %s\n", "NAME", "SHA256", "RPM", "TPM",
                    "BUDGET_USD", "EXPIRES_AT", "CREATED_AT", "MODELS");

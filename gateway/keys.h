@@ -95,8 +95,9 @@ json_t *keys_record_json(const struct keys_record *r);
 /* The creation answer {name, key, sha256, models, rpm, tpm, budget_usd, expires_at,
  * created_at}. The only JSON that ever holds a key. NULL on OOM. */
 json_t *keys_created_json(const struct keys_record *r, const char *key);
-/* {"object":"list","data":[keys_record_json()...]}. NULL on OOM. */
-json_t *keys_list_json(const struct keys_record *list, size_t n);
+/* {"object":"list","data":[keys_record_json()...],"has_more","first_id","last_id"} (the ids
+ * are key names, null for an empty page). NULL on OOM. */
+json_t *keys_list_json(const struct keys_record *list, size_t n, bool has_more);
 
 /* The hash fields of a record as Redis command arguments. */
 struct keys_fields {
@@ -118,9 +119,11 @@ int keys_record_from_fields(struct keys_record *r, size_t n, const char *const *
  * KEYS_EEXIST when the name is taken in Redis or by a static key of cfg. */
 int keys_create(const struct config *cfg, struct keys_record *r, char key[KEYS_KEY_LEN + 1],
                 struct keys_error *err);
-/* Every key, sorted by name, as a malloc'd array (keys_records_free() it; NULL when n is 0). */
-int keys_list(const struct config *cfg, struct keys_record **out, size_t *n,
-              struct keys_error *err);
+/* Keys sorted by name, as a malloc'd array (keys_records_free() it; NULL when n is 0): those
+ * after the name `after` (NULL: from the first), at most `limit` of them (0: all). Only the
+ * page's records are fetched. *has_more (may be NULL) says whether more follow. */
+int keys_list(const struct config *cfg, const char *after, size_t limit,
+              struct keys_record **out, size_t *n, bool *has_more, struct keys_error *err);
 /* One key by name; KEYS_ENOENT when unknown. r must be zeroed or cleared. */
 int keys_show(const struct config *cfg, const char *name, struct keys_record *r,
               struct keys_error *err);

@@ -214,6 +214,29 @@ describe('GET and DELETE /admin/keys', () => {
     }
   });
 
+  test('the list comes in pages: ?limit and ?after (a name), with has_more, first_id and last_id', async () => {
+    const all = (await list()).json.data.map((k) => k.name);
+    assert.ok(all.length >= 3, all.join());
+    const seen = [];
+    let after;
+    for (let page = 0; page < all.length + 1; page++) {
+      const q = `?limit=2${after ? `&after=${encodeURIComponent(after)}` : ''}`;
+      const r = await get(akey(q), { key: admin.key });
+      assert.equal(r.status, 200, r.text);
+      const names = r.json.data.map((k) => k.name);
+      assert.ok(names.length <= 2);
+      seen.push(...names);
+      assert.equal(r.json.first_id, names[0] ?? null);
+      assert.equal(r.json.last_id, names.at(-1) ?? null);
+      if (!r.json.has_more) break;
+      after = r.json.last_id;
+    }
+    assert.deepEqual(seen, all, 'the pages together are the whole sorted list, once');
+    for (const bad of ['0', '1001', 'x', '']) {
+      assertError(await get(akey(`?limit=${bad}`), { key: admin.key }), 400, 'invalid_value');
+    }
+  });
+
   test('one key by name; unknown names are 404 key_not_found', async () => {
     const r = await show('alice');
     assert.equal(r.status, 200, r.text);

@@ -353,18 +353,22 @@ static void test_record_json(void **state)
 static void test_list_json(void **state)
 {
     (void)state;
-    char *s = dump(keys_list_json(NULL, 0));
-    assert_string_equal(s, "{\"data\":[],\"object\":\"list\"}");
+    char *s = dump(keys_list_json(NULL, 0, false));
+    assert_string_equal(s, "{\"data\":[],\"first_id\":null,\"has_more\":false,"
+                           "\"last_id\":null,\"object\":\"list\"}");
     free(s);
     struct keys_record *list = calloc(2, sizeof *list);
     list[0] = sample();
     strcpy(list[1].name, "zed");
-    s = dump(keys_list_json(list, 2));
+    s = dump(keys_list_json(list, 2, true));
     json_t *doc = parse(s);
     assert_int_equal(json_array_size(json_object_get(doc, "data")), 2);
     assert_string_equal(
         json_string_value(json_object_get(json_array_get(json_object_get(doc, "data"), 1), "name")),
         "zed");
+    assert_true(json_is_true(json_object_get(doc, "has_more")));
+    assert_string_equal(json_string_value(json_object_get(doc, "first_id")), list[0].name);
+    assert_string_equal(json_string_value(json_object_get(doc, "last_id")), "zed");
     json_decref(doc);
     free(s);
     keys_records_free(list, 2);
@@ -439,7 +443,7 @@ static void test_no_store(void **state)
 
     struct keys_record *list = (void *)1;
     size_t n = 9;
-    assert_int_equal(keys_list(&cfg, &list, &n, &err), KEYS_EUNAVAIL);
+    assert_int_equal(keys_list(&cfg, NULL, 0, &list, &n, NULL, &err), KEYS_EUNAVAIL);
     assert_null(list);
     assert_int_equal(n, 0);
     assert_int_equal(keys_show(&cfg, "someone", &r, &err), KEYS_EUNAVAIL);
