@@ -473,9 +473,7 @@ static void render_backends(struct render *rd)
                            label_name(METRICS_LABEL_PAIR, p), pair_model(p), v);
     }
     head(rd, "tollgate_key_cost_usd_total", "counter",
-         "USD billed, by caller key name (at most "
-         "256"
-         " names; the rest count as other).");
+         "USD billed, by caller key name (at most 255 names; the rest count as other).");
     size_t keys = labels_in_use(METRICS_LABEL_KEY);
     for (size_t k = 0; k < keys; k++) {
         double v = sum_f64(rd, OFF(key_cost[k]));
