@@ -92,7 +92,7 @@ describe('Kubernetes manifests (deploy/k8s)', () => {
     const { stdout, objects } = render();
     const kinds = objects.map((o) => o.kind).sort();
     for (const k of ['ConfigMap', 'Deployment', 'HorizontalPodAutoscaler', 'Namespace',
-      'PodDisruptionBudget', 'Secret', 'Service', 'ServiceMonitor', 'StatefulSet']) {
+      'PodDisruptionBudget', 'PrometheusRule', 'Secret', 'Service', 'ServiceMonitor', 'StatefulSet']) {
       assert.ok(kinds.includes(k), `no ${k} in the kustomize output (${kinds.join(', ')})`);
     }
     for (const o of objects) {
@@ -105,6 +105,12 @@ describe('Kubernetes manifests (deploy/k8s)', () => {
     }
     // Every var was replaced (kustomize leaves unknown $(VARS) as they are).
     assert.doesNotMatch(stdout, /\$\(TOLLGATE_[A-Z_]+\)/);
+  });
+
+  test('the PrometheusRule carries exactly the rules of deploy/prometheus/alerts.yml', { skip }, () => {
+    const rule = one('PrometheusRule', 'tollgate');
+    const alerts = YAML.parse(read(path.join(REPO_ROOT, 'deploy/prometheus/alerts.yml')));
+    assert.deepEqual(rule.spec, alerts);
   });
 
   test('the Deployment: probes, drain, hardening, resources, config checksum', { skip }, () => {
