@@ -235,30 +235,76 @@ static void capture_fail(struct cache_capture *c)
     cache_capture_free(c);
 }
 
-/* Appends a string delta to obj[key] (created on first use). */
+/* Text deltas are kept as pieces under "\x01<key>" and joined once, at the end
+ * (capture_join): appending to a growing string at every event would copy it each time. */
+#define CAPTURE_PIECES '\x01'
+
+/* Adds a string delta to the pieces of obj[key]. */
 static int capture_append(struct cache_capture *c, json_t *obj, const char *key, json_t *delta)
 {
     if (!delta || json_is_null(delta))
         return 0;
     if (!json_is_string(delta))
         return -1;
-    size_t add = json_string_length(delta);
-    c->bytes += add;
+    c->bytes += json_string_length(delta);
     if (c->bytes > c->max_bytes)
         return -1;
-    json_t *have = json_object_get(obj, key);
-    if (!json_is_string(have))
-        return json_object_set(obj, key, delta);
-    size_t old = json_string_length(have);
-    char *joined = malloc(old + add + 1);
-    if (!joined)
+    char pkey[64];
+    if ((size_t)snprintf(pkey, sizeof pkey, "%c%s", CAPTURE_PIECES, key) >= sizeof pkey)
         return -1;
-    memcpy(joined, json_string_value(have), old);
-    memcpy(joined + old, json_string_value(delta), add);
-    joined[old + add] = '\0';
-    int rc = json_object_set_new(obj, key, json_stringn_nocheck(joined, old + add));
-    free(joined);
-    return rc;
+    json_t *pieces = json_object_get(obj, pkey);
+    if (!pieces) {
+        pieces = json_array();
+        if (json_object_set_new(obj, pkey, pieces))
+            return -1;
+    }
+    return json_array_append(pieces, delta);
+}
+
+/* Replaces every piece list below `v` by the text it makes. */
+static int capture_join(json_t *v)
+{
+    if (json_is_array(v)) {
+        size_t i;
+        json_t *e;
+        json_array_foreach(v, i, e)
+        {
+            if (capture_join(e))
+                return -1;
+        }
+        return 0;
+    }
+    if (!json_is_object(v))
+        return 0;
+    const char *k;
+    json_t *e;
+    void *tmp;
+    json_object_foreach_safe(v, tmp, k, e)
+    {
+        if (k[0] != CAPTURE_PIECES) {
+            if (capture_join(e))
+                return -1;
+            continue;
+        }
+        size_t len = 0, i;
+        json_t *piece;
+        json_array_foreach(e, i, piece)
+            len += json_string_length(piece);
+        char *text = malloc(len + 1);
+        if (!text)
+            return -1;
+        size_t at = 0;
+        json_array_foreach(e, i, piece)
+        {
+            memcpy(text + at, json_string_value(piece), json_string_length(piece));
+            at += json_string_length(piece);
+        }
+        int rc = json_object_set_new(v, k + 1, json_stringn_nocheck(text, len));
+        free(text);
+        if (rc || json_object_del(v, k))
+            return -1;
+    }
+    return 0;
 }
 
 /* A streamed tool call delta merged into message.tool_calls[index]. */
@@ -408,6 +454,10 @@ char *cache_capture_finish(struct cache_capture *c, json_t *usage, size_t *len)
     for (size_t i = 0; complete && i < n; i++)
         complete = json_is_string(json_object_get(json_array_get(choices, i), "finish_reason"));
     if (!complete) {
+        json_decref(usage);
+        return NULL;
+    }
+    if (capture_join(c->doc)) {
         json_decref(usage);
         return NULL;
     }

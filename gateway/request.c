@@ -1003,11 +1003,12 @@ void request_take_mail(struct worker *w)
     for (struct worker_mail *x = m; x; x = x->next)
         n++;
     /* A herd of identical requests can leave thousands of followers and as many answers:
-     * index the answers by token (open addressing) and walk the followers once. */
+     * index the answers by token (open addressing) and walk the followers once. Without
+     * memory for the index the answers are dropped and the followers' waits run out. */
     size_t cap = 16;
     while (cap < 2 * n)
         cap *= 2;
-    struct worker_mail **slots = n > 1 ? calloc(cap, sizeof *slots) : NULL;
+    struct worker_mail **slots = n ? calloc(cap, sizeof *slots) : NULL;
     if (slots) {
         for (struct worker_mail *x = m; x; x = x->next) {
             size_t i = (size_t)x->token & (cap - 1);
@@ -1022,14 +1023,6 @@ void request_take_mail(struct worker *w)
                 i = (i + 1) & (cap - 1);
             if (slots[i])
                 request_deliver(r, slots[i]);
-        }
-    } else {
-        for (struct worker_mail *x = m; x; x = x->next) {
-            struct request *r = w->followers;
-            while (r && r->flight_token != x->token)
-                r = r->follower_next;
-            if (r)
-                request_deliver(r, x);
         }
     }
     free(slots);
@@ -1412,6 +1405,8 @@ static void request_settle_usage(struct request *r)
     r->cost_usd = ((double)prompt * backend_input_price(m) +
                    (double)completion * backend_output_price(m)) /
                   1e6;
+    if (!r->cfg->metrics_enabled)
+        return; /* what routing saved only feeds the metrics */
     /* What routing saved: the same usage at the priciest backend that could have served it. */
     double dearest = r->cost_usd;
     int64_t now = backend_now_ms();
@@ -1962,14 +1957,14 @@ static void request_log(const struct request *r, double seconds)
     static const char *const cache[] = {[REQUEST_CACHE_BYPASS] = "bypass",
                                         [REQUEST_CACHE_MISS] = "miss",
                                         [REQUEST_CACHE_HIT] = "hit"};
-    char model[160], key[160], backend[160], id[300];
+    char model[160], key[160], backend[160];
     bool billed = r->usage_done && r->route;
     log_event(LOG_INFO, "request",
               "\"request_id\":\"%s\",\"method\":\"%s\",\"path\":\"%s\",\"key\":\"%s\","
               "\"model\":\"%s\",\"backend\":\"%s\",\"status\":%u,\"stream\":%s,"
               "\"duration_ms\":%.3f,\"attempts\":%u,\"prompt_tokens\":%ld,"
               "\"completion_tokens\":%ld,\"cost_usd\":%.10f,\"cache\":\"%s\"",
-              log_escape(id, sizeof id, r->id), r->method, r->ep ? r->ep->path : "-",
+              r->id /* request_id_ok(): nothing to escape */, r->method, r->ep ? r->ep->path : "-",
               log_escape(key, sizeof key, r->key_name ? r->key_name : ""),
               log_escape(model, sizeof model, r->model ? r->model : ""),
               log_escape(backend, sizeof backend,

@@ -94,23 +94,6 @@ static size_t label_escape(char *out, const char *in)
     return o;
 }
 
-/* `in` escaped into out (n bytes), cut at a character when too long. */
-static const char *escaped(char *out, size_t n, const char *in)
-{
-    size_t o = 0;
-    for (const char *p = in; *p; p++) {
-        char one[3];
-        size_t k = label_escape(NULL, (char[]){*p, '\0'});
-        if (o + k + 1 > n)
-            break;
-        label_escape(one, (char[]){*p, '\0'});
-        memcpy(out + o, one, k);
-        o += k;
-    }
-    out[o] = '\0';
-    return out;
-}
-
 static char *label_make(const char *name, const char *name2)
 {
     size_t a = label_escape(NULL, name), b = name2 ? label_escape(NULL, name2) : 0;
@@ -624,62 +607,60 @@ int metrics_render(struct buf *out, struct metrics_shard *const *shards, size_t 
     return rd.err ? -1 : 0;
 }
 
+/* A backend's label as its state interned it ("other" without one). */
+static const char *backend_label(const struct config_backend *b)
+{
+    return label_name(METRICS_LABEL_BACKEND, b->state ? b->state->metric_backend : 0);
+}
+
 int metrics_render_backends(struct buf *out, const struct config *cfg)
 {
-    int err = 0;
-    char name[300], model[300];
-    err |= buf_printf(out,
-                      "# HELP tollgate_build_info The running build.\n"
-                      "# TYPE tollgate_build_info gauge\n"
-                      "tollgate_build_info{version=\"%s\"} 1\n",
-                      TOLLGATE_VERSION);
-    err |= buf_append_str(out, "# HELP tollgate_backend_up Whether the backend takes requests "
-                               "(1) or is ejected or failing its probes (0).\n"
-                               "# TYPE tollgate_backend_up gauge\n");
+    static const struct {
+        const char *name, *type, *help;
+    } families[] = {
+        {"tollgate_backend_up", "gauge",
+         "Whether the backend takes requests (1) or is ejected or failing its probes (0)."},
+        {"tollgate_backend_inflight", "gauge", "Requests in flight to the backend (all workers)."},
+        {"tollgate_backend_ejections_total", "counter",
+         "Times the backend was ejected after failures."},
+    };
+    int err = buf_printf(out,
+                         "# HELP tollgate_build_info The running build.\n"
+                         "# TYPE tollgate_build_info gauge\n"
+                         "tollgate_build_info{version=\"%s\"} 1\n",
+                         TOLLGATE_VERSION);
     int64_t now = backend_now_ms();
-    for (size_t i = 0; i < cfg->n_backends; i++) {
-        const struct config_backend *b = &cfg->backends[i];
-        escaped(name, sizeof name, b->name);
-        err |= buf_printf(out, "tollgate_backend_up{backend=\"%s\"} %d\n", name,
-                          b->state ? backend_available(b->state, now, NULL) : 0);
-    }
-    err |= buf_append_str(out, "# HELP tollgate_backend_inflight Requests in flight to the "
-                               "backend (all workers).\n"
-                               "# TYPE tollgate_backend_inflight gauge\n");
-    for (size_t i = 0; i < cfg->n_backends; i++) {
-        const struct config_backend *b = &cfg->backends[i];
-        escaped(name, sizeof name, b->name);
-        err |= buf_printf(out, "tollgate_backend_inflight{backend=\"%s\"} %d\n", name,
-                          b->state ? atomic_load_explicit(&b->state->inflight, memory_order_relaxed)
-                                   : 0);
-    }
-    err |= buf_append_str(out, "# HELP tollgate_backend_ejections_total Times the backend was "
-                               "ejected after failures.\n"
-                               "# TYPE tollgate_backend_ejections_total counter\n");
-    for (size_t i = 0; i < cfg->n_backends; i++) {
-        const struct config_backend *b = &cfg->backends[i];
-        escaped(name, sizeof name, b->name);
-        err |= buf_printf(out, "tollgate_backend_ejections_total{backend=\"%s\"} %llu\n", name,
-                          b->state ? (unsigned long long)atomic_load_explicit(&b->state->ejections,
-                                                                              memory_order_relaxed)
-                                   : 0ull);
+    for (size_t f = 0; f < sizeof families / sizeof families[0]; f++) {
+        err |= buf_printf(out, "# HELP %s %s\n# TYPE %s %s\n", families[f].name, families[f].help,
+                          families[f].name, families[f].type);
+        for (size_t i = 0; i < cfg->n_backends; i++) {
+            struct backend_state *st = cfg->backends[i].state;
+            double v = 0;
+            if (st && f == 0)
+                v = backend_available(st, now, NULL);
+            else if (st && f == 1)
+                v = atomic_load_explicit(&st->inflight, memory_order_relaxed);
+            else if (st)
+                v = (double)atomic_load_explicit(&st->ejections, memory_order_relaxed);
+            err |= buf_printf(out, "%s{backend=\"%s\"} %.17g\n", families[f].name,
+                              backend_label(&cfg->backends[i]), v);
+        }
     }
     err |= buf_append_str(out, "# HELP tollgate_backend_price_usd_per_mtok Current price, USD "
                                "per million tokens (live feed or config).\n"
                                "# TYPE tollgate_backend_price_usd_per_mtok gauge\n");
     for (size_t i = 0; i < cfg->n_backends; i++) {
         const struct config_backend *b = &cfg->backends[i];
-        escaped(name, sizeof name, b->name);
         for (size_t j = 0; j < b->n_models; j++) {
             const struct config_model *m = &b->models[j];
-            escaped(model, sizeof model, m->name);
-            err |= buf_printf(out,
-                              "tollgate_backend_price_usd_per_mtok{backend=\"%s\",model=\"%s\","
-                              "type=\"input\"} %.17g\n"
-                              "tollgate_backend_price_usd_per_mtok{backend=\"%s\",model=\"%s\","
-                              "type=\"output\"} %.17g\n",
-                              name, model, backend_input_price(m), name, model,
-                              backend_output_price(m));
+            unsigned pair = m->price ? m->price->metric_pair : 0;
+            for (int t = 0; t < 2; t++)
+                err |= buf_printf(out,
+                                  "tollgate_backend_price_usd_per_mtok{backend=\"%s\",model=\"%s\","
+                                  "type=\"%s\"} %.17g\n",
+                                  label_name(METRICS_LABEL_PAIR, pair), pair_model(pair),
+                                  token_types[t],
+                                  t ? backend_output_price(m) : backend_input_price(m));
         }
     }
     return err ? -1 : 0;
