@@ -11,8 +11,8 @@
 FROM debian:bookworm-slim AS build
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-      build-essential pkg-config libmicrohttpd-dev libcurl4-openssl-dev libhiredis-dev \
-      libev-dev libjansson-dev libyajl-dev libyaml-dev libssl-dev \
+      build-essential pkg-config libmicrohttpd-dev libcurl4-gnutls-dev libssh2-1-dev \
+      libhiredis-dev libev-dev libjansson-dev libyajl-dev libyaml-dev nettle-dev \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY Makefile VERSION ./
@@ -26,12 +26,14 @@ RUN make -j"$(nproc)" all \
 FROM debian:bookworm-slim
 LABEL org.opencontainers.image.title="tollgate" \
       org.opencontainers.image.description="OpenAI-compatible inference gateway: cheapest healthy backend, caching, keys, metrics"
-# Runtime libraries, one per library the binaries link: libmicrohttpd.so.12, libcurl.so.4,
-# libhiredis.so.0.14, libev.so.4, libjansson.so.4, libyajl.so.2, libyaml-0.so.2,
-# libcrypto.so.3 (libssl3). ca-certificates for https backends and price feeds.
+# Runtime libraries, one per library the binaries link: libmicrohttpd.so.12,
+# libcurl-gnutls.so.4 (libcurl3-gnutls), libssh2.so.1, libhiredis.so.0.14, libev.so.4,
+# libjansson.so.4, libyajl.so.2, libyaml-0.so.2, libnettle.so.8. ca-certificates for https
+# backends and price feeds.
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-      libmicrohttpd12 libcurl4 libhiredis0.14 libev4 libjansson4 libyajl2 libyaml-0-2 libssl3 \
+      libmicrohttpd12 libcurl3-gnutls libssh2-1 libhiredis0.14 libev4 libjansson4 libyajl2 \
+      libyaml-0-2 libnettle8 \
       ca-certificates \
  && rm -rf /var/lib/apt/lists/* \
  && groupadd --system --gid 10001 tollgate \

@@ -7,7 +7,7 @@ OPT     ?= -O2 -g
 WARN    := -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wshadow -Wformat=2 -Wstrict-prototypes -Werror
 CFLAGS  += $(OPT) $(WARN) -I. $(EXTRA_CFLAGS)
 LDFLAGS += $(EXTRA_LDFLAGS)
-LIBS    := -lmicrohttpd -lcurl -lhiredis -lev -ljansson -lyajl -lyaml -lcrypto -lpthread -lm
+LIBS    := -lmicrohttpd -lcurl -lssh2 -lhiredis -lev -ljansson -lyajl -lyaml -lnettle -lpthread -lm
 VERSION := $(shell cat VERSION 2>/dev/null || echo 0.0.0)
 
 CORE_SRC := $(filter-out gateway/main.c,$(wildcard gateway/*.c routing/*.c metrics/*.c))
@@ -20,9 +20,11 @@ UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 # Debian packages the build, the tests and the benchmark need. Node.js, npm and kubectl
 # (kubernetes-client, for the manifests' test) count as present when the commands exist,
 # whoever installed them (a machine may have its own). prometheus brings promtool.
-DEB_PKGS := build-essential pkg-config libmicrohttpd-dev libcurl4-openssl-dev libhiredis-dev \
-            libev-dev libjansson-dev libyajl-dev libyaml-dev libssl-dev libcmocka-dev redis-server nginx \
-            wrk curl prometheus
+# libcurl is the GnuTLS build (one TLS library: libmicrohttpd's); SHA-256 and SHA-1 are
+# Nettle's (GnuTLS's own); libssl-dev only for the unit tests, which check against OpenSSL.
+DEB_PKGS := build-essential pkg-config libmicrohttpd-dev libcurl4-gnutls-dev libssh2-1-dev \
+            libhiredis-dev libev-dev libjansson-dev libyajl-dev libyaml-dev nettle-dev \
+            libssl-dev libcmocka-dev redis-server nginx wrk curl prometheus
 
 .PHONY: all deps run test unit integration bench asan install clean fmt
 
@@ -41,7 +43,7 @@ $(BUILD)/mocknode: $(MOCK_SRC) $(wildcard tools/mocknode/*.h)
 
 $(BUILD)/tests/%: tests/unit/%.c $(CORE_OBJ)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $< $(CORE_OBJ) -o $@ $(LDFLAGS) $(LIBS) -lcmocka
+	$(CC) $(CFLAGS) $< $(CORE_OBJ) -o $@ $(LDFLAGS) $(LIBS) -lcmocka -lcrypto
 
 -include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)
 

@@ -1,5 +1,6 @@
 #include "gateway/admin.h"
 
+#include "gateway/auth.h"
 #include "gateway/buf.h"
 #include "gateway/error.h"
 #include "gateway/keys.h"
@@ -11,8 +12,6 @@
 #include <jansson.h>
 #include <microhttpd.h>
 #include <netdb.h>
-#include <openssl/crypto.h>
-#include <openssl/sha.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -47,7 +46,7 @@ static struct config *admin_config(struct admin *a)
 /* For a body that holds a new API key: wiped before it goes back to malloc. */
 static void admin_free_secret(void *body)
 {
-    OPENSSL_cleanse(body, strlen(body));
+    explicit_bzero(body, strlen(body));
     free(body);
 }
 
@@ -99,10 +98,10 @@ static bool admin_authorized(struct MHD_Connection *conn, const struct config *c
     const char *h = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Authorization");
     if (!h || strncasecmp(h, "Bearer ", 7))
         return false;
-    unsigned char got[SHA256_DIGEST_LENGTH], want[SHA256_DIGEST_LENGTH];
-    SHA256((const unsigned char *)h + 7, strlen(h + 7), got);
-    SHA256((const unsigned char *)cfg->admin_key, strlen(cfg->admin_key), want);
-    return CRYPTO_memcmp(got, want, sizeof got) == 0;
+    unsigned char got[32], want[32];
+    auth_sha256(h + 7, strlen(h + 7), got);
+    auth_sha256(cfg->admin_key, strlen(cfg->admin_key), want);
+    return auth_equal(got, want, sizeof got);
 }
 
 static json_t *admin_backends(const struct config *cfg)
@@ -180,7 +179,7 @@ static enum MHD_Result admin_keys_create(struct MHD_Connection *conn, const stru
     log_event(LOG_INFO, "key_created", "\"name\":\"%s\",\"sha256_prefix\":\"%.8s\"", r.name,
               r.sha256);
     json_t *doc = keys_created_json(&r, key);
-    OPENSSL_cleanse(key, sizeof key);
+    explicit_bzero(key, sizeof key);
     keys_record_clear(&r);
     char *text = doc ? json_dumps(doc, JSON_COMPACT) : NULL;
     json_decref(doc);

@@ -29,6 +29,9 @@ enum auth_result auth_check(const struct config *cfg, const char *authorization,
 /* SHA-256 of a key (thread-safe). */
 void auth_sha256(const void *data, size_t len, unsigned char out[32]);
 
+/* Compares two digests in time that does not depend on where they differ. */
+bool auth_equal(const void *a, const void *b, size_t len);
+
 /* The key from an Authorization header value, or NULL; *len is set. */
 const char *auth_bearer(const char *authorization, size_t *len);
 

@@ -1,5 +1,6 @@
 #include "gateway/config.h"
 
+#include "gateway/auth.h"
 #include "gateway/buf.h"
 #include "gateway/redis.h"
 
@@ -7,8 +8,6 @@
 #include <errno.h>
 #include <jansson.h>
 #include <math.h>
-#include <openssl/crypto.h>
-#include <openssl/sha.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -432,7 +431,7 @@ static void parse_keys(struct cfg_ctx *ctx, struct config *cfg, json_t *root)
                 snprintf(p, sizeof p, "%s.key", path);
                 cfg_error(ctx, p, "must not be empty");
             }
-            SHA256((const unsigned char *)key, strlen(key), k->sha256);
+            auth_sha256(key, strlen(key), k->sha256);
         } else if (hex) {
             if (hex_to_bytes(hex, k->sha256, 32)) {
                 snprintf(p, sizeof p, "%s.sha256", path);
@@ -442,7 +441,7 @@ static void parse_keys(struct cfg_ctx *ctx, struct config *cfg, json_t *root)
             cfg_error(ctx, path, "needs key or sha256");
         }
         if (key) {
-            OPENSSL_cleanse(key, strlen(key));
+            explicit_bzero(key, strlen(key));
             free(key);
         }
         free(hex);
@@ -623,7 +622,7 @@ static void parse_redis(struct cfg_ctx *ctx, struct config *cfg, json_t *root)
         char why[160];
         if (redis_parse_url(cfg->redis_url, &parsed, why, sizeof why))
             cfg_error(ctx, "redis.url", "%s", why);
-        OPENSSL_cleanse(&parsed, sizeof parsed); /* it may hold the password */
+        explicit_bzero(&parsed, sizeof parsed); /* it may hold the password */
     }
 }
 
@@ -807,7 +806,7 @@ static int build_headers(struct config *cfg)
             if (asprintf(&line, "Authorization: Bearer %s", b->api_key) < 0)
                 goto err;
             t = curl_slist_append(h, line);
-            OPENSSL_cleanse(line, strlen(line));
+            explicit_bzero(line, strlen(line));
             free(line);
             if (!t)
                 goto err;
@@ -832,7 +831,7 @@ static void config_free(struct config *cfg)
     free(cfg->spool_dir);
     free(cfg->admin_listen);
     if (cfg->admin_key) {
-        OPENSSL_cleanse(cfg->admin_key, strlen(cfg->admin_key));
+        explicit_bzero(cfg->admin_key, strlen(cfg->admin_key));
         free(cfg->admin_key);
     }
     free(cfg->source);
@@ -844,7 +843,7 @@ static void config_free(struct config *cfg)
         free(b->name);
         free(b->url);
         if (b->api_key) {
-            OPENSSL_cleanse(b->api_key, strlen(b->api_key));
+            explicit_bzero(b->api_key, strlen(b->api_key));
             free(b->api_key);
         }
         for (size_t j = 0; j < b->n_models; j++) {

@@ -10,7 +10,6 @@
 #include <getopt.h>
 #include <hiredis/hiredis.h>
 #include <math.h>
-#include <openssl/crypto.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -490,11 +489,11 @@ redisContext *keys_redis_connect(const struct config *cfg, const struct keys_sto
             goto fail;
         freeReplyObject(reply);
     }
-    OPENSSL_cleanse(u, sizeof *u);
+    explicit_bzero(u, sizeof *u);
     free(u);
     return c;
 fail:
-    OPENSSL_cleanse(u, sizeof *u);
+    explicit_bzero(u, sizeof *u);
     free(u);
     if (c)
         redisFree(c);
@@ -544,7 +543,7 @@ int keys_create(const struct config *cfg, struct keys_record *r, char key[KEYS_K
         return keys_fail(err, KEYS_ENOMEM, "internal_error", NULL, "getrandom() failed");
     memcpy(key, "tg-", 3);
     buf_hex(raw, sizeof raw, key + 3);
-    OPENSSL_cleanse(raw, sizeof raw);
+    explicit_bzero(raw, sizeof raw);
     auth_sha256(key, KEYS_KEY_LEN, digest);
     buf_hex(digest, sizeof digest, r->sha256);
     r->created_at = (long long)time(NULL);
@@ -580,7 +579,7 @@ int keys_create(const struct config *cfg, struct keys_record *r, char key[KEYS_K
     redisFree(c);
 out:
     if (rc) {
-        OPENSSL_cleanse(key, KEYS_KEY_LEN + 1);
+        explicit_bzero(key, KEYS_KEY_LEN + 1);
         r->sha256[0] = '\0';
     }
     return rc;
@@ -985,7 +984,7 @@ static int keys_cli_create(const struct config *cfg, json_t *body, bool as_json)
                 r.name, r.sha256);
     }
     fflush(stdout);
-    OPENSSL_cleanse(key, sizeof key);
+    explicit_bzero(key, sizeof key);
     keys_record_clear(&r);
     return rc;
 }

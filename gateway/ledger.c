@@ -13,7 +13,6 @@
 #include <hiredis/hiredis.h>
 #include <jansson.h>
 #include <math.h>
-#include <openssl/crypto.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdbool.h>

@@ -6,7 +6,7 @@
 
 #include <hiredis/adapters/libev.h>
 #include <hiredis/async.h>
-#include <openssl/evp.h>
+#include <nettle/sha1.h>
 
 #include <arpa/inet.h>
 #include <ctype.h>
@@ -1353,12 +1353,14 @@ const struct redis_script *redis_script_load(struct redis_client *c, const char 
 {
     if (!c || (!body && len))
         return NULL;
-    unsigned char md[EVP_MAX_MD_SIZE];
-    unsigned int mdlen = 0;
-    if (!EVP_Digest(len ? body : "", len, md, &mdlen, EVP_sha1(), NULL) || mdlen != 20)
-        return NULL;
-    char sha[41];
-    buf_hex(md, 20, sha);
+    /* EVALSHA names a script by the SHA-1 of its body. */
+    struct sha1_ctx ctx;
+    unsigned char md[SHA1_DIGEST_SIZE];
+    sha1_init(&ctx);
+    sha1_update(&ctx, len, (const uint8_t *)(len ? body : ""));
+    sha1_digest(&ctx, sizeof md, md);
+    char sha[2 * SHA1_DIGEST_SIZE + 1];
+    buf_hex(md, sizeof md, sha);
     for (struct redis_script *s = c->scripts; s; s = s->next)
         if (!strcmp(s->sha, sha) && s->len == len && (!len || !memcmp(s->body, body, len)))
             return s;
