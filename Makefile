@@ -85,8 +85,13 @@ asan: deps
 	@TOLLGATE_BUILD=build-asan ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
 	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 tests/run-node-tests.sh
 
-bench: deps all
+bench: deps all $(BUILD)/floor
 	@bench/run.sh
+
+# The bench's "MHD+curl floor" row: the gateway's engine with nothing of the gateway in it.
+$(BUILD)/floor: bench/floor.c
+	@mkdir -p $(BUILD)
+	$(CC) $(CFLAGS) $< -o $@ $(LDFLAGS) -lmicrohttpd -lcurl -lev -lpthread
 
 install: $(BUILD)/tollgate
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/tollgate

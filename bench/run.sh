@@ -5,6 +5,9 @@
 # On the static upstream it also measures the cost of the gateway's metrics (the gateway
 # with metrics on and with `metrics.enabled: false`, alternated) and the gateway answering
 # from its response cache (every request a hit), against nginx serving the static answer.
+# The "MHD+curl floor" row is bench/floor.c: the gateway's engine (libev, libmicrohttpd with
+# suspend/resume, a curl multi) relaying bodies and nothing else, the most any proxy built
+# on these libraries this way can do.
 # It never fails on the targets it reports against; it fails only when the setup is broken
 # (missing binaries, a process that does not start, a preflight request that is not answered).
 #
@@ -13,7 +16,8 @@
 #      BENCH_AB_ROUNDS (default 2)      metrics on/off: alternated throughput runs of each
 #      BENCH_KEEP=1                     keep the temp dir (configs, logs, wrk output)
 #      BENCH_NO_RESULTS=1               do not append to bench/RESULTS.md
-#      BENCH_GATEWAY, BENCH_MOCKNODE    binaries to use instead of build/tollgate, build/mocknode
+#      BENCH_GATEWAY, BENCH_MOCKNODE, BENCH_FLOOR   binaries to use instead of build/tollgate,
+#                                       build/mocknode, build/floor
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -22,6 +26,7 @@ UPSTREAMS="${BENCH_UPSTREAMS:-static mock}"
 WARMUP_SECS=2
 GATEWAY="${BENCH_GATEWAY:-$ROOT/build/tollgate}"
 MOCKNODE="${BENCH_MOCKNODE:-$ROOT/build/mocknode}"
+FLOOR="${BENCH_FLOOR:-$ROOT/build/floor}"
 RESULTS="$ROOT/bench/RESULTS.md"
 MODEL="bench-model"
 BENCH_KEY="sk-bench-5f1c0e7a9b2d4c68"
@@ -43,6 +48,7 @@ for tool in nginx wrk curl ss awk; do
     command -v "$tool" >/dev/null 2>&1 || die "$tool not found in PATH"
 done
 [[ -x "$GATEWAY" ]] || die "$GATEWAY missing; run make first"
+[[ -x "$FLOOR" ]] || die "$FLOOR missing; run make bench"
 if [[ " $UPSTREAMS " == *" mock "* ]]; then
     [[ -x "$MOCKNODE" ]] || die "$MOCKNODE missing; run make first"
 fi
@@ -290,6 +296,17 @@ EOF
     start_nginx "$dir" "nginx proxy"
     wait_http "nginx proxy" "$LAST_PID" "http://127.0.0.1:$port/"
     PROXY_PORT=$port
+}
+
+# start_floor UPSTREAM_PORT: bench/floor.c (two workers, like the gateway) in front of the upstream.
+start_floor() {
+    local up=$1 port
+    port="$(free_port)"
+    "$FLOOR" "$port" "http://127.0.0.1:$up/v1/chat/completions" 2 >"$TMP/floor-$up.log" 2>&1 &
+    LAST_PID=$!
+    PIDS+=("$LAST_PID")
+    wait_http "MHD+curl floor" "$LAST_PID" "http://127.0.0.1:$port/" "$TMP/floor-$up.log"
+    FLOOR_PORT=$port
 }
 
 # ---------------------------------------------------------------- gateway --------
@@ -633,6 +650,12 @@ for up in $UPSTREAMS; do
 
     measure "$up" "direct" "http://127.0.0.1:$up_port/v1/chat/completions" "$TMP/post.lua"
     measure "$up" "nginx proxy" "http://127.0.0.1:$proxy_port/v1/chat/completions" "$TMP/post.lua"
+    start_floor "$up_port"
+    floor_pid=$LAST_PID
+    preflight "MHD+curl floor" "http://127.0.0.1:$FLOOR_PORT/v1/chat/completions" 200
+    measure "$up" "MHD+curl floor" "http://127.0.0.1:$FLOOR_PORT/v1/chat/completions" "$TMP/post.lua"
+    kill -0 "$floor_pid" 2>/dev/null || die "MHD+curl floor died under load"
+    stop_pid "$floor_pid"
     if [[ "$up" == static ]]; then
         # Metrics cost: the same gateway with metrics off, runs alternated with the one on.
         start_gateway "$up-nometrics" "$up_port" 0 '"metrics": {"enabled": false}'
@@ -785,6 +808,9 @@ report() {
             && "${okof["$up/direct"]:-0}" == 1 ]] || inval=" (from an INVALID run)"
         echo "- $up upstream: gateway rps / nginx-proxy rps = $(ratio "$gr" "$nr" ">=" 0.8)$inval"
         echo "- $up upstream: gateway added p50 / nginx added p50 = $(ratio "$ga" "$na" "<=" 1.5)$inval"
+        if [[ -n "${rpsof["$up/MHD+curl floor"]:-}" ]]; then
+            echo "- $up upstream: MHD+curl floor rps / nginx-proxy rps = $(ratio "${rpsof["$up/MHD+curl floor"]}" "$nr" "" ""), added p50 / nginx added p50 = $(ratio "${add50of["$up/MHD+curl floor"]:--}" "$na" "" ""); gateway rps / floor rps = $(ratio "$gr" "${rpsof["$up/MHD+curl floor"]}" "" "")"
+        fi
         if [[ -n "${rpsof["$up/gateway+auth"]:-}" ]]; then
             echo "- $up upstream: gateway+auth rps / gateway rps = $(ratio "${rpsof["$up/gateway+auth"]}" "$gr" "" "")"
         fi
