@@ -11,6 +11,7 @@
 #include <curl/curl.h>
 #include <getopt.h>
 #include <libssh2.h>
+#include <malloc.h>
 #include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -92,6 +93,19 @@ static void raise_nofile(void)
         rl.rlim_cur = rl.rlim_max;
         setrlimit(RLIMIT_NOFILE, &rl);
     }
+}
+
+/* glibc gives the free top of each worker's heap back to the kernel once it passes the trim
+ * threshold, 128 KiB at first; a request's transient buffers (curl's 16 KiB receive buffer
+ * among them) then cross it again and again: a madvise, a TLB shootdown and fresh page faults
+ * every few requests, ~3% of a request's CPU. Up to 4 MiB of free top now stays. Fixing
+ * the trim threshold also fixes the mmap threshold (glibc otherwise raises both as large
+ * blocks come and go), so that is set too: bodies and answers up to 1 MiB come from the heap,
+ * larger ones get their own mapping, returned when freed. */
+static void tune_malloc(void)
+{
+    mallopt(M_MMAP_THRESHOLD, 1 << 20);
+    mallopt(M_TRIM_THRESHOLD, 4 << 20);
 }
 
 static struct config *load(const char *path)
@@ -187,6 +201,7 @@ int main(int argc, char **argv)
     }
     log_set_level(cfg->log_level);
     raise_nofile();
+    tune_malloc();
     if (cfg->n_keys == 0 && !cfg->redis_url)
         log_event(LOG_WARN, "auth_disabled",
                   "\"message\":\"no keys configured: /v1 endpoints are open to anyone\"");
