@@ -21,10 +21,11 @@ UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 # (kubernetes-client, for the manifests' test) count as present when the commands exist,
 # whoever installed them (a machine may have its own). prometheus brings promtool.
 # libcurl is the GnuTLS build (one TLS library: libmicrohttpd's); SHA-256 and SHA-1 are
-# Nettle's (GnuTLS's own); libssl-dev only for the unit tests, which check against OpenSSL.
+# Nettle's (GnuTLS's own); libssl-dev only for the unit tests, which check against OpenSSL,
+# and the openssl command for the certificates of the https backend test.
 DEB_PKGS := build-essential pkg-config libmicrohttpd-dev libcurl4-gnutls-dev libssh2-1-dev \
             libhiredis-dev libev-dev libjansson-dev libyajl-dev libyaml-dev nettle-dev \
-            libssl-dev libcmocka-dev redis-server nginx wrk curl prometheus
+            libssl-dev openssl libcmocka-dev redis-server nginx wrk curl prometheus
 
 .PHONY: all deps run test unit integration bench asan install clean fmt
 

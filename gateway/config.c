@@ -500,11 +500,35 @@ static void parse_models(struct cfg_ctx *ctx, struct config_backend *b, json_t *
     }
 }
 
+/* A backend's ca_file: a readable PEM bundle, for a backend with an https URL. */
+static void check_ca_file(struct cfg_ctx *ctx, const char *path, const char *file,
+                          const char *url, const char *prices_url)
+{
+    bool https = (url && !strncmp(url, "https://", 8)) ||
+                 (prices_url && !strncmp(prices_url, "https://", 8));
+    if (!https) {
+        cfg_error(ctx, path, "applies only to a backend with an https:// url or prices_url");
+        return;
+    }
+    FILE *f = fopen(file, "r");
+    if (!f) {
+        cfg_error(ctx, path, "cannot read %s: %s", file, strerror(errno));
+        return;
+    }
+    /* Enough to find the first certificate of any real bundle. */
+    char head[64 * 1024];
+    size_t n = fread(head, 1, sizeof head - 1, f);
+    fclose(f);
+    head[n] = '\0';
+    if (!strstr(head, "-----BEGIN CERTIFICATE-----"))
+        cfg_error(ctx, path, "%s holds no PEM certificate", file);
+}
+
 static void parse_backends(struct cfg_ctx *ctx, struct config *cfg, json_t *root)
 {
     static const char *const allowed[] = {"name",       "url",          "api_key",
                                           "models",     "max_inflight", "prices_url",
-                                          "prices_refresh_s", NULL};
+                                          "prices_refresh_s", "ca_file", NULL};
     json_t *arr = get_arr(ctx, root, "backends", "");
     if (!arr || json_array_size(arr) == 0) {
         if (!json_object_get(root, "backends") || arr)
@@ -546,7 +570,16 @@ static void parse_backends(struct cfg_ctx *ctx, struct config *cfg, json_t *root
         }
         b->prices_refresh_s =
             (unsigned)get_num(ctx, item, "prices_refresh_s", path, 1, 86400, 300, false, true);
+        b->ca_file = get_str(ctx, item, "ca_file", path, false);
+        if (b->ca_file && !*b->ca_file) {
+            free(b->ca_file);
+            b->ca_file = NULL;
+        }
         char p[96];
+        if (b->ca_file) {
+            snprintf(p, sizeof p, "%s.ca_file", path);
+            check_ca_file(ctx, p, b->ca_file, b->url, b->prices_url);
+        }
         if (b->url) {
             size_t n = strlen(b->url);
             while (n > 0 && b->url[n - 1] == '/')
@@ -842,6 +875,7 @@ static void config_free(struct config *cfg)
         struct config_backend *b = &cfg->backends[i];
         free(b->name);
         free(b->url);
+        free(b->ca_file);
         if (b->api_key) {
             explicit_bzero(b->api_key, strlen(b->api_key));
             free(b->api_key);

@@ -31,6 +31,7 @@ struct config_backend {
     char *api_key; /* NULL when none */
     unsigned max_inflight; /* 0 = no limit */
     char *prices_url;      /* OpenRouter-style /models document with live prices, or NULL */
+    char *ca_file;         /* PEM bundle verifying its https URLs; NULL = system store */
     unsigned prices_refresh_s;
     struct config_model *models;
     size_t n_models;

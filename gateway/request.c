@@ -677,6 +677,7 @@ static int request_start_attempt(struct request *r, struct router_outcome *why)
         .body = body,
         .body_len = body_len,
         .headers = b->headers,
+        .ca_file = b->ca_file,
         .request_id = r->id,
         .connect_timeout_ms = uc->connect_timeout_ms,
         .first_byte_timeout_ms = uc->first_byte_timeout_ms,

@@ -184,6 +184,7 @@ static void check_start(struct health *h, size_t i, enum check_kind kind)
     struct upstream_req req = {
         .url = c->url,
         .headers = b->headers,
+        .ca_file = b->ca_file,
         .request_id = kind == CHECK_PROBE ? "tollgate-health-probe" : "tollgate-prices",
         .connect_timeout_ms = timeout,
         .first_byte_timeout_ms = timeout,

@@ -35,6 +35,7 @@ struct upstream_xfer {
     struct curl_slist rid_node; /* x-request-id linked in front of the shared headers */
     char rid_line[160];
     char errbuf[CURL_ERROR_SIZE];
+    char *ca_file; /* the CURLOPT_CAINFO this handle carries (a copy); NULL = curl's default */
     struct upstream_xfer *prev, *next;
 };
 
@@ -160,6 +161,7 @@ static void xfer_release(struct upstream_xfer *x)
         u->n_free++;
     } else {
         curl_easy_cleanup(x->easy);
+        free(x->ca_file);
         free(x);
     }
 }
@@ -175,6 +177,7 @@ void upstream_free(struct upstream *u)
         struct upstream_xfer *x = u->free_list;
         u->free_list = x->next;
         curl_easy_cleanup(x->easy);
+        free(x->ca_file);
         free(x);
     }
     curl_multi_cleanup(u->multi);
@@ -276,6 +279,25 @@ static void upstream_check_done(struct upstream *u)
     }
 }
 
+/* A recycled handle may carry another backend's CA bundle: set this one's (or curl's built-in
+ * default) when it differs. Only then, since curl copies the string on every set. */
+static bool upstream_set_ca(struct upstream_xfer *x, const char *ca_file)
+{
+    if (x->ca_file == ca_file || (x->ca_file && ca_file && !strcmp(x->ca_file, ca_file)))
+        return true;
+    char *copy = NULL;
+    if (ca_file && !(copy = strdup(ca_file)))
+        return false;
+    const char *set = ca_file ? ca_file : curl_version_info(CURLVERSION_NOW)->cainfo;
+    if (curl_easy_setopt(x->easy, CURLOPT_CAINFO, set) != CURLE_OK) {
+        free(copy);
+        return false;
+    }
+    free(x->ca_file);
+    x->ca_file = copy;
+    return true;
+}
+
 struct upstream_xfer *upstream_start(struct upstream *u, const struct upstream_req *req,
                                      const struct upstream_ops *ops, void *ctx)
 {
@@ -324,6 +346,10 @@ struct upstream_xfer *upstream_start(struct upstream *u, const struct upstream_r
         curl_easy_setopt(easy, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)req->body_len);
     } else {
         curl_easy_setopt(easy, CURLOPT_HTTPGET, 1L);
+    }
+    if (!upstream_set_ca(x, req->ca_file)) {
+        xfer_release(x);
+        return NULL;
     }
     curl_easy_setopt(easy, CURLOPT_CONNECTTIMEOUT_MS, req->connect_timeout_ms);
     curl_easy_setopt(easy, CURLOPT_TIMEOUT_MS, req->total_timeout_ms);

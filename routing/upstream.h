@@ -34,6 +34,7 @@ struct upstream_req {
     const char *body; /* must stay valid until on_done or cancel */
     size_t body_len;
     struct curl_slist *headers; /* shared, read-only; must outlive the transfer */
+    const char *ca_file;        /* CA bundle for https, NULL = curl's default (the system's) */
     const char *request_id;     /* sent as x-request-id */
     long connect_timeout_ms;
     long first_byte_timeout_ms; /* until the first body byte */
