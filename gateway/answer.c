@@ -156,10 +156,13 @@ static const yajl_callbacks answer_callbacks = {
     .yajl_end_array = on_close,
 };
 
-int answer_scan_init(struct answer_scan *s)
+int answer_scan_init(struct answer_scan *s, struct arena *a)
 {
     memset(s, 0, sizeof *s);
-    s->handle = yajl_alloc(&answer_callbacks, NULL, s);
+    yajl_alloc_funcs funcs;
+    if (a)
+        arena_yajl_funcs(a, &funcs);
+    s->handle = yajl_alloc(&answer_callbacks, a ? &funcs : NULL, s);
     return s->handle ? 0 : -1;
 }
 

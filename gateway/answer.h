@@ -8,6 +8,8 @@
 #ifndef TOLLGATE_ANSWER_H
 #define TOLLGATE_ANSWER_H
 
+#include "gateway/arena.h"
+
 #include <stdbool.h>
 #include <stddef.h>
 
@@ -35,8 +37,9 @@ struct answer_scan {
     size_t finished;     /* choices with a finish_reason string */
 };
 
-/* 0, or -1 on OOM. */
-int answer_scan_init(struct answer_scan *s);
+/* 0, or -1 on OOM. The scanner's memory comes from arena a (NULL: from malloc), which must
+ * outlive it. */
+int answer_scan_init(struct answer_scan *s, struct arena *a);
 /* 0 while the bytes are well-formed so far, -1 once they are not. */
 int answer_scan_feed(struct answer_scan *s, const char *p, size_t n);
 /* 0 when the whole document was well-formed, -1 otherwise. */

@@ -128,6 +128,7 @@ struct request {
     struct buf resp;
     struct answer_scan scan;
     bool scanning;
+    struct arena arena; /* the parsed body's nodes and the scans' state (gateway/arena.h) */
 
     /* Stream relay: events from the backend, waiting to be sent. */
     bool stream_mode;
@@ -232,8 +233,8 @@ static void request_set_id(struct request *r)
         snprintf(r->id, sizeof r->id, "%s", given);
         return;
     }
-    snprintf(r->id, sizeof r->id, "%016llx%016llx", (unsigned long long)worker_random(r->w),
-             (unsigned long long)worker_random(r->w));
+    uint64_t raw[2] = {worker_random(r->w), worker_random(r->w)};
+    buf_hex((const unsigned char *)raw, sizeof raw, r->id); /* 32 hex digits */
 }
 
 /* x-ratelimit-limit-<what>, -remaining-<what>, -reset-<what> ("12s"), as OpenAI names them. */
@@ -1171,7 +1172,9 @@ static enum MHD_Result request_dispatch(struct request *r)
     if (r->json)
         return request_proceed(r); /* back from waiting for the cache or the limiter */
     json_error_t jerr;
+    arena_enter(&r->arena);
     r->json = json_loadb(r->body.data ? r->body.data : "", r->body.len, 0, &jerr);
+    arena_leave();
     if (!r->json)
         return REQUEST_FAIL_NOW(r, TG_ERR_INVALID_JSON, NULL,
                                 "We could not parse the JSON body of your request: %s "
@@ -1518,12 +1521,18 @@ static int request_on_event(void *ctx, const struct sse_event *ev)
             request_capture_done(r);
         return buf_append(&r->out, ev->raw, ev->raw_len) ? TG_ERR_NOMEM : 0;
     }
+    /* Each event's scan in an arena of its own: its block goes back to the thread's cache
+     * at once, so a long stream neither grows the request's arena nor calls malloc. */
     struct answer_scan sc;
-    if (answer_scan_init(&sc))
+    struct arena event_arena = {0};
+    if (answer_scan_init(&sc, &event_arena)) {
+        arena_release(&event_arena);
         return TG_ERR_NOMEM;
+    }
     bool ok = answer_scan_feed(&sc, ev->data, ev->data_len) == 0 && answer_scan_finish(&sc) == 0 &&
               sc.object;
     answer_scan_free(&sc);
+    arena_release(&event_arena);
     if (!ok) {
         snprintf(r->fail_detail, sizeof r->fail_detail, "a stream event that is not JSON");
         return TG_ERR_BAD_BACKEND_RESPONSE;
@@ -1580,7 +1589,7 @@ static void request_start_body(struct request *r)
     } else {
         buf_init(&r->resp, r->up_status / 100 == 2 ? r->cfg->upstream.max_response_bytes
                                                    : REQUEST_ERROR_BODY_MAX);
-        r->scanning = r->up_status / 100 == 2 && answer_scan_init(&r->scan) == 0;
+        r->scanning = r->up_status / 100 == 2 && answer_scan_init(&r->scan, &r->arena) == 0;
     }
     if (r->up_status == 429) {
         char ra[32];
@@ -2069,6 +2078,7 @@ void request_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     if (r->stream_mode)
         sse_free(&r->sse);
     json_decref(r->json);
+    arena_release(&r->arena); /* after the scan and the body's tree, which live in it */
     free(r->upstream_body);
     free(r->reply_body);
     free(r->skip);

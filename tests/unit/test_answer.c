@@ -20,7 +20,7 @@ static const char chat[] =
 /* Scans `doc` split into pieces of `step` bytes (0 = whole). Returns finish()'s result. */
 static int scan(const char *doc, size_t step, struct answer_scan *out)
 {
-    assert_int_equal(answer_scan_init(out), 0);
+    assert_int_equal(answer_scan_init(out, NULL), 0);
     size_t n = strlen(doc);
     int bad = 0;
     if (!step)
