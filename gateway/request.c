@@ -19,7 +19,6 @@
 #include "routing/router.h"
 
 #include <jansson.h>
-#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -261,7 +260,7 @@ static void format_usd(char *out, size_t n, double usd)
     if (!(usd >= 0 && usd < 1e5) || n < 21) { /* below 1e5, units fit in 53 bits */
         snprintf(out, n, "%.10f", usd);
     } else {
-        unsigned long long units = (unsigned long long)llround(usd * 1e10);
+        unsigned long long units = (unsigned long long)(usd * 1e10 + 0.5);
         char tmp[24];
         int i = sizeof tmp;
         for (int d = 0; d < 10; d++, units /= 10)
