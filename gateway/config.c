@@ -502,12 +502,10 @@ static void parse_models(struct cfg_ctx *ctx, struct config_backend *b, json_t *
 
 /* A backend's ca_file: a readable PEM bundle, for a backend with an https URL. */
 static void check_ca_file(struct cfg_ctx *ctx, const char *path, const char *file,
-                          const char *url, const char *prices_url)
+                          const char *url)
 {
-    bool https = (url && !strncmp(url, "https://", 8)) ||
-                 (prices_url && !strncmp(prices_url, "https://", 8));
-    if (!https) {
-        cfg_error(ctx, path, "applies only to a backend with an https:// url or prices_url");
+    if (url && strncmp(url, "https://", 8)) {
+        cfg_error(ctx, path, "applies only to a backend with an https:// url");
         return;
     }
     FILE *f = fopen(file, "r");
@@ -578,7 +576,7 @@ static void parse_backends(struct cfg_ctx *ctx, struct config *cfg, json_t *root
         char p[96];
         if (b->ca_file) {
             snprintf(p, sizeof p, "%s.ca_file", path);
-            check_ca_file(ctx, p, b->ca_file, b->url, b->prices_url);
+            check_ca_file(ctx, p, b->ca_file, b->url);
         }
         if (b->url) {
             size_t n = strlen(b->url);

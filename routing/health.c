@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #define HEALTH_MAX_PRICES_BYTES (4u << 20)
 
@@ -161,6 +162,21 @@ static const struct upstream_ops check_ops = {
     .on_done = check_on_done,
 };
 
+/* Whether two URLs have the same scheme, host and port. */
+static bool same_origin(const char *a, const char *b)
+{
+    const char *sa = strstr(a, "://"), *sb = strstr(b, "://");
+    if (!sa || !sb)
+        return false;
+    size_t na = (size_t)(sa + 3 - a) + strcspn(sa + 3, "/");
+    size_t nb = (size_t)(sb + 3 - b) + strcspn(sb + 3, "/");
+    return na == nb && !strncasecmp(a, b, na);
+}
+
+/* What a price feed on another origin than its backend is sent: not the backend's api_key. */
+static struct curl_slist foreign_feed_headers = {(char *)"User-Agent: tollgate/" TOLLGATE_VERSION,
+                                                  NULL};
+
 static void check_start(struct health *h, size_t i, enum check_kind kind)
 {
     const struct config_backend *b = &h->cfg->backends[i];
@@ -181,10 +197,12 @@ static void check_start(struct health *h, size_t i, enum check_kind kind)
     else
         snprintf(c->url, sizeof c->url, "%s", b->prices_url);
     long timeout = h->cfg->health.timeout_ms;
+    /* A feed elsewhere (a public price list) gets neither the backend's key nor its CA. */
+    bool own = kind == CHECK_PROBE || same_origin(b->url, b->prices_url);
     struct upstream_req req = {
         .url = c->url,
-        .headers = b->headers,
-        .ca_file = b->ca_file,
+        .headers = own ? b->headers : &foreign_feed_headers,
+        .ca_file = own ? b->ca_file : NULL,
         .request_id = kind == CHECK_PROBE ? "tollgate-health-probe" : "tollgate-prices",
         .connect_timeout_ms = timeout,
         .first_byte_timeout_ms = timeout,

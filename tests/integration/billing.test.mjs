@@ -257,3 +257,25 @@ test('a broken prices document, or prices that are not numbers, keep the last go
   const r = await chat(gw, { model: 'm', messages: user('x') });
   assertCostHeader(r, usd(r.json.usage.prompt_tokens, r.json.usage.completion_tokens, 0.5, 0.7));
 });
+
+test('the backend\'s api_key goes to a prices_url on its own origin, never to one elsewhere', async () => {
+  const doc = { data: [{ id: 'm', pricing: { prompt: perToken(0.5), completion: perToken(0.7) } }] };
+  // Same origin: the backend's url and its feed are one server.
+  const own = await startJsonServer(doc);
+  const node = await startMocknode({ name: 'feed-key', models: ['m'], tokens: 1, quiet: true });
+  const elsewhere = await startJsonServer(doc);
+  const gw = await startGateway({
+    keys,
+    backends: [
+      { name: 'own', url: own.url + '/v1', api_key: 'own-node-key', prices_url: own.url + '/prices',
+        prices_refresh_s: 1, models: [{ name: 'm', input_usd_per_mtok: 3, output_usd_per_mtok: 3 }] },
+      { ...backendFor(node, { name: 'other', api_key: 'other-node-key', prices: [3, 3] }),
+        prices_url: elsewhere.url + '/prices', prices_refresh_s: 1 },
+    ],
+  });
+  await waitFor(() => own.hitsFor('/prices') >= 2 && elsewhere.hitsFor('/prices') >= 2,
+    { timeoutMs: 5000, what: 'both feeds fetched twice' });
+  assert.deepEqual([...new Set(own.authorizationsFor('/prices'))], ['Bearer own-node-key']);
+  assert.deepEqual([...new Set(elsewhere.authorizationsFor('/prices'))], [null]);
+  await gw.stop();
+});

@@ -688,9 +688,10 @@ export async function adminListener({ key = 'admin-key-for-tests-0123456789' } =
 // path returning either. Resolves with {url, port, hits, hitsFor(path), set(doc)}; closed by cleanup().
 export async function startJsonServer(doc) {
   let current = doc;
-  const state = { hits: 0, by_path: new Map() };
+  const state = { hits: 0, by_path: new Map(), auth: [] };
   const srv = http.createServer((req, res) => {
     state.hits++;
+    state.auth.push({ path: req.url, authorization: req.headers.authorization ?? null });
     state.by_path.set(req.url, (state.by_path.get(req.url) ?? 0) + 1);
     const d = typeof current === 'function' ? current(req.url) : current;
     const body = typeof d === 'string' ? d : JSON.stringify(d);
@@ -706,6 +707,8 @@ export async function startJsonServer(doc) {
     port,
     get hits() { return state.hits; },
     hitsFor: (p) => state.by_path.get(p) ?? 0,
+    // The Authorization header of every request to path p (null where there was none).
+    authorizationsFor: (p) => state.auth.filter((a) => a.path === p).map((a) => a.authorization),
     set(next) { current = next; },
     close() {
       srv.closeAllConnections?.();
