@@ -142,9 +142,9 @@ static int curl_timer_fn(CURLM *multi, long timeout_ms, void *userp)
     (void)multi;
     struct floor_worker *w = userp;
     ev_timer_stop(w->loop, &w->curl_timer);
-    if (timeout_ms == 0) {
-        w->curl_pending = true; /* run in the prepare hook, as the gateway does */
-    } else if (timeout_ms > 0) {
+    if (timeout_ms >= 0) {
+        /* As routing/upstream.c: a 0 timeout runs on the next turn; new transfers are driven
+         * from the prepare hook (curl_pending, set when one starts). */
         ev_timer_set(&w->curl_timer, (double)timeout_ms / 1000.0, 0.);
         ev_timer_start(w->loop, &w->curl_timer);
     }

@@ -97,11 +97,11 @@ static void raise_nofile(void)
 
 /* glibc gives the free top of each worker's heap back to the kernel once it passes the trim
  * threshold, 128 KiB at first; a request's transient buffers (curl's 16 KiB receive buffer
- * among them) then cross it again and again: a madvise, a TLB shootdown and fresh page faults
- * every few requests, ~3% of a request's CPU. Up to 4 MiB of free top now stays. Fixing
- * the trim threshold also fixes the mmap threshold (glibc otherwise raises both as large
- * blocks come and go), so that is set too: bodies and answers up to 1 MiB come from the heap,
- * larger ones get their own mapping, returned when freed. */
+ * among them) then cross it again and again: a madvise, a TLB shootdown and fresh page
+ * faults every few requests, 4-12% of a request's CPU in paired runs. Up to 4 MiB of free
+ * top now stays. Fixing the trim threshold also fixes the mmap threshold (glibc otherwise
+ * raises both as large blocks come and go), so that is set too: bodies and answers up to
+ * 1 MiB come from the heap, larger ones get their own mapping, returned when freed. */
 static void tune_malloc(void)
 {
     mallopt(M_MMAP_THRESHOLD, 1 << 20);
