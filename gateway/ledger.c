@@ -1,6 +1,7 @@
 #include "gateway/ledger.h"
 
 #include "gateway/buf.h"
+#include "gateway/clock.h"
 #include "routing/backend.h"
 
 #include "gateway/log.h"
@@ -305,17 +306,10 @@ static void ledger_publish_size(struct ledger *l)
     atomic_store_explicit(&l->spool_bytes, (uint64_t)(l->size - l->done), memory_order_relaxed);
 }
 
-static double ledger_mono(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
 static void ledger_drop(struct ledger *l, const struct ledger_record *r, const char *why)
 {
     ledger_count(&l->dropped);
-    double now = ledger_mono();
+    double now = clock_mono();
     if (now - l->last_drop_log < LEDGER_DROP_LOG_INTERVAL_S)
         return;
     l->last_drop_log = now;

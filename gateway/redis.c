@@ -1,6 +1,7 @@
 #include "gateway/redis.h"
 
 #include "gateway/buf.h"
+#include "gateway/clock.h"
 
 #include "gateway/log.h"
 
@@ -423,13 +424,6 @@ static void count(_Atomic uint64_t *a)
                           memory_order_relaxed);
 }
 
-static double mono_now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
 static double rand01(struct redis_client *c)
 {
     /* xorshift64*: jitter only. */
@@ -552,7 +546,7 @@ static void deadline_arm(struct redis_client *c)
     ev_timer_stop(c->loop, &c->deadline_timer);
     if (!c->pending_head)
         return;
-    double after = c->pending_head->deadline - mono_now();
+    double after = c->pending_head->deadline - clock_mono();
     ev_timer_set(&c->deadline_timer, after > 0 ? after : 0., 0.);
     ev_timer_start(c->loop, &c->deadline_timer);
 }
@@ -743,7 +737,7 @@ static void deadline_cb(struct ev_loop *loop, ev_timer *w, int revents)
     struct redis_client *c = w->data;
     client_enter(c);
     /* libev may wake a little before our monotonic deadline; the re-arm covers the rest. */
-    double now = mono_now() + 1e-4;
+    double now = clock_mono() + 1e-4;
     struct redis_cmd *cmd;
     while (!c->dead && (cmd = c->pending_head) && cmd->deadline <= now) {
         redis_reply_fn fn = cmd->fn;
@@ -826,9 +820,9 @@ static void lookup_abandon(struct redis_lookup *l)
     if (!l)
         return;
     if (gai_cancel(&l->req) == EAI_NOTCANCELED) {
-        double until = mono_now() + REDIS_FREE_LOOKUP_WAIT;
+        double until = clock_mono() + REDIS_FREE_LOOKUP_WAIT;
         while (gai_error(&l->req) == EAI_INPROGRESS) {
-            double left = until - mono_now();
+            double left = until - clock_mono();
             if (left <= 0)
                 return;
             struct timespec ts = {(time_t)left, (long)((left - (double)(time_t)left) * 1e9)};
@@ -1054,7 +1048,7 @@ static void conn_open(struct redis_conn *k, const char *host)
         conn_retry(k, "out of memory");
         return;
     }
-    conn_timer(k, k->deadline - mono_now());
+    conn_timer(k, k->deadline - clock_mono());
 }
 
 static void conn_attempt(struct redis_conn *k)
@@ -1063,7 +1057,7 @@ static void conn_attempt(struct redis_conn *k)
     if (k->attempts++ > 0)
         count(&c->st.reconnects);
     k->started = true;
-    k->deadline = mono_now() + c->connect_timeout;
+    k->deadline = clock_mono() + c->connect_timeout;
     if (c->url.unix_socket || c->numeric_host) {
         conn_open(k, c->url.host);
         return;
@@ -1087,7 +1081,7 @@ static void conn_lookup_step(struct redis_conn *k)
     char why[160];
     int rc = lookup_poll(k, why, sizeof why);
     if (rc > 0) {
-        double left = k->deadline - mono_now();
+        double left = k->deadline - clock_mono();
         if (left <= 0) {
             conn_retry(k, "host lookup timed out");
             return;
@@ -1171,7 +1165,7 @@ struct redis_client *redis_client_new(struct ev_loop *loop, const struct redis_o
     c->breaker_failures = opt->breaker_failures ? opt->breaker_failures : 5;
     c->max_pending = opt->max_pending ? opt->max_pending : 65536;
     if (getrandom(&c->rng, sizeof c->rng, GRND_NONBLOCK) != (ssize_t)sizeof c->rng)
-        c->rng = (uint64_t)(uintptr_t)c ^ (uint64_t)(mono_now() * 1e9);
+        c->rng = (uint64_t)(uintptr_t)c ^ (uint64_t)(clock_mono() * 1e9);
     c->rng |= 1;
     ev_timer_init(&c->deadline_timer, deadline_cb, 0., 0.);
     c->deadline_timer.data = c;
@@ -1286,7 +1280,7 @@ static int client_send(struct redis_client *c, int argc, const char **argv, cons
     cmd->fn = fn;
     cmd->ctx = ctx;
     cmd->args = args;
-    cmd->deadline = mono_now() + c->timeout;
+    cmd->deadline = clock_mono() + c->timeout;
     redisAsyncContext *ac = c->cmd.ac;
     if (redisAsyncCommandArgv(ac, cmd_reply_cb, cmd, argc, argv, argvlen) != REDIS_OK) {
         cmd_put(c, cmd);

@@ -5,6 +5,7 @@
 #include "gateway/budget.h"
 #include "gateway/buf.h"
 #include "gateway/cache.h"
+#include "gateway/clock.h"
 #include "gateway/error.h"
 #include "gateway/flight.h"
 #include "gateway/keyauth.h"
@@ -107,7 +108,7 @@ struct request {
     bool *skip;            /* per route target: already failed for this request */
     struct router_request rreq;
     unsigned attempts;
-    double deadline;       /* no new attempt after this (ev_time) */
+    double deadline;       /* no new attempt after this (clock_mono) */
     double t_attempt;      /* when the current attempt started */
     double ttfb;           /* its time to the first body byte */
     enum tg_error last_err;
@@ -329,7 +330,7 @@ static enum MHD_Result request_queue_reply(struct request *r)
         MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, r->allow);
     request_headers(r, resp);
     if (!r->t_queued)
-        r->t_queued = ev_time();
+        r->t_queued = clock_mono();
     enum MHD_Result ok = MHD_queue_response(r->conn, r->reply_status, resp);
     MHD_destroy_response(resp);
     r->status = r->reply_status;
@@ -686,7 +687,7 @@ static int request_start_attempt(struct request *r, struct router_outcome *why)
     request_reset_attempt(r);
     r->target = t;
     r->attempts++;
-    r->t_attempt = ev_time();
+    r->t_attempt = clock_mono();
     const struct config_backend *b = t->backend;
     snprintf(r->url, sizeof r->url, "%s%s", b->url, r->ep->upstream_path);
     const struct config_upstream *uc = &r->cfg->upstream;
@@ -1360,7 +1361,7 @@ static void request_attempt_failed(struct request *r, enum tg_error err, bool bl
                   r->id, r->target->backend->name, r->attempts,
                   log_escape(esc, sizeof esc, r->last_msg));
     }
-    if (r->attempts <= r->cfg->routing.retries && ev_time() < r->deadline &&
+    if (r->attempts <= r->cfg->routing.retries && clock_mono() < r->deadline &&
         !worker_draining(r->w)) {
         struct router_outcome why;
         if (request_start_attempt(r, &why) == 0) {
@@ -1570,7 +1571,7 @@ static int request_on_event(void *ctx, const struct sse_event *ev)
 static void request_start_body(struct request *r)
 {
     r->got_headers = true;
-    r->ttfb = ev_time() - r->t_attempt;
+    r->ttfb = clock_mono() - r->t_attempt;
     r->up_status = upstream_status(r->xfer);
     const char *ct = upstream_content_type(r->xfer);
     snprintf(r->reply_ctype, sizeof r->reply_ctype, "%s", ct ? ct : "application/json");
@@ -1638,7 +1639,7 @@ static int request_on_data(void *ctx, const char *data, size_t len)
     if (r->out.len > r->out_off) {
         if (r->state == REQUEST_UPSTREAM) {
             r->state = REQUEST_STREAM; /* the first event: from here on, no failover */
-            double now = ev_time();
+            double now = clock_mono();
             r->up_wait += now - r->t_attempt;
             if (r->cfg->metrics_enabled)
                 metrics_observe_ttft(r->w->metrics, r->ep->metric, r->route->metric_model,
@@ -1737,7 +1738,7 @@ static void request_on_done(void *ctx, int result, long status, const char *deta
     backend_release(r);
     if (result && r->fail_detail[0])
         detail = r->fail_detail;
-    double now = ev_time();
+    double now = clock_mono();
     if (r->state == REQUEST_UPSTREAM)
         r->up_wait += now - r->t_attempt; /* (a stream's first event counted its own) */
 
@@ -1883,7 +1884,7 @@ static enum MHD_Result request_queue_stream(struct request *r)
     MHD_add_response_header(resp, "X-Accel-Buffering", "no");
     request_headers(r, resp);
     if (!r->t_queued)
-        r->t_queued = ev_time();
+        r->t_queued = clock_mono();
     enum MHD_Result ok = MHD_queue_response(r->conn, 200, resp);
     MHD_destroy_response(resp);
     r->status = 200;
@@ -1910,7 +1911,7 @@ enum MHD_Result request_handle(void *cls, struct MHD_Connection *conn, const cha
         r->w = w;
         r->conn = conn;
         r->cfg = config_ref(w->cfg);
-        r->t_start = ev_time();
+        r->t_start = clock_mono();
         r->state = REQUEST_SENT; /* until request_begin says otherwise */
         r->next = w->active;
         if (w->active)
@@ -2036,7 +2037,7 @@ void request_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
         r->status = 499; /* the client left mid-stream */
     if (!r->status)
         r->status = 499;
-    double seconds = ev_time() - r->t_start;
+    double seconds = clock_mono() - r->t_start;
     if (r->cfg->metrics_enabled)
         request_observe(r, seconds);
     METRICS_ADD(w->metrics->inflight, -1);
