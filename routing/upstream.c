@@ -148,6 +148,14 @@ static void xfer_unlink(struct upstream_xfer *x)
     x->prev = x->next = NULL;
 }
 
+/* A transfer and its easy handle, gone for good. */
+static void xfer_destroy(struct upstream_xfer *x)
+{
+    curl_easy_cleanup(x->easy);
+    free(x->ca_file);
+    free(x);
+}
+
 /* Ends a transfer's life: detach from curl and the loop, and keep it for reuse. */
 static void xfer_release(struct upstream_xfer *x)
 {
@@ -160,9 +168,7 @@ static void xfer_release(struct upstream_xfer *x)
         u->free_list = x;
         u->n_free++;
     } else {
-        curl_easy_cleanup(x->easy);
-        free(x->ca_file);
-        free(x);
+        xfer_destroy(x);
     }
 }
 
@@ -176,9 +182,7 @@ void upstream_free(struct upstream *u)
     while (u->free_list) {
         struct upstream_xfer *x = u->free_list;
         u->free_list = x->next;
-        curl_easy_cleanup(x->easy);
-        free(x->ca_file);
-        free(x);
+        xfer_destroy(x);
     }
     curl_multi_cleanup(u->multi);
     free(u);
@@ -283,7 +287,8 @@ static void upstream_check_done(struct upstream *u)
  * default) when it differs. Only then, since curl copies the string on every set. */
 static bool upstream_set_ca(struct upstream_xfer *x, const char *ca_file)
 {
-    if (x->ca_file == ca_file || (x->ca_file && ca_file && !strcmp(x->ca_file, ca_file)))
+    bool same = x->ca_file && ca_file ? !strcmp(x->ca_file, ca_file) : x->ca_file == ca_file;
+    if (same)
         return true;
     char *copy = NULL;
     if (ca_file && !(copy = strdup(ca_file)))
