@@ -16,9 +16,16 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY Makefile VERSION ./
-COPY gateway gateway
+COPY base base
+COPY config config
+COPY redis redis
+COPY net net
+COPY openai openai
+COPY tenancy tenancy
+COPY cache cache
 COPY routing routing
 COPY metrics metrics
+COPY gateway gateway
 COPY tools/mocknode tools/mocknode
 RUN make -j"$(nproc)" all \
  && strip build/tollgate build/mocknode

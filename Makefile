@@ -10,7 +10,9 @@ LDFLAGS += $(EXTRA_LDFLAGS)
 LIBS    := -lmicrohttpd -lcurl -lssh2 -lhiredis -lev -ljansson -lyajl -lyaml -lnettle -lpthread -lm
 VERSION := $(shell cat VERSION 2>/dev/null || echo 0.0.0)
 
-CORE_SRC := $(filter-out gateway/main.c,$(wildcard gateway/*.c routing/*.c metrics/*.c))
+# The layers, bottom first: a folder includes only folders before it (metrics/ only base/).
+LAYERS   := base redis config net openai metrics tenancy cache routing gateway
+CORE_SRC := $(filter-out gateway/main.c,$(foreach d,$(LAYERS),$(wildcard $(d)/*.c)))
 CORE_OBJ := $(CORE_SRC:%.c=$(BUILD)/obj/%.o)
 MAIN_OBJ := $(BUILD)/obj/gateway/main.o
 MOCK_SRC := $(wildcard tools/mocknode/*.c)
@@ -100,7 +102,7 @@ install: $(BUILD)/tollgate
 	install -m 0644 deploy/tollgate.example.yaml $(DESTDIR)$(PREFIX)/share/tollgate/
 
 fmt:
-	clang-format -i $$(find gateway routing metrics tools tests/unit -name '*.[ch]')
+	clang-format -i $$(find $(LAYERS) bench tools tests/unit -name '*.[ch]')
 
 clean:
 	rm -rf build build-asan

@@ -1,11 +1,12 @@
 #include "gateway/admin.h"
+#include "base/clock.h"
 
-#include "gateway/auth.h"
-#include "gateway/buf.h"
-#include "gateway/error.h"
-#include "gateway/keys.h"
-#include "gateway/ledger.h"
-#include "gateway/log.h"
+#include "base/digest.h"
+#include "base/buf.h"
+#include "base/error.h"
+#include "tenancy/keys.h"
+#include "tenancy/ledger.h"
+#include "base/log.h"
 #include "routing/backend.h"
 
 #include <arpa/inet.h>
@@ -99,14 +100,14 @@ static bool admin_authorized(struct MHD_Connection *conn, const struct config *c
     if (!h || strncasecmp(h, "Bearer ", 7))
         return false;
     unsigned char got[32], want[32];
-    auth_sha256(h + 7, strlen(h + 7), got);
-    auth_sha256(cfg->admin_key, strlen(cfg->admin_key), want);
-    return auth_equal(got, want, sizeof got);
+    digest_sha256(h + 7, strlen(h + 7), got);
+    digest_sha256(cfg->admin_key, strlen(cfg->admin_key), want);
+    return digest_equal(got, want, sizeof got);
 }
 
 static json_t *admin_backends(const struct config *cfg)
 {
-    int64_t now = backend_now_ms();
+    int64_t now = clock_mono_ms();
     json_t *list = json_array();
     for (size_t i = 0; i < cfg->n_backends; i++) {
         const struct config_backend *b = &cfg->backends[i];

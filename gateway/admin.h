@@ -9,7 +9,7 @@
 #ifndef TOLLGATE_ADMIN_H
 #define TOLLGATE_ADMIN_H
 
-#include "gateway/config.h"
+#include "config/config.h"
 #include "gateway/server.h"
 
 struct admin;

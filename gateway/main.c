@@ -1,9 +1,9 @@
 /* tollgate: an OpenAI-compatible inference gateway. Entry point: options, config, signals. */
 #include "gateway/admin.h"
-#include "gateway/config.h"
-#include "gateway/keys.h"
-#include "gateway/ledger.h"
-#include "gateway/log.h"
+#include "config/config.h"
+#include "tenancy/keys.h"
+#include "tenancy/ledger.h"
+#include "base/log.h"
 #include "gateway/server.h"
 #include "routing/backend.h"
 #include "routing/health.h"

@@ -1,20 +1,20 @@
 #include "gateway/request.h"
 
-#include "gateway/answer.h"
-#include "gateway/auth.h"
-#include "gateway/budget.h"
-#include "gateway/buf.h"
-#include "gateway/cache.h"
-#include "gateway/clock.h"
-#include "gateway/error.h"
-#include "gateway/flight.h"
-#include "gateway/keyauth.h"
-#include "gateway/ledger.h"
-#include "gateway/log.h"
-#include "gateway/openai.h"
-#include "gateway/ratelimit.h"
-#include "gateway/redis.h"
-#include "gateway/sse.h"
+#include "openai/answer.h"
+#include "tenancy/auth.h"
+#include "tenancy/budget.h"
+#include "base/buf.h"
+#include "cache/cache.h"
+#include "base/clock.h"
+#include "base/error.h"
+#include "cache/flight.h"
+#include "tenancy/keyauth.h"
+#include "tenancy/ledger.h"
+#include "base/log.h"
+#include "openai/openai.h"
+#include "tenancy/ratelimit.h"
+#include "redis/redis.h"
+#include "openai/sse.h"
 #include "gateway/worker.h"
 #include "routing/backend.h"
 #include "routing/router.h"
@@ -674,7 +674,7 @@ static void request_no_target(struct request *r, const struct router_outcome *wh
  * eligible (*why says why), or a negative tg_error. */
 static int request_start_attempt(struct request *r, struct router_outcome *why)
 {
-    r->rreq.now_ms = backend_now_ms();
+    r->rreq.now_ms = clock_mono_ms();
     r->rreq.random = worker_random(r->w);
     const struct config_target *t = router_pick(r->route, &r->rreq, r->skip, why);
     if (!t)
@@ -887,10 +887,10 @@ static void request_cache_answer(void *ctx, int result, const redisReply *reply)
             }
         }
     }
-    int64_t age = backend_wall_ms() - stored;
+    int64_t age = clock_wall_ms() - stored;
     if (body && (r->cache_max_age_ms < 0 || age <= r->cache_max_age_ms)) {
         /* Kept here too, for the worker's next caller. */
-        cache_put(r->w->cache, r->cache_key, body, len, backend, cost, backend_now_ms(),
+        cache_put(r->w->cache, r->cache_key, body, len, backend, cost, clock_mono_ms(),
                   r->cfg->cache.ttl_s * 1000 - (age > 0 ? age : 0));
         request_cache_hit(r, body, len, cost);
     }
@@ -931,7 +931,7 @@ static void request_cache_share(struct request *r, const char *text, size_t len)
     char key[9 + 65], cost[40], stored[24], ttl[24];
     cache_redis_key(r->cache_key, key);
     snprintf(cost, sizeof cost, "%.10f", r->cost_usd);
-    snprintf(stored, sizeof stored, "%lld", (long long)backend_wall_ms());
+    snprintf(stored, sizeof stored, "%lld", (long long)clock_wall_ms());
     snprintf(ttl, sizeof ttl, "%ld", r->cfg->cache.ttl_s * 1000);
     const char *backend = r->target->backend->name;
     const char *argv[] = {key, text, backend, cost, stored, ttl};
@@ -1110,7 +1110,7 @@ static void request_cache_store(struct request *r, const char *text, size_t len)
         return;
     }
     cache_put(r->w->cache, r->cache_key, text, len, r->target->backend->name, r->cost_usd,
-              backend_now_ms(), r->cfg->cache.ttl_s * 1000);
+              clock_mono_ms(), r->cfg->cache.ttl_s * 1000);
     request_cache_share(r, text, len);
     request_flight_land(r, text, len, r->cost_usd);
 }
@@ -1138,7 +1138,7 @@ static bool request_cache_lookup(struct request *r)
     int64_t max_age = -1;
     cache_control_has(ctl, "max-age", &max_age);
     r->cache_max_age_ms = max_age;
-    const struct cache_entry *e = cache_get(r->w->cache, r->cache_key, backend_now_ms(), max_age);
+    const struct cache_entry *e = cache_get(r->w->cache, r->cache_key, clock_mono_ms(), max_age);
     if (e)
         return request_cache_hit(r, e->body, e->len, e->cost_usd);
     /* Not in this worker's store: ask the shared one, unless Redis is out of reach (then
@@ -1350,7 +1350,7 @@ static void request_attempt_failed(struct request *r, enum tg_error err, bool bl
     r->last_err = err;
     struct backend_state *s = r->target->backend->state;
     if (blame)
-        backend_record_failure(s, &r->cfg->health, unreachable, backend_now_ms());
+        backend_record_failure(s, &r->cfg->health, unreachable, clock_mono_ms());
     r->skip[r->target - r->route->targets] = true;
     if (r->cfg->metrics_enabled)
         METRICS_ADD(r->w->metrics->upstream_errors, 1);
@@ -1431,7 +1431,7 @@ static void request_settle_usage(struct request *r)
         return; /* what routing saved only feeds the metrics */
     /* What routing saved: the same usage at the priciest backend that could have served it. */
     double dearest = r->cost_usd;
-    int64_t now = backend_now_ms();
+    int64_t now = clock_mono_ms();
     for (size_t i = 0; i < r->route->n_targets; i++) {
         const struct config_target *t = &r->route->targets[i];
         if (t == r->target || !backend_available(t->backend->state, now, NULL))
@@ -1597,7 +1597,7 @@ static void request_start_body(struct request *r)
         if (upstream_header(r->xfer, "retry-after", ra, sizeof ra) == 0)
             secs = strtol(ra, NULL, 10);
         r->up_retry_after_s = secs > 0 ? secs : 1;
-        backend_record_rate_limited(r->target->backend->state, secs * 1000, backend_now_ms());
+        backend_record_rate_limited(r->target->backend->state, secs * 1000, clock_mono_ms());
     }
 }
 
@@ -1750,7 +1750,7 @@ static void request_on_done(void *ctx, int result, long status, const char *deta
             request_stream_error(r, "backend %s broke the stream: %s", backend, detail);
         bool ok = !result && r->saw_done;
         if (!ok)
-            backend_record_failure(bs, &r->cfg->health, false, backend_now_ms());
+            backend_record_failure(bs, &r->cfg->health, false, clock_mono_ms());
         else
             backend_record_success(bs, r->ttfb, now - r->t_attempt);
         request_note_attempt(r, ok ? METRICS_OUTCOME_SUCCESS : METRICS_OUTCOME_BROKEN, now);

@@ -1,14 +1,16 @@
 #include "gateway/server.h"
 
-#include "gateway/keyauth.h"
-#include "gateway/ledger.h"
-#include "gateway/log.h"
-#include "gateway/budget.h"
-#include "gateway/cache.h"
-#include "gateway/ratelimit.h"
-#include "gateway/redis.h"
+#include "tenancy/keyauth.h"
+#include "tenancy/ledger.h"
+#include "base/log.h"
+#include "tenancy/budget.h"
+#include "cache/cache.h"
+#include "tenancy/ratelimit.h"
+#include "redis/redis.h"
 #include "gateway/request.h"
 #include "gateway/worker.h"
+#include "metrics/metrics.h"
+#include "routing/backend.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -76,7 +78,9 @@ int server_render_metrics(struct server *s, struct buf *out)
     pthread_mutex_unlock(&s->cfg_lock);
     int rc = metrics_render(out, shards, n);
     if (!rc)
-        rc = metrics_render_backends(out, cfg);
+        rc = metrics_render_build_info(out);
+    if (!rc)
+        rc = backend_render_metrics(out, cfg);
     config_unref(cfg);
     return rc;
 }

@@ -7,8 +7,8 @@
 #ifndef TOLLGATE_SERVER_H
 #define TOLLGATE_SERVER_H
 
-#include "gateway/buf.h"
-#include "gateway/config.h"
+#include "base/buf.h"
+#include "config/config.h"
 
 #include <stdbool.h>
 

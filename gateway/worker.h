@@ -4,9 +4,9 @@
 #ifndef TOLLGATE_WORKER_H
 #define TOLLGATE_WORKER_H
 
-#include "gateway/config.h"
+#include "config/config.h"
 #include "metrics/metrics.h"
-#include "routing/upstream.h"
+#include "net/upstream.h"
 
 #include <ev.h>
 #include <microhttpd.h>

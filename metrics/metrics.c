@@ -1,6 +1,5 @@
 #include "metrics/metrics.h"
 
-#include "gateway/config.h"
 #include "routing/backend.h"
 
 #include <pthread.h>
@@ -159,11 +158,21 @@ static const char *label_name(enum metrics_label_kind kind, size_t i)
     return i ? label_names[kind][i] : "other";
 }
 
+const char *metrics_label_name(enum metrics_label_kind kind, unsigned i)
+{
+    return label_name(kind, i < labels_in_use(kind) ? i : 0);
+}
+
 /* The model half of a pair ("other" for index 0). */
 static const char *pair_model(size_t i)
 {
     return i ? label_names[METRICS_LABEL_PAIR][i] + strlen(label_names[METRICS_LABEL_PAIR][i]) + 1
              : "other";
+}
+
+const char *metrics_pair_model(unsigned pair)
+{
+    return pair_model(pair < labels_in_use(METRICS_LABEL_PAIR) ? pair : 0);
 }
 
 /* ---- statuses, routes, operations ------------------------------------------------------------ */
@@ -198,6 +207,11 @@ static const char *const outcome_names[METRICS_OUTCOME_COUNT] = {
     "success", "client_error", "rate_limited", "server_error", "timeout", "unreachable", "broken"};
 static const char *const cache_names[3] = {"hit", "miss", "bypass"};
 static const char *const token_types[2] = {"input", "output"};
+
+const char *metrics_token_type(int output)
+{
+    return token_types[output ? 1 : 0];
+}
 
 int metrics_genai_op(enum metrics_route route)
 {
@@ -613,61 +627,11 @@ int metrics_render(struct buf *out, struct metrics_shard *const *shards, size_t 
     return rd.err ? -1 : 0;
 }
 
-/* A backend's label as its state interned it ("other" without one). */
-static const char *backend_label(const struct config_backend *b)
+int metrics_render_build_info(struct buf *out)
 {
-    return label_name(METRICS_LABEL_BACKEND, b->state ? b->state->metric_backend : 0);
-}
-
-int metrics_render_backends(struct buf *out, const struct config *cfg)
-{
-    static const struct {
-        const char *name, *type, *help;
-    } families[] = {
-        {"tollgate_backend_up", "gauge",
-         "Whether the backend takes requests (1) or is ejected or failing its probes (0)."},
-        {"tollgate_backend_inflight", "gauge", "Requests in flight to the backend (all workers)."},
-        {"tollgate_backend_ejections_total", "counter",
-         "Times the backend was ejected after failures."},
-    };
-    int err = buf_printf(out,
-                         "# HELP tollgate_build_info The running build.\n"
-                         "# TYPE tollgate_build_info gauge\n"
-                         "tollgate_build_info{version=\"%s\"} 1\n",
-                         TOLLGATE_VERSION);
-    int64_t now = backend_now_ms();
-    for (size_t f = 0; f < sizeof families / sizeof families[0]; f++) {
-        err |= buf_printf(out, "# HELP %s %s\n# TYPE %s %s\n", families[f].name, families[f].help,
-                          families[f].name, families[f].type);
-        for (size_t i = 0; i < cfg->n_backends; i++) {
-            struct backend_state *st = cfg->backends[i].state;
-            double v = 0;
-            if (st && f == 0)
-                v = backend_available(st, now, NULL);
-            else if (st && f == 1)
-                v = atomic_load_explicit(&st->inflight, memory_order_relaxed);
-            else if (st)
-                v = (double)atomic_load_explicit(&st->ejections, memory_order_relaxed);
-            err |= buf_printf(out, "%s{backend=\"%s\"} %.17g\n", families[f].name,
-                              backend_label(&cfg->backends[i]), v);
-        }
-    }
-    err |= buf_append_str(out, "# HELP tollgate_backend_price_usd_per_mtok Current price, USD "
-                               "per million tokens (live feed or config).\n"
-                               "# TYPE tollgate_backend_price_usd_per_mtok gauge\n");
-    for (size_t i = 0; i < cfg->n_backends; i++) {
-        const struct config_backend *b = &cfg->backends[i];
-        for (size_t j = 0; j < b->n_models; j++) {
-            const struct config_model *m = &b->models[j];
-            unsigned pair = m->price ? m->price->metric_pair : 0;
-            for (int t = 0; t < 2; t++)
-                err |= buf_printf(out,
-                                  "tollgate_backend_price_usd_per_mtok{backend=\"%s\",model=\"%s\","
-                                  "type=\"%s\"} %.17g\n",
-                                  label_name(METRICS_LABEL_PAIR, pair), pair_model(pair),
-                                  token_types[t],
-                                  t ? backend_output_price(m) : backend_input_price(m));
-        }
-    }
-    return err ? -1 : 0;
+    return buf_printf(out,
+                      "# HELP tollgate_build_info The running build.\n"
+                      "# TYPE tollgate_build_info gauge\n"
+                      "tollgate_build_info{version=\"%s\"} 1\n",
+                      TOLLGATE_VERSION);
 }

@@ -13,7 +13,7 @@
 #ifndef TOLLGATE_METRICS_H
 #define TOLLGATE_METRICS_H
 
-#include "gateway/buf.h"
+#include "base/buf.h"
 
 #include <stdatomic.h>
 #include <stddef.h>
@@ -136,7 +136,15 @@ void metrics_observe_usage(struct metrics_shard *s, enum metrics_route route, un
 
 /* Appends the Prometheus text exposition (format 0.0.4) of the summed shards. */
 int metrics_render(struct buf *out, struct metrics_shard *const *shards, size_t n_shards);
-/* Appends the gauges of `cfg`'s backends (up, in flight, ejections, prices) and build info. */
-int metrics_render_backends(struct buf *out, const struct config *cfg);
+/* Appends tollgate_build_info. */
+int metrics_render_build_info(struct buf *out);
+
+/* A label value as interned, escaped for the exposition format ("other" for 0 or unknown).
+ * The strings live as long as the process. */
+const char *metrics_label_name(enum metrics_label_kind kind, unsigned i);
+/* The model half of a (backend, model) pair label. */
+const char *metrics_pair_model(unsigned pair);
+/* "input" or "output". */
+const char *metrics_token_type(int output);
 
 #endif

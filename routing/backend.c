@@ -1,5 +1,7 @@
 #include "routing/backend.h"
 
+#include "base/buf.h"
+#include "base/clock.h"
 #include "metrics/metrics.h"
 
 #include <pthread.h>
@@ -76,20 +78,6 @@ int backend_attach(struct config *cfg)
     for (size_t i = 0; i < cfg->n_keys; i++)
         cfg->keys[i].metric_key = metrics_label(METRICS_LABEL_KEY, cfg->keys[i].name, NULL);
     return result;
-}
-
-int64_t backend_now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-int64_t backend_wall_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 bool backend_available(struct backend_state *s, int64_t now_ms, int64_t *back_ms)
@@ -226,4 +214,59 @@ const char *backend_health_name(struct backend_state *s, int64_t now_ms)
                    ? "rate_limited"
                    : "ejected";
     return "up";
+}
+
+/* A backend's label as its state interned it ("other" without one). */
+static const char *backend_label(const struct config_backend *b)
+{
+    return metrics_label_name(METRICS_LABEL_BACKEND, b->state ? b->state->metric_backend : 0);
+}
+
+int backend_render_metrics(struct buf *out, const struct config *cfg)
+{
+    static const struct {
+        const char *name, *type, *help;
+    } families[] = {
+        {"tollgate_backend_up", "gauge",
+         "Whether the backend takes requests (1) or is ejected or failing its probes (0)."},
+        {"tollgate_backend_inflight", "gauge", "Requests in flight to the backend (all workers)."},
+        {"tollgate_backend_ejections_total", "counter",
+         "Times the backend was ejected after failures."},
+    };
+    int err = 0;
+    int64_t now = clock_mono_ms();
+    for (size_t f = 0; f < sizeof families / sizeof families[0]; f++) {
+        err |= buf_printf(out, "# HELP %s %s\n# TYPE %s %s\n", families[f].name, families[f].help,
+                          families[f].name, families[f].type);
+        for (size_t i = 0; i < cfg->n_backends; i++) {
+            struct backend_state *st = cfg->backends[i].state;
+            double v = 0;
+            if (st && f == 0)
+                v = backend_available(st, now, NULL);
+            else if (st && f == 1)
+                v = atomic_load_explicit(&st->inflight, memory_order_relaxed);
+            else if (st)
+                v = (double)atomic_load_explicit(&st->ejections, memory_order_relaxed);
+            err |= buf_printf(out, "%s{backend=\"%s\"} %.17g\n", families[f].name,
+                              backend_label(&cfg->backends[i]), v);
+        }
+    }
+    err |= buf_append_str(out, "# HELP tollgate_backend_price_usd_per_mtok Current price, USD "
+                               "per million tokens (live feed or config).\n"
+                               "# TYPE tollgate_backend_price_usd_per_mtok gauge\n");
+    for (size_t i = 0; i < cfg->n_backends; i++) {
+        const struct config_backend *b = &cfg->backends[i];
+        for (size_t j = 0; j < b->n_models; j++) {
+            const struct config_model *m = &b->models[j];
+            unsigned pair = m->price ? m->price->metric_pair : 0;
+            for (int t = 0; t < 2; t++)
+                err |= buf_printf(out,
+                                  "tollgate_backend_price_usd_per_mtok{backend=\"%s\",model=\"%s\","
+                                  "type=\"%s\"} %.17g\n",
+                                  metrics_label_name(METRICS_LABEL_PAIR, pair),
+                                  metrics_pair_model(pair), metrics_token_type(t),
+                                  t ? backend_output_price(m) : backend_input_price(m));
+        }
+    }
+    return err ? -1 : 0;
 }

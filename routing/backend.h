@@ -9,11 +9,13 @@
 #ifndef TOLLGATE_BACKEND_H
 #define TOLLGATE_BACKEND_H
 
-#include "gateway/config.h"
+#include "config/config.h"
 
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
+
+struct buf;
 
 enum backend_eject_reason {
     BACKEND_EJECT_NONE = 0,
@@ -58,11 +60,9 @@ struct backend_state {
  * indexes. 0, or -1 on OOM. */
 int backend_attach(struct config *cfg);
 
-/* Milliseconds on the monotonic clock. */
-int64_t backend_now_ms(void);
-/* Milliseconds since the epoch: for what other processes and machines must agree on
- * (rate-limit windows, cache ages, usage records). */
-int64_t backend_wall_ms(void);
+/* Appends the gauges of `cfg`'s backends (up, in flight, ejections, prices) in the
+ * Prometheus text format. 0, or -1 when `out` is full. */
+int backend_render_metrics(struct buf *out, const struct config *cfg);
 
 /* Whether the backend may take a request now; when not, *back_ms (if not NULL) is when it
  * is expected back (0 when unknown, e.g. probes failing). */

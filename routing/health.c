@@ -1,10 +1,11 @@
 #include "routing/health.h"
+#include "base/clock.h"
 
-#include "gateway/buf.h"
-#include "gateway/error.h"
-#include "gateway/log.h"
+#include "base/buf.h"
+#include "base/error.h"
+#include "base/log.h"
 #include "routing/backend.h"
-#include "routing/upstream.h"
+#include "net/upstream.h"
 
 #include <ev.h>
 #include <pthread.h>
@@ -123,7 +124,7 @@ static void check_on_done(void *ctx, int result, long status, const char *detail
     struct check *c = ctx;
     struct health *h = c->h;
     const struct config_backend *b = &c->cfg->backends[c->backend];
-    int64_t now = backend_now_ms();
+    int64_t now = clock_mono_ms();
     bool current = c->cfg == h->cfg;
     if (c->kind == CHECK_PROBE) {
         bool ok = result == 0 && status >= 200 && status < 300;
@@ -234,7 +235,7 @@ static void prices_cb(struct ev_loop *loop, ev_timer *t, int revents)
     (void)loop;
     (void)revents;
     struct health *h = t->data;
-    int64_t now = backend_now_ms();
+    int64_t now = clock_mono_ms();
     for (size_t i = 0; i < h->cfg->n_backends; i++) {
         const struct config_backend *b = &h->cfg->backends[i];
         if (!b->prices_url || h->price_busy[i] || now < h->prices_due[i])

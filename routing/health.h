@@ -8,7 +8,7 @@
 #ifndef TOLLGATE_HEALTH_H
 #define TOLLGATE_HEALTH_H
 
-#include "gateway/config.h"
+#include "config/config.h"
 
 #include <jansson.h>
 

@@ -12,7 +12,7 @@
 #ifndef TOLLGATE_ROUTER_H
 #define TOLLGATE_ROUTER_H
 
-#include "gateway/config.h"
+#include "config/config.h"
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -24,7 +24,7 @@ struct router_request {
     enum config_strategy strategy;
     double max_price_usd; /* the caller's ceiling on the estimate; < 0 for none */
     double tie_tolerance;
-    int64_t now_ms;  /* backend_now_ms() */
+    int64_t now_ms;  /* clock_mono_ms() */
     uint64_t random; /* for price-weighted */
 };
 

@@ -3,7 +3,7 @@
 // free loopback port (password and a non-zero db, so AUTH and SELECT are exercised).
 //
 // The gateway does not call the ledger on the request path yet, so the records are written
-// here with the ledger's own Lua script (read out of gateway/ledger.c, so there is one source
+// here with the ledger's own Lua script (read out of tenancy/ledger.c, so there is one source
 // of truth), exactly as a worker would send them. The write side (spooling, replay, exactly
 // once) is tested in tests/unit/test_ledger.c.
 import { test, before, after, describe } from 'node:test';
@@ -22,9 +22,9 @@ const REDIS_DB = 5;
 // ---- the ledger's script, from its C source ----------------------------------------------
 
 function ledgerLua() {
-  const src = fs.readFileSync(path.join(REPO_ROOT, 'gateway/ledger.c'), 'utf8');
+  const src = fs.readFileSync(path.join(REPO_ROOT, 'tenancy/ledger.c'), 'utf8');
   const m = /const char ledger_lua\[\] =([\s\S]*?);\n/.exec(src);
-  assert.ok(m, 'ledger_lua not found in gateway/ledger.c');
+  assert.ok(m, 'ledger_lua not found in tenancy/ledger.c');
   const parts = [...m[1].matchAll(/"((?:[^"\\]|\\.)*)"/g)].map((x) => x[1]);
   return parts.join('').replace(/\\(.)/g, (_, c) => (c === 'n' ? '\n' : c));
 }
@@ -35,7 +35,7 @@ let uidSeq = 0;
 const LUA = ledgerLua();
 
 // EVAL ledger_lua 4 seen stream sum keyset  maxlen ttl uid id key model backend cache status
-// prompt completion cost latency ts saved  (gateway/ledger.h, ledger_script_args()).
+// prompt completion cost latency ts saved  (tenancy/ledger.h, ledger_script_args()).
 async function record(r, { key, model, prompt = 0, completion = 0, cost = '0', saved = '0', uid } = {}) {
   uid ??= (++uidSeq).toString(16).padStart(32, '0');
   return r.call('EVAL', LUA, 4, `tg:usage:seen:${uid}`, 'tg:usage', `tg:usage:sum:${key}`,

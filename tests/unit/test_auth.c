@@ -6,7 +6,8 @@
 
 #include <cmocka.h>
 
-#include "gateway/auth.h"
+#include "tenancy/auth.h"
+#include "base/digest.h"
 
 #include <openssl/sha.h>
 #include <stdio.h>
@@ -203,7 +204,7 @@ static void test_check_open_without_keys(void **state)
     config_unref(cfg);
 }
 
-/* ---- auth_sha256, auth_equal ------------------------------------------------------------- */
+/* ---- digest_sha256, digest_equal ------------------------------------------------------------- */
 
 /* Nettle's SHA-256 agrees with OpenSSL's at every length around SHA-256's 64-byte block and
  * its 56-byte padding boundary, and with the FIPS 180-2 vector for "abc". */
@@ -215,7 +216,7 @@ static void test_sha256_matches_openssl(void **state)
         data[i] = (unsigned char)(i * 131 + 7);
     for (size_t len = 0; len <= sizeof data; len++) {
         unsigned char got[32], want[SHA256_DIGEST_LENGTH];
-        auth_sha256(data, len, got);
+        digest_sha256(data, len, got);
         SHA256(data, len, want);
         if (memcmp(got, want, sizeof got))
             fail_msg("SHA-256 of %zu bytes differs from OpenSSL's", len);
@@ -225,7 +226,7 @@ static void test_sha256_matches_openssl(void **state)
                                           0xb0, 0x03, 0x61, 0xa3, 0x96, 0x17, 0x7a, 0x9c,
                                           0xb4, 0x10, 0xff, 0x61, 0xf2, 0x00, 0x15, 0xad};
     unsigned char got[32];
-    auth_sha256("abc", 3, got);
+    digest_sha256("abc", 3, got);
     assert_memory_equal(got, abc, sizeof abc);
 }
 
@@ -233,15 +234,15 @@ static void test_equal(void **state)
 {
     (void)state;
     unsigned char a[32], b[32];
-    auth_sha256("one", 3, a);
+    digest_sha256("one", 3, a);
     memcpy(b, a, sizeof a);
-    assert_true(auth_equal(a, b, sizeof a));
+    assert_true(digest_equal(a, b, sizeof a));
     for (size_t i = 0; i < sizeof a; i++) {
         b[i] ^= 0x80;
-        assert_false(auth_equal(a, b, sizeof a));
+        assert_false(digest_equal(a, b, sizeof a));
         b[i] ^= 0x80;
     }
-    assert_true(auth_equal(a, b, 0));
+    assert_true(digest_equal(a, b, 0));
 }
 
 int main(void)

@@ -6,7 +6,7 @@
 
 #include <cmocka.h>
 
-#include "gateway/buf.h"
+#include "base/buf.h"
 
 #include <stdlib.h>
 #include <string.h>

@@ -8,7 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "gateway/cache.h"
+#include "cache/cache.h"
 
 static void key_of(const char *json, const char *scope, unsigned char out[32])
 {

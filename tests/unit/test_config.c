@@ -7,7 +7,7 @@
 
 #include <cmocka.h>
 
-#include "gateway/config.h"
+#include "config/config.h"
 
 #include <openssl/sha.h>
 #include <stdio.h>

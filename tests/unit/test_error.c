@@ -6,7 +6,7 @@
 
 #include <cmocka.h>
 
-#include "gateway/error.h"
+#include "base/error.h"
 
 #include <jansson.h>
 #include <stdlib.h>

@@ -6,7 +6,7 @@
 
 #include <cmocka.h>
 
-#include "gateway/flight.h"
+#include "cache/flight.h"
 
 #include <pthread.h>
 #include <stdio.h>

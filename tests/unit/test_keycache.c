@@ -7,7 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "gateway/keycache.h"
+#include "tenancy/keycache.h"
 
 static struct keycache_entry entry(unsigned char tag, bool known, const char *name)
 {

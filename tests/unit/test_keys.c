@@ -8,7 +8,7 @@
 
 #include <cmocka.h>
 
-#include "gateway/keys.h"
+#include "tenancy/keys.h"
 
 #include <jansson.h>
 #include <stdio.h>

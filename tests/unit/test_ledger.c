@@ -10,9 +10,9 @@
 
 #include <cmocka.h>
 
-#include "gateway/ledger.h"
-#include "gateway/log.h"
-#include "gateway/redis.h"
+#include "tenancy/ledger.h"
+#include "base/log.h"
+#include "redis/redis.h"
 
 #include <dirent.h>
 #include <fcntl.h>

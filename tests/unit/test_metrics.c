@@ -12,6 +12,7 @@
 #include <cmocka.h>
 
 #include "metrics/metrics.h"
+#include "base/clock.h"
 #include "routing/backend.h"
 
 #include <math.h>
@@ -23,6 +24,14 @@
 #include <unistd.h>
 
 /* Bucket bounds as metrics.c declares them. */
+/* What /metrics appends after the shards: build info, then the backends' gauges. */
+static int render_backends(struct buf *out, const struct config *cfg)
+{
+    if (metrics_render_build_info(out))
+        return -1;
+    return backend_render_metrics(out, cfg);
+}
+
 static const double duration_le[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
                                      0.25,   0.5,   1,      2.5,   5,    10,   30,    60};
 static const double overhead_le[] = {5e-06,  1e-05,  2.5e-05, 5e-05, 0.0001, 0.00025, 0.0005,
@@ -379,7 +388,7 @@ static char *render_cfg(const struct config *cfg)
 {
     struct buf out;
     buf_init(&out, 1 << 20);
-    assert_int_equal(metrics_render_backends(&out, cfg), 0);
+    assert_int_equal(render_backends(&out, cfg), 0);
     assert_non_null(out.data);
     char *text = buf_steal(&out, NULL);
     assert_exposition(text);
@@ -1245,7 +1254,7 @@ static void test_render_backends(void **state)
     struct config_backend *b = backend_named(cfg, "rb-beta");
     assert_string_equal(a->models[1].name, "rb-\"odd\\model\n");
     /* Backend states are process-wide, by name: set them to what this test expects. */
-    int64_t now = backend_now_ms();
+    int64_t now = clock_mono_ms();
     atomic_store(&a->state->inflight, 3);
     atomic_store(&a->state->ejections, 0);
     atomic_store(&a->state->ejected_until_ms, 0);
@@ -1382,12 +1391,12 @@ static void test_render_into_small_buffer(void **state)
     len = strlen(full);
     for (size_t max = 0; max < len; max += len / 17 + 1) {
         buf_init(&out, max);
-        assert_int_equal(metrics_render_backends(&out, cfg), -1);
+        assert_int_equal(render_backends(&out, cfg), -1);
         assert_true(out.len <= max);
         buf_free(&out);
     }
     buf_init(&out, len);
-    assert_int_equal(metrics_render_backends(&out, cfg), 0);
+    assert_int_equal(render_backends(&out, cfg), 0);
     assert_string_equal(out.data, full);
     buf_free(&out);
     free(full);
@@ -1431,7 +1440,7 @@ static void test_whole_scrape(void **state)
     struct buf out;
     buf_init(&out, 16 << 20);
     assert_int_equal(metrics_render(&out, s, 2), 0);
-    assert_int_equal(metrics_render_backends(&out, cfg), 0);
+    assert_int_equal(render_backends(&out, cfg), 0);
     char *text = buf_steal(&out, NULL);
     assert_exposition(text);
     assert_float_equal(sample(text, "tollgate_key_cost_usd_total{key=\"whole-key\"}"),

@@ -6,8 +6,8 @@
 
 #include <cmocka.h>
 
-#include "gateway/error.h"
-#include "gateway/openai.h"
+#include "base/error.h"
+#include "openai/openai.h"
 
 #include <stdio.h>
 #include <stdlib.h>

@@ -9,8 +9,8 @@
 
 #include <cmocka.h>
 
-#include "gateway/log.h"
-#include "gateway/redis.h"
+#include "base/log.h"
+#include "redis/redis.h"
 
 #include <dirent.h>
 #include <errno.h>

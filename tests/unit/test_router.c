@@ -7,6 +7,7 @@
 #include <cmocka.h>
 
 #include "routing/backend.h"
+#include "base/clock.h"
 #include "routing/router.h"
 
 #include <stdio.h>
@@ -48,7 +49,7 @@ static struct router_request req(size_t prompt_tokens, size_t output_tokens)
         .strategy = CONFIG_STRATEGY_CHEAPEST,
         .max_price_usd = -1,
         .tie_tolerance = 0,
-        .now_ms = backend_now_ms(),
+        .now_ms = clock_mono_ms(),
         .random = 0,
     };
 }

@@ -8,7 +8,7 @@
 
 #include <cmocka.h>
 
-#include "gateway/sse.h"
+#include "openai/sse.h"
 
 #include <stdbool.h>
 #include <stdio.h>

@@ -1,0 +1,128 @@
+#include "cache/flight.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define FLIGHT_STRIPES 64
+
+struct flight {
+    unsigned char key[32];
+    uint64_t leader;
+    struct flight_waiter *waiters;
+    size_t n_waiters;
+    struct flight *next;
+};
+
+static struct {
+    pthread_mutex_t lock;
+    struct flight *head;
+} flight_stripes[FLIGHT_STRIPES] = {
+    [0 ... FLIGHT_STRIPES - 1] = {.lock = PTHREAD_MUTEX_INITIALIZER},
+};
+
+static _Atomic size_t flight_waiters;
+
+static unsigned stripe_of(const unsigned char key[32])
+{
+    return key[0] % FLIGHT_STRIPES; /* the key is a SHA-256: any byte is uniform */
+}
+
+static struct flight **find(struct flight **head, const unsigned char key[32])
+{
+    while (*head && memcmp((*head)->key, key, 32))
+        head = &(*head)->next;
+    return head;
+}
+
+enum flight_role flight_join(const unsigned char key[32], uint64_t token, void *target,
+                             bool may_follow, bool may_lead, struct flight_waiter *w)
+{
+    unsigned s = stripe_of(key);
+    enum flight_role role = FLIGHT_ALONE;
+    pthread_mutex_lock(&flight_stripes[s].lock);
+    struct flight **slot = find(&flight_stripes[s].head, key);
+    if (*slot && may_follow) {
+        struct flight *f = *slot;
+        *w = (struct flight_waiter){
+            .token = token, .target = target, .stripe = s, .flight = f, .next = f->waiters};
+        if (f->waiters)
+            f->waiters->prev = w;
+        f->waiters = w;
+        f->n_waiters++;
+        atomic_fetch_add_explicit(&flight_waiters, 1, memory_order_relaxed);
+        role = FLIGHT_FOLLOW;
+    } else if (!*slot && may_lead) {
+        struct flight *f = calloc(1, sizeof *f);
+        if (f) {
+            memcpy(f->key, key, 32);
+            f->leader = token;
+            *slot = f;
+            role = FLIGHT_LEAD;
+        }
+    }
+    pthread_mutex_unlock(&flight_stripes[s].lock);
+    return role;
+}
+
+void flight_leave(struct flight_waiter *w)
+{
+    pthread_mutex_lock(&flight_stripes[w->stripe].lock);
+    struct flight *f = w->flight;
+    if (f) {
+        if (w->prev)
+            w->prev->next = w->next;
+        else
+            f->waiters = w->next;
+        if (w->next)
+            w->next->prev = w->prev;
+        f->n_waiters--;
+        w->flight = NULL;
+        w->prev = w->next = NULL;
+        atomic_fetch_sub_explicit(&flight_waiters, 1, memory_order_relaxed);
+    }
+    pthread_mutex_unlock(&flight_stripes[w->stripe].lock);
+}
+
+void flight_land(const unsigned char key[32], uint64_t leader_token, const char *text, size_t len,
+                 double cost_usd, flight_post_fn post)
+{
+    unsigned s = stripe_of(key);
+    struct {
+        uint64_t token;
+        void *target;
+    } *to = NULL;
+    size_t n = 0;
+    struct flight *f = NULL;
+    pthread_mutex_lock(&flight_stripes[s].lock);
+    struct flight **slot = find(&flight_stripes[s].head, key);
+    if (*slot && (*slot)->leader == leader_token) {
+        f = *slot;
+        *slot = f->next;
+        /* The waiters live in their followers' requests, which may end as soon as the lock
+         * is released: take what the posts need now and let go of every node. */
+        to = f->n_waiters ? malloc(f->n_waiters * sizeof *to) : NULL;
+        for (struct flight_waiter *next, *w = f->waiters; w; w = next) {
+            next = w->next;
+            if (to) {
+                to[n].token = w->token;
+                to[n].target = w->target;
+                n++;
+            }
+            w->flight = NULL; /* without memory for the list, they wait out their time */
+            w->prev = w->next = NULL;
+        }
+        atomic_fetch_sub_explicit(&flight_waiters, f->n_waiters, memory_order_relaxed);
+    }
+    pthread_mutex_unlock(&flight_stripes[s].lock);
+    for (size_t i = 0; i < n; i++)
+        post(to[i].target, to[i].token, text, len, cost_usd);
+    free(to);
+    free(f);
+}
+
+size_t flight_waiting(void)
+{
+    return atomic_load_explicit(&flight_waiters, memory_order_relaxed);
+}

@@ -1,0 +1,152 @@
+/* Configuration: loading (YAML or JSON), `${VAR}` substitution, validation, and the
+ * read-only snapshot every worker reads.
+ *
+ * A `struct config` is immutable once config_load() returns it. It is shared by all workers
+ * and swapped by pointer on SIGHUP; config_ref()/config_unref() keep it alive while any
+ * request still uses it (atomic count, the only shared write). */
+#ifndef TOLLGATE_CONFIG_H
+#define TOLLGATE_CONFIG_H
+
+#include "base/log.h"
+
+#include <curl/curl.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+
+struct backend_state;
+struct backend_price;
+
+struct config_model {
+    char *name;     /* what clients send */
+    char *upstream; /* what the backend is sent; NULL = same as name */
+    double input_usd_per_mtok; /* static prices; live ones (prices_url) override */
+    double output_usd_per_mtok;
+    struct backend_price *price; /* live price slot, outlives reloads (routing/backend.h) */
+};
+
+struct config_backend {
+    char *name;
+    char *url;     /* base URL without trailing '/', e.g. http://host:port/v1 */
+    char *api_key; /* NULL when none */
+    unsigned max_inflight; /* 0 = no limit */
+    char *prices_url;      /* OpenRouter-style /models document with live prices, or NULL */
+    char *ca_file;         /* PEM bundle verifying its https URLs; NULL = system store */
+    unsigned prices_refresh_s;
+    struct config_model *models;
+    size_t n_models;
+    /* Headers every upstream request to this backend carries (read-only, shared by workers;
+     * a request links its own x-request-id node in front of it). */
+    struct curl_slist *headers;
+    struct backend_state *state; /* runtime state that outlives config reloads */
+};
+
+struct config_key {
+    char *name;
+    unsigned char sha256[32];
+    unsigned metric_key; /* label index (metrics/metrics.h), set by backend_attach() */
+};
+
+/* One model name and every (backend, model) pair that serves it. */
+struct config_target {
+    struct config_backend *backend;
+    struct config_model *model;
+};
+
+struct config_route {
+    char *model;
+    unsigned metric_model; /* label index (metrics/metrics.h), set by backend_attach() */
+    struct config_target *targets;
+    size_t n_targets;
+};
+
+struct config_upstream {
+    long connect_timeout_ms;
+    long first_byte_timeout_ms;
+    long idle_timeout_ms;
+    long total_timeout_ms;
+    size_t max_response_bytes;
+    unsigned max_connections_per_backend; /* all workers together; more requests queue */
+};
+
+enum config_strategy {
+    CONFIG_STRATEGY_CHEAPEST = 0,
+    CONFIG_STRATEGY_PRICE_WEIGHTED,
+    CONFIG_STRATEGY_LATENCY,
+};
+
+struct config_routing {
+    enum config_strategy strategy;
+    unsigned default_output_tokens;
+    unsigned retries;     /* further backends tried after a failure before the first byte */
+    long deadline_ms;     /* no new attempt starts later than this after the request came */
+    double tie_tolerance; /* estimates within this fraction of the cheapest are a tie */
+};
+
+struct config_health {
+    long interval_ms; /* active probe period */
+    long timeout_ms;
+    unsigned eject_after_failures;
+    long cooldown_ms;     /* first ejection; doubles on each repeat */
+    long max_cooldown_ms;
+};
+
+enum config_cache_mode { CONFIG_CACHE_DETERMINISTIC = 0, CONFIG_CACHE_ALL, CONFIG_CACHE_OFF };
+
+struct config_cache {
+    enum config_cache_mode mode;
+    long ttl_s;
+    size_t max_bytes;       /* all workers together */
+    size_t max_entry_bytes;
+    bool global;            /* scope: shared by all keys (default: per key) */
+    long coalesce_wait_ms;  /* identical misses wait this long for the first; 0 = never */
+};
+
+struct config {
+    char *listen;
+    unsigned workers; /* resolved: never 0 */
+    unsigned max_connections;
+    size_t connection_memory_bytes;
+    size_t max_body_bytes;
+    unsigned drain_timeout_ms;
+    enum log_level log_level;
+    struct config_upstream upstream;
+    struct config_key *keys;
+    size_t n_keys;
+    struct config_backend *backends;
+    size_t n_backends;
+    struct config_route *routes; /* sorted by model name */
+    size_t n_routes;
+    struct config_routing routing;
+    struct config_health health;
+    struct config_cache cache;
+    bool metrics_enabled; /* metrics.enabled: false leaves the counters alone */
+    char *admin_listen; /* NULL: no admin listener */
+    char *admin_key;    /* Bearer token for the admin listener */
+    char *redis_url;    /* NULL when not configured */
+    char *spool_dir;    /* where usage records wait while Redis is unreachable */
+    char *source;    /* file it came from */
+    atomic_int refs;
+};
+
+/* Parse and validate a config file. On failure returns NULL and sets *errors to a malloc'd
+ * text with one "path: problem" line per problem (caller frees). */
+struct config *config_load(const char *path, char **errors);
+/* Same, from a string already in memory (`name` is used in messages). */
+struct config *config_load_string(const char *text, size_t len, const char *name,
+                                  char **errors);
+
+/* "cheapest", "price-weighted" or "latency"; 0, or -1 for another name. */
+int config_parse_strategy(const char *name, enum config_strategy *out);
+
+struct config *config_ref(struct config *cfg);
+void config_unref(struct config *cfg);
+
+/* The route for a model name, or NULL. Thread-safe (read-only). */
+const struct config_route *config_find_route(const struct config *cfg, const char *model);
+
+/* Replace ${VAR} and ${VAR:-default} in `in` from the environment. Returns a malloc'd string,
+ * or NULL with *missing set to the first unset variable's name (malloc'd) or NULL on OOM. */
+char *config_expand_env(const char *in, char **missing);
+
+#endif

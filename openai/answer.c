@@ -1,0 +1,184 @@
+#include "openai/answer.h"
+
+#include <stdio.h>
+#include <string.h>
+#include <yajl/yajl_parse.h>
+
+/* The frame that holds the value being reported (the innermost open container). */
+static struct answer_frame *top(struct answer_scan *s)
+{
+    return s->depth > 0 && s->depth <= ANSWER_MAX_DEPTH ? &s->frames[s->depth - 1] : NULL;
+}
+
+static bool key_is(const struct answer_scan *s, int level, const char *key)
+{
+    return level < s->depth && level < ANSWER_MAX_DEPTH && s->frames[level].is_map &&
+           !strcmp(s->frames[level].key, key);
+}
+
+static bool array_at(const struct answer_scan *s, int level)
+{
+    return level < s->depth && level < ANSWER_MAX_DEPTH && !s->frames[level].is_map;
+}
+
+/* choices[i].message / choices[i].delta, the levels under which generated text lives. */
+static bool in_choice_message(const struct answer_scan *s)
+{
+    return key_is(s, 0, "choices") && array_at(s, 1) &&
+           (key_is(s, 2, "message") || key_is(s, 2, "delta"));
+}
+
+/* A value completed: arrays count their elements. */
+static void value_done(struct answer_scan *s)
+{
+    struct answer_frame *f = top(s);
+    if (f && !f->is_map)
+        f->count++;
+}
+
+static int on_string(void *ctx, const unsigned char *str, size_t len)
+{
+    (void)str;
+    struct answer_scan *s = ctx;
+    bool text = false;
+    if (s->depth == 4 && in_choice_message(s))
+        text = key_is(s, 3, "content") || key_is(s, 3, "reasoning_content") ||
+               key_is(s, 3, "reasoning") || key_is(s, 3, "refusal");
+    else if (s->depth == 3)
+        text = key_is(s, 0, "choices") && array_at(s, 1) && key_is(s, 2, "text");
+    else if (s->depth == 5 && in_choice_message(s) && key_is(s, 3, "function_call"))
+        text = key_is(s, 4, "name") || key_is(s, 4, "arguments");
+    else if (s->depth == 7 && in_choice_message(s) && key_is(s, 3, "tool_calls") &&
+             array_at(s, 4) && key_is(s, 5, "function"))
+        text = key_is(s, 6, "name") || key_is(s, 6, "arguments");
+    if (text)
+        s->delivered += len;
+    if (s->depth == 3 && key_is(s, 0, "choices") && array_at(s, 1) &&
+        key_is(s, 2, "finish_reason") && len > 0)
+        s->finished++;
+    value_done(s);
+    return 1;
+}
+
+static int on_integer(void *ctx, long long v)
+{
+    struct answer_scan *s = ctx;
+    if (s->depth == 2 && key_is(s, 0, "usage") && s->frames[1].is_map) {
+        if (!strcmp(s->frames[1].key, "prompt_tokens")) {
+            s->prompt_tokens = v;
+            s->has_usage = true;
+        } else if (!strcmp(s->frames[1].key, "completion_tokens")) {
+            s->completion_tokens = v;
+        }
+    } else if (s->depth == 3 && key_is(s, 0, "choices") && array_at(s, 1) &&
+               key_is(s, 2, "index") && v >= 0 && v < 128 && (unsigned)v + 1 > s->n_choices) {
+        s->n_choices = (unsigned)v + 1;
+    }
+    value_done(s);
+    return 1;
+}
+
+static int on_scalar(void *ctx)
+{
+    value_done(ctx);
+    return 1;
+}
+
+static int on_bool(void *ctx, int b)
+{
+    (void)b;
+    return on_scalar(ctx);
+}
+
+static int on_double(void *ctx, double d)
+{
+    (void)d;
+    return on_scalar(ctx);
+}
+
+static int on_open(struct answer_scan *s, bool is_map)
+{
+    if (s->depth == 0)
+        s->object = is_map;
+    else if (s->depth == 1 && is_map && key_is(s, 0, "error"))
+        s->has_error = true;
+    else if (s->depth == 1 && !is_map && key_is(s, 0, "choices"))
+        s->has_choices = true;
+    if (s->depth < ANSWER_MAX_DEPTH)
+        s->frames[s->depth] = (struct answer_frame){.is_map = is_map};
+    s->depth++;
+    return 1;
+}
+
+static int on_start_map(void *ctx)
+{
+    return on_open(ctx, true);
+}
+
+static int on_start_array(void *ctx)
+{
+    return on_open(ctx, false);
+}
+
+static int on_close(void *ctx)
+{
+    struct answer_scan *s = ctx;
+    if (s->depth == 2 && array_at(s, 1) && key_is(s, 0, "choices"))
+        s->choices_len = s->frames[1].count;
+    s->depth--;
+    value_done(s);
+    return 1;
+}
+
+static int on_key(void *ctx, const unsigned char *key, size_t len)
+{
+    struct answer_scan *s = ctx;
+    struct answer_frame *f = top(s);
+    if (f) {
+        if (len >= sizeof f->key)
+            len = 0; /* too long to be one we look for */
+        memcpy(f->key, key, len);
+        f->key[len] = '\0';
+    }
+    return 1;
+}
+
+static const yajl_callbacks answer_callbacks = {
+    .yajl_null = on_scalar,
+    .yajl_boolean = on_bool,
+    .yajl_integer = on_integer,
+    .yajl_double = on_double,
+    .yajl_string = on_string,
+    .yajl_start_map = on_start_map,
+    .yajl_map_key = on_key,
+    .yajl_end_map = on_close,
+    .yajl_start_array = on_start_array,
+    .yajl_end_array = on_close,
+};
+
+int answer_scan_init(struct answer_scan *s, struct arena *a)
+{
+    memset(s, 0, sizeof *s);
+    yajl_alloc_funcs funcs;
+    if (a)
+        arena_yajl_funcs(a, &funcs);
+    s->handle = yajl_alloc(&answer_callbacks, a ? &funcs : NULL, s);
+    return s->handle ? 0 : -1;
+}
+
+int answer_scan_feed(struct answer_scan *s, const char *p, size_t n)
+{
+    return yajl_parse(s->handle, (const unsigned char *)p, n) == yajl_status_ok ? 0 : -1;
+}
+
+int answer_scan_finish(struct answer_scan *s)
+{
+    return yajl_complete_parse(s->handle) == yajl_status_ok && s->depth == 0 ? 0 : -1;
+}
+
+void answer_scan_free(struct answer_scan *s)
+{
+    if (s->handle)
+        yajl_free(s->handle);
+    s->handle = NULL;
+}

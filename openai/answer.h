@@ -1,0 +1,49 @@
+/* Accounting for a backend's JSON answer (a whole chat/completion/embedding answer, or one
+ * stream chunk) without building a tree: a streaming parse (yajl) that checks the bytes are
+ * well-formed JSON and picks out what billing needs: the usage numbers, the bytes of text the
+ * caller received (content, reasoning, refusals, tool calls, completion text), how many
+ * choices there were, and whether the node reported an error.
+ *
+ * Bytes may be fed in pieces as they arrive. Not thread-safe: one scan per answer. */
+#ifndef TOLLGATE_ANSWER_H
+#define TOLLGATE_ANSWER_H
+
+#include "base/arena.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#define ANSWER_MAX_DEPTH 16
+
+struct answer_frame {
+    bool is_map;
+    char key[24]; /* the current key in a map (longer keys never match anything we need) */
+    size_t count; /* values seen in an array */
+};
+
+struct answer_scan {
+    void *handle; /* yajl */
+    int depth;    /* containers open */
+    struct answer_frame frames[ANSWER_MAX_DEPTH];
+    bool object;     /* the document is a JSON object */
+    bool has_error;  /* it has a top-level "error" object */
+    bool has_usage;  /* usage.prompt_tokens was an integer */
+    long long prompt_tokens;
+    long long completion_tokens;
+    size_t delivered;    /* bytes of generated text */
+    unsigned n_choices;  /* highest choices[].index + 1, or the number of choices */
+    bool has_choices;    /* a top-level "choices" array */
+    size_t choices_len;  /* its length */
+    size_t finished;     /* choices with a finish_reason string */
+};
+
+/* 0, or -1 on OOM. The scanner's memory comes from arena a (NULL: from malloc), which must
+ * outlive it. */
+int answer_scan_init(struct answer_scan *s, struct arena *a);
+/* 0 while the bytes are well-formed so far, -1 once they are not. */
+int answer_scan_feed(struct answer_scan *s, const char *p, size_t n);
+/* 0 when the whole document was well-formed, -1 otherwise. */
+int answer_scan_finish(struct answer_scan *s);
+void answer_scan_free(struct answer_scan *s);
+
+#endif

@@ -1,0 +1,102 @@
+#include "openai/sse.h"
+
+#include <string.h>
+
+void sse_init(struct sse_parser *p, size_t max_event_bytes)
+{
+    buf_init(&p->line, max_event_bytes);
+    buf_init(&p->raw, max_event_bytes + 2);
+    buf_init(&p->data, max_event_bytes);
+    p->has_data = false;
+    p->skip_lf = false;
+}
+
+static int sse_map(int buf_result)
+{
+    return buf_result == BUF_ETOOBIG ? SSE_ETOOBIG : buf_result ? SSE_ENOMEM : SSE_OK;
+}
+
+static int sse_line(struct sse_parser *p, sse_event_fn fn, void *ctx)
+{
+    const char *l = p->line.data ? p->line.data : "";
+    size_t n = p->line.len;
+    int result;
+    if (n == 0) {
+        if (p->raw.len == 0)
+            return SSE_OK; /* stray blank lines between events */
+        if ((result = buf_append(&p->raw, "\n", 1)))
+            return sse_map(result);
+        struct sse_event ev = {
+            .raw = p->raw.data,
+            .raw_len = p->raw.len,
+            .data = p->data.data ? p->data.data : "",
+            .data_len = p->data.len,
+            .has_data = p->has_data,
+        };
+        int rc = fn(ctx, &ev);
+        buf_reset(&p->raw);
+        buf_reset(&p->data);
+        p->has_data = false;
+        return rc;
+    }
+    if ((result = buf_append(&p->raw, l, n)) || (result = buf_append(&p->raw, "\n", 1)))
+        return sse_map(result);
+    if (n >= 4 && !memcmp(l, "data", 4) && (n == 4 || l[4] == ':')) {
+        const char *v = n == 4 ? "" : l + 5;
+        size_t vn = n == 4 ? 0 : n - 5;
+        if (vn && *v == ' ') {
+            v++;
+            vn--;
+        }
+        if (p->has_data && (result = buf_append(&p->data, "\n", 1)))
+            return sse_map(result);
+        if ((result = buf_append(&p->data, v, vn)))
+            return sse_map(result);
+        p->has_data = true;
+    }
+    return SSE_OK;
+}
+
+int sse_feed(struct sse_parser *p, const char *bytes, size_t n, sse_event_fn fn, void *ctx)
+{
+    if (n == 0)
+        return SSE_OK; /* keeps skip_lf for the next bytes */
+    const char *end = bytes + n;
+    if (p->skip_lf && bytes < end && *bytes == '\n')
+        bytes++;
+    p->skip_lf = false;
+    while (bytes < end) {
+        const char *eol = bytes;
+        while (eol < end && *eol != '\n' && *eol != '\r')
+            eol++;
+        int result = buf_append(&p->line, bytes, (size_t)(eol - bytes));
+        if (result)
+            return sse_map(result);
+        if (eol == end)
+            break;
+        if (*eol == '\r') {
+            if (eol + 1 < end && eol[1] == '\n')
+                eol++;
+            else if (eol + 1 == end)
+                p->skip_lf = true;
+        }
+        bytes = eol + 1;
+        int rc = sse_line(p, fn, ctx);
+        buf_reset(&p->line);
+        if (rc)
+            return rc;
+    }
+    return SSE_OK;
+}
+
+bool sse_pending(const struct sse_parser *p)
+{
+    return p->line.len > 0 || p->raw.len > 0;
+}
+
+void sse_free(struct sse_parser *p)
+{
+    buf_free(&p->line);
+    buf_free(&p->raw);
+    buf_free(&p->data);
+}

@@ -1,0 +1,173 @@
+#include "tenancy/keycache.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+struct keycache_node {
+    struct keycache_entry e;
+    struct keycache_node *hnext;             /* hash chain */
+    struct keycache_node *lru_prev, *lru_next; /* most recent at the head */
+};
+
+struct keycache {
+    struct keycache_node **buckets;
+    size_t n_buckets; /* a power of two */
+    size_t size, capacity;
+    int64_t ttl_ms, negative_ttl_ms;
+    struct keycache_node *lru_head, *lru_tail;
+};
+
+static size_t bucket_of(const struct keycache *c, const unsigned char d[32])
+{
+    uint64_t h; /* the digest is already uniformly random */
+    memcpy(&h, d, sizeof h);
+    return (size_t)h & (c->n_buckets - 1);
+}
+
+struct keycache *keycache_new(size_t capacity, int64_t ttl_ms, int64_t negative_ttl_ms)
+{
+    struct keycache *c = calloc(1, sizeof *c);
+    if (!c)
+        return NULL;
+    c->n_buckets = 64;
+    while (c->n_buckets < capacity)
+        c->n_buckets *= 2;
+    c->buckets = calloc(c->n_buckets, sizeof *c->buckets);
+    if (!c->buckets) {
+        free(c);
+        return NULL;
+    }
+    c->capacity = capacity ? capacity : 1;
+    c->ttl_ms = ttl_ms;
+    c->negative_ttl_ms = negative_ttl_ms;
+    return c;
+}
+
+static void lru_unlink(struct keycache *c, struct keycache_node *n)
+{
+    if (n->lru_prev)
+        n->lru_prev->lru_next = n->lru_next;
+    else
+        c->lru_head = n->lru_next;
+    if (n->lru_next)
+        n->lru_next->lru_prev = n->lru_prev;
+    else
+        c->lru_tail = n->lru_prev;
+    n->lru_prev = n->lru_next = NULL;
+}
+
+static void lru_push(struct keycache *c, struct keycache_node *n)
+{
+    n->lru_next = c->lru_head;
+    if (c->lru_head)
+        c->lru_head->lru_prev = n;
+    c->lru_head = n;
+    if (!c->lru_tail)
+        c->lru_tail = n;
+}
+
+static struct keycache_node **find_slot(struct keycache *c, const unsigned char d[32])
+{
+    struct keycache_node **p = &c->buckets[bucket_of(c, d)];
+    while (*p && memcmp((*p)->e.digest, d, 32))
+        p = &(*p)->hnext;
+    return p;
+}
+
+static void node_remove(struct keycache *c, struct keycache_node **slot)
+{
+    struct keycache_node *n = *slot;
+    *slot = n->hnext;
+    lru_unlink(c, n);
+    free(n->e.models);
+    free(n);
+    c->size--;
+}
+
+const struct keycache_entry *keycache_get(struct keycache *c, const unsigned char digest[32],
+                                          int64_t now_ms, bool allow_stale)
+{
+    struct keycache_node *n = *find_slot(c, digest);
+    if (!n)
+        return NULL;
+    int64_t ttl = n->e.known ? c->ttl_ms : c->negative_ttl_ms;
+    if (!allow_stale && now_ms - n->e.fetched_ms > ttl)
+        return NULL;
+    lru_unlink(c, n);
+    lru_push(c, n);
+    return &n->e;
+}
+
+static size_t models_len(const char *m)
+{
+    size_t n = 0;
+    while (m[n])
+        n += strlen(m + n) + 1;
+    return n + 1;
+}
+
+int keycache_put(struct keycache *c, const struct keycache_entry *e)
+{
+    struct keycache_node **slot = find_slot(c, e->digest);
+    if (*slot)
+        node_remove(c, slot);
+    while (c->size >= c->capacity && c->lru_tail)
+        node_remove(c, find_slot(c, c->lru_tail->e.digest));
+    struct keycache_node *n = calloc(1, sizeof *n);
+    if (!n)
+        return -1;
+    n->e = *e;
+    n->e.models = NULL;
+    if (e->models) {
+        size_t len = models_len(e->models);
+        n->e.models = malloc(len);
+        if (!n->e.models) {
+            free(n);
+            return -1;
+        }
+        memcpy(n->e.models, e->models, len);
+    }
+    slot = find_slot(c, e->digest);
+    n->hnext = *slot;
+    *slot = n;
+    lru_push(c, n);
+    c->size++;
+    return 0;
+}
+
+void keycache_evict(struct keycache *c, const unsigned char digest[32])
+{
+    struct keycache_node **slot = find_slot(c, digest);
+    if (*slot)
+        node_remove(c, slot);
+}
+
+void keycache_clear(struct keycache *c)
+{
+    while (c->lru_head)
+        node_remove(c, find_slot(c, c->lru_head->e.digest));
+}
+
+size_t keycache_size(const struct keycache *c)
+{
+    return c->size;
+}
+
+void keycache_free(struct keycache *c)
+{
+    if (!c)
+        return;
+    keycache_clear(c);
+    free(c->buckets);
+    free(c);
+}
+
+bool keycache_allows(const char *models, const char *model)
+{
+    if (!models)
+        return true;
+    for (const char *m = models; *m; m += strlen(m) + 1)
+        if (!strcmp(m, model))
+            return true;
+    return false;
+}

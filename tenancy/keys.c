@@ -1,0 +1,1149 @@
+#include "tenancy/keys.h"
+
+#include "base/buf.h"
+
+#include "base/digest.h"
+#include "base/error.h"
+#include "redis/redis.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <hiredis/hiredis.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <time.h>
+
+#define KEYS_SET "tg:keys"
+#define KEYS_HASH_PREFIX "tg:key:"
+#define KEYS_NAME_PREFIX "tg:keyname:"
+#define KEYS_REVOKED_CHANNEL "tg:keys:revoked"
+
+static const struct timeval keys_connect_timeout = {0, 500 * 1000};
+static const struct timeval keys_command_timeout = {1, 0};
+
+/* ---- errors ------------------------------------------------------------------------------- */
+
+static int keys_fail(struct keys_error *err, int result, const char *code, const char *param,
+                     const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+
+static int keys_fail(struct keys_error *err, int result, const char *code, const char *param,
+                     const char *fmt, ...)
+{
+    err->result = result;
+    err->code = code;
+    snprintf(err->param, sizeof err->param, "%s", param ? param : "");
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err->message, sizeof err->message, fmt, ap);
+    va_end(ap);
+    return result;
+}
+
+static int keys_nomem(struct keys_error *err)
+{
+    return keys_fail(err, KEYS_ENOMEM, "internal_error", NULL, "out of memory");
+}
+
+unsigned keys_error_status(const struct keys_error *e)
+{
+    switch (e->result) {
+    case KEYS_EINVAL:
+        return 400;
+    case KEYS_ENOENT:
+        return 404;
+    case KEYS_EEXIST:
+        return 409;
+    case KEYS_EUNAVAIL:
+        return 503;
+    default:
+        return 500;
+    }
+}
+
+char *keys_error_body(const struct keys_error *e, size_t *len)
+{
+    /* error.c's table has no 409 and no key codes; borrow a code of the same OpenAI type
+     * and override the code string. */
+    enum tg_error kind;
+    switch (e->result) {
+    case KEYS_EINVAL:
+    case KEYS_EEXIST:
+        kind = TG_ERR_INVALID_VALUE;
+        break;
+    case KEYS_ENOENT:
+        kind = TG_ERR_UNKNOWN_URL;
+        break;
+    case KEYS_EUNAVAIL:
+        kind = TG_ERR_NO_BACKEND;
+        break;
+    default:
+        kind = TG_ERR_INTERNAL;
+        break;
+    }
+    return error_body(kind, e->message, e->param[0] ? e->param : NULL, e->code, len);
+}
+
+/* ---- records ------------------------------------------------------------------------------ */
+
+void keys_record_clear(struct keys_record *r)
+{
+    free(r->models);
+    memset(r, 0, sizeof *r);
+}
+
+void keys_records_free(struct keys_record *list, size_t n)
+{
+    for (size_t i = 0; list && i < n; i++)
+        keys_record_clear(&list[i]);
+    free(list);
+}
+
+int keys_valid_name(const char *name)
+{
+    size_t n = strlen(name);
+    if (n == 0 || n > KEYS_NAME_MAX || !strcmp(name, ".") || !strcmp(name, ".."))
+        return 0;
+    return strspn(name, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-") == n;
+}
+
+/* The shortest fixed-point text that reads back as x (up to 12 decimals; below that a
+ * dollar amount means nothing): never an exponent, so any consumer can parse it. */
+static void keys_format_budget(double x, char out[32])
+{
+    if (x == 0)
+        x = 0; /* -0 prints as "-0" */
+    for (int d = 0; d <= 12; d++) {
+        snprintf(out, 32, "%.*f", d, x);
+        if (strtod(out, NULL) == x)
+            return;
+    }
+    char *dot = strchr(out, '.');
+    size_t n = strlen(out);
+    while (dot && n > 0 && out[n - 1] == '0')
+        out[--n] = '\0';
+    if (n > 0 && out[n - 1] == '.')
+        out[--n] = '\0';
+}
+
+/* A JSON integer in [min, max] at `field`, or an error naming it. */
+static int keys_get_int(const json_t *v, const char *field, long long min, long long max,
+                        long long *out, struct keys_error *err)
+{
+    if (!json_is_integer(v))
+        return keys_fail(err, KEYS_EINVAL, "invalid_type", field, "'%s' must be an integer", field);
+    long long n = json_integer_value(v);
+    if (n < min || n > max)
+        return keys_fail(err, KEYS_EINVAL, "invalid_value", field,
+                         "'%s' must be between %lld and %lld", field, min, max);
+    *out = n;
+    return 0;
+}
+
+static int keys_get_models(const json_t *v, struct keys_record *r, struct keys_error *err)
+{
+    if (!json_is_array(v))
+        return keys_fail(err, KEYS_EINVAL, "invalid_type", "models",
+                         "'models' must be an array of model names");
+    size_t n = json_array_size(v);
+    if (n == 0)
+        return keys_fail(err, KEYS_EINVAL, "invalid_value", "models",
+                         "'models' must name at least one model; leave it out to allow every "
+                         "model");
+    if (n > KEYS_MODELS_MAX)
+        return keys_fail(err, KEYS_EINVAL, "invalid_value", "models",
+                         "'models' may list at most %d models", KEYS_MODELS_MAX);
+    for (size_t i = 0; i < n; i++) {
+        const json_t *m = json_array_get(v, i);
+        if (!json_is_string(m))
+            return keys_fail(err, KEYS_EINVAL, "invalid_type", "models",
+                             "'models' must be an array of strings (item %zu is not)", i);
+        size_t len = json_string_length(m);
+        /* No NUL inside: the hot path keeps the list NUL-separated. */
+        if (len == 0 || len > KEYS_MODEL_NAME_MAX || strlen(json_string_value(m)) != len)
+            return keys_fail(err, KEYS_EINVAL, "invalid_value", "models",
+                             "'models' item %zu must be 1 to %d bytes long", i,
+                             KEYS_MODEL_NAME_MAX);
+    }
+    r->models = json_dumps(v, JSON_COMPACT);
+    return r->models ? 0 : keys_nomem(err);
+}
+
+static int keys_parse_fields(const json_t *body, int64_t now, struct keys_record *r,
+                             struct keys_error *err)
+{
+    static const char *const allowed[] = {"name",       "models",     "rpm", "tpm",
+                                          "budget_usd", "expires_at", NULL};
+    if (!json_is_object(body))
+        return keys_fail(err, KEYS_EINVAL, "invalid_json", NULL, "The body must be a JSON object.");
+    const char *field;
+    const json_t *v;
+    json_object_foreach((json_t *)body, field, v)
+    {
+        const char *const *a = allowed;
+        while (*a && strcmp(*a, field))
+            a++;
+        if (!*a)
+            return keys_fail(err, KEYS_EINVAL, "unknown_parameter", field,
+                             "Unrecognized field '%.64s'.", field);
+    }
+
+    v = json_object_get(body, "name");
+    if (!v || json_is_null(v))
+        return keys_fail(err, KEYS_EINVAL, "missing_required_parameter", "name",
+                         "'name' is required");
+    if (!json_is_string(v))
+        return keys_fail(err, KEYS_EINVAL, "invalid_type", "name", "'name' must be a string");
+    if (!keys_valid_name(json_string_value(v)) ||
+        strlen(json_string_value(v)) != json_string_length(v))
+        return keys_fail(err, KEYS_EINVAL, "invalid_value", "name",
+                         "'name' must be 1 to %d characters of A-Z a-z 0-9 . _ - (not \".\" "
+                         "or \"..\")",
+                         KEYS_NAME_MAX);
+    snprintf(r->name, sizeof r->name, "%s", json_string_value(v));
+
+    v = json_object_get(body, "models");
+    if (v && !json_is_null(v) && keys_get_models(v, r, err))
+        return err->result;
+    v = json_object_get(body, "rpm");
+    if (v && !json_is_null(v) && keys_get_int(v, "rpm", 1, KEYS_LIMIT_MAX, &r->rpm, err))
+        return err->result;
+    v = json_object_get(body, "tpm");
+    if (v && !json_is_null(v) && keys_get_int(v, "tpm", 1, KEYS_LIMIT_MAX, &r->tpm, err))
+        return err->result;
+
+    v = json_object_get(body, "budget_usd");
+    if (v && !json_is_null(v)) {
+        if (!json_is_number(v))
+            return keys_fail(err, KEYS_EINVAL, "invalid_type", "budget_usd",
+                             "'budget_usd' must be a number");
+        double x = json_number_value(v);
+        if (!isfinite(x) || x < 0 || x > KEYS_BUDGET_MAX)
+            return keys_fail(err, KEYS_EINVAL, "invalid_value", "budget_usd",
+                             "'budget_usd' must be between 0 and %.0f", KEYS_BUDGET_MAX);
+        keys_format_budget(x, r->budget_usd);
+    }
+
+    v = json_object_get(body, "expires_at");
+    if (v && !json_is_null(v)) {
+        if (keys_get_int(v, "expires_at", 0, KEYS_EXPIRES_MAX, &r->expires_at, err))
+            return err->result;
+        if (r->expires_at <= now)
+            return keys_fail(err, KEYS_EINVAL, "invalid_value", "expires_at",
+                             "'expires_at' (unix seconds) must be in the future; now is %lld",
+                             (long long)now);
+    }
+    return 0;
+}
+
+int keys_parse_request(const json_t *body, int64_t now, struct keys_record *r,
+                       struct keys_error *err)
+{
+    memset(r, 0, sizeof *r);
+    int rc = keys_parse_fields(body, now, r, err);
+    if (rc)
+        keys_record_clear(r);
+    return rc;
+}
+
+static json_t *keys_models_json(const char *models)
+{
+    if (!models || !*models)
+        return json_null();
+    json_t *m = json_loads(models, 0, NULL);
+    if (json_is_array(m))
+        return m;
+    json_decref(m);
+    return json_null();
+}
+
+static json_t *keys_limit_json(long long n)
+{
+    return n > 0 ? json_integer(n) : json_null();
+}
+
+static json_t *keys_budget_json(const char *budget)
+{
+    return budget[0] ? json_real(strtod(budget, NULL)) : json_null();
+}
+
+json_t *keys_record_json(const struct keys_record *r)
+{
+    return json_pack("{s:s, s:s#, s:o, s:o, s:o, s:o, s:o, s:I}", "name", r->name, "sha256_prefix",
+                     r->sha256, (int)strnlen(r->sha256, 8), "models", keys_models_json(r->models),
+                     "rpm", keys_limit_json(r->rpm), "tpm", keys_limit_json(r->tpm), "budget_usd",
+                     keys_budget_json(r->budget_usd), "expires_at", keys_limit_json(r->expires_at),
+                     "created_at", (json_int_t)r->created_at);
+}
+
+json_t *keys_created_json(const struct keys_record *r, const char *key)
+{
+    return json_pack("{s:s, s:s, s:s, s:o, s:o, s:o, s:o, s:o, s:I}", "name", r->name, "key", key,
+                     "sha256", r->sha256, "models", keys_models_json(r->models), "rpm",
+                     keys_limit_json(r->rpm), "tpm", keys_limit_json(r->tpm), "budget_usd",
+                     keys_budget_json(r->budget_usd), "expires_at", keys_limit_json(r->expires_at),
+                     "created_at", (json_int_t)r->created_at);
+}
+
+json_t *keys_list_json(const struct keys_record *list, size_t n, bool has_more)
+{
+    json_t *data = json_array();
+    if (!data)
+        return NULL;
+    for (size_t i = 0; i < n; i++) {
+        if (json_array_append_new(data, keys_record_json(&list[i]))) {
+            json_decref(data);
+            return NULL;
+        }
+    }
+    return json_pack("{s:s, s:o, s:b, s:s?, s:s?}", "object", "list", "data", data, "has_more",
+                     has_more, "first_id", n ? list[0].name : NULL, "last_id",
+                     n ? list[n - 1].name : NULL);
+}
+
+static void keys_field(struct keys_fields *f, const char *name, const char *value)
+{
+    f->argv[f->argc] = name;
+    f->argvlen[f->argc++] = strlen(name);
+    f->argv[f->argc] = value;
+    f->argvlen[f->argc++] = strlen(value);
+}
+
+void keys_record_fields(const struct keys_record *r, struct keys_fields *out)
+{
+    out->argc = 0;
+    keys_field(out, "name", r->name);
+    if (r->models)
+        keys_field(out, "models", r->models);
+    if (r->rpm > 0) {
+        snprintf(out->num[0], sizeof out->num[0], "%lld", r->rpm);
+        keys_field(out, "rpm", out->num[0]);
+    }
+    if (r->tpm > 0) {
+        snprintf(out->num[1], sizeof out->num[1], "%lld", r->tpm);
+        keys_field(out, "tpm", out->num[1]);
+    }
+    if (r->budget_usd[0])
+        keys_field(out, "budget_usd", r->budget_usd);
+    if (r->expires_at > 0) {
+        snprintf(out->num[2], sizeof out->num[2], "%lld", r->expires_at);
+        keys_field(out, "expires_at", out->num[2]);
+    }
+    snprintf(out->num[3], sizeof out->num[3], "%lld", r->created_at);
+    keys_field(out, "created_at", out->num[3]);
+}
+
+/* A whole decimal string as a non-negative integer, else 0 (absent). */
+static long long keys_parse_ll(const char *s)
+{
+    char *end;
+    errno = 0;
+    long long n = strtoll(s, &end, 10);
+    if (errno || end == s || *end || n < 0)
+        return 0;
+    return n;
+}
+
+int keys_record_from_fields(struct keys_record *r, size_t n, const char *const *fv)
+{
+    for (size_t i = 0; i < n; i++) {
+        const char *f = fv[2 * i], *v = fv[2 * i + 1];
+        if (!strcmp(f, "name")) {
+            if (strlen(v) <= KEYS_NAME_MAX)
+                snprintf(r->name, sizeof r->name, "%s", v);
+        } else if (!strcmp(f, "models")) {
+            free(r->models);
+            r->models = NULL;
+            if (*v && !(r->models = strdup(v)))
+                return KEYS_ENOMEM;
+        } else if (!strcmp(f, "rpm")) {
+            r->rpm = keys_parse_ll(v);
+        } else if (!strcmp(f, "tpm")) {
+            r->tpm = keys_parse_ll(v);
+        } else if (!strcmp(f, "expires_at")) {
+            r->expires_at = keys_parse_ll(v);
+        } else if (!strcmp(f, "created_at")) {
+            r->created_at = keys_parse_ll(v);
+        } else if (!strcmp(f, "budget_usd")) {
+            char *end;
+            double x = strtod(v, &end);
+            r->budget_usd[0] = '\0';
+            if (end != v && !*end && isfinite(x) && x >= 0 && strlen(v) < sizeof r->budget_usd)
+                snprintf(r->budget_usd, sizeof r->budget_usd, "%s", v);
+        }
+    }
+    return 0;
+}
+
+/* ---- Redis -------------------------------------------------------------------------------- */
+
+const struct keys_store keys_store_keys = {"key store", "key_store_unavailable"};
+
+static int store_unavailable(const struct keys_store *st, struct keys_error *err,
+                             const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+static int store_unavailable(const struct keys_store *st, struct keys_error *err,
+                             const char *fmt, ...)
+{
+    keys_fail(err, KEYS_EUNAVAIL, st->code, NULL, "%s", "");
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err->message, sizeof err->message, fmt, ap);
+    va_end(ap);
+    return KEYS_EUNAVAIL;
+}
+
+#define keys_unavailable(err, ...) store_unavailable(&keys_store_keys, err, __VA_ARGS__)
+
+redisReply *keys_redis_check(redisContext *c, redisReply *reply, const struct keys_store *st,
+                             struct keys_error *err)
+{
+    if (!reply) {
+        /* hiredis reports a socket timeout as EAGAIN. */
+        if (c->err == REDIS_ERR_IO && (errno == EAGAIN || errno == EWOULDBLOCK))
+            store_unavailable(st, err, "The %s (Redis) did not answer within %ld s.", st->what,
+                              (long)keys_command_timeout.tv_sec);
+        else
+            store_unavailable(st, err, "The %s (Redis) did not answer: %s.", st->what,
+                              c->errstr[0] ? c->errstr : "no reply");
+        return NULL;
+    }
+    if (reply->type == REDIS_REPLY_ERROR) {
+        store_unavailable(st, err, "The %s (Redis) failed: %.160s", st->what, reply->str);
+        freeReplyObject(reply);
+        return NULL;
+    }
+    return reply;
+}
+
+static redisReply *keys_check(redisContext *c, redisReply *reply, struct keys_error *err)
+{
+    return keys_redis_check(c, reply, &keys_store_keys, err);
+}
+
+static redisReply *keys_command(redisContext *c, int argc, const char **argv, const size_t *argvlen,
+                                struct keys_error *err)
+{
+    return keys_check(c, redisCommandArgv(c, argc, argv, argvlen), err);
+}
+
+/* A blocking connection per the URL, authenticated and on its db; NULL with err filled. */
+redisContext *keys_redis_connect(const struct config *cfg, const struct keys_store *st,
+                                 struct keys_error *err)
+{
+    if (!cfg->redis_url) {
+        store_unavailable(st, err, "No %s: redis.url is not configured.", st->what);
+        return NULL;
+    }
+    struct redis_url *u = calloc(1, sizeof *u);
+    char why[256];
+    if (!u) {
+        keys_nomem(err);
+        return NULL;
+    }
+    if (redis_parse_url(cfg->redis_url, u, why, sizeof why)) {
+        store_unavailable(st, err, "redis.url: %s", why);
+        free(u);
+        return NULL;
+    }
+    redisContext *c = u->unix_socket
+                          ? redisConnectUnixWithTimeout(u->path, keys_connect_timeout)
+                          : redisConnectWithTimeout(u->host, u->port, keys_connect_timeout);
+    if (!c || c->err) {
+        store_unavailable(st, err, "The %s (Redis) is unreachable: %s.", st->what,
+                          c ? c->errstr : "out of memory");
+        goto fail;
+    }
+    if (redisSetTimeout(c, keys_command_timeout) != REDIS_OK) {
+        store_unavailable(st, err, "The %s (Redis) is unreachable: %s.", st->what, c->errstr);
+        goto fail;
+    }
+    redisReply *reply;
+    if (u->password[0]) {
+        const char *argv[3] = {"AUTH", u->user, u->password};
+        int argc = 3;
+        if (!u->user[0]) {
+            argv[1] = u->password;
+            argc = 2;
+        }
+        reply = redisCommandArgv(c, argc, argv, NULL);
+        if (reply && reply->type == REDIS_REPLY_ERROR) {
+            /* Redis's AUTH errors never echo the password, but say nothing of it anyway. */
+            store_unavailable(st, err, "The %s (Redis) refused the credentials.", st->what);
+            freeReplyObject(reply);
+            goto fail;
+        }
+        if (!keys_redis_check(c, reply, st, err))
+            goto fail;
+        freeReplyObject(reply);
+    }
+    if (u->db != 0) {
+        char db[16];
+        snprintf(db, sizeof db, "%d", u->db);
+        const char *argv[2] = {"SELECT", db};
+        if (!(reply = keys_redis_check(c, redisCommandArgv(c, 2, argv, NULL), st, err)))
+            goto fail;
+        freeReplyObject(reply);
+    }
+    explicit_bzero(u, sizeof *u);
+    free(u);
+    return c;
+fail:
+    explicit_bzero(u, sizeof *u);
+    free(u);
+    if (c)
+        redisFree(c);
+    return NULL;
+}
+
+static redisContext *keys_connect(const struct config *cfg, struct keys_error *err)
+{
+    return keys_redis_connect(cfg, &keys_store_keys, err);
+}
+
+/* All-or-nothing creation. The EXISTS check comes before any write, so a refused name
+ * leaves nothing behind. KEYS: name index, hash, set. ARGV: name, hex, field/value pairs. */
+static const char keys_create_lua[] = "if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end\n"
+                                      "redis.call('SET', KEYS[1], ARGV[2])\n"
+                                      "redis.call('HSET', KEYS[2], unpack(ARGV, 3))\n"
+                                      "redis.call('SADD', KEYS[3], ARGV[1])\n"
+                                      "return 1\n";
+
+/* Revocation of the hash the name pointed to when we looked; 0 when the name has moved on
+ * since (revoked, or revoked and re-created). KEYS: name index, hash, set. ARGV: name, hex. */
+static const char keys_revoke_lua[] = "if redis.call('GET', KEYS[1]) ~= ARGV[2] then return 0 end\n"
+                                      "redis.call('DEL', KEYS[2])\n"
+                                      "redis.call('DEL', KEYS[1])\n"
+                                      "redis.call('SREM', KEYS[3], ARGV[1])\n"
+                                      "redis.call('PUBLISH', '" KEYS_REVOKED_CHANNEL "', ARGV[2])\n"
+                                      "return 1\n";
+
+static int keys_static_name(const struct config *cfg, const char *name)
+{
+    for (size_t i = 0; i < cfg->n_keys; i++)
+        if (cfg->keys[i].name && !strcmp(cfg->keys[i].name, name))
+            return 1;
+    return 0;
+}
+
+
+int keys_create(const struct config *cfg, struct keys_record *r, char key[KEYS_KEY_LEN + 1],
+                struct keys_error *err)
+{
+    key[0] = '\0';
+    if (keys_static_name(cfg, r->name))
+        return keys_fail(err, KEYS_EEXIST, "key_exists", "name",
+                         "A key named '%s' already exists (in the config).", r->name);
+    unsigned char raw[16], digest[32];
+    if (getrandom(raw, sizeof raw, 0) != (ssize_t)sizeof raw)
+        return keys_fail(err, KEYS_ENOMEM, "internal_error", NULL, "getrandom() failed");
+    memcpy(key, "tg-", 3);
+    buf_hex(raw, sizeof raw, key + 3);
+    explicit_bzero(raw, sizeof raw);
+    digest_sha256(key, KEYS_KEY_LEN, digest);
+    buf_hex(digest, sizeof digest, r->sha256);
+    r->created_at = (long long)time(NULL);
+
+    int rc = KEYS_OK;
+    redisContext *c = keys_connect(cfg, err);
+    if (!c) {
+        rc = err->result;
+        goto out;
+    }
+    char name_key[sizeof KEYS_NAME_PREFIX + KEYS_NAME_MAX], hash_key[sizeof KEYS_HASH_PREFIX + 64];
+    snprintf(name_key, sizeof name_key, KEYS_NAME_PREFIX "%s", r->name);
+    snprintf(hash_key, sizeof hash_key, KEYS_HASH_PREFIX "%s", r->sha256);
+    struct keys_fields f;
+    keys_record_fields(r, &f);
+    const char *argv[8 + 14] = {"EVAL",   keys_create_lua, "3",     name_key,
+                                hash_key, KEYS_SET,        r->name, r->sha256};
+    size_t argvlen[8 + 14];
+    for (int i = 0; i < 8; i++)
+        argvlen[i] = strlen(argv[i]);
+    memcpy(argv + 8, f.argv, (size_t)f.argc * sizeof *argv);
+    memcpy(argvlen + 8, f.argvlen, (size_t)f.argc * sizeof *argvlen);
+    redisReply *reply = keys_command(c, 8 + f.argc, argv, argvlen, err);
+    if (!reply) {
+        rc = err->result;
+    } else if (reply->type != REDIS_REPLY_INTEGER) {
+        rc = keys_unavailable(err, "%s", "The key store (Redis) gave an unexpected reply.");
+    } else if (reply->integer != 1) {
+        rc = keys_fail(err, KEYS_EEXIST, "key_exists", "name", "A key named '%s' already exists.",
+                       r->name);
+    }
+    freeReplyObject(reply);
+    redisFree(c);
+out:
+    if (rc) {
+        explicit_bzero(key, KEYS_KEY_LEN + 1);
+        r->sha256[0] = '\0';
+    }
+    return rc;
+}
+
+/* The hex a name points to, into hex[65]: 0, KEYS_ENOENT (not set or malformed), or an
+ * error in err. */
+static int keys_lookup(redisContext *c, const char *name, char hex[65], struct keys_error *err)
+{
+    char name_key[sizeof KEYS_NAME_PREFIX + KEYS_NAME_MAX];
+    snprintf(name_key, sizeof name_key, KEYS_NAME_PREFIX "%s", name);
+    const char *argv[2] = {"GET", name_key};
+    redisReply *reply = keys_command(c, 2, argv, NULL, err);
+    if (!reply)
+        return err->result;
+    int rc = KEYS_OK;
+    if (reply->type != REDIS_REPLY_STRING || reply->len != 64 ||
+        strspn(reply->str, "0123456789abcdef") != 64)
+        rc = keys_fail(err, KEYS_ENOENT, "key_not_found", NULL, "No key named '%s'.", name);
+    else
+        memcpy(hex, reply->str, 65);
+    freeReplyObject(reply);
+    return rc;
+}
+
+/* Fills r from an HGETALL reply; KEYS_ENOENT when the hash is empty (missing). */
+static int keys_from_reply(const redisReply *reply, struct keys_record *r, const char *hex)
+{
+    if (reply->type != REDIS_REPLY_ARRAY || reply->elements == 0 || reply->elements % 2)
+        return KEYS_ENOENT;
+    const char *fv[64];
+    size_t n = 0;
+    for (size_t i = 0; i + 1 < reply->elements && n < sizeof fv / sizeof fv[0] / 2; i += 2) {
+        const redisReply *f = reply->element[i], *v = reply->element[i + 1];
+        if (f->type != REDIS_REPLY_STRING || v->type != REDIS_REPLY_STRING)
+            continue;
+        fv[2 * n] = f->str;
+        fv[2 * n + 1] = v->str;
+        n++;
+    }
+    if (keys_record_from_fields(r, n, fv))
+        return KEYS_ENOMEM;
+    snprintf(r->sha256, sizeof r->sha256, "%s", hex);
+    return 0;
+}
+
+static int keys_hgetall(redisContext *c, const char *name, const char *hex, struct keys_record *r,
+                        struct keys_error *err)
+{
+    char hash_key[sizeof KEYS_HASH_PREFIX + 64];
+    snprintf(hash_key, sizeof hash_key, KEYS_HASH_PREFIX "%s", hex);
+    const char *argv[2] = {"HGETALL", hash_key};
+    redisReply *reply = keys_command(c, 2, argv, NULL, err);
+    if (!reply)
+        return err->result;
+    int rc = keys_from_reply(reply, r, hex);
+    freeReplyObject(reply);
+    if (rc == KEYS_ENOENT)
+        return keys_fail(err, KEYS_ENOENT, "key_not_found", NULL, "No key named '%s'.", name);
+    if (rc)
+        return keys_nomem(err);
+    snprintf(r->name, sizeof r->name, "%s", name);
+    return 0;
+}
+
+int keys_show(const struct config *cfg, const char *name, struct keys_record *r,
+              struct keys_error *err)
+{
+    if (!keys_valid_name(name))
+        return keys_fail(err, KEYS_ENOENT, "key_not_found", NULL, "No key named '%.64s'.", name);
+    redisContext *c = keys_connect(cfg, err);
+    if (!c)
+        return err->result;
+    char hex[65];
+    int rc = keys_lookup(c, name, hex, err);
+    if (!rc)
+        rc = keys_hgetall(c, name, hex, r, err);
+    redisFree(c);
+    return rc;
+}
+
+static int keys_cmp_name(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* With the names of tg:keys (sorted): one MGET for their hashes, then every HGETALL
+ * pipelined. Names whose index or hash is gone (revoked meanwhile) are skipped. */
+static int keys_fetch(redisContext *c, char **names, size_t n, struct keys_record *list,
+                      size_t *found, struct keys_error *err)
+{
+    const char **argv = calloc(n + 1, sizeof *argv);
+    char(*keys)[sizeof KEYS_NAME_PREFIX + KEYS_NAME_MAX] = calloc(n, sizeof *keys);
+    char(*hexes)[65] = calloc(n, sizeof *hexes);
+    redisReply *mget = NULL;
+    int rc = KEYS_OK;
+    if (!argv || !keys || !hexes) {
+        rc = keys_nomem(err);
+        goto out;
+    }
+    argv[0] = "MGET";
+    for (size_t i = 0; i < n; i++) {
+        snprintf(keys[i], sizeof keys[i], KEYS_NAME_PREFIX "%s", names[i]);
+        argv[i + 1] = keys[i];
+    }
+    if (!(mget = keys_command(c, (int)n + 1, argv, NULL, err))) {
+        rc = err->result;
+        goto out;
+    }
+    if (mget->type != REDIS_REPLY_ARRAY || mget->elements != n) {
+        rc = keys_unavailable(err, "%s", "The key store (Redis) gave an unexpected reply.");
+        goto out;
+    }
+    size_t sent = 0;
+    for (size_t i = 0; i < n; i++) {
+        const redisReply *h = mget->element[i];
+        if (h->type != REDIS_REPLY_STRING || h->len != 64 ||
+            strspn(h->str, "0123456789abcdef") != 64)
+            continue;
+        memcpy(hexes[i], h->str, 65);
+        char hash_key[sizeof KEYS_HASH_PREFIX + 64];
+        snprintf(hash_key, sizeof hash_key, KEYS_HASH_PREFIX "%s", hexes[i]);
+        const char *hargv[2] = {"HGETALL", hash_key};
+        if (redisAppendCommandArgv(c, 2, hargv, NULL) != REDIS_OK) {
+            rc = keys_nomem(err);
+            goto out;
+        }
+        sent++;
+    }
+    *found = 0;
+    for (size_t i = 0; i < n && sent > 0; i++) {
+        if (!hexes[i][0])
+            continue;
+        void *p = NULL;
+        sent--;
+        if (redisGetReply(c, &p) != REDIS_OK || !keys_check(c, p, err)) {
+            rc = err->result;
+            goto out;
+        }
+        struct keys_record *r = &list[*found];
+        int got = keys_from_reply(p, r, hexes[i]);
+        freeReplyObject(p);
+        if (got == KEYS_ENOMEM) {
+            rc = keys_nomem(err);
+            goto out;
+        }
+        if (got == 0) {
+            snprintf(r->name, sizeof r->name, "%s", names[i]);
+            (*found)++;
+        }
+    }
+out:
+    freeReplyObject(mget);
+    free(argv);
+    free(keys);
+    free(hexes);
+    return rc;
+}
+
+int keys_list(const struct config *cfg, const char *after, size_t limit,
+              struct keys_record **out, size_t *n, bool *has_more, struct keys_error *err)
+{
+    *out = NULL;
+    *n = 0;
+    if (has_more)
+        *has_more = false;
+    redisContext *c = keys_connect(cfg, err);
+    if (!c)
+        return err->result;
+    const char *argv[2] = {"SMEMBERS", KEYS_SET};
+    redisReply *members = keys_command(c, 2, argv, NULL, err);
+    char **names = NULL;
+    struct keys_record *list = NULL;
+    size_t count = 0, found = 0;
+    int rc = KEYS_OK;
+    if (!members) {
+        rc = err->result;
+        goto out;
+    }
+    if (members->type != REDIS_REPLY_ARRAY) {
+        rc = keys_unavailable(err, "%s", "The key store (Redis) gave an unexpected reply.");
+        goto out;
+    }
+    names = calloc(members->elements + 1, sizeof *names);
+    if (!names) {
+        rc = keys_nomem(err);
+        goto out;
+    }
+    for (size_t i = 0; i < members->elements; i++) {
+        const redisReply *m = members->element[i];
+        if (m->type == REDIS_REPLY_STRING && strlen(m->str) == m->len && keys_valid_name(m->str))
+            names[count++] = m->str;
+    }
+    if (count == 0)
+        goto out;
+    qsort(names, count, sizeof *names, keys_cmp_name);
+    /* The page: names after `after`, at most `limit`. */
+    size_t first = 0;
+    while (after && first < count && strcmp(names[first], after) <= 0)
+        first++;
+    count -= first;
+    if (limit && count > limit) {
+        count = limit;
+        if (has_more)
+            *has_more = true;
+    }
+    memmove(names, names + first, count * sizeof *names);
+    if (count == 0)
+        goto out;
+    list = calloc(count, sizeof *list);
+    if (!list) {
+        rc = keys_nomem(err);
+        goto out;
+    }
+    rc = keys_fetch(c, names, count, list, &found, err);
+    if (rc) {
+        keys_records_free(list, count);
+        list = NULL;
+        found = 0;
+    }
+out:
+    free(names);
+    freeReplyObject(members);
+    redisFree(c);
+    if (!rc && found == 0) {
+        free(list);
+        list = NULL;
+    }
+    *out = list;
+    *n = found;
+    return rc;
+}
+
+int keys_revoke(const struct config *cfg, const char *name, struct keys_error *err)
+{
+    if (!keys_valid_name(name))
+        return keys_fail(err, KEYS_ENOENT, "key_not_found", NULL, "No key named '%.64s'.", name);
+    redisContext *c = keys_connect(cfg, err);
+    if (!c)
+        return err->result;
+    char name_key[sizeof KEYS_NAME_PREFIX + KEYS_NAME_MAX], hash_key[sizeof KEYS_HASH_PREFIX + 64];
+    snprintf(name_key, sizeof name_key, KEYS_NAME_PREFIX "%s", name);
+    int rc = KEYS_OK;
+    /* Look up, then delete only if the name still points there: a concurrent re-creation
+     * under the same name is never revoked by mistake. Retried a few times on a race. */
+    for (int attempt = 0; attempt < 3; attempt++) {
+        char hex[65];
+        if ((rc = keys_lookup(c, name, hex, err)))
+            break;
+        snprintf(hash_key, sizeof hash_key, KEYS_HASH_PREFIX "%s", hex);
+        const char *argv[] = {"EVAL",   keys_revoke_lua, "3",  name_key,
+                              hash_key, KEYS_SET,        name, hex};
+        redisReply *reply = keys_command(c, 8, argv, NULL, err);
+        if (!reply) {
+            rc = err->result;
+            break;
+        }
+        bool done = reply->type == REDIS_REPLY_INTEGER && reply->integer == 1;
+        freeReplyObject(reply);
+        if (done)
+            break;
+        rc = keys_unavailable(err, "%s", "The key changed while being revoked; try again.");
+    }
+    redisFree(c);
+    return rc;
+}
+
+/* ---- CLI ---------------------------------------------------------------------------------- */
+
+static void keys_cli_usage(FILE *out)
+{
+    fprintf(out,
+            "usage: tollgate -c FILE keys create NAME [--models a,b] [--rpm N] [--tpm N]\n"
+            "                                  [--budget-usd X] [--expires-at UNIX] [--json]\n"
+            "       tollgate -c FILE keys list [--json]\n"
+            "       tollgate -c FILE keys show NAME [--json]\n"
+            "       tollgate -c FILE keys revoke NAME [--json]\n"
+            "\n"
+            "Manages the API keys held in Redis (redis.url of the config). create prints the\n"
+            "new key once on stdout (with --json, one JSON line holding it); only its SHA-256\n"
+            "is stored. Exit status: 0 ok, 1 error, 2 usage.\n");
+}
+
+static int keys_cli_usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+static int keys_cli_usage_error(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "tollgate keys: ");
+    vfprintf(stderr, fmt, ap);
+    fprintf(stderr, "\n");
+    va_end(ap);
+    keys_cli_usage(stderr);
+    return 2;
+}
+
+static int keys_cli_fail(const struct keys_error *err)
+{
+    fprintf(stderr, "tollgate keys: %s\n", err->message);
+    return 1;
+}
+
+static int keys_cli_print_json(json_t *doc)
+{
+    char *text = doc ? json_dumps(doc, JSON_COMPACT) : NULL;
+    json_decref(doc);
+    if (!text) {
+        fprintf(stderr, "tollgate keys: out of memory\n");
+        return 1;
+    }
+    printf("%s\n", text);
+    free(text);
+    return 0;
+}
+
+/* A whole decimal number, else -1 (a usage error). */
+static int keys_cli_ll(const char *s, long long *out)
+{
+    char *end;
+    errno = 0;
+    long long n = strtoll(s, &end, 10);
+    if (errno || end == s || *end)
+        return -1;
+    *out = n;
+    return 0;
+}
+
+/* "a,b" as a JSON array; empty items stay (the validator names them). */
+static json_t *keys_cli_models(const char *list)
+{
+    json_t *arr = json_array();
+    const char *p = list;
+    while (arr && *list) {
+        const char *comma = strchr(p, ',');
+        size_t n = comma ? (size_t)(comma - p) : strlen(p);
+        if (json_array_append_new(arr, json_stringn(p, n))) {
+            json_decref(arr);
+            return NULL;
+        }
+        if (!comma)
+            break;
+        p = comma + 1;
+    }
+    return arr;
+}
+
+static void keys_cli_time(long long t, char *out, size_t n)
+{
+    time_t tt = (time_t)t;
+    struct tm tm;
+    if (!gmtime_r(&tt, &tm) || !strftime(out, n, "%Y-%m-%dT%H:%M:%SZ", &tm))
+        snprintf(out, n, "%lld", t);
+}
+
+static void keys_cli_describe(const struct keys_record *r, bool table)
+{
+    char rpm[24] = "-", tpm[24] = "-", expires[32] = "never", created[32];
+    if (r->rpm)
+        snprintf(rpm, sizeof rpm, "%lld", r->rpm);
+    if (r->tpm)
+        snprintf(tpm, sizeof tpm, "%lld", r->tpm);
+    if (r->expires_at)
+        keys_cli_time(r->expires_at, expires, sizeof expires);
+    keys_cli_time(r->created_at, created, sizeof created);
+    const char *models = r->models ? r->models : "*";
+    const char *budget = r->budget_usd[0] ? r->budget_usd : "-";
+    if (table) {
+        printf("%-24s %-8.8s %-10s %-10s %-12s %-20s %-20s %s\n", r->name, r->sha256, rpm, tpm,
+               budget, expires, created, models);
+        return;
+    }
+    printf("name:          %s\n"
+           "sha256_prefix: %.8s\n"
+           "models:        %s\n"
+           "rpm:           %s\n"
+           "tpm:           %s\n"
+           "budget_usd:    %s\n"
+           "expires_at:    %s\n"
+           "created_at:    %s\n",
+           r->name, r->sha256, models, rpm, tpm, budget, expires, created);
+}
+
+static int keys_cli_create(const struct config *cfg, json_t *body, bool as_json)
+{
+    struct keys_record r;
+    struct keys_error err;
+    char key[KEYS_KEY_LEN + 1];
+    if (keys_parse_request(body, (int64_t)time(NULL), &r, &err))
+        return keys_cli_fail(&err);
+    if (keys_create(cfg, &r, key, &err)) {
+        keys_record_clear(&r);
+        return keys_cli_fail(&err);
+    }
+    int rc = 0;
+    if (as_json) {
+        rc = keys_cli_print_json(keys_created_json(&r, key));
+    } else {
+        printf("%s\n", key);
+        fprintf(stderr,
+                "created key '%s' (sha256 %.8s...); it is shown only this once: keep it now\n",
+                r.name, r.sha256);
+    }
+    fflush(stdout);
+    explicit_bzero(key, sizeof key);
+    keys_record_clear(&r);
+    return rc;
+}
+
+int keys_cli(const struct config *cfg, int argc, char **argv)
+{
+    enum { OPT_MODELS = 256, OPT_RPM, OPT_TPM, OPT_BUDGET, OPT_EXPIRES, OPT_JSON, OPT_HELP };
+    static const struct option opts[] = {{"models", required_argument, NULL, OPT_MODELS},
+                                         {"rpm", required_argument, NULL, OPT_RPM},
+                                         {"tpm", required_argument, NULL, OPT_TPM},
+                                         {"budget-usd", required_argument, NULL, OPT_BUDGET},
+                                         {"expires-at", required_argument, NULL, OPT_EXPIRES},
+                                         {"json", no_argument, NULL, OPT_JSON},
+                                         {"help", no_argument, NULL, OPT_HELP},
+                                         {NULL, 0, NULL, 0}};
+    if (argc < 1)
+        return keys_cli_usage_error("%s", "a sub-command is required");
+    const char *cmd = argv[0];
+    bool create = !strcmp(cmd, "create");
+    if (!create && strcmp(cmd, "list") && strcmp(cmd, "show") && strcmp(cmd, "revoke"))
+        return keys_cli_usage_error("unknown sub-command '%s'", cmd);
+    json_t *body = json_object();
+    if (!body) {
+        fprintf(stderr, "tollgate keys: out of memory\n");
+        return 1;
+    }
+    bool as_json = false;
+    int c, rc = 2;
+    /* argv[0] (the sub-command) stands where getopt expects the program name; optind = 0
+     * makes glibc's getopt start afresh after main's pass. */
+    optind = 0;
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, "+h", opts, NULL)) != -1 || optind < argc) {
+        if (c == -1) {
+            /* A positional argument: keep it for later, go on with the options after it. */
+            if (json_object_get(body, "name")) {
+                keys_cli_usage_error("unexpected argument '%s'", argv[optind]);
+                goto out;
+            }
+            json_object_set_new(body, "name", json_string(argv[optind]));
+            if (!json_object_get(body, "name")) {
+                fprintf(stderr, "tollgate keys: the name must be valid UTF-8\n");
+                rc = 1;
+                goto out;
+            }
+            optind++;
+            continue;
+        }
+        long long n;
+        char *end;
+        json_t *v = NULL;
+        const char *field = NULL;
+        switch (c) {
+        case OPT_MODELS:
+            field = "models";
+            v = keys_cli_models(optarg);
+            break;
+        case OPT_RPM:
+        case OPT_TPM:
+        case OPT_EXPIRES:
+            field = c == OPT_RPM ? "rpm" : c == OPT_TPM ? "tpm" : "expires_at";
+            if (keys_cli_ll(optarg, &n)) {
+                keys_cli_usage_error("not a whole number: '%s'", optarg);
+                goto out;
+            }
+            v = json_integer(n);
+            break;
+        case OPT_BUDGET: {
+            errno = 0;
+            double x = strtod(optarg, &end);
+            if (errno || end == optarg || *end || !isfinite(x)) {
+                keys_cli_usage_error("not a number: '%s'", optarg);
+                goto out;
+            }
+            field = "budget_usd";
+            v = json_real(x);
+            break;
+        }
+        case OPT_JSON:
+            as_json = true;
+            continue;
+        case OPT_HELP:
+        case 'h':
+            keys_cli_usage(stdout);
+            rc = 0;
+            goto out;
+        default:
+            keys_cli_usage_error("bad option '%s'", argv[optind - 1]);
+            goto out;
+        }
+        if (!create) {
+            keys_cli_usage_error("'%s' takes no options but --json", cmd);
+            json_decref(v);
+            goto out;
+        }
+        if (!v || json_object_set_new(body, field, v)) {
+            fprintf(stderr, "tollgate keys: out of memory or invalid UTF-8\n");
+            rc = 1;
+            goto out;
+        }
+    }
+    json_t *name = json_object_get(body, "name");
+    if (!strcmp(cmd, "list")) {
+        if (name) {
+            keys_cli_usage_error("unexpected argument '%s'", json_string_value(name));
+            goto out;
+        }
+    } else if (!name) {
+        keys_cli_usage_error("%s needs a NAME", cmd);
+        goto out;
+    }
+
+    struct keys_error err;
+    if (create) {
+        rc = keys_cli_create(cfg, body, as_json);
+    } else if (!strcmp(cmd, "list")) {
+        struct keys_record *list;
+        size_t n;
+        if (keys_list(cfg, NULL, 0, &list, &n, NULL, &err)) {
+            rc = keys_cli_fail(&err);
+            goto out;
+        }
+        if (as_json) {
+            rc = keys_cli_print_json(keys_list_json(list, n, false));
+        } else {
+            printf("%-24s %-8s %-10s %-10s %-12s %-20s %-20s %s\n", "NAME", "SHA256", "RPM", "TPM",
+                   "BUDGET_USD", "EXPIRES_AT", "CREATED_AT", "MODELS");
+            for (size_t i = 0; i < n; i++)
+                keys_cli_describe(&list[i], true);
+            rc = 0;
+        }
+        keys_records_free(list, n);
+    } else if (!strcmp(cmd, "show")) {
+        struct keys_record r = {0};
+        if (keys_show(cfg, json_string_value(name), &r, &err)) {
+            rc = keys_cli_fail(&err);
+            goto out;
+        }
+        if (as_json) {
+            rc = keys_cli_print_json(keys_record_json(&r));
+        } else {
+            keys_cli_describe(&r, false);
+            rc = 0;
+        }
+        keys_record_clear(&r);
+    } else {
+        const char *n = json_string_value(name);
+        if (keys_revoke(cfg, n, &err)) {
+            rc = keys_cli_fail(&err);
+            goto out;
+        }
+        if (as_json)
+            rc = keys_cli_print_json(json_pack("{s:s, s:b}", "name", n, "revoked", 1));
+        else
+            printf("revoked %s\n", n);
+        if (!as_json)
+            rc = 0;
+    }
+out:
+    json_decref(body);
+    return rc;
+}

@@ -1,0 +1,1106 @@
+#include "tenancy/ledger.h"
+
+#include "base/buf.h"
+#include "base/clock.h"
+#include "base/clock.h"
+
+#include "base/log.h"
+#include "redis/redis.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <hiredis/hiredis.h>
+#include <jansson.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#define LEDGER_SEEN_PREFIX "tg:usage:seen:"
+#define LEDGER_SUM_PREFIX "tg:usage:sum:"
+#define LEDGER_KEYSET "tg:usage:keys"
+#define LEDGER_READ_CHUNK 65536        /* spool bytes read per replay round, at most */
+#define LEDGER_COMPACT_MIN (1ll << 20) /* replayed bytes before the spool is rewritten */
+#define LEDGER_USAGE_ROWS_MAX 100000   /* rows one usage query may return */
+#define LEDGER_USAGE_PIPELINE 128      /* HGETALLs sent before their replies are read */
+#define LEDGER_DROP_LOG_INTERVAL_S 10.0
+
+/* ---- pure parts ------------------------------------------------------------------------------ */
+
+
+/* src (NULL: "") into out, cut to LEDGER_FIELD_MAX bytes at a character boundary, with each
+ * byte that is not part of valid UTF-8 replaced by '?'. */
+static void ledger_copy_text(char out[LEDGER_FIELD_MAX + 1], const char *src)
+{
+    const unsigned char *p = (const unsigned char *)(src ? src : "");
+    size_t n = strlen((const char *)p), o = 0, i = 0;
+    while (i < n) {
+        size_t len = buf_utf8_len(p + i, n - i);
+        if (o + (len ? len : 1) > LEDGER_FIELD_MAX)
+            break;
+        if (len) {
+            memcpy(out + o, p + i, len);
+            o += len;
+            i += len;
+        } else {
+            out[o++] = '?';
+            i++;
+        }
+    }
+    out[o] = '\0';
+}
+
+/* The shortest fixed-point text (at most 12 decimals) that reads back as x. */
+static void ledger_format_decimal(double x, char *out, size_t n)
+{
+    if (x == 0)
+        x = 0; /* -0 */
+    for (int d = 0; d <= 12; d++) {
+        snprintf(out, n, "%.*f", d, x);
+        if (strtod(out, NULL) == x)
+            return;
+    }
+    char *dot = strchr(out, '.');
+    size_t len = strlen(out);
+    while (dot && len > 0 && out[len - 1] == '0')
+        out[--len] = '\0';
+    if (len > 0 && out[len - 1] == '.')
+        out[--len] = '\0';
+}
+
+
+void ledger_record_from_entry(struct ledger_record *r, const struct ledger_entry *e,
+                              const char *uid)
+{
+    snprintf(r->uid, sizeof r->uid, "%s", uid);
+    ledger_copy_text(r->id, e->request_id);
+    ledger_copy_text(r->key, e->key);
+    ledger_copy_text(r->model, e->model);
+    ledger_copy_text(r->backend, e->backend);
+    ledger_copy_text(r->cache, e->cache);
+    snprintf(r->status, sizeof r->status, "%u", e->status);
+    snprintf(r->prompt_tokens, sizeof r->prompt_tokens, "%ld",
+             e->prompt_tokens > 0 ? e->prompt_tokens : 0);
+    snprintf(r->completion_tokens, sizeof r->completion_tokens, "%ld",
+             e->completion_tokens > 0 ? e->completion_tokens : 0);
+    /* Beyond 1e12 a number is a bug upstream, and would not fit the fixed-point text. */
+    double cost = isfinite(e->cost_usd) && e->cost_usd > 0 && e->cost_usd < 1e12 ? e->cost_usd : 0;
+    ledger_format_decimal(cost, r->cost_usd, sizeof r->cost_usd);
+    double saved =
+        isfinite(e->saved_usd) && e->saved_usd > 0 && e->saved_usd < 1e12 ? e->saved_usd : 0;
+    ledger_format_decimal(saved, r->saved_usd, sizeof r->saved_usd);
+    double lat =
+        isfinite(e->latency_ms) && e->latency_ms > 0 && e->latency_ms < 1e12 ? e->latency_ms : 0;
+    snprintf(r->latency_ms, sizeof r->latency_ms, "%.3f", lat);
+    int64_t ts = e->ts_ms > 0 ? e->ts_ms : clock_wall_ms();
+    snprintf(r->ts_ms, sizeof r->ts_ms, "%lld", (long long)ts);
+}
+
+/* The members of a spool line, in order. */
+#define LEDGER_FIELDS(X)                                                                           \
+    X(uid)                                                                                         \
+    X(id) X(key) X(model) X(backend) X(cache) X(status) X(prompt_tokens) X(completion_tokens)      \
+        X(cost_usd) X(latency_ms) X(ts_ms)
+
+/* Appends "s" JSON-escaped (quotes included) at out[*o]; false when n is too small. */
+static bool ledger_put_string(char *out, size_t n, size_t *o, const char *s)
+{
+    static const char hex[] = "0123456789abcdef";
+    size_t k = *o;
+    if (k + 1 >= n)
+        return false;
+    out[k++] = '"';
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+        if (k + 7 >= n)
+            return false;
+        if (*p == '"' || *p == '\\') {
+            out[k++] = '\\';
+            out[k++] = (char)*p;
+        } else if (*p < 0x20) {
+            memcpy(out + k, "\\u00", 4);
+            out[k + 4] = hex[*p >> 4];
+            out[k + 5] = hex[*p & 15];
+            k += 6;
+        } else {
+            out[k++] = (char)*p;
+        }
+    }
+    if (k + 1 >= n)
+        return false;
+    out[k++] = '"';
+    *o = k;
+    return true;
+}
+
+static bool ledger_put_raw(char *out, size_t n, size_t *o, const char *s)
+{
+    size_t len = strlen(s);
+    if (*o + len >= n)
+        return false;
+    memcpy(out + *o, s, len);
+    *o += len;
+    return true;
+}
+
+int ledger_format_line(const struct ledger_record *r, char *out, size_t n)
+{
+    size_t o = 0;
+    bool ok = ledger_put_raw(out, n, &o, "{");
+    const char *sep = "";
+#define LEDGER_PUT(f)                                                                              \
+    ok = ok && ledger_put_raw(out, n, &o, sep) && ledger_put_raw(out, n, &o, "\"" #f "\":") &&     \
+         ledger_put_string(out, n, &o, r->f);                                                      \
+    sep = ",";
+    LEDGER_FIELDS(LEDGER_PUT)
+    LEDGER_PUT(saved_usd)
+#undef LEDGER_PUT
+    ok = ok && ledger_put_raw(out, n, &o, "}\n");
+    if (!ok || o >= n || o > LEDGER_LINE_MAX)
+        return -1;
+    out[o] = '\0';
+    return (int)o;
+}
+
+static bool ledger_all_of(const char *s, const char *set, size_t min, size_t max)
+{
+    size_t n = strlen(s);
+    return n >= min && n <= max && strspn(s, set) == n;
+}
+
+/* digits[.digits] */
+static bool ledger_is_decimal(const char *s)
+{
+    size_t a = strspn(s, "0123456789");
+    if (a == 0 || a > 13)
+        return false;
+    if (!s[a])
+        return true;
+    return s[a] == '.' && ledger_all_of(s + a + 1, "0123456789", 1, 12);
+}
+
+int ledger_parse_line(const char *line, size_t len, struct ledger_record *r)
+{
+    if (len > 0 && line[len - 1] == '\n')
+        len--;
+    if (len == 0 || len > LEDGER_LINE_MAX)
+        return -1;
+    json_t *doc = json_loadb(line, len, JSON_REJECT_DUPLICATES, NULL);
+    if (!json_is_object(doc)) {
+        json_decref(doc);
+        return -1;
+    }
+    memset(r, 0, sizeof *r);
+    bool ok = true;
+#define LEDGER_GET(f)                                                                              \
+    if (ok) {                                                                                      \
+        const json_t *v = json_object_get(doc, #f);                                                \
+        size_t vl = json_string_length(v);                                                         \
+        ok = json_is_string(v) && vl < sizeof r->f && strlen(json_string_value(v)) == vl;          \
+        if (ok)                                                                                    \
+            memcpy(r->f, json_string_value(v), vl + 1);                                            \
+    }
+    LEDGER_FIELDS(LEDGER_GET)
+    if (json_object_get(doc, "saved_usd")) { /* lines spooled before it existed have none */
+        LEDGER_GET(saved_usd)
+    } else {
+        memcpy(r->saved_usd, "0", 2);
+    }
+#undef LEDGER_GET
+    json_decref(doc);
+    static const char digits[] = "0123456789";
+    if (!ok || !ledger_all_of(r->uid, "0123456789abcdef", 32, 32) ||
+        !ledger_all_of(r->status, digits, 1, 10) ||
+        !ledger_all_of(r->prompt_tokens, digits, 1, 19) ||
+        !ledger_all_of(r->completion_tokens, digits, 1, 19) ||
+        !ledger_all_of(r->ts_ms, digits, 1, 19) || !ledger_is_decimal(r->cost_usd) ||
+        !ledger_is_decimal(r->latency_ms) || !ledger_is_decimal(r->saved_usd))
+        return -1;
+    return 0;
+}
+
+/* New records only: EXISTS first and SET last, so a script that fails half-way (a key of the
+ * wrong type) leaves the record uncounted and it is tried again, rather than marked seen. */
+const char ledger_lua[] =
+    "if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end\n"
+    "redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', 'uid', ARGV[3], 'id', ARGV[4],\n"
+    "  'key', ARGV[5], 'model', ARGV[6], 'backend', ARGV[7], 'cache', ARGV[8],\n"
+    "  'status', ARGV[9], 'prompt_tokens', ARGV[10], 'completion_tokens', ARGV[11],\n"
+    "  'cost_usd', ARGV[12], 'latency_ms', ARGV[13], 'ts_ms', ARGV[14], 'saved_usd', ARGV[15])\n"
+    "local m = ARGV[6]\n"
+    "redis.call('HINCRBY', KEYS[3], m .. ':requests', 1)\n"
+    "redis.call('HINCRBY', KEYS[3], m .. ':prompt_tokens', ARGV[10])\n"
+    "redis.call('HINCRBY', KEYS[3], m .. ':completion_tokens', ARGV[11])\n"
+    "redis.call('HINCRBYFLOAT', KEYS[3], m .. ':cost_usd', ARGV[12])\n"
+    "if ARGV[15] ~= '0' then redis.call('HINCRBYFLOAT', KEYS[3], m .. ':saved_usd', ARGV[15]) end\n"
+    "redis.call('SADD', KEYS[4], ARGV[5])\n"
+    "redis.call('SET', KEYS[1], '1', 'EX', ARGV[2])\n"
+    "return 1\n";
+
+void ledger_script_args(const struct ledger_record *r, struct ledger_args *out)
+{
+    snprintf(out->seen, sizeof out->seen, LEDGER_SEEN_PREFIX "%s", r->uid);
+    snprintf(out->sum, sizeof out->sum, LEDGER_SUM_PREFIX "%s", r->key);
+    snprintf(out->maxlen, sizeof out->maxlen, "%d", LEDGER_STREAM_MAXLEN);
+    snprintf(out->ttl, sizeof out->ttl, "%d", LEDGER_SEEN_TTL_S);
+    const char *v[LEDGER_ARGC] = {
+        out->seen,   LEDGER_STREAM, out->sum,  LEDGER_KEYSET,    out->maxlen,
+        out->ttl,    r->uid,        r->id,     r->key,           r->model,
+        r->backend,  r->cache,      r->status, r->prompt_tokens, r->completion_tokens,
+        r->cost_usd, r->latency_ms, r->ts_ms,  r->saved_usd};
+    for (int i = 0; i < LEDGER_ARGC; i++) {
+        out->argv[i] = v[i];
+        out->argvlen[i] = strlen(v[i]);
+    }
+}
+
+/* ---- the write side -------------------------------------------------------------------------- */
+
+/* A record awaiting Redis's answer, live or replayed from the spool. */
+struct ledger_slot {
+    struct ledger *l;
+    struct ledger_slot *prev, *next;
+    bool replay;
+    bool spooled; /* live, and written to the spool by ledger_free() already */
+    struct ledger_record rec;
+};
+
+struct ledger {
+    struct ev_loop *loop;
+    struct redis_client *redis;
+    const struct redis_script *script;
+    char *path;
+    int fd;          /* the spool, O_RDWR | O_APPEND; -1 once closed */
+    int lock_fd;     /* <spool>.lock, flock()ed for the ledger's life: one writer a spool */
+    off_t size;      /* the spool's length: this ledger is its only writer */
+    off_t done;      /* bytes at its start already replayed (or skipped as corrupt) */
+    off_t batch_end; /* where the replay batch in flight ends */
+    unsigned batch_pending;
+    bool batch_failed;
+    bool closing; /* ledger_free() was called; the memory waits for the last answer */
+    ev_timer timer;
+    struct ledger_slot *slots; /* every slot awaiting an answer */
+    unsigned live;             /* live slots among them */
+    uint64_t uid_prefix, uid_seq;
+    double last_drop_log;
+    bool spooling; /* since the last "ledger_spooling" log line */
+    _Atomic uint64_t written, duplicates, spooled, replayed, dropped, inflight, spool_bytes;
+};
+
+static void ledger_count(_Atomic uint64_t *a)
+{
+    atomic_fetch_add_explicit(a, 1, memory_order_relaxed);
+}
+
+static void ledger_publish_size(struct ledger *l)
+{
+    atomic_store_explicit(&l->spool_bytes, (uint64_t)(l->size - l->done), memory_order_relaxed);
+}
+
+static void ledger_drop(struct ledger *l, const struct ledger_record *r, const char *why)
+{
+    ledger_count(&l->dropped);
+    double now = clock_mono();
+    if (now - l->last_drop_log < LEDGER_DROP_LOG_INTERVAL_S)
+        return;
+    l->last_drop_log = now;
+    char id[2 * LEDGER_FIELD_MAX], path[512];
+    log_event(LOG_ERROR, "ledger_dropped",
+              "\"request_id\":\"%s\",\"spool\":\"%s\",\"message\":\"%s\",\"dropped\":%llu",
+              log_escape(id, sizeof id, r ? r->id : ""), log_escape(path, sizeof path, l->path),
+              why, (unsigned long long)atomic_load(&l->dropped));
+}
+
+/* Appends r to the spool as one write(2); a partial write is undone, so the file only ever
+ * holds whole lines. */
+static void ledger_spool(struct ledger *l, const struct ledger_record *r)
+{
+    char line[LEDGER_LINE_MAX + 1];
+    int n = ledger_format_line(r, line, sizeof line);
+    if (n < 0) {
+        ledger_drop(l, r, "record too long for the spool");
+        return;
+    }
+    if (l->fd == -1) {
+        ledger_drop(l, r, "spool closed");
+        return;
+    }
+    if (l->size + n > LEDGER_SPOOL_MAX) {
+        ledger_drop(l, r, "spool full");
+        return;
+    }
+    ssize_t w = write(l->fd, line, (size_t)n);
+    if (w != n) {
+        int saved = errno;
+        if (w > 0 && ftruncate(l->fd, l->size) == -1)
+            saved = errno;
+        char msg[128];
+        snprintf(msg, sizeof msg, "spool write failed: %s",
+                 w < 0 ? strerror(saved) : "short write");
+        ledger_drop(l, r, msg);
+        return;
+    }
+    l->size += n;
+    ledger_publish_size(l);
+    ledger_count(&l->spooled);
+    if (!l->spooling) {
+        l->spooling = true;
+        char path[512];
+        log_event(LOG_WARN, "ledger_spooling",
+                  "\"spool\":\"%s\",\"message\":\"Redis unavailable or failing: usage records "
+                  "go to the spool and are replayed on recovery\"",
+                  log_escape(path, sizeof path, l->path));
+    }
+}
+
+static void ledger_link(struct ledger *l, struct ledger_slot *s)
+{
+    s->l = l;
+    s->prev = NULL;
+    s->next = l->slots;
+    if (l->slots)
+        l->slots->prev = s;
+    l->slots = s;
+}
+
+static void ledger_unlink(struct ledger *l, struct ledger_slot *s)
+{
+    if (s->prev)
+        s->prev->next = s->next;
+    else
+        l->slots = s->next;
+    if (s->next)
+        s->next->prev = s->prev;
+    s->prev = s->next = NULL;
+}
+
+static void ledger_destroy(struct ledger *l)
+{
+    free(l->path);
+    free(l);
+}
+
+static void ledger_replay(struct ledger *l);
+
+/* Rewrites the spool without its replayed head, once that head is large and most of the
+ * file; the tail (records spooled while replaying) is copied. On any failure the file stays
+ * as it is (replay goes on from `done`). */
+static void ledger_compact(struct ledger *l)
+{
+    if (l->done < LEDGER_COMPACT_MIN || l->size - l->done > l->done)
+        return;
+    char tmp[4200];
+    if ((size_t)snprintf(tmp, sizeof tmp, "%s.tmp", l->path) >= sizeof tmp)
+        return;
+    int fd = open(tmp, O_RDWR | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0600);
+    if (fd == -1)
+        return;
+    char *buf = malloc(LEDGER_READ_CHUNK);
+    off_t at = l->done;
+    bool ok = buf != NULL;
+    while (ok && at < l->size) {
+        size_t want = (size_t)(l->size - at < LEDGER_READ_CHUNK ? l->size - at : LEDGER_READ_CHUNK);
+        ssize_t got = pread(l->fd, buf, want, at);
+        ok = got > 0 && write(fd, buf, (size_t)got) == got;
+        at += got > 0 ? got : 0;
+    }
+    free(buf);
+    if (!ok || rename(tmp, l->path) == -1) {
+        close(fd);
+        unlink(tmp);
+        return;
+    }
+    close(l->fd);
+    l->fd = fd;
+    l->size -= l->done;
+    l->done = 0;
+    ledger_publish_size(l);
+}
+
+/* Every answer of a replay batch is in: move on when all were acknowledged, and send the
+ * next batch at once when `chain` (else the timer does). */
+static void ledger_batch_done(struct ledger *l, bool chain)
+{
+    if (l->closing)
+        return;
+    if (l->batch_failed)
+        return; /* the same lines again next tick; those already counted are duplicates */
+    l->done = l->batch_end;
+    if (l->done >= l->size) {
+        if (ftruncate(l->fd, 0) == 0) {
+            l->size = l->done = 0;
+            if (l->spooling) {
+                l->spooling = false;
+                char path[512];
+                log_event(LOG_INFO, "ledger_replayed", "\"spool\":\"%s\",\"replayed\":%llu",
+                          log_escape(path, sizeof path, l->path),
+                          (unsigned long long)atomic_load(&l->replayed));
+            }
+        }
+    } else {
+        ledger_compact(l);
+    }
+    ledger_publish_size(l);
+    if (chain && l->size > l->done)
+        ledger_replay(l);
+}
+
+static void ledger_reply(void *ctx, int result, const redisReply *reply)
+{
+    struct ledger_slot *s = ctx;
+    struct ledger *l = s->l;
+    ledger_unlink(l, s);
+    bool ok = result == 0 && reply && reply->type == REDIS_REPLY_INTEGER;
+    bool fresh = ok && reply->integer == 1;
+    if (s->replay) {
+        if (ok)
+            ledger_count(fresh ? &l->replayed : &l->duplicates);
+        else
+            l->batch_failed = true;
+        if (--l->batch_pending == 0)
+            ledger_batch_done(l, true);
+    } else {
+        l->live--;
+        atomic_store_explicit(&l->inflight, l->live, memory_order_relaxed);
+        if (ok)
+            ledger_count(fresh ? &l->written : &l->duplicates);
+        else if (!s->spooled)
+            ledger_spool(l, &s->rec);
+    }
+    free(s);
+    if (l->closing && !l->slots)
+        ledger_destroy(l);
+}
+
+static int ledger_send(struct ledger *l, struct ledger_slot *s)
+{
+    struct ledger_args a;
+    ledger_script_args(&s->rec, &a);
+    return redis_evalsha(l->redis, l->script, LEDGER_NUMKEYS, LEDGER_ARGC, a.argv, a.argvlen,
+                         ledger_reply, s);
+}
+
+/* Sends the next batch of spool lines, from `done`. Lines that do not parse are skipped
+ * (and counted as dropped); a refused send ends the batch there. */
+static void ledger_replay(struct ledger *l)
+{
+    if (l->closing || l->batch_pending || l->size <= l->done || !redis_client_available(l->redis))
+        return;
+    char *buf = malloc(LEDGER_READ_CHUNK);
+    if (!buf)
+        return;
+    size_t want =
+        (size_t)(l->size - l->done < LEDGER_READ_CHUNK ? l->size - l->done : LEDGER_READ_CHUNK);
+    ssize_t got = pread(l->fd, buf, want, l->done);
+    if (got <= 0) {
+        free(buf);
+        return;
+    }
+    l->batch_failed = false;
+    off_t end = l->done;
+    size_t at = 0;
+    unsigned lines = 0;
+    while (at < (size_t)got && lines < LEDGER_REPLAY_BATCH) {
+        char *nl = memchr(buf + at, '\n', (size_t)got - at);
+        if (!nl) {
+            /* A line longer than a whole chunk cannot be a record: skip the chunk. */
+            if (at == 0 && (size_t)got == LEDGER_READ_CHUNK) {
+                ledger_drop(l, NULL, "corrupt spool line");
+                end += got;
+            }
+            break;
+        }
+        size_t len = (size_t)(nl - (buf + at)) + 1;
+        struct ledger_slot *s = malloc(sizeof *s);
+        if (!s)
+            break;
+        if (ledger_parse_line(buf + at, len, &s->rec)) {
+            free(s);
+            if (len > 1)
+                ledger_drop(l, NULL, "corrupt spool line");
+        } else {
+            s->replay = true;
+            s->spooled = false;
+            ledger_link(l, s);
+            if (ledger_send(l, s)) {
+                ledger_unlink(l, s);
+                free(s);
+                break;
+            }
+            l->batch_pending++;
+            lines++;
+        }
+        at += len;
+        end += (off_t)len;
+    }
+    free(buf);
+    l->batch_end = end;
+    if (l->batch_pending == 0 && end > l->done)
+        ledger_batch_done(l, false); /* only corrupt lines: skipped */
+}
+
+static void ledger_timer_cb(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    (void)loop;
+    (void)revents;
+    ledger_replay(t->data);
+}
+
+/* Appends the whole lines of the spool at `from` to this ledger's spool. 0, or -1 when it
+ * could not all be copied (the orphan then stays for a later run). */
+static int ledger_copy_lines(struct ledger *l, int from, off_t *copied)
+{
+    char *buf = malloc(LEDGER_READ_CHUNK);
+    if (!buf)
+        return -1;
+    off_t at = 0;
+    int rc = 0;
+    for (;;) {
+        ssize_t got = pread(from, buf, LEDGER_READ_CHUNK, at);
+        if (got < 0) {
+            rc = -1;
+            break;
+        }
+        if (got == 0)
+            break;
+        /* Up to the last line end in the chunk: a line cut by a crash is left behind. */
+        size_t n = (size_t)got;
+        while (n && buf[n - 1] != '\n')
+            n--;
+        if (!n) {
+            if (got == LEDGER_READ_CHUNK) {
+                at += got; /* a "line" longer than any record: corrupt, skipped */
+                continue;
+            }
+            break;
+        }
+        if (l->size + (off_t)n > LEDGER_SPOOL_MAX || write(l->fd, buf, n) != (ssize_t)n) {
+            rc = -1;
+            break;
+        }
+        l->size += (off_t)n;
+        *copied += (off_t)n;
+        at += (off_t)n;
+    }
+    free(buf);
+    return rc;
+}
+
+/* Spools nobody holds any more, next to this one: their records are replayed here. */
+static void ledger_adopt(struct ledger *l)
+{
+    const char *slash = strrchr(l->path, '/');
+    char dir[4096];
+    if ((size_t)snprintf(dir, sizeof dir, "%.*s", slash ? (int)(slash - l->path) : 1,
+                         slash ? l->path : ".") >= sizeof dir)
+        return;
+    if (!*dir)
+        snprintf(dir, sizeof dir, "/");
+    DIR *d = opendir(dir);
+    if (!d)
+        return;
+    const size_t pre = strlen(LEDGER_SPOOL_PREFIX), suf = strlen(LEDGER_SPOOL_SUFFIX);
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        size_t n = strlen(e->d_name);
+        if (n <= pre + suf || strncmp(e->d_name, LEDGER_SPOOL_PREFIX, pre) ||
+            strcmp(e->d_name + n - suf, LEDGER_SPOOL_SUFFIX))
+            continue;
+        char path[4400], lock_path[4400];
+        if ((size_t)snprintf(path, sizeof path, "%s/%s", dir, e->d_name) >= sizeof path - 8 ||
+            !strcmp(path, l->path))
+            continue;
+        memcpy(lock_path, path, strlen(path));
+        memcpy(lock_path + strlen(path), ".lock", 6);
+        int lock_fd = open(lock_path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+        if (lock_fd == -1)
+            continue;
+        if (flock(lock_fd, LOCK_EX | LOCK_NB) == -1) {
+            close(lock_fd); /* a live ledger's spool */
+            continue;
+        }
+        int fd = open(path, O_RDONLY | O_CLOEXEC);
+        off_t copied = 0;
+        if (fd != -1 && ledger_copy_lines(l, fd, &copied) == 0) {
+            unlink(path);
+            unlink(lock_path);
+            if (copied) {
+                char from[600], to[600];
+                log_event(LOG_INFO, "ledger_spool_adopted",
+                          "\"from\":\"%s\",\"spool\":\"%s\",\"bytes\":%lld",
+                          log_escape(from, sizeof from, path), log_escape(to, sizeof to, l->path),
+                          (long long)copied);
+            }
+        }
+        if (fd != -1)
+            close(fd);
+        close(lock_fd);
+    }
+    closedir(d);
+}
+
+struct ledger *ledger_new(struct ev_loop *loop, struct redis_client *redis, const char *spool_path)
+{
+    if (!loop || !redis || !spool_path || !*spool_path) {
+        errno = EINVAL;
+        return NULL;
+    }
+    struct ledger *l = calloc(1, sizeof *l);
+    if (!l) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    l->fd = -1;
+    l->lock_fd = -1;
+    l->loop = loop;
+    l->redis = redis;
+    if (!(l->path = strdup(spool_path)))
+        goto err;
+    if (!(l->script = redis_script_load(redis, ledger_lua, sizeof ledger_lua - 1))) {
+        errno = ENOMEM;
+        goto err;
+    }
+    char lock_path[4200];
+    if ((size_t)snprintf(lock_path, sizeof lock_path, "%s.lock", spool_path) >= sizeof lock_path) {
+        errno = ENAMETOOLONG;
+        goto err;
+    }
+    /* Two writers would replay and truncate each other's records: refuse a spool in use.
+     * Another ledger may hold it for a moment while adopting it (ledger_adopt): retry. */
+    if ((l->lock_fd = open(lock_path, O_RDWR | O_CREAT | O_CLOEXEC, 0600)) == -1)
+        goto err;
+    for (int tries = 0; flock(l->lock_fd, LOCK_EX | LOCK_NB) == -1; tries++) {
+        if (errno != EWOULDBLOCK || tries == 50)
+            goto err;
+        usleep(10000);
+    }
+    if ((l->fd = open(spool_path, O_RDWR | O_APPEND | O_CREAT | O_CLOEXEC, 0600)) == -1)
+        goto err;
+    struct stat st;
+    if (fstat(l->fd, &st) == -1)
+        goto err;
+    l->size = st.st_size;
+    /* A line cut short by a crash is ended, so it stays one (corrupt) line on its own. */
+    char last;
+    if (l->size > 0 && pread(l->fd, &last, 1, l->size - 1) == 1 && last != '\n' &&
+        write(l->fd, "\n", 1) == 1)
+        l->size++;
+    ledger_adopt(l);
+    ledger_publish_size(l);
+    if (getrandom(&l->uid_prefix, sizeof l->uid_prefix, 0) != sizeof l->uid_prefix)
+        goto err;
+    ev_timer_init(&l->timer, ledger_timer_cb, LEDGER_REPLAY_INTERVAL_S, LEDGER_REPLAY_INTERVAL_S);
+    l->timer.data = l;
+    ev_timer_start(loop, &l->timer);
+    if (l->size > 0) {
+        l->spooling = true; /* so recovery is logged */
+        char path[512];
+        log_event(LOG_INFO, "ledger_spool_found", "\"spool\":\"%s\",\"bytes\":%lld",
+                  log_escape(path, sizeof path, l->path), (long long)l->size);
+    }
+    return l;
+err:;
+    int saved = errno;
+    if (l->fd != -1)
+        close(l->fd);
+    if (l->lock_fd != -1)
+        close(l->lock_fd);
+    ledger_destroy(l);
+    errno = saved;
+    return NULL;
+}
+
+void ledger_record(struct ledger *l, const struct ledger_entry *e)
+{
+    if (!l)
+        return;
+    struct ledger_slot *s = malloc(sizeof *s);
+    struct ledger_record local;
+    struct ledger_record *r = s ? &s->rec : &local;
+    char uid[33];
+    snprintf(uid, sizeof uid, "%016llx%016llx", (unsigned long long)l->uid_prefix,
+             (unsigned long long)++l->uid_seq);
+    ledger_record_from_entry(r, e, uid);
+    if (s && !l->closing && l->live < LEDGER_INFLIGHT_MAX && redis_client_available(l->redis)) {
+        s->replay = false;
+        s->spooled = false;
+        ledger_link(l, s);
+        if (ledger_send(l, s) == 0) {
+            l->live++;
+            atomic_store_explicit(&l->inflight, l->live, memory_order_relaxed);
+            return;
+        }
+        ledger_unlink(l, s);
+    }
+    ledger_spool(l, r);
+    free(s);
+}
+
+void ledger_free(struct ledger *l)
+{
+    if (!l || l->closing)
+        return;
+    /* Unanswered live records may or may not be in Redis: spooled, they count once either
+     * way (the uid). */
+    for (struct ledger_slot *s = l->slots; s; s = s->next) {
+        if (!s->replay && !s->spooled) {
+            ledger_spool(l, &s->rec);
+            s->spooled = true;
+        }
+    }
+    ev_timer_stop(l->loop, &l->timer);
+    if (l->fd != -1) {
+        if (l->size == l->done && !l->batch_pending) {
+            /* Nothing waits for Redis: no file left behind (removed while still locked). */
+            char lock_path[4200];
+            snprintf(lock_path, sizeof lock_path, "%s.lock", l->path);
+            unlink(l->path);
+            unlink(lock_path);
+        }
+        close(l->fd);
+        l->fd = -1;
+    }
+    if (l->lock_fd != -1) {
+        close(l->lock_fd); /* the spool is free for the next process */
+        l->lock_fd = -1;
+    }
+    l->closing = true;
+    if (!l->slots)
+        ledger_destroy(l);
+}
+
+void ledger_stats(const struct ledger *l, struct ledger_stats *out)
+{
+    if (!l) {
+        memset(out, 0, sizeof *out);
+        return;
+    }
+    out->written = atomic_load_explicit(&l->written, memory_order_relaxed);
+    out->duplicates = atomic_load_explicit(&l->duplicates, memory_order_relaxed);
+    out->spooled = atomic_load_explicit(&l->spooled, memory_order_relaxed);
+    out->replayed = atomic_load_explicit(&l->replayed, memory_order_relaxed);
+    out->dropped = atomic_load_explicit(&l->dropped, memory_order_relaxed);
+    out->inflight = atomic_load_explicit(&l->inflight, memory_order_relaxed);
+    out->spool_bytes = atomic_load_explicit(&l->spool_bytes, memory_order_relaxed);
+}
+
+/* ---- the read side --------------------------------------------------------------------------- */
+
+static const struct keys_store ledger_store = {"usage store", "usage_store_unavailable"};
+
+static int ledger_fail(struct keys_error *err, int result, const char *code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+static int ledger_fail(struct keys_error *err, int result, const char *code, const char *fmt, ...)
+{
+    err->result = result;
+    err->code = code;
+    err->param[0] = '\0';
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err->message, sizeof err->message, fmt, ap);
+    va_end(ap);
+    return result;
+}
+
+#define ledger_unavailable(err, ...)                                                               \
+    ledger_fail(err, KEYS_EUNAVAIL, "usage_store_unavailable", __VA_ARGS__)
+
+static redisReply *ledger_check(redisContext *c, redisReply *reply, struct keys_error *err)
+{
+    return keys_redis_check(c, reply, &ledger_store, err);
+}
+
+static redisContext *ledger_connect(const struct config *cfg, struct keys_error *err)
+{
+    return keys_redis_connect(cfg, &ledger_store, err);
+}
+
+static int ledger_cmp_str(const void *a, const void *b)
+{
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+static int ledger_cmp_row(const void *a, const void *b)
+{
+    const struct ledger_usage_row *x = a, *y = b;
+    int c = strcmp(x->key, y->key);
+    return c ? c : strcmp(x->model, y->model);
+}
+
+/* Rows being collected: a growing array under LEDGER_USAGE_ROWS_MAX. */
+struct ledger_rows {
+    struct ledger_usage_row *v;
+    size_t n, cap;
+};
+
+static struct ledger_usage_row *ledger_row(struct ledger_rows *rows, size_t from, const char *key,
+                                           const char *model, size_t model_len)
+{
+    for (size_t i = from; i < rows->n; i++)
+        if (strlen(rows->v[i].model) == model_len && !memcmp(rows->v[i].model, model, model_len))
+            return &rows->v[i];
+    if (rows->n == rows->cap) {
+        size_t cap = rows->cap ? rows->cap * 2 : 16;
+        struct ledger_usage_row *v = realloc(rows->v, cap * sizeof *v);
+        if (!v)
+            return NULL;
+        rows->v = v;
+        rows->cap = cap;
+    }
+    struct ledger_usage_row *r = &rows->v[rows->n++];
+    memset(r, 0, sizeof *r);
+    snprintf(r->key, sizeof r->key, "%s", key);
+    memcpy(r->model, model, model_len);
+    r->model[model_len] = '\0';
+    snprintf(r->cost_usd, sizeof r->cost_usd, "0");
+    return r;
+}
+
+/* One key's sum hash (HGETALL's reply) into rows. Unknown or malformed fields are ignored. */
+static int ledger_add_hash(struct ledger_rows *rows, const char *key, const redisReply *h,
+                           struct keys_error *err)
+{
+    size_t from = rows->n;
+    for (size_t i = 0; i + 1 < h->elements; i += 2) {
+        const redisReply *f = h->element[i], *v = h->element[i + 1];
+        if (f->type != REDIS_REPLY_STRING || v->type != REDIS_REPLY_STRING)
+            continue;
+        /* Model names may hold ':' ("llama3:8b"); the metric after the last one has none. */
+        const char *colon = NULL;
+        for (size_t k = 0; k < f->len; k++)
+            if (f->str[k] == ':')
+                colon = f->str + k;
+        if (!colon || (size_t)(colon - f->str) > LEDGER_FIELD_MAX)
+            continue;
+        const char *metric = colon + 1;
+        size_t mlen = (size_t)(colon - f->str);
+        long long *num = NULL;
+        bool cost = !strcmp(metric, "cost_usd");
+        if (rows->n >= LEDGER_USAGE_ROWS_MAX)
+            return ledger_fail(err, KEYS_EUNAVAIL, "usage_too_large",
+                               "More than %d rows of usage; ask for one key at a time.",
+                               LEDGER_USAGE_ROWS_MAX);
+        if (!cost && strcmp(metric, "requests") && strcmp(metric, "prompt_tokens") &&
+            strcmp(metric, "completion_tokens"))
+            continue;
+        struct ledger_usage_row *r = ledger_row(rows, from, key, f->str, mlen);
+        if (!r)
+            return ledger_fail(err, KEYS_ENOMEM, "internal_error", "out of memory");
+        if (cost) {
+            char *end;
+            double x = strtod(v->str, &end);
+            if (end != v->str && !*end && isfinite(x) && v->len < sizeof r->cost_usd)
+                memcpy(r->cost_usd, v->str, v->len + 1);
+            continue;
+        }
+        num = !strcmp(metric, "requests")        ? &r->requests
+              : !strcmp(metric, "prompt_tokens") ? &r->prompt_tokens
+                                                 : &r->completion_tokens;
+        *num = strtoll(v->str, NULL, 10);
+    }
+    return 0;
+}
+
+int ledger_usage(const struct config *cfg, const char *key, struct ledger_usage_row **out,
+                 size_t *n, struct keys_error *err)
+{
+    *out = NULL;
+    *n = 0;
+    if (key && strlen(key) > LEDGER_FIELD_MAX)
+        return 0; /* no record carries a key that long */
+    redisContext *c = ledger_connect(cfg, err);
+    if (!c)
+        return err->result;
+    redisReply *members = NULL;
+    const char **names = NULL;
+    size_t count = 0;
+    struct ledger_rows rows = {0};
+    int rc = 0;
+    if (key) {
+        names = malloc(sizeof *names);
+        if (!names) {
+            rc = ledger_fail(err, KEYS_ENOMEM, "internal_error", "out of memory");
+            goto out;
+        }
+        names[0] = key;
+        count = 1;
+    } else {
+        const char *argv[2] = {"SMEMBERS", LEDGER_KEYSET};
+        if (!(members = ledger_check(c, redisCommandArgv(c, 2, argv, NULL), err))) {
+            rc = err->result;
+            goto out;
+        }
+        if (members->type != REDIS_REPLY_ARRAY) {
+            rc = ledger_unavailable(err, "%s", "The usage store (Redis) gave an unexpected reply.");
+            goto out;
+        }
+        names = calloc(members->elements + 1, sizeof *names);
+        if (!names) {
+            rc = ledger_fail(err, KEYS_ENOMEM, "internal_error", "out of memory");
+            goto out;
+        }
+        for (size_t i = 0; i < members->elements; i++) {
+            const redisReply *m = members->element[i];
+            if (m->type == REDIS_REPLY_STRING && strlen(m->str) == m->len &&
+                m->len <= LEDGER_FIELD_MAX)
+                names[count++] = m->str;
+        }
+        qsort(names, count, sizeof *names, ledger_cmp_str);
+    }
+    for (size_t base = 0; base < count && !rc; base += LEDGER_USAGE_PIPELINE) {
+        size_t batch = count - base < LEDGER_USAGE_PIPELINE ? count - base : LEDGER_USAGE_PIPELINE;
+        for (size_t i = 0; i < batch; i++) {
+            char sum[LEDGER_FIELD_MAX + 32];
+            snprintf(sum, sizeof sum, LEDGER_SUM_PREFIX "%s", names[base + i]);
+            const char *argv[2] = {"HGETALL", sum};
+            if (redisAppendCommandArgv(c, 2, argv, NULL) != REDIS_OK) {
+                rc = ledger_fail(err, KEYS_ENOMEM, "internal_error", "out of memory");
+                goto out;
+            }
+        }
+        for (size_t i = 0; i < batch; i++) {
+            void *p = NULL;
+            if (redisGetReply(c, &p) != REDIS_OK || !ledger_check(c, p, err)) {
+                rc = err->result;
+                goto out; /* the connection is dropped with the replies still owed */
+            }
+            const redisReply *h = p;
+            if (!rc && h->type == REDIS_REPLY_ARRAY)
+                rc = ledger_add_hash(&rows, names[base + i], h, err);
+            freeReplyObject(p);
+        }
+    }
+out:
+    if (!rc && rows.n) {
+        qsort(rows.v, rows.n, sizeof *rows.v, ledger_cmp_row);
+        *out = rows.v;
+        *n = rows.n;
+    } else {
+        free(rows.v);
+    }
+    free(names);
+    freeReplyObject(members);
+    redisFree(c);
+    return rc;
+}
+
+char *ledger_usage_json(const struct ledger_usage_row *rows, size_t n, size_t *len)
+{
+    json_t *data = json_array();
+    json_t *doc = json_pack("{s:s, s:o}", "object", "list", "data", data);
+    if (!doc)
+        return NULL;
+    for (size_t i = 0; i < n; i++) {
+        const struct ledger_usage_row *r = &rows[i];
+        /* Names that are not UTF-8 (none are written so) are left out rather than failing. */
+        json_t *row =
+            json_pack("{s:s, s:s, s:I, s:I, s:I, s:f}", "key", r->key, "model", r->model,
+                      "requests", (json_int_t)r->requests, "prompt_tokens",
+                      (json_int_t)r->prompt_tokens, "completion_tokens",
+                      (json_int_t)r->completion_tokens, "cost_usd", strtod(r->cost_usd, NULL));
+        if (row && json_array_append_new(data, row)) {
+            json_decref(doc);
+            return NULL;
+        }
+    }
+    /* 15 significant digits: a sum of cents prints as 0.3, not 0.30000000000000004. */
+    char *text = json_dumps(doc, JSON_COMPACT | JSON_REAL_PRECISION(15));
+    json_decref(doc);
+    if (text && len)
+        *len = strlen(text);
+    return text;
+}
+
+/* ---- CLI ------------------------------------------------------------------------------------- */
+
+static void ledger_cli_usage(FILE *out)
+{
+    fprintf(out, "usage: tollgate -c FILE usage [--key NAME] [--json]\n"
+                 "\n"
+                 "Prints requests, tokens and spend per API key and model, summed over every\n"
+                 "request recorded in the usage ledger (Redis, redis.url of the config).\n"
+                 "Exit status: 0 ok, 1 error, 2 usage.\n");
+}
+
+int ledger_cli(const struct config *cfg, int argc, char **argv)
+{
+    enum { OPT_KEY = 256, OPT_JSON, OPT_HELP };
+    static const struct option opts[] = {{"key", required_argument, NULL, OPT_KEY},
+                                         {"json", no_argument, NULL, OPT_JSON},
+                                         {"help", no_argument, NULL, OPT_HELP},
+                                         {NULL, 0, NULL, 0}};
+    const char *key = NULL;
+    bool as_json = false;
+    int c;
+    /* argv[0] ("usage") stands where getopt expects the program name; optind = 0 makes
+     * glibc's getopt start afresh after main's pass. */
+    optind = 0;
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, "+h", opts, NULL)) != -1) {
+        switch (c) {
+        case OPT_KEY:
+            key = optarg;
+            break;
+        case OPT_JSON:
+            as_json = true;
+            break;
+        case OPT_HELP:
+        case 'h':
+            ledger_cli_usage(stdout);
+            return 0;
+        default:
+            fprintf(stderr, "tollgate usage: bad option '%s'\n", argv[optind - 1]);
+            ledger_cli_usage(stderr);
+            return 2;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "tollgate usage: unexpected argument '%s'\n", argv[optind]);
+        ledger_cli_usage(stderr);
+        return 2;
+    }
+    if (key && !*key) {
+        fprintf(stderr, "tollgate usage: --key needs a name\n");
+        return 2;
+    }
+    struct ledger_usage_row *rows;
+    size_t n;
+    struct keys_error err;
+    if (ledger_usage(cfg, key, &rows, &n, &err)) {
+        fprintf(stderr, "tollgate usage: %s\n", err.message);
+        return 1;
+    }
+    int rc = 0;
+    if (as_json) {
+        char *text = ledger_usage_json(rows, n, NULL);
+        if (text)
+            printf("%s\n", text);
+        else
+            fprintf(stderr, "tollgate usage: out of memory\n");
+        rc = text ? 0 : 1;
+        free(text);
+    } else {
+        printf("%-24s %-32s %10s %14s %18s %14s\n", "KEY", "MODEL", "REQUESTS", "PROMPT_TOKENS",
+               "COMPLETION_TOKENS", "COST_USD");
+        for (size_t i = 0; i < n; i++) {
+            /* Redis sums in long double and prints 17 decimals; 12 are plenty for dollars. */
+            char cost[64];
+            ledger_format_decimal(strtod(rows[i].cost_usd, NULL), cost, sizeof cost);
+            printf("%-24s %-32s %10lld %14lld %18lld %14s\n", rows[i].key[0] ? rows[i].key : "-",
+                   rows[i].model[0] ? rows[i].model : "-", rows[i].requests, rows[i].prompt_tokens,
+                   rows[i].completion_tokens, cost);
+        }
+    }
+    free(rows);
+    return rc;
+}
