@@ -17,6 +17,8 @@ CORE_OBJ := $(CORE_SRC:%.c=$(BUILD)/obj/%.o)
 MAIN_OBJ := $(BUILD)/obj/gateway/main.o
 MOCK_SRC := $(wildcard tools/mocknode/*.c)
 UNIT_SRC := $(wildcard tests/unit/test_*.c)
+# Shared by the unit tests: a throwaway redis-server, bounded event-loop runs (tests/unit/harness.h).
+HARNESS_SRC := $(filter-out $(UNIT_SRC),$(wildcard tests/unit/*.c))
 UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 
 # Debian packages the build, the tests and the benchmark need. Node.js, npm and kubectl
@@ -44,9 +46,9 @@ $(BUILD)/mocknode: $(MOCK_SRC) $(wildcard tools/mocknode/*.h)
 	@mkdir -p $(BUILD)
 	$(CC) $(CFLAGS) $(MOCK_SRC) -o $@ $(LDFLAGS) -lmicrohttpd -ljansson -lpthread -lm
 
-$(BUILD)/tests/%: tests/unit/%.c $(CORE_OBJ)
+$(BUILD)/tests/%: tests/unit/%.c $(CORE_OBJ) $(HARNESS_SRC) $(wildcard tests/unit/*.h)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $< $(CORE_OBJ) -o $@ $(LDFLAGS) $(LIBS) -lcmocka -lcrypto
+	$(CC) $(CFLAGS) $< $(HARNESS_SRC) $(CORE_OBJ) -o $@ $(LDFLAGS) $(LIBS) -lcmocka -lcrypto
 
 -include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)
 
