@@ -1,7 +1,9 @@
 #include "config/config.h"
 
-#include "base/digest.h"
 #include "base/buf.h"
+#include "base/digest.h"
+#include "config/expand.h"
+#include "config/yaml.h"
 #include "redis/redis.h"
 
 #include <ctype.h>
@@ -13,10 +15,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
-#include <yaml.h>
 
 #define CONFIG_MAX_FILE_BYTES (4u << 20)
-#define CONFIG_MAX_DEPTH 32
 
 /* Collected problems: every one is reported, not just the first. */
 struct cfg_ctx {
@@ -36,224 +36,6 @@ static void cfg_error(struct cfg_ctx *ctx, const char *path, const char *fmt, ..
     va_end(ap);
     buf_printf(&ctx->errors, "%s: %s\n", path && *path ? path : "(root)", msg);
     ctx->n_errors++;
-}
-
-/* ---- ${VAR} substitution ---------------------------------------------------------------- */
-
-char *config_expand_env(const char *in, char **missing)
-{
-    struct buf out;
-    buf_init(&out, CONFIG_MAX_FILE_BYTES);
-    *missing = NULL;
-    const char *p = in;
-    while (*p) {
-        const char *start = strstr(p, "${");
-        if (!start) {
-            if (buf_append_str(&out, p))
-                goto err;
-            break;
-        }
-        const char *end = strchr(start + 2, '}');
-        if (!end) {
-            if (buf_append_str(&out, p))
-                goto err;
-            break;
-        }
-        if (buf_append(&out, p, (size_t)(start - p)))
-            goto err;
-        char name[256];
-        size_t n = (size_t)(end - start - 2);
-        if (n >= sizeof name)
-            n = sizeof name - 1;
-        memcpy(name, start + 2, n);
-        name[n] = '\0';
-        const char *def = NULL;
-        char *colon = strstr(name, ":-");
-        if (colon) {
-            *colon = '\0';
-            def = colon + 2;
-        }
-        const char *val = getenv(name);
-        if (!val || (!*val && def))
-            val = def;
-        if (!val) {
-            *missing = strdup(name);
-            goto err;
-        }
-        if (buf_append_str(&out, val))
-            goto err;
-        p = end + 1;
-    }
-    if (!out.data)
-        return strdup("");
-    return buf_steal(&out, NULL);
-err:
-    buf_free(&out);
-    return NULL;
-}
-
-/* ---- YAML to a JSON tree ----------------------------------------------------------------- */
-
-static json_t *yaml_scalar(const yaml_event_t *ev)
-{
-    const char *v = (const char *)ev->data.scalar.value;
-    size_t n = ev->data.scalar.length;
-    if (ev->data.scalar.style != YAML_PLAIN_SCALAR_STYLE)
-        return json_stringn(v, n);
-    if (n == 0 || !strcmp(v, "~") || !strcmp(v, "null") || !strcmp(v, "Null") ||
-        !strcmp(v, "NULL"))
-        return json_null();
-    if (!strcmp(v, "true") || !strcmp(v, "True") || !strcmp(v, "TRUE"))
-        return json_true();
-    if (!strcmp(v, "false") || !strcmp(v, "False") || !strcmp(v, "FALSE"))
-        return json_false();
-    char *end;
-    errno = 0;
-    long long ll = strtoll(v, &end, 10);
-    if (*v && !*end && errno == 0)
-        return json_integer(ll);
-    errno = 0;
-    double d = strtod(v, &end);
-    if (*v && !*end && errno == 0 && isfinite(d) && (isdigit((unsigned char)v[0]) ||
-                                                     v[0] == '-' || v[0] == '+' || v[0] == '.'))
-        return json_real(d);
-    return json_stringn(v, n);
-}
-
-static json_t *yaml_node(yaml_parser_t *p, yaml_event_t *ev, int depth, struct cfg_ctx *ctx);
-
-static int yaml_next(yaml_parser_t *p, yaml_event_t *ev, struct cfg_ctx *ctx)
-{
-    if (yaml_parser_parse(p, ev))
-        return 0;
-    char where[64];
-    snprintf(where, sizeof where, "line %zu", p->problem_mark.line + 1);
-    cfg_error(ctx, where, "YAML syntax error: %s", p->problem ? p->problem : "unknown");
-    return -1;
-}
-
-static json_t *yaml_collection(yaml_parser_t *p, bool mapping, int depth, struct cfg_ctx *ctx)
-{
-    json_t *out = mapping ? json_object() : json_array();
-    yaml_event_t ev;
-    for (;;) {
-        if (yaml_next(p, &ev, ctx))
-            goto err;
-        if (ev.type == YAML_SEQUENCE_END_EVENT || ev.type == YAML_MAPPING_END_EVENT) {
-            yaml_event_delete(&ev);
-            return out;
-        }
-        if (!mapping) {
-            json_t *item = yaml_node(p, &ev, depth + 1, ctx);
-            if (!item)
-                goto err;
-            json_array_append_new(out, item);
-            continue;
-        }
-        if (ev.type != YAML_SCALAR_EVENT) {
-            char where[64];
-            snprintf(where, sizeof where, "line %zu", ev.start_mark.line + 1);
-            cfg_error(ctx, where, "mapping keys must be plain strings");
-            yaml_event_delete(&ev);
-            goto err;
-        }
-        char *key = strndup((const char *)ev.data.scalar.value, ev.data.scalar.length);
-        size_t line = ev.start_mark.line + 1;
-        yaml_event_delete(&ev);
-        if (!key || yaml_next(p, &ev, ctx)) {
-            free(key);
-            goto err;
-        }
-        json_t *val = yaml_node(p, &ev, depth + 1, ctx);
-        if (!val) {
-            free(key);
-            goto err;
-        }
-        if (json_object_get(out, key)) {
-            char where[64];
-            snprintf(where, sizeof where, "line %zu", line);
-            cfg_error(ctx, where, "duplicate key \"%s\"", key);
-        }
-        json_object_set_new(out, key, val);
-        free(key);
-    }
-err:
-    json_decref(out);
-    return NULL;
-}
-
-/* Consumes `ev` (and the events of the whole node). */
-static json_t *yaml_node(yaml_parser_t *p, yaml_event_t *ev, int depth, struct cfg_ctx *ctx)
-{
-    json_t *out = NULL;
-    char where[64];
-    snprintf(where, sizeof where, "line %zu", ev->start_mark.line + 1);
-    if (depth > CONFIG_MAX_DEPTH) {
-        cfg_error(ctx, where, "nesting too deep");
-        yaml_event_delete(ev);
-        return NULL;
-    }
-    switch (ev->type) {
-    case YAML_SCALAR_EVENT:
-        out = yaml_scalar(ev);
-        if (!out)
-            cfg_error(ctx, where, "invalid UTF-8 in scalar");
-        yaml_event_delete(ev);
-        return out;
-    case YAML_SEQUENCE_START_EVENT:
-    case YAML_MAPPING_START_EVENT: {
-        bool mapping = ev->type == YAML_MAPPING_START_EVENT;
-        yaml_event_delete(ev);
-        return yaml_collection(p, mapping, depth, ctx);
-    }
-    case YAML_ALIAS_EVENT:
-        cfg_error(ctx, where, "YAML aliases are not supported");
-        break;
-    default:
-        cfg_error(ctx, where, "unexpected YAML event");
-        break;
-    }
-    yaml_event_delete(ev);
-    return NULL;
-}
-
-static json_t *yaml_to_json(const char *text, size_t len, struct cfg_ctx *ctx)
-{
-    yaml_parser_t p;
-    yaml_event_t ev;
-    json_t *root = NULL;
-    if (!yaml_parser_initialize(&p))
-        return NULL;
-    yaml_parser_set_input_string(&p, (const unsigned char *)text, len);
-    for (;;) {
-        if (yaml_next(&p, &ev, ctx))
-            break;
-        if (ev.type == YAML_STREAM_END_EVENT) {
-            yaml_event_delete(&ev);
-            break;
-        }
-        if (ev.type == YAML_STREAM_START_EVENT || ev.type == YAML_DOCUMENT_START_EVENT ||
-            ev.type == YAML_DOCUMENT_END_EVENT) {
-            yaml_event_delete(&ev);
-            continue;
-        }
-        if (root) {
-            cfg_error(ctx, "(root)", "only one YAML document is allowed");
-            yaml_event_delete(&ev);
-            break;
-        }
-        root = yaml_node(&p, &ev, 0, ctx);
-        if (!root)
-            break;
-    }
-    yaml_parser_delete(&p);
-    if (ctx->n_errors) {
-        json_decref(root);
-        return NULL;
-    }
-    if (!root)
-        root = json_object(); /* an empty file is an empty config */
-    return root;
 }
 
 /* ---- typed accessors with paths ---------------------------------------------------------- */
@@ -1000,7 +782,7 @@ struct config *config_load_string(const char *text, size_t len, const char *name
             cfg_error(&ctx, where, "JSON syntax error: %s", jerr.text);
         }
     } else {
-        root = yaml_to_json(text, len, &ctx);
+        root = config_yaml_to_json(text, len, &ctx.errors, &ctx.n_errors);
     }
     struct config *cfg = NULL;
     if (root) {

@@ -1,5 +1,6 @@
 /* Configuration: loading (YAML or JSON), `${VAR}` substitution, validation, and the
- * read-only snapshot every worker reads.
+ * read-only snapshot every worker reads. YAML is read by config/yaml.h and ${VAR} expanded by
+ * config/expand.h; this module checks the schema and builds the snapshot.
  *
  * A `struct config` is immutable once config_load() returns it. It is shared by all workers
  * and swapped by pointer on SIGHUP; config_ref()/config_unref() keep it alive while any
@@ -144,9 +145,5 @@ void config_unref(struct config *cfg);
 
 /* The route for a model name, or NULL. Thread-safe (read-only). */
 const struct config_route *config_find_route(const struct config *cfg, const char *model);
-
-/* Replace ${VAR} and ${VAR:-default} in `in` from the environment. Returns a malloc'd string,
- * or NULL with *missing set to the first unset variable's name (malloc'd) or NULL on OOM. */
-char *config_expand_env(const char *in, char **missing);
 
 #endif

@@ -1,5 +1,5 @@
-/* Unit tests for gateway/config: YAML and JSON loading, ${VAR} substitution, validation
- * messages with their paths, defaults. */
+/* Unit tests for config/: YAML and JSON loading, ${VAR} substitution (config/expand.h), YAML to
+ * JSON (config/yaml.h), validation messages with their paths, defaults. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -8,6 +8,8 @@
 #include <cmocka.h>
 
 #include "config/config.h"
+#include "config/expand.h"
+#include "config/yaml.h"
 
 #include <openssl/sha.h>
 #include <stdio.h>
@@ -512,6 +514,121 @@ static void test_yaml_syntax_error_has_line(void **state)
     free(errors);
 }
 
+/* config_yaml_to_json on its own: plain scalars are typed, quoted ones stay strings. */
+static void test_yaml_to_json_scalars(void **state)
+{
+    (void)state;
+    const char *yaml = "i: 42\n"
+                       "neg: -7\n"
+                       "f: 0.25\n"
+                       "dot: .5\n"
+                       "qi: \"42\"\n"
+                       "sq: 'true'\n"
+                       "t: true\n"
+                       "F: False\n"
+                       "n: ~\n"
+                       "e:\n"
+                       "word: inf\n"
+                       "list: [1, two]\n";
+    struct buf errors;
+    buf_init(&errors, 1 << 16);
+    unsigned n_errors = 0;
+    json_t *root = config_yaml_to_json(yaml, strlen(yaml), &errors, &n_errors);
+    assert_non_null(root);
+    assert_int_equal(n_errors, 0);
+    assert_int_equal(errors.len, 0);
+    assert_true(json_is_integer(json_object_get(root, "i")));
+    assert_int_equal(json_integer_value(json_object_get(root, "i")), 42);
+    assert_int_equal(json_integer_value(json_object_get(root, "neg")), -7);
+    assert_true(json_is_real(json_object_get(root, "f")));
+    assert_true(json_real_value(json_object_get(root, "f")) == 0.25);
+    assert_true(json_real_value(json_object_get(root, "dot")) == 0.5);
+    assert_string_equal(json_string_value(json_object_get(root, "qi")), "42");
+    assert_string_equal(json_string_value(json_object_get(root, "sq")), "true");
+    assert_true(json_is_true(json_object_get(root, "t")));
+    assert_true(json_is_false(json_object_get(root, "F")));
+    assert_true(json_is_null(json_object_get(root, "n")));
+    assert_true(json_is_null(json_object_get(root, "e")));
+    /* strtod reads "inf", but a word is a string. */
+    assert_string_equal(json_string_value(json_object_get(root, "word")), "inf");
+    json_t *list = json_object_get(root, "list");
+    assert_int_equal(json_array_size(list), 2);
+    assert_int_equal(json_integer_value(json_array_get(list, 0)), 1);
+    assert_string_equal(json_string_value(json_array_get(list, 1)), "two");
+    json_decref(root);
+
+    /* An empty document is an empty mapping. */
+    root = config_yaml_to_json("", 0, &errors, &n_errors);
+    assert_non_null(root);
+    assert_true(json_is_object(root));
+    assert_int_equal(json_object_size(root), 0);
+    json_decref(root);
+    assert_int_equal(n_errors, 0);
+    buf_free(&errors);
+}
+
+/* Its errors: one "where: problem" line each, appended to the caller's text and counted. */
+static void test_yaml_to_json_errors(void **state)
+{
+    (void)state;
+    struct buf errors;
+    buf_init(&errors, 1 << 16);
+    buf_append_str(&errors, "earlier: kept\n");
+    unsigned n_errors = 1;
+    const char *yaml = "a: 1\nb: 2\na: 3\nb: 4\n";
+    assert_null(config_yaml_to_json(yaml, strlen(yaml), &errors, &n_errors));
+    assert_int_equal(n_errors, 3);
+    assert_string_equal(errors.data, "earlier: kept\n"
+                                     "line 3: duplicate key \"a\"\n"
+                                     "line 4: duplicate key \"b\"\n");
+    buf_reset(&errors);
+
+    n_errors = 0;
+    yaml = "base: &b {x: 1}\nother: *b\n";
+    assert_null(config_yaml_to_json(yaml, strlen(yaml), &errors, &n_errors));
+    assert_int_equal(n_errors, 1);
+    assert_string_equal(errors.data, "line 2: YAML aliases are not supported\n");
+    buf_reset(&errors);
+
+    n_errors = 0;
+    yaml = "? [a]\n: 1\n";
+    assert_null(config_yaml_to_json(yaml, strlen(yaml), &errors, &n_errors));
+    assert_int_equal(n_errors, 1);
+    assert_string_equal(errors.data, "line 1: mapping keys must be plain strings\n");
+    buf_reset(&errors);
+
+    n_errors = 0;
+    yaml = "a: 1\n---\nb: 2\n";
+    assert_null(config_yaml_to_json(yaml, strlen(yaml), &errors, &n_errors));
+    assert_int_equal(n_errors, 1);
+    assert_string_equal(errors.data, "(root): only one YAML document is allowed\n");
+    buf_reset(&errors);
+
+    /* CONFIG_YAML_MAX_DEPTH levels of nesting are read; one more is an error. */
+    char deep[256];
+    for (int extra = 0; extra < 2; extra++) {
+        int depth = CONFIG_YAML_MAX_DEPTH + extra;
+        size_t n = 0;
+        for (int i = 0; i < depth; i++)
+            deep[n++] = '[';
+        deep[n++] = '1';
+        for (int i = 0; i < depth; i++)
+            deep[n++] = ']';
+        n_errors = 0;
+        json_t *root = config_yaml_to_json(deep, n, &errors, &n_errors);
+        if (extra == 0) {
+            assert_non_null(root);
+            assert_int_equal(n_errors, 0);
+            json_decref(root);
+        } else {
+            assert_null(root);
+            assert_int_equal(n_errors, 1);
+            assert_string_equal(errors.data, "line 1: nesting too deep\n");
+        }
+    }
+    buf_free(&errors);
+}
+
 static void test_json_syntax_error_has_line_and_column(void **state)
 {
     (void)state;
@@ -674,6 +791,8 @@ int main(void)
         cmocka_unit_test_setup(test_many_errors_reported_together, setup),
         cmocka_unit_test_setup(test_same_errors_in_json, setup),
         cmocka_unit_test_setup(test_yaml_syntax_error_has_line, setup),
+        cmocka_unit_test_setup(test_yaml_to_json_scalars, setup),
+        cmocka_unit_test_setup(test_yaml_to_json_errors, setup),
         cmocka_unit_test_setup(test_json_syntax_error_has_line_and_column, setup),
         cmocka_unit_test_setup(test_empty_backends_rejected, setup),
         cmocka_unit_test_setup(test_listen_env_override, setup),
