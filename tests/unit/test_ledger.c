@@ -1,4 +1,4 @@
-/* Unit tests for gateway/ledger: the spool line format, the de-duplicating Lua script, and
+/* Unit tests for tenancy/ledger: the spool line format, the de-duplicating Lua script, and
  * the ledger on a real redis-server started on a free loopback port in a temporary directory
  * (killed afterwards): live writes, spooling while Redis is down, replay on recovery exactly
  * once, the in-flight cap, and the usage query. redis-server missing is a failure, not a skip.
@@ -10,79 +10,29 @@
 
 #include <cmocka.h>
 
-#include "tenancy/ledger.h"
 #include "base/log.h"
 #include "redis/redis.h"
+#include "tenancy/ledger.h"
+#include "tests/unit/harness.h"
 
-#include <dirent.h>
-#include <fcntl.h>
 #include <hiredis/hiredis.h>
 #include <jansson.h>
-#include <netinet/in.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 #include <sys/stat.h>
-#include <sys/wait.h>
-#include <time.h>
-#include <unistd.h>
 
-/* ---- a throwaway redis-server (as in test_redis.c) ---------------------------------------- */
-
+/* The test's world: one loop, one server (tests/unit/harness.h), the ledger's spool. */
 struct world {
-    struct ev_loop *loop;
-    ev_timer tick;
-    pid_t pid;
-    int port;
-    char dir[64];
+    struct harness_world h;
+    struct harness_redis srv;
     char url[128];
     char spool[128];
 };
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-static int free_port(void)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t len = sizeof a;
-    if (fd == -1 || bind(fd, (struct sockaddr *)&a, sizeof a) == -1 ||
-        getsockname(fd, (struct sockaddr *)&a, &len) == -1) {
-        if (fd != -1)
-            close(fd);
-        return -1;
-    }
-    close(fd);
-    return ntohs(a.sin_port);
-}
-
-static redisContext *side(const struct world *w)
-{
-    struct timeval tv = {0, 500000};
-    redisContext *c = redisConnectWithTimeout("127.0.0.1", w->port, tv);
-    if (!c || c->err) {
-        if (c)
-            redisFree(c);
-        return NULL;
-    }
-    return c;
-}
-
 static redisReply *side_cmd(const struct world *w, int argc, const char **argv)
 {
-    redisContext *c = side(w);
-    if (!c)
-        return NULL;
-    redisReply *r = redisCommandArgv(c, argc, argv, NULL);
-    redisFree(c);
-    return r;
+    return harness_redis_command(&w->srv, argc, argv);
 }
 
 static long long side_int(const struct world *w, int argc, const char **argv)
@@ -96,66 +46,7 @@ static long long side_int(const struct world *w, int argc, const char **argv)
     return v;
 }
 
-#define SIDE_INT(w, ...)                                                                           \
-    side_int((w), (int)(sizeof((const char *[]){__VA_ARGS__}) / sizeof(const char *)),             \
-             (const char *[]){__VA_ARGS__})
-
-static int server_start(struct world *w)
-{
-    char port[16], logpath[128];
-    snprintf(port, sizeof port, "%d", w->port);
-    snprintf(logpath, sizeof logpath, "%s/redis.log", w->dir);
-    const char *argv[] = {"redis-server", "--port", port,    "--bind", "127.0.0.1", "--save", "",
-                          "--appendonly", "no",     "--dir", w->dir,   "--logfile", logpath,  NULL};
-    pid_t pid = fork();
-    if (pid == -1)
-        return -1;
-    if (pid == 0) {
-        int fd = open("/dev/null", O_RDWR);
-        if (fd != -1) {
-            dup2(fd, 0);
-            dup2(fd, 1);
-            dup2(fd, 2);
-        }
-        execvp("redis-server", (char *const *)argv);
-        _exit(127);
-    }
-    w->pid = pid;
-    double until = now_s() + 10;
-    while (now_s() < until) {
-        int status;
-        if (waitpid(pid, &status, WNOHANG) == pid) {
-            fprintf(stderr,
-                    "\n*** test_ledger: redis-server did not start (is it installed? "
-                    "`make deps`); see %s ***\n\n",
-                    logpath);
-            w->pid = 0;
-            return -1;
-        }
-        redisContext *c = side(w);
-        if (c) {
-            redisReply *r = redisCommand(c, "PING");
-            bool ok = r && r->type == REDIS_REPLY_STATUS;
-            if (r)
-                freeReplyObject(r);
-            redisFree(c);
-            if (ok)
-                return 0;
-        }
-        usleep(10000);
-    }
-    fprintf(stderr, "\n*** test_ledger: redis-server did not answer within 10 s ***\n\n");
-    return -1;
-}
-
-static void server_kill(struct world *w)
-{
-    if (w->pid > 0) {
-        kill(w->pid, SIGKILL);
-        waitpid(w->pid, NULL, 0);
-        w->pid = 0;
-    }
-}
+#define SIDE_INT(w, ...) side_int((w), HARNESS_ARGV(__VA_ARGS__))
 
 static int setup(void **state)
 {
@@ -163,16 +54,11 @@ static int setup(void **state)
     if (!w)
         return -1;
     *state = w;
-    snprintf(w->dir, sizeof w->dir, "/tmp/tg-ledger-XXXXXX");
-    if (!mkdtemp(w->dir))
+    if (harness_redis_init(&w->srv, "ledger") == -1 || harness_world_init(&w->h) == -1)
         return -1;
-    snprintf(w->spool, sizeof w->spool, "%s/ledger-0.spool", w->dir);
-    w->port = free_port();
-    snprintf(w->url, sizeof w->url, "redis://127.0.0.1:%d", w->port);
-    w->loop = ev_loop_new(EVFLAG_AUTO);
-    if (w->port <= 0 || !w->loop)
-        return -1;
-    return server_start(w);
+    snprintf(w->spool, sizeof w->spool, "%s/ledger-0.spool", w->srv.dir);
+    harness_redis_url(&w->srv, w->url, sizeof w->url);
+    return harness_redis_start(&w->srv);
 }
 
 static int teardown(void **state)
@@ -180,51 +66,10 @@ static int teardown(void **state)
     struct world *w = *state;
     if (!w)
         return 0;
-    server_kill(w);
-    DIR *d = opendir(w->dir);
-    if (d) {
-        struct dirent *e;
-        while ((e = readdir(d))) {
-            if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
-                continue;
-            char p[512];
-            snprintf(p, sizeof p, "%s/%s", w->dir, e->d_name);
-            unlink(p);
-        }
-        closedir(d);
-        rmdir(w->dir);
-    }
-    if (w->loop)
-        ev_loop_destroy(w->loop);
+    harness_redis_cleanup(&w->srv);
+    harness_world_fini(&w->h);
     free(w);
     return 0;
-}
-
-static void tick_cb(struct ev_loop *loop, ev_timer *t, int revents)
-{
-    (void)loop;
-    (void)t;
-    (void)revents;
-}
-
-static bool run_until(struct world *w, bool (*pred)(void *), void *arg, double max_s)
-{
-    ev_timer_init(&w->tick, tick_cb, 0.005, 0.005);
-    ev_timer_start(w->loop, &w->tick);
-    double until = now_s() + max_s;
-    bool ok = pred(arg);
-    while (!ok && now_s() < until) {
-        ev_run(w->loop, EVRUN_ONCE);
-        ok = pred(arg);
-    }
-    ev_timer_stop(w->loop, &w->tick);
-    return ok;
-}
-
-static bool never(void *arg)
-{
-    (void)arg;
-    return false;
 }
 
 static bool is_available(void *arg)
@@ -240,9 +85,9 @@ static struct redis_client *client_new(struct world *w, bool wait_up)
                                 .reconnect_max_ms = 100,
                                 .breaker_cooloff_ms = 100,
                                 .breaker_cooloff_max_ms = 200};
-    struct redis_client *c = redis_client_new(w->loop, &opt);
+    struct redis_client *c = redis_client_new(w->h.loop, &opt);
     assert_non_null(c);
-    if (wait_up && !run_until(w, is_available, c, 5))
+    if (wait_up && !harness_run_until(&w->h, is_available, c, 5))
         fail_msg("the client did not connect: %s", redis_client_errstr(c));
     return c;
 }
@@ -491,11 +336,11 @@ static void test_live_writes(void **state)
     /* A patient client: on a loaded machine (or under sanitizers) the default 50 ms deadline
      * can pass, and a late record is spooled, which this test is not about. */
     struct redis_options opt = {.url = w->url, .command_timeout_ms = 2000};
-    struct redis_client *c = redis_client_new(w->loop, &opt);
+    struct redis_client *c = redis_client_new(w->h.loop, &opt);
     assert_non_null(c);
-    if (!run_until(w, is_available, c, 5))
+    if (!harness_run_until(&w->h, is_available, c, 5))
         fail_msg("the client did not connect: %s", redis_client_errstr(c));
-    struct ledger *l = ledger_new(w->loop, c, w->spool);
+    struct ledger *l = ledger_new(w->h.loop, c, w->spool);
     assert_non_null(l);
     for (int i = 0; i < 50; i++) {
         char id[32];
@@ -504,7 +349,7 @@ static void test_live_writes(void **state)
         ledger_record(l, &e);
     }
     struct want x = {.l = l, .written = 50};
-    assert_true(run_until(w, reached, &x, 5));
+    assert_true(harness_run_until(&w->h, reached, &x, 5));
     struct ledger_stats st = stats_of(l);
     assert_int_equal(st.written, 50);
     assert_int_equal(st.spooled, 0);
@@ -522,35 +367,35 @@ static void test_down_spooled_then_replayed_once(void **state)
 {
     struct world *w = *state;
     struct redis_client *c = client_new(w, true);
-    struct ledger *l = ledger_new(w->loop, c, w->spool);
+    struct ledger *l = ledger_new(w->h.loop, c, w->spool);
     assert_non_null(l);
     struct ledger_entry e = entry("before", "alice", "m1", 1, 1, 0.5);
     ledger_record(l, &e);
     struct want x = {.l = l, .written = 1};
-    assert_true(run_until(w, reached, &x, 5));
+    assert_true(harness_run_until(&w->h, reached, &x, 5));
 
-    server_kill(w);
+    harness_redis_kill(&w->srv);
     /* Records while Redis is down: sent ones fail and are spooled, later ones are spooled at
      * once (not available); none waits. */
-    double t0 = now_s();
+    double t0 = harness_now_s();
     for (int i = 0; i < 20; i++) {
         char id[32];
         snprintf(id, sizeof id, "down-%d", i);
         e = entry(id, "alice", "m1", 2, 3, 0.25);
         ledger_record(l, &e);
-        run_until(w, never, NULL, 0.01);
+        harness_run_until(&w->h, harness_never, NULL, 0.01);
     }
-    assert_true(now_s() - t0 < 2);
-    run_until(w, never, NULL, 0.2);
+    assert_true(harness_now_s() - t0 < 2);
+    harness_run_until(&w->h, harness_never, NULL, 0.2);
     struct ledger_stats st = stats_of(l);
     assert_int_equal(st.inflight, 0);
     assert_int_equal(st.spooled, 20);
     assert_int_equal(file_lines(w->spool), 20);
     assert_true(st.spool_bytes > 0);
 
-    assert_int_equal(server_start(w), 0);
+    assert_int_equal(harness_redis_start(&w->srv), 0);
     x = (struct want){.l = l, .written = 1, .replayed = 20, .check_spool = true};
-    assert_true(run_until(w, reached, &x, 10));
+    assert_true(harness_run_until(&w->h, reached, &x, 10));
     st = stats_of(l);
     assert_int_equal(st.replayed, 20);
     assert_int_equal(st.duplicates, 0);
@@ -564,7 +409,7 @@ static void test_down_spooled_then_replayed_once(void **state)
     assert_int_equal(sum_field(w, "alice", "m1:requests"), 20);
     assert_int_equal(sum_field(w, "alice", "m1:completion_tokens"), 60);
     /* Nothing more comes with time. */
-    run_until(w, never, NULL, 1.3);
+    harness_run_until(&w->h, harness_never, NULL, 1.3);
     assert_int_equal(stream_len(w), 20);
     ledger_free(l);
     redis_client_free(c);
@@ -597,32 +442,33 @@ static void test_orphaned_spools_adopted(void **state)
     struct world *w = *state;
     struct redis_client *c = client_new(w, true);
     char held[700], orphan[700], lock[720];
-    snprintf(held, sizeof held, "%s/" LEDGER_SPOOL_PREFIX "7-0" LEDGER_SPOOL_SUFFIX, w->dir);
-    snprintf(orphan, sizeof orphan, "%s/" LEDGER_SPOOL_PREFIX "9-3" LEDGER_SPOOL_SUFFIX, w->dir);
-    struct ledger *live = ledger_new(w->loop, c, held); /* holds its spool's lock */
+    snprintf(held, sizeof held, "%s/" LEDGER_SPOOL_PREFIX "7-0" LEDGER_SPOOL_SUFFIX, w->srv.dir);
+    snprintf(orphan, sizeof orphan, "%s/" LEDGER_SPOOL_PREFIX "9-3" LEDGER_SPOOL_SUFFIX,
+             w->srv.dir);
+    struct ledger *live = ledger_new(w->h.loop, c, held); /* holds its spool's lock */
     assert_non_null(live);
     write_records(orphan, "aa", 3, true);
 
-    struct ledger *l = ledger_new(w->loop, c, w->spool);
+    struct ledger *l = ledger_new(w->h.loop, c, w->spool);
     assert_non_null(l);
     struct stat sb;
     assert_int_equal(stat(orphan, &sb), -1); /* adopted and removed */
     snprintf(lock, sizeof lock, "%s.lock", orphan);
     assert_int_equal(stat(lock, &sb), -1);
-    assert_int_equal(stat(held, &sb), 0); /* a live ledger's: untouched */
+    assert_int_equal(stat(held, &sb), 0);      /* a live ledger's: untouched */
     assert_int_equal(file_lines(w->spool), 3); /* the cut line was left behind */
     struct want x = {.l = l, .replayed = 3, .check_spool = true};
-    assert_true(run_until(w, reached, &x, 10));
+    assert_true(harness_run_until(&w->h, reached, &x, 10));
     assert_int_equal(stream_len(w), 3);
     assert_int_equal(sum_field(w, "orphan-key", "m1:requests"), 3);
 
     /* Adopting the same records again (an interrupted adoption) counts nothing twice. */
     write_records(orphan, "aa", 3, false);
     ledger_free(l);
-    l = ledger_new(w->loop, c, w->spool);
+    l = ledger_new(w->h.loop, c, w->spool);
     assert_non_null(l);
     x = (struct want){.l = l, .duplicates = 3, .check_spool = true};
-    assert_true(run_until(w, reached, &x, 10));
+    assert_true(harness_run_until(&w->h, reached, &x, 10));
     assert_int_equal(stream_len(w), 3);
 
     /* A ledger that ends with nothing waiting leaves no file behind. */
@@ -637,13 +483,13 @@ static void test_same_spool_twice_counts_once(void **state)
 {
     struct world *w = *state;
     /* Spool while the client cannot connect (nothing listens on that port). */
-    int dead = free_port();
+    int dead = harness_free_port();
     char url[128];
     snprintf(url, sizeof url, "redis://127.0.0.1:%d", dead);
     struct redis_options opt = {.url = url};
-    struct redis_client *down = redis_client_new(w->loop, &opt);
+    struct redis_client *down = redis_client_new(w->h.loop, &opt);
     assert_non_null(down);
-    struct ledger *l = ledger_new(w->loop, down, w->spool);
+    struct ledger *l = ledger_new(w->h.loop, down, w->spool);
     assert_non_null(l);
     for (int i = 0; i < 5; i++) {
         char id[32];
@@ -660,18 +506,18 @@ static void test_same_spool_twice_counts_once(void **state)
 
     /* A new ledger (a restart) replays what it finds. */
     struct redis_client *c = client_new(w, true);
-    l = ledger_new(w->loop, c, w->spool);
+    l = ledger_new(w->h.loop, c, w->spool);
     assert_non_null(l);
     struct want x = {.l = l, .replayed = 5, .check_spool = true};
-    assert_true(run_until(w, reached, &x, 5));
+    assert_true(harness_run_until(&w->h, reached, &x, 5));
     ledger_free(l);
 
     /* The same lines again (say the truncation was lost): all duplicates. */
     file_write(w->spool, copy, len);
-    l = ledger_new(w->loop, c, w->spool);
+    l = ledger_new(w->h.loop, c, w->spool);
     assert_non_null(l);
     x = (struct want){.l = l, .duplicates = 5, .check_spool = true};
-    assert_true(run_until(w, reached, &x, 5));
+    assert_true(harness_run_until(&w->h, reached, &x, 5));
     assert_int_equal(stats_of(l).replayed, 0);
     assert_int_equal(stream_len(w), 5);
     assert_int_equal(sum_field(w, "carol", "m2:requests"), 5);
@@ -687,7 +533,7 @@ static void test_ack_lost_then_replayed(void **state)
 {
     struct world *w = *state;
     struct redis_client *c = client_new(w, true);
-    struct ledger *l = ledger_new(w->loop, c, w->spool);
+    struct ledger *l = ledger_new(w->h.loop, c, w->spool);
     assert_non_null(l);
     for (int i = 0; i < 10; i++) {
         char id[32];
@@ -698,13 +544,13 @@ static void test_ack_lost_then_replayed(void **state)
     assert_int_equal(stats_of(l).inflight, 10);
     ledger_free(l); /* before the answers: its memory waits for them */
     assert_int_equal(file_lines(w->spool), 10);
-    run_until(w, never, NULL, 0.3); /* the answers come and free it */
+    harness_run_until(&w->h, harness_never, NULL, 0.3); /* the answers come and free it */
 
-    l = ledger_new(w->loop, c, w->spool);
+    l = ledger_new(w->h.loop, c, w->spool);
     assert_non_null(l);
     struct want x = {.l = l, .check_spool = true};
     x.duplicates = 10;
-    assert_true(run_until(w, reached, &x, 5));
+    assert_true(harness_run_until(&w->h, reached, &x, 5));
     struct ledger_stats st = stats_of(l);
     assert_int_equal(st.duplicates + st.replayed, 10);
     assert_int_equal(stream_len(w), 10);
@@ -719,7 +565,7 @@ static void test_client_freed_first(void **state)
 {
     struct world *w = *state;
     struct redis_client *c = client_new(w, true);
-    struct ledger *l = ledger_new(w->loop, c, w->spool);
+    struct ledger *l = ledger_new(w->h.loop, c, w->spool);
     assert_non_null(l);
     struct ledger_entry e = entry("z", "erin", "m1", 1, 1, 0.5);
     ledger_record(l, &e);
@@ -744,7 +590,7 @@ static void test_inflight_cap_and_corrupt_lines(void **state)
     file_write(w->spool, content, (size_t)len);
 
     struct redis_client *c = client_new(w, true);
-    struct ledger *l = ledger_new(w->loop, c, w->spool);
+    struct ledger *l = ledger_new(w->h.loop, c, w->spool);
     assert_non_null(l);
     unsigned total = LEDGER_INFLIGHT_MAX + 50;
     for (unsigned i = 0; i < total; i++) {
@@ -757,7 +603,7 @@ static void test_inflight_cap_and_corrupt_lines(void **state)
     assert_int_equal(st.inflight, LEDGER_INFLIGHT_MAX);
     assert_int_equal(st.spooled, 50); /* past the cap: straight to the spool */
     struct want x = {.l = l, .written = LEDGER_INFLIGHT_MAX, .replayed = 51, .check_spool = true};
-    assert_true(run_until(w, reached, &x, 10));
+    assert_true(harness_run_until(&w->h, reached, &x, 10));
     st = stats_of(l);
     assert_int_equal(st.dropped, 2); /* the corrupt line and the cut one */
     assert_int_equal(stream_len(w), total + 1);
@@ -770,7 +616,7 @@ static void test_usage_query(void **state)
 {
     struct world *w = *state;
     struct redis_client *c = client_new(w, true);
-    struct ledger *l = ledger_new(w->loop, c, w->spool);
+    struct ledger *l = ledger_new(w->h.loop, c, w->spool);
     assert_non_null(l);
     struct ledger_entry list[] = {
         entry("1", "alice", "m1", 10, 1, 0.1),
@@ -781,7 +627,7 @@ static void test_usage_query(void **state)
     for (size_t i = 0; i < 4; i++)
         ledger_record(l, &list[i]);
     struct want x = {.l = l, .written = 4};
-    assert_true(run_until(w, reached, &x, 5));
+    assert_true(harness_run_until(&w->h, reached, &x, 5));
 
     struct config cfg;
     memset(&cfg, 0, sizeof cfg);
@@ -830,9 +676,9 @@ static void test_new_bad_arguments(void **state)
 {
     struct world *w = *state;
     struct redis_client *c = client_new(w, false);
-    assert_null(ledger_new(w->loop, NULL, w->spool));
-    assert_null(ledger_new(w->loop, c, ""));
-    assert_null(ledger_new(w->loop, c, "/nonexistent-dir/ledger.spool"));
+    assert_null(ledger_new(w->h.loop, NULL, w->spool));
+    assert_null(ledger_new(w->h.loop, c, ""));
+    assert_null(ledger_new(w->h.loop, c, "/nonexistent-dir/ledger.spool"));
     redis_client_free(c);
 }
 

@@ -1,4 +1,4 @@
-/* Unit tests for gateway/redis: URL parsing, and the client against a real redis-server that
+/* Unit tests for redis/redis: URL parsing, and the client against a real redis-server that
  * each test starts on a free loopback port in a temporary directory (and kills afterwards).
  * redis-server missing is a failure, not a skip. The event loop is always run in bounded
  * steps under an overall deadline, so no test can hang. */
@@ -11,221 +11,32 @@
 
 #include "base/log.h"
 #include "redis/redis.h"
+#include "tests/unit/harness.h"
 
-#include <dirent.h>
-#include <errno.h>
-#include <fcntl.h>
 #include <hiredis/hiredis.h>
-#include <netinet/in.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
-#include <sys/stat.h>
-#include <sys/wait.h>
-#include <time.h>
-#include <unistd.h>
 
-/* ---- a throwaway redis-server ------------------------------------------------------------- */
-
-struct server {
-    pid_t pid;
-    int port;
-    char dir[64];
-    char sock[128];   /* unix socket path, when asked for */
-    const char *pass; /* requirepass, or NULL */
-    bool with_unix;
-};
-
-/* The test's world: one loop, one server; tests fill in what they need. */
+/* The test's world: one loop, one server (tests/unit/harness.h); tests fill in what they need. */
 struct world {
-    struct ev_loop *loop;
-    ev_timer tick; /* wakes EVRUN_ONCE regularly so deadlines are checked */
-    struct server srv;
+    struct harness_world h;
+    struct harness_redis srv;
     char url[256];
 };
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-static bool redis_server_installed(void)
-{
-    const char *path = getenv("PATH");
-    char buf[4096];
-    snprintf(buf, sizeof buf, "%s", path ? path : "/usr/bin:/bin");
-    for (char *save = NULL, *dir = strtok_r(buf, ":", &save); dir;
-         dir = strtok_r(NULL, ":", &save)) {
-        char full[4200];
-        snprintf(full, sizeof full, "%s/redis-server", dir);
-        if (access(full, X_OK) == 0)
-            return true;
-    }
-    return false;
-}
-
-static int free_port(void)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t len = sizeof a;
-    if (fd == -1 || bind(fd, (struct sockaddr *)&a, sizeof a) == -1 ||
-        getsockname(fd, (struct sockaddr *)&a, &len) == -1) {
-        if (fd != -1)
-            close(fd);
-        return -1;
-    }
-    close(fd);
-    return ntohs(a.sin_port);
-}
-
-/* A blocking hiredis connection for checking the server from the side. */
-static redisContext *side_connect(const struct server *s)
-{
-    struct timeval tv = {0, 200000};
-    redisContext *rc = redisConnectWithTimeout("127.0.0.1", s->port, tv);
-    if (!rc || rc->err) {
-        if (rc)
-            redisFree(rc);
-        return NULL;
-    }
-    if (s->pass) {
-        const char *argv[2] = {"AUTH", s->pass};
-        redisReply *r = redisCommandArgv(rc, 2, argv, NULL);
-        bool ok = r && r->type == REDIS_REPLY_STATUS;
-        if (r)
-            freeReplyObject(r);
-        if (!ok) {
-            redisFree(rc);
-            return NULL;
-        }
-    }
-    return rc;
-}
-
-static redisReply *side_command(const struct server *s, int argc, const char **argv)
-{
-    redisContext *rc = side_connect(s);
-    if (!rc)
-        return NULL;
-    redisReply *r = redisCommandArgv(rc, argc, argv, NULL);
-    redisFree(rc);
-    return r;
-}
-
-static int server_start(struct server *s)
-{
-    if (!redis_server_installed()) {
-        fprintf(stderr, "\n*** test_redis: redis-server is not installed (apt-get install "
-                        "redis-server, or `make deps`). These tests need a real Redis. ***\n\n");
-        return -1;
-    }
-    char port[16], logpath[128];
-    snprintf(port, sizeof port, "%d", s->port);
-    snprintf(logpath, sizeof logpath, "%s/redis.log", s->dir);
-    const char *argv[32];
-    int n = 0;
-    argv[n++] = "redis-server";
-    argv[n++] = "--port";
-    argv[n++] = port;
-    argv[n++] = "--bind";
-    argv[n++] = "127.0.0.1";
-    argv[n++] = "--save";
-    argv[n++] = "";
-    argv[n++] = "--appendonly";
-    argv[n++] = "no";
-    argv[n++] = "--dir";
-    argv[n++] = s->dir;
-    argv[n++] = "--logfile";
-    argv[n++] = logpath;
-    argv[n++] = "--enable-debug-command";
-    argv[n++] = "yes";
-    if (s->pass) {
-        argv[n++] = "--requirepass";
-        argv[n++] = s->pass;
-    }
-    if (s->with_unix) {
-        argv[n++] = "--unixsocket";
-        argv[n++] = s->sock;
-        argv[n++] = "--unixsocketperm";
-        argv[n++] = "700";
-    }
-    argv[n] = NULL;
-    pid_t pid = fork();
-    if (pid == -1)
-        return -1;
-    if (pid == 0) {
-        int fd = open("/dev/null", O_RDWR);
-        if (fd != -1) {
-            dup2(fd, 0);
-            dup2(fd, 1);
-            dup2(fd, 2);
-        }
-        execvp("redis-server", (char *const *)argv);
-        _exit(127);
-    }
-    s->pid = pid;
-    double until = now_s() + 10;
-    while (now_s() < until) {
-        int status;
-        if (waitpid(pid, &status, WNOHANG) == pid) {
-            fprintf(stderr,
-                    "\n*** test_redis: redis-server exited at start (status %d); see "
-                    "%s ***\n\n",
-                    status, logpath);
-            s->pid = 0;
-            return -1;
-        }
-        redisContext *rc = side_connect(s);
-        if (rc) {
-            redisReply *r = redisCommand(rc, "PING");
-            bool ok = r && r->type == REDIS_REPLY_STATUS;
-            if (r)
-                freeReplyObject(r);
-            redisFree(rc);
-            if (ok)
-                return 0;
-        }
-        usleep(10000);
-    }
-    fprintf(stderr, "\n*** test_redis: redis-server did not answer within 10 s ***\n\n");
-    return -1;
-}
-
-static void server_kill(struct server *s)
-{
-    if (s->pid > 0) {
-        kill(s->pid, SIGKILL);
-        waitpid(s->pid, NULL, 0);
-        s->pid = 0;
-    }
-}
 
 static int setup_common(void **state, const char *pass, bool with_unix)
 {
     struct world *w = calloc(1, sizeof *w);
     if (!w)
         return -1;
-    snprintf(w->srv.dir, sizeof w->srv.dir, "/tmp/tg-redis-XXXXXX");
-    if (!mkdtemp(w->srv.dir)) {
-        free(w);
-        return -1;
-    }
-    snprintf(w->srv.sock, sizeof w->srv.sock, "%s/redis.sock", w->srv.dir);
+    *state = w;
     w->srv.pass = pass;
     w->srv.with_unix = with_unix;
-    w->srv.port = free_port();
-    w->loop = ev_loop_new(EVFLAG_AUTO);
-    ev_timer_init(&w->tick, NULL, 0., 0.);
-    snprintf(w->url, sizeof w->url, "redis://127.0.0.1:%d", w->srv.port);
-    *state = w;
-    if (w->srv.port <= 0 || !w->loop)
+    if (harness_redis_init(&w->srv, "redis") == -1 || harness_world_init(&w->h) == -1)
         return -1;
-    return server_start(&w->srv);
+    harness_redis_url(&w->srv, w->url, sizeof w->url);
+    return harness_redis_start(&w->srv);
 }
 
 static int setup(void **state)
@@ -250,60 +61,13 @@ static int teardown(void **state)
     struct world *w = *state;
     if (!w)
         return 0;
-    server_kill(&w->srv);
-    DIR *d = opendir(w->srv.dir);
-    if (d) {
-        struct dirent *e;
-        while ((e = readdir(d))) {
-            if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
-                continue;
-            char p[512];
-            snprintf(p, sizeof p, "%s/%s", w->srv.dir, e->d_name);
-            unlink(p);
-        }
-        closedir(d);
-        rmdir(w->srv.dir);
-    }
-    if (w->loop)
-        ev_loop_destroy(w->loop);
+    harness_redis_cleanup(&w->srv);
+    harness_world_fini(&w->h);
     free(w);
     return 0;
 }
 
-/* ---- running the loop --------------------------------------------------------------------- */
-
-static void tick_cb(struct ev_loop *loop, ev_timer *t, int revents)
-{
-    (void)loop;
-    (void)t;
-    (void)revents;
-}
-
-/* Runs the loop until pred(arg) or max_s seconds; returns pred's last answer. */
-static bool run_until(struct world *w, bool (*pred)(void *), void *arg, double max_s)
-{
-    ev_timer_init(&w->tick, tick_cb, 0.005, 0.005);
-    ev_timer_start(w->loop, &w->tick);
-    double until = now_s() + max_s;
-    bool ok = pred(arg);
-    while (!ok && now_s() < until) {
-        ev_run(w->loop, EVRUN_ONCE);
-        ok = pred(arg);
-    }
-    ev_timer_stop(w->loop, &w->tick);
-    return ok;
-}
-
-static bool never(void *arg)
-{
-    (void)arg;
-    return false;
-}
-
-static void run_for(struct world *w, double s)
-{
-    run_until(w, never, NULL, s);
-}
+/* ---- waiting on the client ---------------------------------------------------------------- */
 
 static bool is_available(void *arg)
 {
@@ -327,7 +91,7 @@ static void on_reply(void *ctx, int result, const redisReply *reply)
     struct rec *r = ctx;
     r->calls++;
     r->result = result;
-    r->at = now_s();
+    r->at = harness_now_s();
     r->type = reply ? reply->type : -1;
     r->len = 0;
     if (reply) {
@@ -350,9 +114,9 @@ static struct redis_client *client_for(struct world *w, const struct redis_optio
     struct redis_options opt = *o;
     if (!opt.url)
         opt.url = w->url;
-    struct redis_client *c = redis_client_new(w->loop, &opt);
+    struct redis_client *c = redis_client_new(w->h.loop, &opt);
     assert_non_null(c);
-    if (!run_until(w, is_available, c, 5))
+    if (!harness_run_until(&w->h, is_available, c, 5))
         fail_msg("client did not connect: %s", redis_client_errstr(c));
     return c;
 }
@@ -365,7 +129,7 @@ static struct rec cmd(struct world *w, struct redis_client *c, int argc, const c
     int rc = redis_command(c, argc, argv, lens, on_reply, &r);
     if (rc != 0)
         fail_msg("redis_command(%s) refused: %s", argv[0], redis_strerror(rc));
-    if (!run_until(w, rec_done, &r, 5))
+    if (!harness_run_until(&w->h, rec_done, &r, 5))
         fail_msg("no answer to %s", argv[0]);
     assert_int_equal(r.calls, 1);
     return r;
@@ -604,8 +368,8 @@ static void test_pipeline(void **state)
         assert_int_equal(redis_command(c, 2, argv, NULL, on_incr, &slots[i]), 0);
     }
     assert_int_equal(p->done, 0); /* never called from inside redis_command */
-    assert_true(run_until(w, pipeline_done, p, 30));
-    run_for(w, 0.05);
+    assert_true(harness_run_until(&w->h, pipeline_done, p, 30));
+    harness_run_for(&w->h, 0.05);
     for (int i = 0; i < N_PIPELINED; i++)
         if (p->calls[i] != 1)
             fail_msg("callback %d called %d times", i, p->calls[i]);
@@ -626,16 +390,16 @@ static void test_timeout_late_reply_ignored(void **state)
     struct redis_client *c = client_for(w, &(struct redis_options){.command_timeout_ms = 50});
     struct rec slow = {0};
     const char *slp[3] = {"DEBUG", "SLEEP", "0.2"};
-    double t0 = now_s();
+    double t0 = harness_now_s();
     assert_int_equal(redis_command(c, 3, slp, NULL, on_reply, &slow), 0);
-    assert_true(run_until(w, rec_done, &slow, 2));
+    assert_true(harness_run_until(&w->h, rec_done, &slow, 2));
     assert_int_equal(slow.result, REDIS_ETIMEOUT);
     double took = slow.at - t0;
     if (took < 0.045 || took > 0.25)
         fail_msg("timed out after %.3f s, not about 0.05 s", took);
 
     /* The late reply (and the loop going on) must not call anyone again. */
-    run_for(w, 0.3);
+    harness_run_for(&w->h, 0.3);
     assert_int_equal(slow.calls, 1);
 
     /* The connection is still good: the next command works. */
@@ -670,7 +434,7 @@ static void test_breaker_opens_on_timeouts_and_recovers(void **state)
     assert_int_equal(redis_command(c, 3, slp, NULL, on_reply, &r[0]), 0);
     for (int i = 1; i < 4; i++)
         assert_int_equal(redis_command(c, 2, get, NULL, on_reply, &r[i]), 0);
-    assert_true(run_until(w, rec_done, &r[3], 2));
+    assert_true(harness_run_until(&w->h, rec_done, &r[3], 2));
     for (int i = 0; i < 4; i++) {
         assert_int_equal(r[i].calls, 1);
         assert_true(r[i].result == REDIS_ETIMEOUT || r[i].result == REDIS_ENOTCONN);
@@ -683,16 +447,16 @@ static void test_breaker_opens_on_timeouts_and_recovers(void **state)
 
     /* Open: refused at once, no callback. */
     struct rec refused = {0};
-    double t0 = now_s();
+    double t0 = harness_now_s();
     assert_int_equal(redis_command(c, 2, get, NULL, on_reply, &refused), REDIS_EOPEN);
-    assert_true(now_s() - t0 < 0.02);
+    assert_true(harness_now_s() - t0 < 0.02);
 
     /* Redis wakes after 0.6 s; a probe then closes the breaker. */
-    if (!run_until(w, breaker_is_closed_and_up, c, 8))
+    if (!harness_run_until(&w->h, breaker_is_closed_and_up, c, 8))
         fail_msg("breaker did not close: %s", redis_client_errstr(c));
     struct rec ok = CMD(w, c, "PING");
     assert_int_equal(ok.result, 0);
-    run_for(w, 0.05);
+    harness_run_for(&w->h, 0.05);
     for (int i = 0; i < 4; i++)
         assert_int_equal(r[i].calls, 1);
     assert_int_equal(refused.calls, 0);
@@ -725,10 +489,10 @@ static void test_killed_fails_fast_and_opens_breaker(void **state)
     struct rec inflight = {0};
     const char *slp[3] = {"DEBUG", "SLEEP", "3"};
     assert_int_equal(redis_command(c, 3, slp, NULL, on_reply, &inflight), 0);
-    run_for(w, 0.05);
-    double t0 = now_s();
-    server_kill(&w->srv);
-    assert_true(run_until(w, rec_done, &inflight, 2));
+    harness_run_for(&w->h, 0.05);
+    double t0 = harness_now_s();
+    harness_redis_kill(&w->srv);
+    assert_true(harness_run_until(&w->h, rec_done, &inflight, 2));
     assert_int_equal(inflight.result, REDIS_ENOTCONN);
     assert_true(inflight.at - t0 < 0.5);
 
@@ -736,19 +500,19 @@ static void test_killed_fails_fast_and_opens_breaker(void **state)
     struct rec unused = {0};
     const char *get[2] = {"GET", "k"};
     for (int i = 0; i < 100; i++) {
-        double t1 = now_s();
+        double t1 = harness_now_s();
         int rc = redis_command(c, 2, get, NULL, on_reply, &unused);
         assert_true(rc == REDIS_ENOTCONN || rc == REDIS_EOPEN);
-        assert_true(now_s() - t1 < 0.02);
-        ev_run(w->loop, EVRUN_NOWAIT);
+        assert_true(harness_now_s() - t1 < 0.02);
+        ev_run(w->h.loop, EVRUN_NOWAIT);
     }
     assert_false(redis_client_available(c));
 
     /* Failed reconnects count: the breaker opens. */
-    if (!run_until(w, breaker_open, c, 5))
+    if (!harness_run_until(&w->h, breaker_open, c, 5))
         fail_msg("breaker did not open");
     assert_int_equal(redis_command(c, 2, get, NULL, on_reply, &unused), REDIS_EOPEN);
-    run_for(w, 0.05);
+    harness_run_for(&w->h, 0.05);
     assert_int_equal(unused.calls, 0);
     assert_int_equal(inflight.calls, 1);
     assert_true(strlen(redis_client_errstr(c)) > 0);
@@ -771,12 +535,12 @@ static void test_reconnects_after_restart(void **state)
                                            });
     struct rec r = CMD(w, c, "SET", "k", "before");
     assert_int_equal(r.result, 0);
-    server_kill(&w->srv);
-    run_for(w, 0.6); /* long enough for the breaker to open too */
+    harness_redis_kill(&w->srv);
+    harness_run_for(&w->h, 0.6); /* long enough for the breaker to open too */
     assert_false(redis_client_available(c));
-    assert_int_equal(server_start(&w->srv), 0);
-    ev_now_update(w->loop);
-    if (!run_until(w, is_available, c, 10))
+    assert_int_equal(harness_redis_start(&w->srv), 0);
+    ev_now_update(w->h.loop);
+    if (!harness_run_until(&w->h, is_available, c, 10))
         fail_msg("did not reconnect: %s", redis_client_errstr(c));
     r = CMD(w, c, "SET", "k", "after");
     assert_int_equal(r.result, 0);
@@ -793,20 +557,20 @@ static void test_reconnects_after_restart(void **state)
 static void test_not_running_at_start(void **state)
 {
     struct world *w = *state;
-    server_kill(&w->srv);
+    harness_redis_kill(&w->srv);
     struct redis_options o = {.url = w->url, .reconnect_min_ms = 10, .reconnect_max_ms = 50};
-    struct redis_client *c = redis_client_new(w->loop, &o);
+    struct redis_client *c = redis_client_new(w->h.loop, &o);
     assert_non_null(c);
-    run_for(w, 0.3);
+    harness_run_for(&w->h, 0.3);
     assert_false(redis_client_available(c));
     struct rec unused = {0};
     const char *ping[1] = {"PING"};
     int rc = redis_command(c, 1, ping, NULL, on_reply, &unused);
     assert_true(rc == REDIS_ENOTCONN || rc == REDIS_EOPEN);
     /* It comes up later: the client finds it by itself. */
-    assert_int_equal(server_start(&w->srv), 0);
-    ev_now_update(w->loop);
-    if (!run_until(w, is_available, c, 10))
+    assert_int_equal(harness_redis_start(&w->srv), 0);
+    ev_now_update(w->h.loop);
+    if (!harness_run_until(&w->h, is_available, c, 10))
         fail_msg("did not connect: %s", redis_client_errstr(c));
     assert_int_equal(unused.calls, 0);
     redis_client_free(c);
@@ -834,9 +598,9 @@ static void test_auth(void **state)
 
     /* A wrong password never becomes available, and says why. */
     snprintf(url, sizeof url, "redis://:wrong@127.0.0.1:%d", w->srv.port);
-    c = redis_client_new(w->loop, &(struct redis_options){.url = url, .reconnect_min_ms = 20});
+    c = redis_client_new(w->h.loop, &(struct redis_options){.url = url, .reconnect_min_ms = 20});
     assert_non_null(c);
-    run_for(w, 0.3);
+    harness_run_for(&w->h, 0.3);
     assert_false(redis_client_available(c));
     const char *why = redis_client_errstr(c);
     if (!strstr(why, "WRONGPASS") && !strstr(why, "invalid"))
@@ -845,8 +609,8 @@ static void test_auth(void **state)
     redis_client_free(c);
 
     /* No password at all: the handshake's PING is refused, so the client never readies. */
-    c = redis_client_new(w->loop, &(struct redis_options){.url = w->url});
-    run_for(w, 0.1);
+    c = redis_client_new(w->h.loop, &(struct redis_options){.url = w->url});
+    harness_run_for(&w->h, 0.1);
     assert_false(redis_client_available(c));
     assert_non_null(strstr(redis_client_errstr(c), "NOAUTH"));
     redis_client_free(c);
@@ -871,7 +635,7 @@ static void test_select_db(void **state)
     redis_client_free(c0);
     const char *sel[4] = {"EVAL", "redis.call('SELECT', 3) return redis.call('GET', 'where')", "0",
                           NULL};
-    redisReply *side = side_command(&w->srv, 3, sel);
+    redisReply *side = harness_redis_command(&w->srv, 3, sel);
     assert_non_null(side);
     assert_string_equal(side->str, "db3");
     freeReplyObject(side);
@@ -892,9 +656,9 @@ static void test_unix_socket(void **state)
 
     /* A socket that is not there: retried, never available, no hang. */
     snprintf(url, sizeof url, "unix:%s/nope.sock", w->srv.dir);
-    c = redis_client_new(w->loop, &(struct redis_options){.url = url, .reconnect_min_ms = 10});
+    c = redis_client_new(w->h.loop, &(struct redis_options){.url = url, .reconnect_min_ms = 10});
     assert_non_null(c);
-    run_for(w, 0.1);
+    harness_run_for(&w->h, 0.1);
     assert_false(redis_client_available(c));
     assert_true(strlen(redis_client_errstr(c)) > 0);
     redis_client_free(c);
@@ -914,10 +678,10 @@ static void test_host_name_lookup(void **state)
     redis_client_free(c);
 
     /* A name that does not resolve: retried, never available, freed cleanly. */
-    c = redis_client_new(w->loop, &(struct redis_options){.url = "redis://no-such-host.invalid",
-                                                          .reconnect_min_ms = 10});
+    c = redis_client_new(w->h.loop, &(struct redis_options){.url = "redis://no-such-host.invalid",
+                                                            .reconnect_min_ms = 10});
     assert_non_null(c);
-    run_for(w, 0.2);
+    harness_run_for(&w->h, 0.2);
     assert_false(redis_client_available(c));
     redis_client_free(c);
 }
@@ -964,7 +728,7 @@ static void test_evalsha_noscript_fallback(void **state)
 
     /* The local SHA1 is Redis's. */
     const char *load[3] = {"SCRIPT", "LOAD", body};
-    redisReply *side = side_command(&w->srv, 3, load);
+    redisReply *side = harness_redis_command(&w->srv, 3, load);
     assert_non_null(side);
     assert_string_equal(redis_script_sha(s), side->str);
     freeReplyObject(side);
@@ -982,7 +746,7 @@ static void test_evalsha_noscript_fallback(void **state)
         redis_client_stats(c, &before);
         struct rec r = {0};
         assert_int_equal(redis_evalsha(c, s, 1, 2, argv, lens, on_reply, &r), 0);
-        assert_true(run_until(w, rec_done, &r, 5));
+        assert_true(harness_run_until(&w->h, rec_done, &r, 5));
         assert_int_equal(r.calls, 1);
         assert_int_equal(r.result, 0);
         assert_int_equal(r.type, REDIS_REPLY_ARRAY);
@@ -996,7 +760,7 @@ static void test_evalsha_noscript_fallback(void **state)
     /* The reply itself: keys and args come back byte for byte. */
     struct array_rec a = {0};
     assert_int_equal(redis_evalsha(c, s, 1, 2, argv, lens, on_array, &a), 0);
-    assert_true(run_until(w, count_reached_arr, &a, 5));
+    assert_true(harness_run_until(&w->h, count_reached_arr, &a, 5));
     assert_int_equal(a.result, 0);
     assert_int_equal(a.n, 3);
     assert_string_equal(a.key, "ctr");
@@ -1009,9 +773,9 @@ static void test_evalsha_noscript_fallback(void **state)
     const struct redis_script *b = redis_script_load(c, broken, sizeof broken - 1);
     struct rec e = {0};
     assert_int_equal(redis_evalsha(c, b, 0, 0, NULL, NULL, on_reply, &e), 0);
-    assert_true(run_until(w, rec_done, &e, 5));
+    assert_true(harness_run_until(&w->h, rec_done, &e, 5));
     assert_int_equal(e.result, REDIS_EREPLY);
-    run_for(w, 0.05);
+    harness_run_for(&w->h, 0.05);
     assert_int_equal(e.calls, 1);
 
     assert_int_equal(redis_evalsha(c, s, 3, 2, argv, lens, on_reply, &e), REDIS_EINVAL);
@@ -1074,34 +838,35 @@ static void test_pubsub_and_resubscribe(void **state)
                                            });
     struct subrec a = {0}, b = {0};
     assert_int_equal(redis_subscribe(c, "news", on_message, &a), 0);
-    assert_true(run_until(w, count_reached, &(struct wait_count){&a.ready, 1}, 5));
+    assert_true(harness_run_until(&w->h, count_reached, &(struct wait_count){&a.ready, 1}, 5));
     static const char m1[] = {'h', 'i', '\0', 'x'};
     publish(w, c, "news", m1, sizeof m1, 1);
-    assert_true(run_until(w, count_reached, &(struct wait_count){&a.messages, 1}, 5));
+    assert_true(harness_run_until(&w->h, count_reached, &(struct wait_count){&a.messages, 1}, 5));
     assert_string_equal(a.channel, "news");
     assert_int_equal(a.last_len, sizeof m1);
     assert_memory_equal(a.last, m1, sizeof m1);
 
     /* A second subscriber of the same channel: one Redis subscription, both get it. */
     assert_int_equal(redis_subscribe(c, "news", on_message, &b), 0);
-    assert_true(run_until(w, count_reached, &(struct wait_count){&b.ready, 1}, 5));
+    assert_true(harness_run_until(&w->h, count_reached, &(struct wait_count){&b.ready, 1}, 5));
     publish(w, c, "news", "two", 3, 1);
-    assert_true(run_until(w, count_reached, &(struct wait_count){&b.messages, 1}, 5));
-    assert_true(run_until(w, count_reached, &(struct wait_count){&a.messages, 2}, 5));
+    assert_true(harness_run_until(&w->h, count_reached, &(struct wait_count){&b.messages, 1}, 5));
+    assert_true(harness_run_until(&w->h, count_reached, &(struct wait_count){&a.messages, 2}, 5));
 
     /* Redis restarts: the subscriber comes back by itself and says so (READY again). */
     int ready_before = a.ready;
-    server_kill(&w->srv);
-    run_for(w, 0.1);
-    assert_int_equal(server_start(&w->srv), 0);
-    ev_now_update(w->loop);
-    if (!run_until(w, count_reached, &(struct wait_count){&a.ready, ready_before + 1}, 10))
+    harness_redis_kill(&w->srv);
+    harness_run_for(&w->h, 0.1);
+    assert_int_equal(harness_redis_start(&w->srv), 0);
+    ev_now_update(w->h.loop);
+    if (!harness_run_until(&w->h, count_reached, &(struct wait_count){&a.ready, ready_before + 1},
+                           10))
         fail_msg("not resubscribed: %s", redis_client_errstr(c));
-    if (!run_until(w, is_available, c, 10))
+    if (!harness_run_until(&w->h, is_available, c, 10))
         fail_msg("commands did not reconnect: %s", redis_client_errstr(c));
     publish(w, c, "news", "three", 5, 1);
-    assert_true(run_until(w, count_reached, &(struct wait_count){&a.messages, 3}, 5));
-    assert_true(run_until(w, count_reached, &(struct wait_count){&b.messages, 2}, 5));
+    assert_true(harness_run_until(&w->h, count_reached, &(struct wait_count){&a.messages, 3}, 5));
+    assert_true(harness_run_until(&w->h, count_reached, &(struct wait_count){&b.messages, 2}, 5));
     assert_memory_equal(a.last, "three", 5);
     redis_client_free(c);
 }
@@ -1124,7 +889,7 @@ static void test_free_with_commands_in_flight(void **state)
     for (int i = 1; i < 100; i++)
         assert_int_equal(redis_command(c, 2, get, NULL, on_reply, &r[i]), 0);
     assert_int_equal(redis_evalsha(c, s, 0, 0, NULL, NULL, on_reply, &r[100]), 0);
-    run_for(w, 0.05); /* sent, Redis asleep */
+    harness_run_for(&w->h, 0.05); /* sent, Redis asleep */
     /* and some still in hiredis's output buffer */
     for (int i = 101; i < N_INFLIGHT; i++)
         assert_int_equal(redis_command(c, 2, get, NULL, on_reply, &r[i]), 0);
@@ -1134,7 +899,7 @@ static void test_free_with_commands_in_flight(void **state)
             fail_msg("command %d: %d calls", i, r[i].calls);
         assert_int_equal(r[i].result, REDIS_ENOTCONN);
     }
-    run_for(w, 0.4);
+    harness_run_for(&w->h, 0.4);
     for (int i = 0; i < N_INFLIGHT; i++)
         assert_int_equal(r[i].calls, 1);
     redis_client_free(NULL);
@@ -1182,10 +947,10 @@ static void test_free_from_callbacks(void **state)
     assert_int_equal(redis_command(f->c, 2, get, NULL, on_reply_then_free, f), 0);
     for (int i = 1; i < 20; i++)
         assert_int_equal(redis_command(f->c, 2, get, NULL, on_reply, &f->r[i]), 0);
-    assert_true(run_until(w, rec_done, &f->r[0], 5));
+    assert_true(harness_run_until(&w->h, rec_done, &f->r[0], 5));
     assert_int_equal(f->first_result, 0);
     assert_int_equal(f->during_free_calls, 19);
-    run_for(w, 0.1);
+    harness_run_for(&w->h, 0.1);
     assert_int_equal(f->r[0].calls, 1);
     for (int i = 1; i < 20; i++) {
         assert_int_equal(f->r[i].calls, 1);
@@ -1199,9 +964,9 @@ static void test_free_from_callbacks(void **state)
     assert_int_equal(redis_command(f->c, 3, slp, NULL, on_reply_then_free, f), 0);
     for (int i = 1; i < 20; i++)
         assert_int_equal(redis_command(f->c, 2, get, NULL, on_reply, &f->r[i]), 0);
-    assert_true(run_until(w, rec_done, &f->r[0], 5));
+    assert_true(harness_run_until(&w->h, rec_done, &f->r[0], 5));
     assert_int_equal(f->first_result, REDIS_ETIMEOUT);
-    run_for(w, 0.3); /* the late replies come to nobody */
+    harness_run_for(&w->h, 0.3); /* the late replies come to nobody */
     for (int i = 1; i < 20; i++) {
         assert_int_equal(f->r[i].calls, 1);
         assert_true(f->r[i].result == REDIS_ETIMEOUT || f->r[i].result == REDIS_ENOTCONN);
@@ -1213,11 +978,11 @@ static void test_free_from_callbacks(void **state)
     assert_int_equal(redis_command(f->c, 3, slp, NULL, on_reply, &f->r[0]), 0);
     for (int i = 0; i < 5; i++)
         assert_int_equal(redis_command(f->c, 2, get, NULL, on_reply_reissue, f), 0);
-    run_for(w, 0.02);
+    harness_run_for(&w->h, 0.02);
     redis_client_free(f->c);
     assert_int_equal(f->refused_in_cb, 5);
     assert_int_equal(f->r[0].calls, 1);
-    run_for(w, 0.3);
+    harness_run_for(&w->h, 0.3);
 
     /* From a callback that a breaker-opening drop of the connection runs: the client goes
      * away in the middle of hiredis failing the rest. */
@@ -1230,8 +995,8 @@ static void test_free_from_callbacks(void **state)
     assert_int_equal(redis_command(f->c, 2, get, NULL, on_reply_then_free, f), 0);
     for (int i = 10; i < 20; i++)
         assert_int_equal(redis_command(f->c, 2, get, NULL, on_reply, &f->r[i]), 0);
-    assert_true(run_until(w, rec_done, &f->r[0], 5));
-    run_for(w, 0.3);
+    assert_true(harness_run_until(&w->h, rec_done, &f->r[0], 5));
+    harness_run_for(&w->h, 0.3);
     assert_int_equal(f->r[0].calls, 1);
     assert_int_equal(f->r[1].result, REDIS_ETIMEOUT);
     assert_int_equal(f->first_result, REDIS_ENOTCONN); /* failed by the drop, not the clock */
@@ -1247,12 +1012,12 @@ static void test_free_from_callbacks(void **state)
     assert_int_equal(redis_command(f->c, 3, slp3, NULL, on_reply_then_free, f), 0);
     for (int i = 1; i < 20; i++)
         assert_int_equal(redis_command(f->c, 2, get, NULL, on_reply, &f->r[i]), 0);
-    run_for(w, 0.05);
-    server_kill(&w->srv);
-    assert_true(run_until(w, rec_done, &f->r[0], 5));
+    harness_run_for(&w->h, 0.05);
+    harness_redis_kill(&w->srv);
+    assert_true(harness_run_until(&w->h, rec_done, &f->r[0], 5));
     assert_int_equal(f->first_result, REDIS_ENOTCONN);
     assert_int_equal(f->during_free_calls, 19);
-    run_for(w, 0.1);
+    harness_run_for(&w->h, 0.1);
     for (int i = 0; i < 20; i++)
         assert_int_equal(f->r[i].calls, 1);
     free(f);
@@ -1272,10 +1037,10 @@ static void test_max_pending(void **state)
         assert_int_equal(redis_command(c, 2, get, NULL, on_reply, &r[i]), 0);
     assert_int_equal(redis_command(c, 2, get, NULL, on_reply, &r[4]), REDIS_EBUSY);
     /* Timed out but unanswered, they still hold their places (hiredis owes the replies)... */
-    assert_true(run_until(w, rec_done, &r[3], 2));
+    assert_true(harness_run_until(&w->h, rec_done, &r[3], 2));
     assert_int_equal(redis_command(c, 2, get, NULL, on_reply, &r[4]), REDIS_EBUSY);
     /* ... until the late replies come. */
-    run_for(w, 0.3);
+    harness_run_for(&w->h, 0.3);
     struct rec ok = CMD(w, c, "PING");
     assert_int_equal(ok.result, 0);
     assert_int_equal(r[4].calls, 0);
@@ -1309,16 +1074,16 @@ static void test_free_from_message_callback(void **state)
     f.c = client_for(w, &(struct redis_options){.command_timeout_ms = 1000});
     assert_int_equal(redis_subscribe(f.c, "x", on_message_then_free, &f), 0);
     assert_int_equal(redis_subscribe(f.c, "x", on_message, &ready), 0);
-    assert_true(run_until(w, count_reached, &(struct wait_count){&ready.ready, 1}, 5));
+    assert_true(harness_run_until(&w->h, count_reached, &(struct wait_count){&ready.ready, 1}, 5));
     const char *pub[3] = {"PUBLISH", "x", "m"};
-    redisReply *side = side_command(&w->srv, 3, pub);
+    redisReply *side = harness_redis_command(&w->srv, 3, pub);
     assert_non_null(side);
     freeReplyObject(side);
-    side = side_command(&w->srv, 3, pub);
+    side = harness_redis_command(&w->srv, 3, pub);
     assert_non_null(side);
     freeReplyObject(side);
-    assert_true(run_until(w, count_reached, &(struct wait_count){&f.messages, 1}, 5));
-    run_for(w, 0.1);
+    assert_true(harness_run_until(&w->h, count_reached, &(struct wait_count){&f.messages, 1}, 5));
+    harness_run_for(&w->h, 0.1);
     assert_int_equal(f.messages, 1);
     assert_int_equal(ready.messages, 0); /* the fan-out stops once the client is gone */
 }
