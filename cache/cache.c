@@ -1,6 +1,7 @@
 #include "cache/cache.h"
 
 #include "base/digest.h"
+#include "base/list.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -9,14 +10,14 @@
 struct cache_node {
     struct cache_entry e;
     struct cache_node *hnext;
-    struct cache_node *prev, *next; /* LRU, most recent first */
+    struct list lru; /* on the cache's LRU list, most recent first */
 };
 
 struct cache {
     struct cache_node **buckets;
     size_t n_buckets;
     size_t bytes, max_bytes;
-    struct cache_node *head, *tail;
+    struct list lru;
 };
 
 struct cache *cache_new(size_t max_bytes)
@@ -31,6 +32,7 @@ struct cache *cache_new(size_t max_bytes)
         return NULL;
     }
     c->max_bytes = max_bytes;
+    list_init(&c->lru);
     return c;
 }
 
@@ -49,34 +51,11 @@ static struct cache_node **slot_of(struct cache *c, const unsigned char key[32])
     return p;
 }
 
-static void lru_unlink(struct cache *c, struct cache_node *n)
-{
-    if (n->prev)
-        n->prev->next = n->next;
-    else
-        c->head = n->next;
-    if (n->next)
-        n->next->prev = n->prev;
-    else
-        c->tail = n->prev;
-    n->prev = n->next = NULL;
-}
-
-static void lru_push(struct cache *c, struct cache_node *n)
-{
-    n->next = c->head;
-    if (c->head)
-        c->head->prev = n;
-    c->head = n;
-    if (!c->tail)
-        c->tail = n;
-}
-
 static void node_remove(struct cache *c, struct cache_node **slot)
 {
     struct cache_node *n = *slot;
     *slot = n->hnext;
-    lru_unlink(c, n);
+    list_unlink(&n->lru);
     c->bytes -= node_bytes(n);
     free(n->e.body);
     free(n);
@@ -95,8 +74,8 @@ const struct cache_entry *cache_get(struct cache *c, const unsigned char key[32]
     }
     if (max_age_ms >= 0 && now_ms - n->e.stored_ms > max_age_ms)
         return NULL;
-    lru_unlink(c, n);
-    lru_push(c, n);
+    list_unlink(&n->lru);
+    list_push_head(&c->lru, &n->lru);
     return &n->e;
 }
 
@@ -108,8 +87,8 @@ int cache_put(struct cache *c, const unsigned char key[32], const char *body, si
         node_remove(c, slot);
     if (sizeof(struct cache_node) + len > c->max_bytes)
         return -1;
-    while (c->tail && c->bytes + sizeof(struct cache_node) + len > c->max_bytes)
-        node_remove(c, slot_of(c, c->tail->e.key));
+    while (!list_empty(&c->lru) && c->bytes + sizeof(struct cache_node) + len > c->max_bytes)
+        node_remove(c, slot_of(c, LIST_ENTRY(c->lru.prev, struct cache_node, lru)->e.key));
     struct cache_node *n = calloc(1, sizeof *n);
     if (!n || !(n->e.body = malloc(len + 1))) {
         free(n);
@@ -126,7 +105,7 @@ int cache_put(struct cache *c, const unsigned char key[32], const char *body, si
     slot = slot_of(c, key);
     n->hnext = *slot;
     *slot = n;
-    lru_push(c, n);
+    list_push_head(&c->lru, &n->lru);
     c->bytes += node_bytes(n);
     return 0;
 }
@@ -140,8 +119,8 @@ void cache_free(struct cache *c)
 {
     if (!c)
         return;
-    while (c->head)
-        node_remove(c, slot_of(c, c->head->e.key));
+    while (!list_empty(&c->lru))
+        node_remove(c, slot_of(c, LIST_ENTRY(c->lru.next, struct cache_node, lru)->e.key));
     free(c->buckets);
     free(c);
 }

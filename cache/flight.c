@@ -10,7 +10,7 @@
 struct flight {
     unsigned char key[32];
     uint64_t leader;
-    struct flight_waiter *waiters;
+    struct list waiters; /* of struct flight_waiter, newest first */
     size_t n_waiters;
     struct flight *next;
 };
@@ -45,11 +45,8 @@ enum flight_role flight_join(const unsigned char key[32], uint64_t token, void *
     struct flight **slot = find(&flight_stripes[s].head, key);
     if (*slot && may_follow) {
         struct flight *f = *slot;
-        *w = (struct flight_waiter){
-            .token = token, .target = target, .stripe = s, .flight = f, .next = f->waiters};
-        if (f->waiters)
-            f->waiters->prev = w;
-        f->waiters = w;
+        *w = (struct flight_waiter){.token = token, .target = target, .stripe = s, .flight = f};
+        list_push_head(&f->waiters, &w->link);
         f->n_waiters++;
         atomic_fetch_add_explicit(&flight_waiters, 1, memory_order_relaxed);
         role = FLIGHT_FOLLOW;
@@ -58,6 +55,7 @@ enum flight_role flight_join(const unsigned char key[32], uint64_t token, void *
         if (f) {
             memcpy(f->key, key, 32);
             f->leader = token;
+            list_init(&f->waiters);
             *slot = f;
             role = FLIGHT_LEAD;
         }
@@ -71,15 +69,9 @@ void flight_leave(struct flight_waiter *w)
     pthread_mutex_lock(&flight_stripes[w->stripe].lock);
     struct flight *f = w->flight;
     if (f) {
-        if (w->prev)
-            w->prev->next = w->next;
-        else
-            f->waiters = w->next;
-        if (w->next)
-            w->next->prev = w->prev;
+        list_unlink(&w->link);
         f->n_waiters--;
         w->flight = NULL;
-        w->prev = w->next = NULL;
         atomic_fetch_sub_explicit(&flight_waiters, 1, memory_order_relaxed);
     }
     pthread_mutex_unlock(&flight_stripes[w->stripe].lock);
@@ -103,15 +95,17 @@ void flight_land(const unsigned char key[32], uint64_t leader_token, const char 
         /* The waiters live in their followers' requests, which may end as soon as the lock
          * is released: take what the posts need now and let go of every node. */
         to = f->n_waiters ? malloc(f->n_waiters * sizeof *to) : NULL;
-        for (struct flight_waiter *next, *w = f->waiters; w; w = next) {
-            next = w->next;
+        struct list *node, *tmp;
+        LIST_FOR_EACH_SAFE(node, tmp, &f->waiters)
+        {
+            struct flight_waiter *w = LIST_ENTRY(node, struct flight_waiter, link);
             if (to) {
                 to[n].token = w->token;
                 to[n].target = w->target;
                 n++;
             }
             w->flight = NULL; /* without memory for the list, they wait out their time */
-            w->prev = w->next = NULL;
+            list_unlink(&w->link);
         }
         atomic_fetch_sub_explicit(&flight_waiters, f->n_waiters, memory_order_relaxed);
     }

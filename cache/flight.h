@@ -11,6 +11,8 @@
 #ifndef TOLLGATE_FLIGHT_H
 #define TOLLGATE_FLIGHT_H
 
+#include "base/list.h"
+
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -30,7 +32,7 @@ struct flight_waiter {
     void *target;
     unsigned stripe;
     struct flight *flight; /* NULL once landed or left */
-    struct flight_waiter *prev, *next;
+    struct list link;      /* on the flight's waiters */
 };
 
 /* Delivers a landed flight's answer to one follower: `target` and `token` as the follower
