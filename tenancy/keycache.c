@@ -1,12 +1,14 @@
 #include "tenancy/keycache.h"
 
+#include "base/list.h"
+
 #include <stdlib.h>
 #include <string.h>
 
 struct keycache_node {
     struct keycache_entry e;
-    struct keycache_node *hnext;             /* hash chain */
-    struct keycache_node *lru_prev, *lru_next; /* most recent at the head */
+    struct keycache_node *hnext; /* hash chain */
+    struct list lru;             /* on the cache's LRU list, most recent first */
 };
 
 struct keycache {
@@ -14,7 +16,7 @@ struct keycache {
     size_t n_buckets; /* a power of two */
     size_t size, capacity;
     int64_t ttl_ms, negative_ttl_ms;
-    struct keycache_node *lru_head, *lru_tail;
+    struct list lru;
 };
 
 static size_t bucket_of(const struct keycache *c, const unsigned char d[32])
@@ -40,30 +42,8 @@ struct keycache *keycache_new(size_t capacity, int64_t ttl_ms, int64_t negative_
     c->capacity = capacity ? capacity : 1;
     c->ttl_ms = ttl_ms;
     c->negative_ttl_ms = negative_ttl_ms;
+    list_init(&c->lru);
     return c;
-}
-
-static void lru_unlink(struct keycache *c, struct keycache_node *n)
-{
-    if (n->lru_prev)
-        n->lru_prev->lru_next = n->lru_next;
-    else
-        c->lru_head = n->lru_next;
-    if (n->lru_next)
-        n->lru_next->lru_prev = n->lru_prev;
-    else
-        c->lru_tail = n->lru_prev;
-    n->lru_prev = n->lru_next = NULL;
-}
-
-static void lru_push(struct keycache *c, struct keycache_node *n)
-{
-    n->lru_next = c->lru_head;
-    if (c->lru_head)
-        c->lru_head->lru_prev = n;
-    c->lru_head = n;
-    if (!c->lru_tail)
-        c->lru_tail = n;
 }
 
 static struct keycache_node **find_slot(struct keycache *c, const unsigned char d[32])
@@ -78,7 +58,7 @@ static void node_remove(struct keycache *c, struct keycache_node **slot)
 {
     struct keycache_node *n = *slot;
     *slot = n->hnext;
-    lru_unlink(c, n);
+    list_unlink(&n->lru);
     free(n->e.models);
     free(n);
     c->size--;
@@ -93,8 +73,8 @@ const struct keycache_entry *keycache_get(struct keycache *c, const unsigned cha
     int64_t ttl = n->e.known ? c->ttl_ms : c->negative_ttl_ms;
     if (!allow_stale && now_ms - n->e.fetched_ms > ttl)
         return NULL;
-    lru_unlink(c, n);
-    lru_push(c, n);
+    list_unlink(&n->lru);
+    list_push_head(&c->lru, &n->lru);
     return &n->e;
 }
 
@@ -111,8 +91,8 @@ int keycache_put(struct keycache *c, const struct keycache_entry *e)
     struct keycache_node **slot = find_slot(c, e->digest);
     if (*slot)
         node_remove(c, slot);
-    while (c->size >= c->capacity && c->lru_tail)
-        node_remove(c, find_slot(c, c->lru_tail->e.digest));
+    while (c->size >= c->capacity && !list_empty(&c->lru))
+        node_remove(c, find_slot(c, LIST_ENTRY(c->lru.prev, struct keycache_node, lru)->e.digest));
     struct keycache_node *n = calloc(1, sizeof *n);
     if (!n)
         return -1;
@@ -130,7 +110,7 @@ int keycache_put(struct keycache *c, const struct keycache_entry *e)
     slot = find_slot(c, e->digest);
     n->hnext = *slot;
     *slot = n;
-    lru_push(c, n);
+    list_push_head(&c->lru, &n->lru);
     c->size++;
     return 0;
 }
@@ -144,8 +124,8 @@ void keycache_evict(struct keycache *c, const unsigned char digest[32])
 
 void keycache_clear(struct keycache *c)
 {
-    while (c->lru_head)
-        node_remove(c, find_slot(c, c->lru_head->e.digest));
+    while (!list_empty(&c->lru))
+        node_remove(c, find_slot(c, LIST_ENTRY(c->lru.next, struct keycache_node, lru)->e.digest));
 }
 
 size_t keycache_size(const struct keycache *c)
