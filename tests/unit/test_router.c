@@ -1,4 +1,5 @@
-/* Unit tests for routing/router: which (backend, model) pair serves a request. */
+/* Unit tests for routing/router: which (backend, model) pair serves a request, by each
+ * strategy of config_strategy, with its ties and the candidates every strategy skips. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -343,6 +344,226 @@ static void test_state_survives_reload(void **state)
     config_unref(b);
 }
 
+/* ---- strategies: ties, filters, the weighted draw ---------------------------------------------
+ */
+
+static void set_ttfb(struct config *cfg, const char *backend, uint64_t us)
+{
+    atomic_store(&state_of(cfg, backend)->ttfb_ewma_us, us);
+}
+
+/* The three names config accepts are the three strategies, in enum order. */
+static void test_strategy_names(void **state)
+{
+    (void)state;
+    enum config_strategy s = CONFIG_STRATEGY_LATENCY;
+    assert_int_equal(config_parse_strategy("cheapest", &s), 0);
+    assert_int_equal(s, CONFIG_STRATEGY_CHEAPEST);
+    assert_int_equal(config_parse_strategy("price-weighted", &s), 0);
+    assert_int_equal(s, CONFIG_STRATEGY_PRICE_WEIGHTED);
+    assert_int_equal(config_parse_strategy("latency", &s), 0);
+    assert_int_equal(s, CONFIG_STRATEGY_LATENCY);
+    assert_int_equal(config_parse_strategy("fastest", &s), -1);
+    assert_int_equal(s, CONFIG_STRATEGY_LATENCY);
+}
+
+/* Cheapest, among a tie: fewer in flight, then lower time to first byte (unmeasured counts as
+ * 0), then the lower estimate, then the first listed. */
+static void test_cheapest_tie_breaks(void **state)
+{
+    (void)state;
+    struct config *cfg = load("backends:\n" BACKEND("ctb-a", 1.004, 1.004)
+                                  BACKEND("ctb-b", 1.002, 1.002) BACKEND("ctb-c", 1, 1));
+    const struct config_route *r = route(cfg, "m");
+    struct router_request q = req(1000, 100);
+    q.tie_tolerance = 0.01;
+    set_ttfb(cfg, "ctb-a", 300000);
+    set_ttfb(cfg, "ctb-b", 200000);
+    set_ttfb(cfg, "ctb-c", 400000);
+    assert_string_equal(picked(r, &q, NULL), "ctb-b");
+    /* Load comes before latency. */
+    set_inflight(cfg, "ctb-b", 1);
+    assert_string_equal(picked(r, &q, NULL), "ctb-a");
+    /* Same load and latency: the lower estimate. */
+    set_inflight(cfg, "ctb-b", 0);
+    set_ttfb(cfg, "ctb-a", 200000);
+    set_ttfb(cfg, "ctb-c", 200000);
+    assert_string_equal(picked(r, &q, NULL), "ctb-c");
+    /* A node not measured yet counts as the fastest. */
+    set_ttfb(cfg, "ctb-a", 0);
+    assert_string_equal(picked(r, &q, NULL), "ctb-a");
+    /* Outside the tolerance none of this matters: the cheapest, however loaded and slow. */
+    q.tie_tolerance = 0;
+    set_inflight(cfg, "ctb-c", 40);
+    set_ttfb(cfg, "ctb-c", 9000000);
+    assert_string_equal(picked(r, &q, NULL), "ctb-c");
+    config_unref(cfg);
+
+    /* Everything equal: the first listed. */
+    cfg = load("backends:\n" BACKEND("cte-x", 2, 2) BACKEND("cte-y", 2, 2));
+    r = route(cfg, "m");
+    assert_string_equal(picked(r, &q, NULL), "cte-x");
+    config_unref(cfg);
+}
+
+/* Latency: lowest time to first byte whatever the load; a tie goes to the lower estimate; the
+ * unavailable, the full and the over-priced are skipped as for any strategy. */
+static void test_latency_ties_and_filters(void **state)
+{
+    (void)state;
+    struct config *cfg = load("backends:\n" BACKEND("ltf-dear", 4, 4)
+                                  BACKEND("ltf-mid", 2, 2) "  - name: ltf-capped\n"
+                                                           "    url: http://127.0.0.1:9000/capped\n"
+                                                           "    max_inflight: 1\n"
+                                                           "    models:\n"
+                                                           "      - name: m\n"
+                                                           "        input_usd_per_mtok: 3\n"
+                                                           "        output_usd_per_mtok: 3\n");
+    const struct config_route *r = route(cfg, "m");
+    struct router_request q = req(1000, 100);
+    q.strategy = CONFIG_STRATEGY_LATENCY;
+    set_ttfb(cfg, "ltf-dear", 100000);
+    set_ttfb(cfg, "ltf-mid", 100000);
+    set_ttfb(cfg, "ltf-capped", 50000);
+    assert_string_equal(picked(r, &q, NULL), "ltf-capped");
+    set_inflight(cfg, "ltf-dear", 30); /* load does not count */
+    set_inflight(cfg, "ltf-capped", 1);
+    assert_string_equal(picked(r, &q, NULL), "ltf-mid"); /* tie with ltf-dear: cheaper */
+    set_ttfb(cfg, "ltf-dear", 99999);
+    assert_string_equal(picked(r, &q, NULL), "ltf-dear");
+    atomic_store(&state_of(cfg, "ltf-dear")->ejected_until_ms, q.now_ms + 1);
+    assert_string_equal(picked(r, &q, NULL), "ltf-mid");
+    q.max_price_usd = router_estimate(&r->targets[1], &q) / 2;
+    struct router_outcome why;
+    assert_null(router_pick(r, &q, NULL, &why));
+    assert_int_equal(why.unavailable, 1);
+    assert_int_equal(why.saturated, 1);
+    assert_int_equal(why.over_price, 1);
+    /* Unmeasured is the fastest of all. */
+    q.max_price_usd = -1;
+    set_inflight(cfg, "ltf-capped", 0);
+    set_ttfb(cfg, "ltf-capped", 0);
+    assert_string_equal(picked(r, &q, NULL), "ltf-capped");
+    config_unref(cfg);
+}
+
+/* The random number of a draw that lands at fraction f of the total weight. */
+static uint64_t draw_at(double f)
+{
+    return (uint64_t)(f * 9007199254740992.0) << 11; /* f x 2^53, into the top 53 bits */
+}
+
+/* Price-weighted: weights 1/estimate^2 in target order, one draw of req->random. */
+static void test_price_weighted_draw(void **state)
+{
+    (void)state;
+    struct config *cfg = load("backends:\n" BACKEND("pwd-cheap", 1, 1) BACKEND("pwd-dear", 2, 2)
+                                  BACKEND("pwd-gone", 0.5, 0.5));
+    const struct config_route *r = route(cfg, "m");
+    struct router_request q = req(1000, 1000);
+    q.strategy = CONFIG_STRATEGY_PRICE_WEIGHTED;
+    /* pwd-gone is ejected: the draw is over 1 : 1/4, so cheap holds the first 80%. */
+    atomic_store(&state_of(cfg, "pwd-gone")->ejected_until_ms, q.now_ms + 60000);
+    q.random = 0;
+    assert_string_equal(picked(r, &q, NULL), "pwd-cheap");
+    q.random = draw_at(0.79);
+    assert_string_equal(picked(r, &q, NULL), "pwd-cheap");
+    q.random = draw_at(0.81);
+    assert_string_equal(picked(r, &q, NULL), "pwd-dear");
+    q.random = UINT64_MAX;
+    assert_string_equal(picked(r, &q, NULL), "pwd-dear");
+    /* Back, it takes the last 4 / 5.25 of the draw (weights 1, 1/4, 4 in target order). */
+    atomic_store(&state_of(cfg, "pwd-gone")->ejected_until_ms, 0);
+    q.random = draw_at(0.18);
+    assert_string_equal(picked(r, &q, NULL), "pwd-cheap");
+    q.random = draw_at(0.20);
+    assert_string_equal(picked(r, &q, NULL), "pwd-dear");
+    q.random = draw_at(0.24);
+    assert_string_equal(picked(r, &q, NULL), "pwd-gone");
+    q.random = draw_at(0.76);
+    assert_string_equal(picked(r, &q, NULL), "pwd-gone");
+    config_unref(cfg);
+
+    /* Target order is config order: here the dear one comes first. */
+    cfg = load("backends:\n" BACKEND("pwo-dear", 2, 2) BACKEND("pwo-cheap", 1, 1));
+    r = route(cfg, "m");
+    q.random = draw_at(0.19);
+    assert_string_equal(picked(r, &q, NULL), "pwo-dear");
+    q.random = draw_at(0.21);
+    assert_string_equal(picked(r, &q, NULL), "pwo-cheap");
+    /* A full node is not drawn at all. */
+    struct config *capped = load("backends:\n"
+                                 "  - name: pwc-full\n"
+                                 "    url: http://127.0.0.1:9000/full\n"
+                                 "    max_inflight: 3\n"
+                                 "    models:\n"
+                                 "      - name: m\n"
+                                 "        input_usd_per_mtok: 0.1\n"
+                                 "        output_usd_per_mtok: 0.1\n" BACKEND("pwc-open", 5, 5));
+    const struct config_route *rc = route(capped, "m");
+    set_inflight(capped, "pwc-full", 3);
+    for (int i = 0; i <= 10; i++) {
+        q.random = draw_at(i / 10.0 * 0.999999);
+        assert_string_equal(picked(rc, &q, NULL), "pwc-open");
+    }
+    config_unref(capped);
+    config_unref(cfg);
+
+    /* A free node's weight is 1e24 (cost floored at 1e-12): against 2.5e5 for a 0.002 USD
+     * estimate, it takes even the last draw; the paid node listed before it keeps only the
+     * draws that round to its sliver (here, a draw of exactly 0). */
+    cfg = load("backends:\n" BACKEND("pwf-paid", 1, 1) BACKEND("pwf-free", 0, 0));
+    r = route(cfg, "m");
+    q.random = UINT64_MAX;
+    assert_string_equal(picked(r, &q, NULL), "pwf-free");
+    q.random = 0;
+    assert_string_equal(picked(r, &q, NULL), "pwf-paid");
+    q.random = draw_at(1e-12);
+    assert_string_equal(picked(r, &q, NULL), "pwf-free");
+    config_unref(cfg);
+}
+
+/* Why nothing was picked: back_ms is the soonest known return; a node whose probes fail has
+ * no known return and does not hide the others'. */
+static void test_outcome_back_ms(void **state)
+{
+    (void)state;
+    struct config *cfg = load("backends:\n" BACKEND("ob-a", 1, 1) BACKEND("ob-b", 1, 1)
+                                  BACKEND("ob-c", 1, 1) BACKEND("ob-d", 1, 1));
+    const struct config_route *r = route(cfg, "m");
+    struct router_request q = req(1000, 100);
+    int64_t now = q.now_ms;
+    atomic_store(&state_of(cfg, "ob-a")->ejected_until_ms, now + 9000);
+    atomic_store(&state_of(cfg, "ob-b")->probe_down, true);
+    backend_record_rate_limited(state_of(cfg, "ob-c"), 4000, now);
+    atomic_store(&state_of(cfg, "ob-d")->ejected_until_ms, now + 7000);
+    static const enum config_strategy all[] = {
+        CONFIG_STRATEGY_CHEAPEST, CONFIG_STRATEGY_PRICE_WEIGHTED, CONFIG_STRATEGY_LATENCY};
+    for (size_t i = 0; i < 3; i++) {
+        q.strategy = all[i];
+        struct router_outcome why;
+        assert_null(router_pick(r, &q, NULL, &why));
+        assert_int_equal(why.unavailable, 4);
+        assert_int_equal(why.back_ms, now + 4000);
+        assert_int_equal(why.saturated, 0);
+        assert_int_equal(why.over_price, 0);
+    }
+    /* The pause over, the rate-limited node is the one left. */
+    q.now_ms = now + 4000;
+    q.strategy = CONFIG_STRATEGY_CHEAPEST;
+    assert_string_equal(picked(r, &q, NULL), "ob-c");
+    /* Only the probed-down one: nothing known. */
+    q.now_ms = now + 9000;
+    bool skip[4] = {true, false, true, true};
+    struct router_outcome why;
+    assert_null(router_pick(r, &q, skip, &why));
+    assert_int_equal(why.unavailable, 1);
+    assert_int_equal(why.back_ms, 0);
+    atomic_store(&state_of(cfg, "ob-b")->probe_down, false);
+    atomic_store(&state_of(cfg, "ob-c")->ejected_until_ms, 0);
+    config_unref(cfg);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -358,6 +579,11 @@ int main(void)
         cmocka_unit_test(test_latency_strategy),
         cmocka_unit_test(test_price_weighted_spread),
         cmocka_unit_test(test_state_survives_reload),
+        cmocka_unit_test(test_strategy_names),
+        cmocka_unit_test(test_cheapest_tie_breaks),
+        cmocka_unit_test(test_latency_ties_and_filters),
+        cmocka_unit_test(test_price_weighted_draw),
+        cmocka_unit_test(test_outcome_back_ms),
     };
     return cmocka_run_group_tests_name("router", tests, NULL, NULL);
 }
