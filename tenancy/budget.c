@@ -1,5 +1,6 @@
 #include "tenancy/budget.h"
 
+#include "redis/keyspace.h"
 #include "redis/redis.h"
 
 #include <hiredis/hiredis.h>
@@ -120,7 +121,7 @@ static int budget_eval(struct budget *b, const struct redis_script *script, cons
                        double x, double y, redis_reply_fn fn, void *ctx)
 {
     char k[200], a[40], c[40];
-    snprintf(k, sizeof k, "tg:budget:%s", key);
+    snprintf(k, sizeof k, REDIS_KEY_BUDGET_PREFIX "%s", key);
     snprintf(a, sizeof a, "%.10f", x > 0 ? x : 0);
     snprintf(c, sizeof c, "%.10f", y > 0 ? y : 0);
     const char *argv[] = {k, a, c};

@@ -3,8 +3,9 @@
 
 #include "base/buf.h"
 
-#include "redis/redis.h"
 #include "metrics/metrics.h"
+#include "redis/keyspace.h"
+#include "redis/redis.h"
 
 #include <hiredis/hiredis.h>
 #include <jansson.h>
@@ -19,7 +20,6 @@ struct keyauth_lookup {
     keyauth_fn fn; /* NULL once cancelled */
     void *ctx;
 };
-
 
 static bool expired(const struct keycache_entry *e)
 {
@@ -131,11 +131,12 @@ enum keyauth_result keyauth_resolve(struct keycache *cache, struct redis_client 
     memcpy(l->digest, digest, sizeof l->digest);
     l->fn = fn;
     l->ctx = ctx;
-    char key[8 + 65];
-    memcpy(key, "tg:key:", 7);
-    buf_hex(digest, 32, key + 7);
+    char key[sizeof REDIS_KEY_KEY_PREFIX + 64];
+    const size_t pre = sizeof REDIS_KEY_KEY_PREFIX - 1;
+    memcpy(key, REDIS_KEY_KEY_PREFIX, pre);
+    buf_hex(digest, 32, key + pre);
     const char *argv[] = {"HGETALL", key};
-    size_t argvlen[] = {7, 7 + 64};
+    size_t argvlen[] = {7, pre + 64};
     if (redis_command(redis, 2, argv, argvlen, lookup_reply, l)) {
         free(l);
         return KEYAUTH_UNAVAILABLE;

@@ -4,6 +4,7 @@
 #ifndef TOLLGATE_KEYAUTH_H
 #define TOLLGATE_KEYAUTH_H
 
+#include "redis/keyspace.h"
 #include "tenancy/keycache.h"
 
 #include <stddef.h>
@@ -13,15 +14,14 @@ struct keyauth_lookup;
 
 enum keyauth_result {
     KEYAUTH_OK = 0,
-    KEYAUTH_PENDING = 1,      /* the callback will say */
-    KEYAUTH_UNKNOWN = -1,     /* no such key (or revoked) */
+    KEYAUTH_PENDING = 1,  /* the callback will say */
+    KEYAUTH_UNKNOWN = -1, /* no such key (or revoked) */
     KEYAUTH_EXPIRED = -2,
     KEYAUTH_UNAVAILABLE = -3, /* not cached and Redis cannot answer now */
 };
 
 /* Called once with the outcome; `e` (NULL unless KEYAUTH_OK) is valid during the call. */
-typedef void (*keyauth_fn)(void *ctx, enum keyauth_result result,
-                           const struct keycache_entry *e);
+typedef void (*keyauth_fn)(void *ctx, enum keyauth_result result, const struct keycache_entry *e);
 
 /* Resolves a digest. KEYAUTH_OK sets *out (valid until the cache changes); KEYAUTH_PENDING
  * sets *pending, and fn is called later unless keyauth_cancel(*pending) is called first;
@@ -33,9 +33,11 @@ enum keyauth_result keyauth_resolve(struct keycache *cache, struct redis_client 
 /* The caller is gone: fn will not be called (the answer still fills the cache). */
 void keyauth_cancel(struct keyauth_lookup *l);
 
-/* A revocation message from the tg:keys:revoked channel (a hex digest). */
+/* A revocation message from the REDIS_CHANNEL_KEYS_REVOKED channel (redis/keyspace.h): a
+ * hex digest. */
 void keyauth_revoked(struct keycache *cache, const char *hex, size_t len);
 
-#define KEYAUTH_REVOKED_CHANNEL "tg:keys:revoked"
+/* Until gateway/server.c subscribes by REDIS_CHANNEL_KEYS_REVOKED itself. */
+#define KEYAUTH_REVOKED_CHANNEL REDIS_CHANNEL_KEYS_REVOKED
 
 #endif

@@ -4,6 +4,7 @@
 
 #include "base/digest.h"
 #include "base/error.h"
+#include "redis/keyspace.h"
 #include "redis/redis.h"
 
 #include <errno.h>
@@ -17,11 +18,6 @@
 #include <string.h>
 #include <sys/random.h>
 #include <time.h>
-
-#define KEYS_SET "tg:keys"
-#define KEYS_HASH_PREFIX "tg:key:"
-#define KEYS_NAME_PREFIX "tg:keyname:"
-#define KEYS_REVOKED_CHANNEL "tg:keys:revoked"
 
 static const struct timeval keys_connect_timeout = {0, 500 * 1000};
 static const struct timeval keys_command_timeout = {1, 0};
@@ -383,11 +379,11 @@ int keys_record_from_fields(struct keys_record *r, size_t n, const char *const *
 
 const struct keys_store keys_store_keys = {"key store", "key_store_unavailable"};
 
-static int store_unavailable(const struct keys_store *st, struct keys_error *err,
-                             const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static int store_unavailable(const struct keys_store *st, struct keys_error *err, const char *fmt,
+                             ...) __attribute__((format(printf, 3, 4)));
 
-static int store_unavailable(const struct keys_store *st, struct keys_error *err,
-                             const char *fmt, ...)
+static int store_unavailable(const struct keys_store *st, struct keys_error *err, const char *fmt,
+                             ...)
 {
     keys_fail(err, KEYS_EUNAVAIL, st->code, NULL, "%s", "");
     va_list ap;
@@ -515,12 +511,13 @@ static const char keys_create_lua[] = "if redis.call('EXISTS', KEYS[1]) == 1 the
 
 /* Revocation of the hash the name pointed to when we looked; 0 when the name has moved on
  * since (revoked, or revoked and re-created). KEYS: name index, hash, set. ARGV: name, hex. */
-static const char keys_revoke_lua[] = "if redis.call('GET', KEYS[1]) ~= ARGV[2] then return 0 end\n"
-                                      "redis.call('DEL', KEYS[2])\n"
-                                      "redis.call('DEL', KEYS[1])\n"
-                                      "redis.call('SREM', KEYS[3], ARGV[1])\n"
-                                      "redis.call('PUBLISH', '" KEYS_REVOKED_CHANNEL "', ARGV[2])\n"
-                                      "return 1\n";
+static const char keys_revoke_lua[] =
+    "if redis.call('GET', KEYS[1]) ~= ARGV[2] then return 0 end\n"
+    "redis.call('DEL', KEYS[2])\n"
+    "redis.call('DEL', KEYS[1])\n"
+    "redis.call('SREM', KEYS[3], ARGV[1])\n"
+    "redis.call('PUBLISH', '" REDIS_CHANNEL_KEYS_REVOKED "', ARGV[2])\n"
+    "return 1\n";
 
 static int keys_static_name(const struct config *cfg, const char *name)
 {
@@ -529,7 +526,6 @@ static int keys_static_name(const struct config *cfg, const char *name)
             return 1;
     return 0;
 }
-
 
 int keys_create(const struct config *cfg, struct keys_record *r, char key[KEYS_KEY_LEN + 1],
                 struct keys_error *err)
@@ -554,13 +550,14 @@ int keys_create(const struct config *cfg, struct keys_record *r, char key[KEYS_K
         rc = err->result;
         goto out;
     }
-    char name_key[sizeof KEYS_NAME_PREFIX + KEYS_NAME_MAX], hash_key[sizeof KEYS_HASH_PREFIX + 64];
-    snprintf(name_key, sizeof name_key, KEYS_NAME_PREFIX "%s", r->name);
-    snprintf(hash_key, sizeof hash_key, KEYS_HASH_PREFIX "%s", r->sha256);
+    char name_key[sizeof REDIS_KEY_KEYNAME_PREFIX + KEYS_NAME_MAX],
+        hash_key[sizeof REDIS_KEY_KEY_PREFIX + 64];
+    snprintf(name_key, sizeof name_key, REDIS_KEY_KEYNAME_PREFIX "%s", r->name);
+    snprintf(hash_key, sizeof hash_key, REDIS_KEY_KEY_PREFIX "%s", r->sha256);
     struct keys_fields f;
     keys_record_fields(r, &f);
     const char *argv[8 + 14] = {"EVAL",   keys_create_lua, "3",     name_key,
-                                hash_key, KEYS_SET,        r->name, r->sha256};
+                                hash_key, REDIS_KEY_KEYS,  r->name, r->sha256};
     size_t argvlen[8 + 14];
     for (int i = 0; i < 8; i++)
         argvlen[i] = strlen(argv[i]);
@@ -589,8 +586,8 @@ out:
  * error in err. */
 static int keys_lookup(redisContext *c, const char *name, char hex[65], struct keys_error *err)
 {
-    char name_key[sizeof KEYS_NAME_PREFIX + KEYS_NAME_MAX];
-    snprintf(name_key, sizeof name_key, KEYS_NAME_PREFIX "%s", name);
+    char name_key[sizeof REDIS_KEY_KEYNAME_PREFIX + KEYS_NAME_MAX];
+    snprintf(name_key, sizeof name_key, REDIS_KEY_KEYNAME_PREFIX "%s", name);
     const char *argv[2] = {"GET", name_key};
     redisReply *reply = keys_command(c, 2, argv, NULL, err);
     if (!reply)
@@ -629,8 +626,8 @@ static int keys_from_reply(const redisReply *reply, struct keys_record *r, const
 static int keys_hgetall(redisContext *c, const char *name, const char *hex, struct keys_record *r,
                         struct keys_error *err)
 {
-    char hash_key[sizeof KEYS_HASH_PREFIX + 64];
-    snprintf(hash_key, sizeof hash_key, KEYS_HASH_PREFIX "%s", hex);
+    char hash_key[sizeof REDIS_KEY_KEY_PREFIX + 64];
+    snprintf(hash_key, sizeof hash_key, REDIS_KEY_KEY_PREFIX "%s", hex);
     const char *argv[2] = {"HGETALL", hash_key};
     redisReply *reply = keys_command(c, 2, argv, NULL, err);
     if (!reply)
@@ -672,7 +669,7 @@ static int keys_fetch(redisContext *c, char **names, size_t n, struct keys_recor
                       size_t *found, struct keys_error *err)
 {
     const char **argv = calloc(n + 1, sizeof *argv);
-    char(*keys)[sizeof KEYS_NAME_PREFIX + KEYS_NAME_MAX] = calloc(n, sizeof *keys);
+    char(*keys)[sizeof REDIS_KEY_KEYNAME_PREFIX + KEYS_NAME_MAX] = calloc(n, sizeof *keys);
     char(*hexes)[65] = calloc(n, sizeof *hexes);
     redisReply *mget = NULL;
     int rc = KEYS_OK;
@@ -682,7 +679,7 @@ static int keys_fetch(redisContext *c, char **names, size_t n, struct keys_recor
     }
     argv[0] = "MGET";
     for (size_t i = 0; i < n; i++) {
-        snprintf(keys[i], sizeof keys[i], KEYS_NAME_PREFIX "%s", names[i]);
+        snprintf(keys[i], sizeof keys[i], REDIS_KEY_KEYNAME_PREFIX "%s", names[i]);
         argv[i + 1] = keys[i];
     }
     if (!(mget = keys_command(c, (int)n + 1, argv, NULL, err))) {
@@ -700,8 +697,8 @@ static int keys_fetch(redisContext *c, char **names, size_t n, struct keys_recor
             strspn(h->str, "0123456789abcdef") != 64)
             continue;
         memcpy(hexes[i], h->str, 65);
-        char hash_key[sizeof KEYS_HASH_PREFIX + 64];
-        snprintf(hash_key, sizeof hash_key, KEYS_HASH_PREFIX "%s", hexes[i]);
+        char hash_key[sizeof REDIS_KEY_KEY_PREFIX + 64];
+        snprintf(hash_key, sizeof hash_key, REDIS_KEY_KEY_PREFIX "%s", hexes[i]);
         const char *hargv[2] = {"HGETALL", hash_key};
         if (redisAppendCommandArgv(c, 2, hargv, NULL) != REDIS_OK) {
             rc = keys_nomem(err);
@@ -739,8 +736,8 @@ out:
     return rc;
 }
 
-int keys_list(const struct config *cfg, const char *after, size_t limit,
-              struct keys_record **out, size_t *n, bool *has_more, struct keys_error *err)
+int keys_list(const struct config *cfg, const char *after, size_t limit, struct keys_record **out,
+              size_t *n, bool *has_more, struct keys_error *err)
 {
     *out = NULL;
     *n = 0;
@@ -749,7 +746,7 @@ int keys_list(const struct config *cfg, const char *after, size_t limit,
     redisContext *c = keys_connect(cfg, err);
     if (!c)
         return err->result;
-    const char *argv[2] = {"SMEMBERS", KEYS_SET};
+    const char *argv[2] = {"SMEMBERS", REDIS_KEY_KEYS};
     redisReply *members = keys_command(c, 2, argv, NULL, err);
     char **names = NULL;
     struct keys_record *list = NULL;
@@ -820,8 +817,9 @@ int keys_revoke(const struct config *cfg, const char *name, struct keys_error *e
     redisContext *c = keys_connect(cfg, err);
     if (!c)
         return err->result;
-    char name_key[sizeof KEYS_NAME_PREFIX + KEYS_NAME_MAX], hash_key[sizeof KEYS_HASH_PREFIX + 64];
-    snprintf(name_key, sizeof name_key, KEYS_NAME_PREFIX "%s", name);
+    char name_key[sizeof REDIS_KEY_KEYNAME_PREFIX + KEYS_NAME_MAX],
+        hash_key[sizeof REDIS_KEY_KEY_PREFIX + 64];
+    snprintf(name_key, sizeof name_key, REDIS_KEY_KEYNAME_PREFIX "%s", name);
     int rc = KEYS_OK;
     /* Look up, then delete only if the name still points there: a concurrent re-creation
      * under the same name is never revoked by mistake. Retried a few times on a race. */
@@ -829,9 +827,9 @@ int keys_revoke(const struct config *cfg, const char *name, struct keys_error *e
         char hex[65];
         if ((rc = keys_lookup(c, name, hex, err)))
             break;
-        snprintf(hash_key, sizeof hash_key, KEYS_HASH_PREFIX "%s", hex);
+        snprintf(hash_key, sizeof hash_key, REDIS_KEY_KEY_PREFIX "%s", hex);
         const char *argv[] = {"EVAL",   keys_revoke_lua, "3",  name_key,
-                              hash_key, KEYS_SET,        name, hex};
+                              hash_key, REDIS_KEY_KEYS,  name, hex};
         redisReply *reply = keys_command(c, 8, argv, NULL, err);
         if (!reply) {
             rc = err->result;

@@ -2,12 +2,10 @@
  * request, its JSON forms, and the blocking operations behind the admin API
  * (/admin/keys, gateway/admin.c) and the CLI (`tollgate keys ...`).
  *
- * Redis layout (spec /tmp/tg/keys.md, prefix "tg:"):
- *   HASH   tg:key:<sha256hex>  name, models (JSON array; absent = all), rpm, tpm, budget_usd,
- *                              expires_at, created_at
- *   STRING tg:keyname:<name> = <sha256hex>      SET NX at creation: names are unique
- *   SET    tg:keys = { names }
- * Revocation deletes all three and publishes the hash on tg:keys:revoked.
+ * Redis layout (names, types and fields in redis/keyspace.h): the hash tg:key:<sha256hex>
+ * holds the record; tg:keyname:<name> points at the hash (SET NX at creation: names are
+ * unique); the set tg:keys holds the names. Revocation deletes all three and publishes the
+ * hash on tg:keys:revoked.
  *
  * A key is "tg-" + 32 lowercase hex digits from getrandom(); it is returned once by
  * keys_create() and never stored, logged or returned again: Redis holds only its SHA-256.
@@ -15,7 +13,7 @@
  * Each operation opens its own blocking hiredis connection from cfg->redis_url (AUTH and
  * SELECT as the URL says), with a 500 ms connect and a 1 s command timeout, and closes it
  * before returning: meant for the admin thread and the one-shot CLI, never for a worker's
- * loop (the hot path uses gateway/redis.h). Thread-safe: no shared state.
+ * loop (the hot path uses redis/redis.h). Thread-safe: no shared state.
  *
  * Errors: every function returns 0 or a negative enum keys_result and, when it fails, fills
  * the caller's struct keys_error; keys_error_status() and keys_error_body() turn that into
@@ -122,8 +120,8 @@ int keys_create(const struct config *cfg, struct keys_record *r, char key[KEYS_K
 /* Keys sorted by name, as a malloc'd array (keys_records_free() it; NULL when n is 0): those
  * after the name `after` (NULL: from the first), at most `limit` of them (0: all). Only the
  * page's records are fetched. *has_more (may be NULL) says whether more follow. */
-int keys_list(const struct config *cfg, const char *after, size_t limit,
-              struct keys_record **out, size_t *n, bool *has_more, struct keys_error *err);
+int keys_list(const struct config *cfg, const char *after, size_t limit, struct keys_record **out,
+              size_t *n, bool *has_more, struct keys_error *err);
 /* One key by name; KEYS_ENOENT when unknown. r must be zeroed or cleared. */
 int keys_show(const struct config *cfg, const char *name, struct keys_record *r,
               struct keys_error *err);

@@ -2,9 +2,9 @@
 
 #include "base/buf.h"
 #include "base/clock.h"
-#include "base/clock.h"
 
 #include "base/log.h"
+#include "redis/keyspace.h"
 #include "redis/redis.h"
 
 #include <dirent.h>
@@ -26,9 +26,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#define LEDGER_SEEN_PREFIX "tg:usage:seen:"
-#define LEDGER_SUM_PREFIX "tg:usage:sum:"
-#define LEDGER_KEYSET "tg:usage:keys"
 #define LEDGER_READ_CHUNK 65536        /* spool bytes read per replay round, at most */
 #define LEDGER_COMPACT_MIN (1ll << 20) /* replayed bytes before the spool is rewritten */
 #define LEDGER_USAGE_ROWS_MAX 100000   /* rows one usage query may return */
@@ -36,7 +33,6 @@
 #define LEDGER_DROP_LOG_INTERVAL_S 10.0
 
 /* ---- pure parts ------------------------------------------------------------------------------ */
-
 
 /* src (NULL: "") into out, cut to LEDGER_FIELD_MAX bytes at a character boundary, with each
  * byte that is not part of valid UTF-8 replaced by '?'. */
@@ -78,7 +74,6 @@ static void ledger_format_decimal(double x, char *out, size_t n)
         out[--len] = '\0';
 }
 
-
 void ledger_record_from_entry(struct ledger_record *r, const struct ledger_entry *e,
                               const char *uid)
 {
@@ -109,7 +104,8 @@ void ledger_record_from_entry(struct ledger_record *r, const struct ledger_entry
 /* The members of a spool line, in order. */
 #define LEDGER_FIELDS(X)                                                                           \
     X(uid)                                                                                         \
-    X(id) X(key) X(model) X(backend) X(cache) X(status) X(prompt_tokens) X(completion_tokens)      \
+    X(id)                                                                                          \
+    X(key) X(model) X(backend) X(cache) X(status) X(prompt_tokens) X(completion_tokens)            \
         X(cost_usd) X(latency_ms) X(ts_ms)
 
 /* Appends "s" JSON-escaped (quotes included) at out[*o]; false when n is too small. */
@@ -248,15 +244,29 @@ const char ledger_lua[] =
 
 void ledger_script_args(const struct ledger_record *r, struct ledger_args *out)
 {
-    snprintf(out->seen, sizeof out->seen, LEDGER_SEEN_PREFIX "%s", r->uid);
-    snprintf(out->sum, sizeof out->sum, LEDGER_SUM_PREFIX "%s", r->key);
+    snprintf(out->seen, sizeof out->seen, REDIS_KEY_USAGE_SEEN_PREFIX "%s", r->uid);
+    snprintf(out->sum, sizeof out->sum, REDIS_KEY_USAGE_SUM_PREFIX "%s", r->key);
     snprintf(out->maxlen, sizeof out->maxlen, "%d", LEDGER_STREAM_MAXLEN);
     snprintf(out->ttl, sizeof out->ttl, "%d", LEDGER_SEEN_TTL_S);
-    const char *v[LEDGER_ARGC] = {
-        out->seen,   LEDGER_STREAM, out->sum,  LEDGER_KEYSET,    out->maxlen,
-        out->ttl,    r->uid,        r->id,     r->key,           r->model,
-        r->backend,  r->cache,      r->status, r->prompt_tokens, r->completion_tokens,
-        r->cost_usd, r->latency_ms, r->ts_ms,  r->saved_usd};
+    const char *v[LEDGER_ARGC] = {out->seen,
+                                  REDIS_KEY_USAGE,
+                                  out->sum,
+                                  REDIS_KEY_USAGE_KEYS,
+                                  out->maxlen,
+                                  out->ttl,
+                                  r->uid,
+                                  r->id,
+                                  r->key,
+                                  r->model,
+                                  r->backend,
+                                  r->cache,
+                                  r->status,
+                                  r->prompt_tokens,
+                                  r->completion_tokens,
+                                  r->cost_usd,
+                                  r->latency_ms,
+                                  r->ts_ms,
+                                  r->saved_usd};
     for (int i = 0; i < LEDGER_ARGC; i++) {
         out->argv[i] = v[i];
         out->argvlen[i] = strlen(v[i]);
@@ -935,7 +945,7 @@ int ledger_usage(const struct config *cfg, const char *key, struct ledger_usage_
         names[0] = key;
         count = 1;
     } else {
-        const char *argv[2] = {"SMEMBERS", LEDGER_KEYSET};
+        const char *argv[2] = {"SMEMBERS", REDIS_KEY_USAGE_KEYS};
         if (!(members = ledger_check(c, redisCommandArgv(c, 2, argv, NULL), err))) {
             rc = err->result;
             goto out;
@@ -961,7 +971,7 @@ int ledger_usage(const struct config *cfg, const char *key, struct ledger_usage_
         size_t batch = count - base < LEDGER_USAGE_PIPELINE ? count - base : LEDGER_USAGE_PIPELINE;
         for (size_t i = 0; i < batch; i++) {
             char sum[LEDGER_FIELD_MAX + 32];
-            snprintf(sum, sizeof sum, LEDGER_SUM_PREFIX "%s", names[base + i]);
+            snprintf(sum, sizeof sum, REDIS_KEY_USAGE_SUM_PREFIX "%s", names[base + i]);
             const char *argv[2] = {"HGETALL", sum};
             if (redisAppendCommandArgv(c, 2, argv, NULL) != REDIS_OK) {
                 rc = ledger_fail(err, KEYS_ENOMEM, "internal_error", "out of memory");

@@ -1,18 +1,12 @@
 /* The usage ledger: exactly one record per request in a Redis stream, with running totals per
  * key and model, and a local spool file that keeps records while Redis is unreachable.
  *
- * Redis layout (prefix "tg:"):
- *   STREAM tg:usage                 one entry per request (XADD MAXLEN ~ LEDGER_STREAM_MAXLEN):
- *                                   uid, id (request id), key, model, backend, cache, status,
- *                                   prompt_tokens, completion_tokens, cost_usd, latency_ms, ts_ms,
- *                                   saved_usd (what a cache hit saved)
- *   STRING tg:usage:seen:<uid>      "1", 7 days: the record is already counted
- *   HASH   tg:usage:sum:<key>       "<model>:requests", "<model>:prompt_tokens",
- *                                   "<model>:completion_tokens", "<model>:cost_usd" (decimal),
- *                                   "<model>:saved_usd" (once a hit saved something)
- *   SET    tg:usage:keys            key names that have a sum hash
- * One Lua script writes all of it for a record, only when tg:usage:seen:<uid> does not exist
- * yet, so a record sent twice (reply lost, then replayed from the spool) counts once.
+ * Redis layout (the names, types and fields are in redis/keyspace.h): the stream tg:usage
+ * holds one entry per request (XADD MAXLEN ~ LEDGER_STREAM_MAXLEN); tg:usage:sum:<key> sums
+ * requests, tokens, cost and savings per model; tg:usage:keys names the keys that have sums;
+ * tg:usage:seen:<uid> marks a record counted for LEDGER_SEEN_TTL_S. One Lua script writes
+ * all of it for a record, only when tg:usage:seen:<uid> does not exist yet, so a record sent
+ * twice (reply lost, then replayed from the spool) counts once.
  *
  * De-duplication is by a record id (uid: 128 bits, made by ledger_record()), not by the
  * request id: a request id may come from the client (x-request-id), and a client that reused
@@ -20,7 +14,7 @@
  * in the entry ("id").
  *
  * The write side (struct ledger) is one per worker, on the worker's loop and thread, over the
- * worker's async Redis client (gateway/redis.h). It never waits: a record is sent at once or,
+ * worker's async Redis client (redis/redis.h). It never waits: a record is sent at once or,
  * when Redis is not available, too many records are in flight, or the command fails or times
  * out, appended to the worker's spool file as one JSON line (a local write(2) is the accepted
  * cost). A timer replays the spool in batches while Redis is available and truncates it once
@@ -39,7 +33,6 @@
 #include <stdint.h>
 #include <stdio.h>
 
-#define LEDGER_STREAM "tg:usage"
 #define LEDGER_STREAM_MAXLEN 1000000 /* approximate (MAXLEN ~) */
 #define LEDGER_SEEN_TTL_S 604800     /* a record replayed later than this counts again */
 #define LEDGER_FIELD_MAX 256         /* longer text fields are cut (at a UTF-8 boundary) */
@@ -60,7 +53,7 @@ struct ledger_entry {
     long prompt_tokens, completion_tokens;
     double cost_usd, latency_ms;
     double saved_usd; /* a cache hit: what the stored answer cost when it was made */
-    int64_t ts_ms; /* wall clock, ms since the epoch; 0: now */
+    int64_t ts_ms;    /* wall clock, ms since the epoch; 0: now */
 };
 
 /* A record in text form, as it is sent and spooled. */

@@ -1,6 +1,7 @@
 #include "tenancy/ratelimit.h"
 #include "base/clock.h"
 
+#include "redis/keyspace.h"
 #include "redis/redis.h"
 
 #include <hiredis/hiredis.h>
@@ -235,7 +236,7 @@ static void ask(struct rl_state *st)
     if (want_t < need_t)
         want_t = need_t;
     char key[200], a[6][24];
-    snprintf(key, sizeof key, "tg:rl:%s:%lld", st->key, (long long)st->window);
+    snprintf(key, sizeof key, REDIS_KEY_RATELIMIT_PREFIX "%s:%lld", st->key, (long long)st->window);
     snprintf(a[0], sizeof a[0], "%ld", st->rpm);
     snprintf(a[1], sizeof a[1], "%ld", st->tpm);
     snprintf(a[2], sizeof a[2], "%ld", st->rpm > 0 ? want_r : 0);

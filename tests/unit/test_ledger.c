@@ -11,6 +11,7 @@
 #include <cmocka.h>
 
 #include "base/log.h"
+#include "redis/keyspace.h"
 #include "redis/redis.h"
 #include "tenancy/ledger.h"
 #include "tests/unit/harness.h"
@@ -168,13 +169,13 @@ static void file_write(const char *path, const char *data, size_t len)
 
 static long long stream_len(const struct world *w)
 {
-    return SIDE_INT(w, "XLEN", LEDGER_STREAM);
+    return SIDE_INT(w, "XLEN", REDIS_KEY_USAGE);
 }
 
 static long long sum_field(const struct world *w, const char *key, const char *field)
 {
     char hash[300];
-    snprintf(hash, sizeof hash, "tg:usage:sum:%s", key);
+    snprintf(hash, sizeof hash, REDIS_KEY_USAGE_SUM_PREFIX "%s", key);
     return SIDE_INT(w, "HGET", hash, field);
 }
 
@@ -303,6 +304,7 @@ static void test_script_dedup_and_sums(void **state)
     assert_int_equal(sum_field(w, "alice", "llama3:8b:requests"), 2);
     assert_int_equal(sum_field(w, "alice", "llama3:8b:prompt_tokens"), 11);
     assert_int_equal(sum_field(w, "alice", "llama3:8b:completion_tokens"), 7);
+    /* The names spelled out: what Redis holds is part of the contract (redis/keyspace.h). */
     redisReply *r =
         side_cmd(w, 3, (const char *[]){"HGET", "tg:usage:sum:alice", "llama3:8b:cost_usd"});
     assert_non_null(r);
@@ -312,7 +314,7 @@ static void test_script_dedup_and_sums(void **state)
     long long ttl = SIDE_INT(w, "TTL", "tg:usage:seen:00000000000000000000000000000001");
     assert_true(ttl > LEDGER_SEEN_TTL_S - 10 && ttl <= LEDGER_SEEN_TTL_S);
     /* The stream entry holds every field. */
-    r = side_cmd(w, 4, (const char *[]){"XRANGE", LEDGER_STREAM, "-", "+"});
+    r = side_cmd(w, 4, (const char *[]){"XRANGE", REDIS_KEY_USAGE, "-", "+"});
     assert_non_null(r);
     assert_int_equal(r->type, REDIS_REPLY_ARRAY);
     assert_int_equal(r->elements, 2);
