@@ -5,7 +5,7 @@
 #include "base/digest.h"
 #include "base/error.h"
 #include "redis/keyspace.h"
-#include "redis/redis.h"
+#include "redis/sync.h"
 
 #include <errno.h>
 #include <getopt.h>
@@ -18,9 +18,6 @@
 #include <string.h>
 #include <sys/random.h>
 #include <time.h>
-
-static const struct timeval keys_connect_timeout = {0, 500 * 1000};
-static const struct timeval keys_command_timeout = {1, 0};
 
 /* ---- errors ------------------------------------------------------------------------------- */
 
@@ -377,48 +374,26 @@ int keys_record_from_fields(struct keys_record *r, size_t n, const char *const *
 
 /* ---- Redis -------------------------------------------------------------------------------- */
 
-const struct keys_store keys_store_keys = {"key store", "key_store_unavailable"};
+#define KEYS_STORE "key store" /* names the store in messages */
+#define KEYS_UNAVAILABLE "key_store_unavailable"
 
-static int store_unavailable(const struct keys_store *st, struct keys_error *err, const char *fmt,
-                             ...) __attribute__((format(printf, 3, 4)));
+#define keys_unavailable(err, ...)                                                                 \
+    keys_fail(err, KEYS_EUNAVAIL, KEYS_UNAVAILABLE, NULL, __VA_ARGS__)
 
-static int store_unavailable(const struct keys_store *st, struct keys_error *err, const char *fmt,
-                             ...)
+/* A blocking client's error as the key store's: 503 key_store_unavailable, or 500. */
+static int keys_from_sync(const struct redis_sync_error *se, struct keys_error *err)
 {
-    keys_fail(err, KEYS_EUNAVAIL, st->code, NULL, "%s", "");
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err->message, sizeof err->message, fmt, ap);
-    va_end(ap);
-    return KEYS_EUNAVAIL;
-}
-
-#define keys_unavailable(err, ...) store_unavailable(&keys_store_keys, err, __VA_ARGS__)
-
-redisReply *keys_redis_check(redisContext *c, redisReply *reply, const struct keys_store *st,
-                             struct keys_error *err)
-{
-    if (!reply) {
-        /* hiredis reports a socket timeout as EAGAIN. */
-        if (c->err == REDIS_ERR_IO && (errno == EAGAIN || errno == EWOULDBLOCK))
-            store_unavailable(st, err, "The %s (Redis) did not answer within %ld s.", st->what,
-                              (long)keys_command_timeout.tv_sec);
-        else
-            store_unavailable(st, err, "The %s (Redis) did not answer: %s.", st->what,
-                              c->errstr[0] ? c->errstr : "no reply");
-        return NULL;
-    }
-    if (reply->type == REDIS_REPLY_ERROR) {
-        store_unavailable(st, err, "The %s (Redis) failed: %.160s", st->what, reply->str);
-        freeReplyObject(reply);
-        return NULL;
-    }
-    return reply;
+    if (se->code == REDIS_SYNC_ENOMEM)
+        return keys_nomem(err);
+    return keys_unavailable(err, "%s", se->message);
 }
 
 static redisReply *keys_check(redisContext *c, redisReply *reply, struct keys_error *err)
 {
-    return keys_redis_check(c, reply, &keys_store_keys, err);
+    struct redis_sync_error se;
+    if (!(reply = redis_sync_check(c, reply, KEYS_STORE, &se)))
+        keys_from_sync(&se, err);
+    return reply;
 }
 
 static redisReply *keys_command(redisContext *c, int argc, const char **argv, const size_t *argvlen,
@@ -427,78 +402,13 @@ static redisReply *keys_command(redisContext *c, int argc, const char **argv, co
     return keys_check(c, redisCommandArgv(c, argc, argv, argvlen), err);
 }
 
-/* A blocking connection per the URL, authenticated and on its db; NULL with err filled. */
-redisContext *keys_redis_connect(const struct config *cfg, const struct keys_store *st,
-                                 struct keys_error *err)
-{
-    if (!cfg->redis_url) {
-        store_unavailable(st, err, "No %s: redis.url is not configured.", st->what);
-        return NULL;
-    }
-    struct redis_url *u = calloc(1, sizeof *u);
-    char why[256];
-    if (!u) {
-        keys_nomem(err);
-        return NULL;
-    }
-    if (redis_parse_url(cfg->redis_url, u, why, sizeof why)) {
-        store_unavailable(st, err, "redis.url: %s", why);
-        free(u);
-        return NULL;
-    }
-    redisContext *c = u->unix_socket
-                          ? redisConnectUnixWithTimeout(u->path, keys_connect_timeout)
-                          : redisConnectWithTimeout(u->host, u->port, keys_connect_timeout);
-    if (!c || c->err) {
-        store_unavailable(st, err, "The %s (Redis) is unreachable: %s.", st->what,
-                          c ? c->errstr : "out of memory");
-        goto fail;
-    }
-    if (redisSetTimeout(c, keys_command_timeout) != REDIS_OK) {
-        store_unavailable(st, err, "The %s (Redis) is unreachable: %s.", st->what, c->errstr);
-        goto fail;
-    }
-    redisReply *reply;
-    if (u->password[0]) {
-        const char *argv[3] = {"AUTH", u->user, u->password};
-        int argc = 3;
-        if (!u->user[0]) {
-            argv[1] = u->password;
-            argc = 2;
-        }
-        reply = redisCommandArgv(c, argc, argv, NULL);
-        if (reply && reply->type == REDIS_REPLY_ERROR) {
-            /* Redis's AUTH errors never echo the password, but say nothing of it anyway. */
-            store_unavailable(st, err, "The %s (Redis) refused the credentials.", st->what);
-            freeReplyObject(reply);
-            goto fail;
-        }
-        if (!keys_redis_check(c, reply, st, err))
-            goto fail;
-        freeReplyObject(reply);
-    }
-    if (u->db != 0) {
-        char db[16];
-        snprintf(db, sizeof db, "%d", u->db);
-        const char *argv[2] = {"SELECT", db};
-        if (!(reply = keys_redis_check(c, redisCommandArgv(c, 2, argv, NULL), st, err)))
-            goto fail;
-        freeReplyObject(reply);
-    }
-    explicit_bzero(u, sizeof *u);
-    free(u);
-    return c;
-fail:
-    explicit_bzero(u, sizeof *u);
-    free(u);
-    if (c)
-        redisFree(c);
-    return NULL;
-}
-
 static redisContext *keys_connect(const struct config *cfg, struct keys_error *err)
 {
-    return keys_redis_connect(cfg, &keys_store_keys, err);
+    struct redis_sync_error se;
+    redisContext *c = redis_sync_connect(cfg->redis_url, KEYS_STORE, &se);
+    if (!c)
+        keys_from_sync(&se, err);
+    return c;
 }
 
 /* All-or-nothing creation. The EXISTS check comes before any write, so a refused name

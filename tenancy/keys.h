@@ -10,8 +10,8 @@
  * A key is "tg-" + 32 lowercase hex digits from getrandom(); it is returned once by
  * keys_create() and never stored, logged or returned again: Redis holds only its SHA-256.
  *
- * Each operation opens its own blocking hiredis connection from cfg->redis_url (AUTH and
- * SELECT as the URL says), with a 500 ms connect and a 1 s command timeout, and closes it
+ * Each operation opens its own blocking connection from cfg->redis_url (redis/sync.h: AUTH
+ * and SELECT as the URL says, a 500 ms connect and a 1 s command timeout) and closes it
  * before returning: meant for the admin thread and the one-shot CLI, never for a worker's
  * loop (the hot path uses redis/redis.h). Thread-safe: no shared state.
  *
@@ -23,9 +23,8 @@
 
 #include "config/config.h"
 
-#include <hiredis/hiredis.h>
-
 #include <jansson.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -133,24 +132,5 @@ int keys_revoke(const struct config *cfg, const char *name, struct keys_error *e
  * Prints results on stdout and problems on stderr. Returns the exit status: 0 ok, 1 error,
  * 2 usage. Uses getopt (not reentrant): call from main only. */
 int keys_cli(const struct config *cfg, int argc, char **argv);
-
-/* ---- blocking Redis access for the admin listener and the CLI (never a worker) ---------- */
-
-/* Names a store in messages and its 503 error code, e.g. {"key store",
- * "key_store_unavailable"}. */
-struct keys_store {
-    const char *what;
-    const char *code;
-};
-extern const struct keys_store keys_store_keys;
-
-/* A blocking connection to redis.url, authenticated and on its db (500 ms to connect, 1 s a
- * command); NULL with err filled (503 with st's code). */
-redisContext *keys_redis_connect(const struct config *cfg, const struct keys_store *st,
-                                 struct keys_error *err);
-/* A reply, or NULL with err filled: the connection failed or timed out, or Redis answered
- * with an error (the reply is freed then). */
-redisReply *keys_redis_check(redisContext *c, redisReply *reply, const struct keys_store *st,
-                             struct keys_error *err);
 
 #endif

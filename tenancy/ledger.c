@@ -6,6 +6,7 @@
 #include "base/log.h"
 #include "redis/keyspace.h"
 #include "redis/redis.h"
+#include "redis/sync.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -105,8 +106,9 @@ void ledger_record_from_entry(struct ledger_record *r, const struct ledger_entry
 #define LEDGER_FIELDS(X)                                                                           \
     X(uid)                                                                                         \
     X(id)                                                                                          \
-    X(key) X(model) X(backend) X(cache) X(status) X(prompt_tokens) X(completion_tokens)            \
-        X(cost_usd) X(latency_ms) X(ts_ms)
+    X(key)                                                                                         \
+    X(model) X(backend) X(cache) X(status) X(prompt_tokens) X(completion_tokens) X(cost_usd)       \
+        X(latency_ms) X(ts_ms)
 
 /* Appends "s" JSON-escaped (quotes included) at out[*o]; false when n is too small. */
 static bool ledger_put_string(char *out, size_t n, size_t *o, const char *s)
@@ -805,7 +807,7 @@ void ledger_stats(const struct ledger *l, struct ledger_stats *out)
 
 /* ---- the read side --------------------------------------------------------------------------- */
 
-static const struct keys_store ledger_store = {"usage store", "usage_store_unavailable"};
+#define LEDGER_STORE "usage store" /* names the store in messages */
 
 static int ledger_fail(struct keys_error *err, int result, const char *code, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
@@ -825,14 +827,29 @@ static int ledger_fail(struct keys_error *err, int result, const char *code, con
 #define ledger_unavailable(err, ...)                                                               \
     ledger_fail(err, KEYS_EUNAVAIL, "usage_store_unavailable", __VA_ARGS__)
 
+/* A blocking client's error as the usage store's: 503 usage_store_unavailable, or 500. */
+static int ledger_from_sync(const struct redis_sync_error *se, struct keys_error *err)
+{
+    if (se->code == REDIS_SYNC_ENOMEM)
+        return ledger_fail(err, KEYS_ENOMEM, "internal_error", "out of memory");
+    return ledger_unavailable(err, "%s", se->message);
+}
+
 static redisReply *ledger_check(redisContext *c, redisReply *reply, struct keys_error *err)
 {
-    return keys_redis_check(c, reply, &ledger_store, err);
+    struct redis_sync_error se;
+    if (!(reply = redis_sync_check(c, reply, LEDGER_STORE, &se)))
+        ledger_from_sync(&se, err);
+    return reply;
 }
 
 static redisContext *ledger_connect(const struct config *cfg, struct keys_error *err)
 {
-    return keys_redis_connect(cfg, &ledger_store, err);
+    struct redis_sync_error se;
+    redisContext *c = redis_sync_connect(cfg->redis_url, LEDGER_STORE, &se);
+    if (!c)
+        ledger_from_sync(&se, err);
+    return c;
 }
 
 static int ledger_cmp_str(const void *a, const void *b)

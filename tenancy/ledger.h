@@ -21,8 +21,8 @@
  * every line read was acknowledged. Memory is bounded by LEDGER_INFLIGHT_MAX records of at
  * most LEDGER_FIELD_MAX bytes per text field; the spool by LEDGER_SPOOL_MAX bytes.
  *
- * The read side (ledger_usage(), ledger_cli()) is blocking hiredis, like gateway/keys.h: for
- * the admin thread and the one-shot CLI, never for a worker. */
+ * The read side (ledger_usage(), ledger_cli()) is the blocking client (redis/sync.h), as in
+ * tenancy/keys.h: for the admin thread and the one-shot CLI, never for a worker. */
 #ifndef TOLLGATE_LEDGER_H
 #define TOLLGATE_LEDGER_H
 
@@ -155,8 +155,10 @@ struct ledger_usage_row {
 
 /* The totals of one key (key != NULL) or of every key, sorted by key then model, as a malloc'd
  * array (NULL when n is 0; free() it). A key without records gives no rows. Opens its own
- * blocking connection (500 ms connect, 1 s per command) from cfg->redis_url. Errors as
- * gateway/keys.h (KEYS_EUNAVAIL: no redis.url, or Redis down, slow or failing). */
+ * blocking connection (redis/sync.h: 500 ms connect, 1 s per command) from cfg->redis_url.
+ * Errors as tenancy/keys.h, whose struct keys_error the admin API maps for both
+ * (KEYS_EUNAVAIL with code usage_store_unavailable: no redis.url, or Redis down, slow or
+ * failing). */
 int ledger_usage(const struct config *cfg, const char *key, struct ledger_usage_row **out,
                  size_t *n, struct keys_error *err);
 
