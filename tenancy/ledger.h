@@ -97,6 +97,10 @@ int ledger_format_line(const struct ledger_record *r, char *out, size_t n);
  * not a valid record. */
 int ledger_parse_line(const char *line, size_t len, struct ledger_record *r);
 
+/* The shortest fixed-point text (at most 12 decimals, never an exponent) that reads back as
+ * x, into out[n]. */
+void ledger_format_decimal(double x, char *out, size_t n);
+
 /* The Lua script (EVALSHA sha 4 seen stream sum keyset  maxlen ttl uid id key model backend
  * cache status prompt completion cost latency ts); returns 1 when the record was new and is
  * now counted, 0 when it was already counted. Exposed for tests and tools. */
