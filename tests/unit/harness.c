@@ -1,6 +1,14 @@
 /* The unit tests' shared harness: see harness.h. */
 #include "tests/unit/harness.h"
 
+/* cmocka wants these before it. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -266,4 +274,82 @@ bool harness_never(void *arg)
 void harness_run_for(struct harness_world *w, double s)
 {
     harness_run_until(w, harness_never, NULL, s);
+}
+
+/* ---- the asynchronous client -------------------------------------------------------------- */
+
+int harness_env_new(struct harness_env **out, const char *name, const char *pass, bool with_unix)
+{
+    struct harness_env *e = calloc(1, sizeof *e);
+    *out = e;
+    if (!e)
+        return -1;
+    e->srv.pass = pass;
+    e->srv.with_unix = with_unix;
+    if (harness_redis_init(&e->srv, name) == -1 || harness_world_init(&e->h) == -1)
+        return -1;
+    harness_redis_url(&e->srv, e->url, sizeof e->url);
+    return harness_redis_start(&e->srv);
+}
+
+void harness_env_free(struct harness_env *e)
+{
+    if (!e)
+        return;
+    harness_redis_cleanup(&e->srv);
+    harness_world_fini(&e->h);
+    free(e);
+}
+
+void harness_on_reply(void *ctx, int result, const redisReply *reply)
+{
+    struct harness_reply *r = ctx;
+    r->calls++;
+    r->result = result;
+    r->at = harness_now_s();
+    r->type = reply ? reply->type : -1;
+    r->len = 0;
+    if (reply) {
+        r->integer = reply->integer;
+        if (reply->str) {
+            r->len = reply->len < sizeof r->str ? reply->len : sizeof r->str - 1;
+            memcpy(r->str, reply->str, r->len);
+            r->str[r->len] = '\0';
+        }
+    }
+}
+
+bool harness_reply_done(void *arg)
+{
+    return ((struct harness_reply *)arg)->calls > 0;
+}
+
+bool harness_client_available(void *arg)
+{
+    return redis_client_available(arg);
+}
+
+struct redis_client *harness_client_new(struct harness_env *e, const struct redis_options *o)
+{
+    struct redis_options opt = *o;
+    if (!opt.url)
+        opt.url = e->url;
+    struct redis_client *c = redis_client_new(e->h.loop, &opt);
+    assert_non_null(c);
+    if (!harness_run_until(&e->h, harness_client_available, c, 5))
+        fail_msg("client did not connect: %s", redis_client_errstr(c));
+    return c;
+}
+
+struct harness_reply harness_command(struct harness_env *e, struct redis_client *c, int argc,
+                                     const char **argv, const size_t *lens)
+{
+    struct harness_reply r = {0};
+    int rc = redis_command(c, argc, argv, lens, harness_on_reply, &r);
+    if (rc != 0)
+        fail_msg("redis_command(%s) refused: %s", argv[0], redis_strerror(rc));
+    if (!harness_run_until(&e->h, harness_reply_done, &r, 5))
+        fail_msg("no answer to %s", argv[0]);
+    assert_int_equal(r.calls, 1);
+    return r;
 }

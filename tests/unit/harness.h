@@ -7,11 +7,18 @@
  *  - a world with an event loop and a tick timer, and harness_run_until(), which runs the loop
  *    in bounded steps under an overall deadline so that no test can hang.
  *
- * redis-server missing is a failure (a message on stderr and -1), never a skip. Nothing here
- * uses cmocka, so the calls return errors and the tests assert on them. Not thread-safe: one
+ *  - for tests of the asynchronous client (redis/redis.h) and what is built on it: an
+ *    environment of a world, a server and its URL; a connected client; replies recorded by a
+ *    callback; a command sent and awaited.
+ *
+ * redis-server missing is a failure (a message on stderr and -1), never a skip. The calls
+ * return errors and the tests assert on them, except harness_client_new() and
+ * harness_command(), which fail the running cmocka test themselves. Not thread-safe: one
  * test thread. */
 #ifndef TOLLGATE_TESTS_HARNESS_H
 #define TOLLGATE_TESTS_HARNESS_H
+
+#include "redis/redis.h"
 
 #include <ev.h>
 #include <hiredis/hiredis.h>
@@ -86,5 +93,53 @@ bool harness_never(void *arg);
 
 /* Runs the loop for s seconds. */
 void harness_run_for(struct harness_world *w, double s);
+
+/* ---- the asynchronous client -------------------------------------------------------------- */
+
+/* A world, a server and its URL: what a test of the client starts from. */
+struct harness_env {
+    struct harness_world h;
+    struct harness_redis srv;
+    char url[256];
+};
+
+/* Allocates an env, makes its directory (/tmp/tg-<name>-XXXXXX) and loop, and starts its
+ * server with the given password (or NULL) and a unix socket when with_unix. *out is set even
+ * when this fails, for harness_env_free(). 0 or -1. */
+int harness_env_new(struct harness_env **out, const char *name, const char *pass, bool with_unix);
+
+/* Kills the server, removes its directory, destroys the loop, frees e. NULL is fine. */
+void harness_env_free(struct harness_env *e);
+
+/* One reply as a redis_reply_fn saw it (strings cut to 511 bytes). */
+struct harness_reply {
+    int calls;  /* how many times the callback ran: exactly 1 is the contract */
+    int result; /* 0 or a negative redis_result */
+    int type;   /* reply->type, or -1 without a reply */
+    long long integer;
+    char str[512];
+    size_t len;
+    double at; /* harness_now_s() of the (last) call */
+};
+
+/* A redis_reply_fn recording into the struct harness_reply ctx. */
+void harness_on_reply(void *ctx, int result, const redisReply *reply);
+
+/* Predicates for harness_run_until(): a struct harness_reply was called; a struct
+ * redis_client is available. */
+bool harness_reply_done(void *arg);
+bool harness_client_available(void *arg);
+
+/* A client for e with opt (opt->url NULL: e's URL) that is available within 5 s; fails the
+ * test otherwise. */
+struct redis_client *harness_client_new(struct harness_env *e, const struct redis_options *opt);
+
+/* Sends a command on c and waits up to 5 s for its answer, which it returns; fails the test
+ * when the command is refused or unanswered, or answered more than once. */
+struct harness_reply harness_command(struct harness_env *e, struct redis_client *c, int argc,
+                                     const char **argv, const size_t *lens);
+
+/* harness_command() with a literal list of C strings: HARNESS_CMD(e, c, "GET", "k"). */
+#define HARNESS_CMD(e, c, ...) harness_command((e), (c), HARNESS_ARGV(__VA_ARGS__), NULL)
 
 #endif
