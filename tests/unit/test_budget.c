@@ -277,7 +277,7 @@ static void test_slow_redis_local_allowance(void **state)
     /* Redis knows the script already (as on any busy gateway): EVALSHA runs it at once. */
     assert_int_equal(reserve(w, b, "slow-warm", 100, 1).result, BUDGET_OK);
     int slept = 0;
-    const char *argv[] = {"DEBUG", "SLEEP", "0.4"};
+    const char *argv[] = {"DEBUG", "SLEEP", "1"};
     assert_int_equal(redis_command(w->c, 3, argv, NULL, on_debug, &slept), 0);
     /* 100 USD: 1 USD locally. One at a time, so the order of their deadlines is known. */
     static const struct {
