@@ -81,8 +81,9 @@ static void *arena_piece(struct arena *a, size_t n)
     return p + 1;
 }
 
-/* Reads the start of the page a heap pointer lies in, which AddressSanitizer would report. */
-__attribute__((no_sanitize_address)) static bool in_arena(const void *ptr)
+/* Reads the start of the page a heap pointer lies in (always mapped: arena blocks are one
+ * page), which AddressSanitizer and ThreadSanitizer would report as a use after free. */
+__attribute__((no_sanitize("address", "thread"))) static bool in_arena(const void *ptr)
 {
     const struct arena_block *b =
         (const struct arena_block *)((uintptr_t)ptr & ~(uintptr_t)(ARENA_BLOCK_BYTES - 1));

@@ -430,7 +430,7 @@ describe('Dockerfile', () => {
     const base = new Set(['libc6', 'libgcc-s1', 'libstdc++6', 'zlib1g']); // in debian:bookworm-slim
     for (const bin of [TOLLGATE_BIN, MOCKNODE_BIN]) {
       const needed = [...run('readelf', ['-d', bin]).stdout.matchAll(/\(NEEDED\)\s+Shared library: \[([^\]]+)\]/g)]
-        .map((m) => m[1]).filter((l) => !/^(libasan|libubsan|liblsan)/.test(l));
+        .map((m) => m[1]).filter((l) => !/^(libasan|libubsan|liblsan|libtsan)/.test(l));
       assert.ok(needed.length > 0, `readelf found no libraries in ${bin}`);
       for (const lib of needed) {
         let owner = null;
