@@ -106,10 +106,11 @@ fmt-check:
 bench: deps all $(BUILD)/floor
 	@bench/run.sh
 
-# The bench's "MHD+curl floor" row: the gateway's engine with nothing of the gateway in it.
-$(BUILD)/floor: bench/floor.c
-	@mkdir -p $(BUILD)
-	$(CC) $(CFLAGS) $< -o $@ $(LDFLAGS) -lmicrohttpd -lcurl -lev -lpthread
+# The bench's "MHD+curl floor" row: the gateway's engine (net/, linked, not copied) with
+# nothing of the gateway in it.
+$(BUILD)/floor: $(BUILD)/obj/bench/floor.o $(BUILD)/obj/net/httpd.o $(BUILD)/obj/net/upstream.o \
+                $(BUILD)/obj/base/listen.o $(BUILD)/obj/base/log.o
+	$(CC) $(CFLAGS) $^ -o $@ $(LDFLAGS) -lmicrohttpd -lcurl -lev -lpthread
 
 install: $(BUILD)/tollgate
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/tollgate

@@ -1,6 +1,7 @@
 #include "net/upstream.h"
 
 #include "base/error.h"
+#include "base/list.h"
 
 #include <stdbool.h>
 #include <stdio.h>
@@ -14,10 +15,10 @@ struct upstream {
     CURLM *multi;
     ev_timer timer; /* curl's own timeout */
     int running;
-    struct upstream_xfer *free_list; /* recycled transfers with their easy handles */
+    struct list idle; /* recycled transfers with their easy handles, last released first */
     size_t n_free;
-    struct upstream_xfer *live; /* running transfers, for upstream_free() */
-    bool pending;               /* transfers were added since the last flush */
+    struct list live; /* running transfers, for upstream_free() */
+    bool pending;     /* transfers were added since the last flush */
 };
 
 struct upstream_xfer {
@@ -35,8 +36,8 @@ struct upstream_xfer {
     struct curl_slist rid_node; /* x-request-id linked in front of the shared headers */
     char rid_line[160];
     char errbuf[CURL_ERROR_SIZE];
-    char *ca_file; /* the CURLOPT_CAINFO this handle carries (a copy); NULL = curl's default */
-    struct upstream_xfer *prev, *next;
+    char *ca_file;    /* the CURLOPT_CAINFO this handle carries (a copy); NULL = curl's default */
+    struct list node; /* on u->live while running, on u->idle while recycled */
 };
 
 struct upstream_sock {
@@ -57,8 +58,8 @@ static void upstream_io_cb(struct ev_loop *loop, ev_io *w, int revents)
 {
     (void)loop;
     struct upstream_sock *s = w->data;
-    int action = (revents & EV_READ ? CURL_CSELECT_IN : 0) |
-                 (revents & EV_WRITE ? CURL_CSELECT_OUT : 0);
+    int action =
+        (revents & EV_READ ? CURL_CSELECT_IN : 0) | (revents & EV_WRITE ? CURL_CSELECT_OUT : 0);
     upstream_event(s->u, s->fd, action);
 }
 
@@ -119,6 +120,8 @@ struct upstream *upstream_new(struct ev_loop *loop, unsigned max_per_host)
     if (!u)
         return NULL;
     u->loop = loop;
+    list_init(&u->idle);
+    list_init(&u->live);
     u->multi = curl_multi_init();
     if (!u->multi) {
         free(u);
@@ -136,18 +139,6 @@ struct upstream *upstream_new(struct ev_loop *loop, unsigned max_per_host)
     return u;
 }
 
-static void xfer_unlink(struct upstream_xfer *x)
-{
-    struct upstream *u = x->u;
-    if (x->prev)
-        x->prev->next = x->next;
-    else if (u->live == x)
-        u->live = x->next;
-    if (x->next)
-        x->next->prev = x->prev;
-    x->prev = x->next = NULL;
-}
-
 /* A transfer and its easy handle, gone for good. */
 static void xfer_destroy(struct upstream_xfer *x)
 {
@@ -162,10 +153,9 @@ static void xfer_release(struct upstream_xfer *x)
     struct upstream *u = x->u;
     ev_timer_stop(u->loop, &x->deadline);
     curl_multi_remove_handle(u->multi, x->easy);
-    xfer_unlink(x);
+    list_unlink(&x->node);
     if (u->n_free < UPSTREAM_MAX_POOLED_HANDLES) {
-        x->next = u->free_list;
-        u->free_list = x;
+        list_push_head(&u->idle, &x->node);
         u->n_free++;
     } else {
         xfer_destroy(x);
@@ -176,13 +166,15 @@ void upstream_free(struct upstream *u)
 {
     if (!u)
         return;
-    while (u->live)
-        xfer_release(u->live);
+    struct list *node, *tmp;
+    LIST_FOR_EACH_SAFE(node, tmp, &u->live)
+    {
+        xfer_release(LIST_ENTRY(node, struct upstream_xfer, node));
+    }
     ev_timer_stop(u->loop, &u->timer);
-    while (u->free_list) {
-        struct upstream_xfer *x = u->free_list;
-        u->free_list = x->next;
-        xfer_destroy(x);
+    LIST_FOR_EACH_SAFE(node, tmp, &u->idle)
+    {
+        xfer_destroy(LIST_ENTRY(node, struct upstream_xfer, node));
     }
     curl_multi_cleanup(u->multi);
     free(u);
@@ -308,10 +300,11 @@ struct upstream_xfer *upstream_start(struct upstream *u, const struct upstream_r
 {
     /* A recycled handle keeps its options: every transfer sets the same ones below, so no
      * curl_easy_reset() (a large memset and re-initialisation per request). */
-    struct upstream_xfer *x = u->free_list;
+    struct list *idle = list_first(&u->idle);
+    struct upstream_xfer *x = idle ? LIST_ENTRY(idle, struct upstream_xfer, node) : NULL;
     bool fresh = !x;
     if (x) {
-        u->free_list = x->next;
+        list_unlink(&x->node);
         u->n_free--;
     } else {
         x = calloc(1, sizeof *x);
@@ -334,18 +327,18 @@ struct upstream_xfer *upstream_start(struct upstream *u, const struct upstream_r
     x->errbuf[0] = '\0';
     x->started = ev_now(u->loop);
     x->idle_s = req->idle_timeout_ms > 0 ? (double)req->idle_timeout_ms / 1000.0 : 0;
-    x->prev = NULL;
-    x->next = u->live;
-    if (u->live)
-        u->live->prev = x;
-    u->live = x;
+    list_push_head(&u->live, &x->node);
 
-    snprintf(x->rid_line, sizeof x->rid_line, "x-request-id: %s", req->request_id);
-    x->rid_node.data = x->rid_line;
-    x->rid_node.next = req->headers;
+    struct curl_slist *headers = req->headers;
+    if (req->request_id) {
+        snprintf(x->rid_line, sizeof x->rid_line, "x-request-id: %s", req->request_id);
+        x->rid_node.data = x->rid_line;
+        x->rid_node.next = req->headers;
+        headers = &x->rid_node;
+    }
 
     curl_easy_setopt(easy, CURLOPT_URL, req->url);
-    curl_easy_setopt(easy, CURLOPT_HTTPHEADER, &x->rid_node);
+    curl_easy_setopt(easy, CURLOPT_HTTPHEADER, headers);
     if (req->body) {
         curl_easy_setopt(easy, CURLOPT_POSTFIELDS, req->body);
         curl_easy_setopt(easy, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)req->body_len);

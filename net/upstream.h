@@ -35,7 +35,7 @@ struct upstream_req {
     size_t body_len;
     struct curl_slist *headers; /* shared, read-only; must outlive the transfer */
     const char *ca_file;        /* CA bundle for https, NULL = curl's default (the system's) */
-    const char *request_id;     /* sent as x-request-id */
+    const char *request_id;     /* sent as x-request-id; NULL: no such header */
     long connect_timeout_ms;
     long first_byte_timeout_ms; /* until the first body byte */
     long idle_timeout_ms;       /* between body bytes */

@@ -1,11 +1,12 @@
 #include "routing/health.h"
-#include "base/clock.h"
 
 #include "base/buf.h"
+#include "base/clock.h"
 #include "base/error.h"
+#include "base/list.h"
 #include "base/log.h"
-#include "routing/backend.h"
 #include "net/upstream.h"
+#include "routing/backend.h"
 
 #include <ev.h>
 #include <pthread.h>
@@ -27,7 +28,7 @@ struct check {
     enum check_kind kind;
     struct buf body;
     char url[1024];
-    struct check *prev, *next; /* the thread's live checks */
+    struct list node; /* on the thread's live checks */
 };
 
 struct health {
@@ -45,17 +46,12 @@ struct health {
     unsigned *busy;     /* per backend of cfg: a probe is in flight */
     unsigned *price_busy;
     int64_t *prices_due; /* per backend: next price fetch (ms) */
-    struct check *checks;
+    struct list checks;  /* every probe and price fetch in flight */
 };
 
 static void check_free(struct check *c)
 {
-    if (c->prev)
-        c->prev->next = c->next;
-    else if (c->h->checks == c)
-        c->h->checks = c->next;
-    if (c->next)
-        c->next->prev = c->prev;
+    list_unlink(&c->node);
     buf_free(&c->body);
     config_unref(c->cfg);
     free(c);
@@ -147,8 +143,9 @@ static void check_on_done(void *ctx, int result, long status, const char *detail
         json_decref(doc);
         char esc[300];
         if (priced < 0)
-            log_event(LOG_WARN, "prices_failed", "\"backend\":\"%s\",\"status\":%ld,\"detail\":\"%s\"",
-                      b->name, status, log_escape(esc, sizeof esc, detail));
+            log_event(LOG_WARN, "prices_failed",
+                      "\"backend\":\"%s\",\"status\":%ld,\"detail\":\"%s\"", b->name, status,
+                      log_escape(esc, sizeof esc, detail));
         else
             log_event(LOG_DEBUG, "prices_updated", "\"backend\":\"%s\",\"models\":%d", b->name,
                       priced);
@@ -176,7 +173,7 @@ static bool same_origin(const char *a, const char *b)
 
 /* What a price feed on another origin than its backend is sent: not the backend's api_key. */
 static struct curl_slist foreign_feed_headers = {(char *)"User-Agent: tollgate/" TOLLGATE_VERSION,
-                                                  NULL};
+                                                 NULL};
 
 static void check_start(struct health *h, size_t i, enum check_kind kind)
 {
@@ -186,10 +183,7 @@ static void check_start(struct health *h, size_t i, enum check_kind kind)
         return;
     c->h = h;
     c->cfg = config_ref(h->cfg);
-    c->next = h->checks;
-    if (h->checks)
-        h->checks->prev = c;
-    h->checks = c;
+    list_push_head(&h->checks, &c->node);
     c->backend = i;
     c->kind = kind;
     buf_init(&c->body, HEALTH_MAX_PRICES_BYTES);
@@ -306,6 +300,7 @@ struct health *health_start(struct config *cfg)
     if (!h)
         return NULL;
     pthread_mutex_init(&h->lock, NULL);
+    list_init(&h->checks);
     h->loop = ev_loop_new(EVBACKEND_EPOLL | EVFLAG_NOENV);
     h->upstream = h->loop ? upstream_new(h->loop, 4) : NULL;
     if (!h->upstream)
@@ -354,8 +349,11 @@ void health_stop(struct health *h)
     ev_async_send(h->loop, &h->wakeup);
     pthread_join(h->thread, NULL);
     upstream_free(h->upstream);
-    while (h->checks)
-        check_free(h->checks);
+    struct list *node, *tmp;
+    LIST_FOR_EACH_SAFE(node, tmp, &h->checks)
+    {
+        check_free(LIST_ENTRY(node, struct check, node));
+    }
     ev_loop_destroy(h->loop);
     config_unref(h->cfg);
     config_unref(h->next);
