@@ -1,23 +1,22 @@
 #include "gateway/admin.h"
-#include "base/clock.h"
 
-#include "base/digest.h"
 #include "base/buf.h"
+#include "base/clock.h"
+#include "base/digest.h"
 #include "base/error.h"
-#include "tenancy/keys.h"
-#include "tenancy/ledger.h"
+#include "base/listen.h"
 #include "base/log.h"
 #include "routing/backend.h"
+#include "tenancy/keys.h"
+#include "tenancy/ledger.h"
 
-#include <arpa/inet.h>
 #include <jansson.h>
 #include <microhttpd.h>
-#include <netdb.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
+#include <strings.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -72,8 +71,7 @@ static enum MHD_Result admin_reply(struct MHD_Connection *conn, unsigned status,
     return admin_reply_with(conn, status, body, len, ctype, free);
 }
 
-static enum MHD_Result admin_error(struct MHD_Connection *conn, enum tg_error err,
-                                   const char *msg)
+static enum MHD_Result admin_error(struct MHD_Connection *conn, enum tg_error err, const char *msg)
 {
     size_t len = 0;
     char *body = error_body(err, msg, NULL, NULL, &len);
@@ -116,27 +114,27 @@ static json_t *admin_backends(const struct config *cfg)
         for (size_t j = 0; j < b->n_models; j++) {
             const struct config_model *m = &b->models[j];
             bool live = m->price && atomic_load(&m->price->live);
-            json_array_append_new(
-                models, json_pack("{s:s, s:s?, s:f, s:f, s:s}", "name", m->name, "upstream",
-                                  m->upstream, "input_usd_per_mtok", backend_input_price(m),
-                                  "output_usd_per_mtok", backend_output_price(m), "price_source",
-                                  live ? "live" : "config"));
+            json_array_append_new(models, json_pack("{s:s, s:s?, s:f, s:f, s:s}", "name", m->name,
+                                                    "upstream", m->upstream, "input_usd_per_mtok",
+                                                    backend_input_price(m), "output_usd_per_mtok",
+                                                    backend_output_price(m), "price_source",
+                                                    live ? "live" : "config"));
         }
         int64_t until = atomic_load(&s->ejected_until_ms);
         int64_t probe = atomic_load(&s->last_probe_ms);
-        json_t *o = json_pack(
-            "{s:s, s:s, s:s, s:i, s:i, s:I, s:I, s:I, s:i, s:I, s:f, s:f, s:b, s:o, s:o}", "name",
-            b->name, "url", b->url, "health", backend_health_name(s, now), "inflight",
-            atomic_load(&s->inflight), "max_inflight", (int)b->max_inflight, "requests",
-            (json_int_t)atomic_load(&s->requests), "failures",
-            (json_int_t)atomic_load(&s->failures), "ejections",
-            (json_int_t)atomic_load(&s->ejections), "consecutive_failures",
-            (int)atomic_load(&s->consecutive_failures), "ejected_for_ms",
-            (json_int_t)(until > now ? until - now : 0), "ttfb_ms",
-            (double)atomic_load(&s->ttfb_ewma_us) / 1000.0, "duration_ms",
-            (double)atomic_load(&s->duration_ewma_us) / 1000.0, "probe_ok",
-            !atomic_load(&s->probe_down), "last_probe_ago_ms",
-            probe ? json_integer(now - probe) : json_null(), "models", models);
+        json_t *o =
+            json_pack("{s:s, s:s, s:s, s:i, s:i, s:I, s:I, s:I, s:i, s:I, s:f, s:f, s:b, s:o, s:o}",
+                      "name", b->name, "url", b->url, "health", backend_health_name(s, now),
+                      "inflight", atomic_load(&s->inflight), "max_inflight", (int)b->max_inflight,
+                      "requests", (json_int_t)atomic_load(&s->requests), "failures",
+                      (json_int_t)atomic_load(&s->failures), "ejections",
+                      (json_int_t)atomic_load(&s->ejections), "consecutive_failures",
+                      (int)atomic_load(&s->consecutive_failures), "ejected_for_ms",
+                      (json_int_t)(until > now ? until - now : 0), "ttfb_ms",
+                      (double)atomic_load(&s->ttfb_ewma_us) / 1000.0, "duration_ms",
+                      (double)atomic_load(&s->duration_ewma_us) / 1000.0, "probe_ok",
+                      !atomic_load(&s->probe_down), "last_probe_ago_ms",
+                      probe ? json_integer(now - probe) : json_null(), "models", models);
         json_array_append_new(list, o);
     }
     return json_pack("{s:o}", "backends", list);
@@ -190,7 +188,7 @@ static enum MHD_Result admin_keys_create(struct MHD_Connection *conn, const stru
 }
 
 /* /admin/keys and /admin/keys/{name}. Each call holds a Redis connection of its own for its
- * duration (gateway/keys.h): bounded by the connect and command timeouts. */
+ * duration (tenancy/keys.h): bounded by the connect and command timeouts. */
 static enum MHD_Result admin_keys(struct MHD_Connection *conn, const struct config *cfg,
                                   const char *method, const char *url, struct admin_request *req)
 {
@@ -239,7 +237,7 @@ static enum MHD_Result admin_keys(struct MHD_Connection *conn, const struct conf
 }
 
 /* GET /admin/usage[?key=NAME]: the usage ledger's totals per key and model
- * (gateway/ledger.h), over a Redis connection of the call's own like /admin/keys. */
+ * (tenancy/ledger.h), over a Redis connection of the call's own like /admin/keys. */
 static enum MHD_Result admin_usage(struct MHD_Connection *conn, const struct config *cfg,
                                    const char *method)
 {
@@ -328,46 +326,12 @@ static enum MHD_Result admin_handle(void *cls, struct MHD_Connection *conn, cons
     return ok;
 }
 
-static int admin_listen_socket(const char *addr, char *err, size_t err_len)
-{
-    char host[256];
-    const char *colon = strrchr(addr, ':');
-    size_t hn = colon ? (size_t)(colon - addr) : 0;
-    if (!colon || hn >= sizeof host) {
-        snprintf(err, err_len, "admin_listen \"%s\": expected host:port", addr);
-        return -1;
-    }
-    memcpy(host, addr, hn);
-    host[hn] = '\0';
-    if (hn > 1 && host[0] == '[' && host[hn - 1] == ']') {
-        memmove(host, host + 1, hn - 2);
-        host[hn - 2] = '\0';
-    }
-    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
-                             .ai_flags = AI_PASSIVE};
-    struct addrinfo *res = NULL;
-    int gai = getaddrinfo(host[0] ? host : NULL, colon + 1, &hints, &res);
-    if (gai) {
-        snprintf(err, err_len, "admin_listen \"%s\": %s", addr, gai_strerror(gai));
-        return -1;
-    }
-    int fd = socket(res->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    int one = 1;
-    if (fd != -1)
-        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    if (fd == -1 || bind(fd, res->ai_addr, res->ai_addrlen) == -1 || listen(fd, 128) == -1) {
-        snprintf(err, err_len, "admin_listen \"%s\": %m", addr);
-        if (fd != -1)
-            close(fd);
-        fd = -1;
-    }
-    freeaddrinfo(res);
-    return fd;
-}
-
 struct admin *admin_start(struct config *cfg, struct server *server, char *err, size_t err_len)
 {
-    int fd = admin_listen_socket(cfg->admin_listen, err, err_len);
+    struct listen_addr addr;
+    if (listen_parse(&addr, "admin_listen", cfg->admin_listen, err, err_len))
+        return NULL;
+    int fd = listen_open(&addr, -1, 128, 0, err, err_len);
     if (fd == -1)
         return NULL;
     struct admin *a = calloc(1, sizeof *a);
@@ -380,11 +344,11 @@ struct admin *admin_start(struct config *cfg, struct server *server, char *err, 
     a->cfg = config_ref(cfg);
     /* Two threads: a key operation waits on Redis (up to its timeouts), and /metrics
      * scrapes should not wait behind it. */
-    a->mhd = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL, 0, NULL, NULL,
-                              admin_handle, a, MHD_OPTION_LISTEN_SOCKET, fd,
-                              MHD_OPTION_THREAD_POOL_SIZE, 2u, MHD_OPTION_CONNECTION_LIMIT, 256u,
-                              MHD_OPTION_CONNECTION_TIMEOUT, 30u, MHD_OPTION_NOTIFY_COMPLETED,
-                              admin_completed, NULL, MHD_OPTION_END);
+    a->mhd =
+        MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL, 0, NULL, NULL,
+                         admin_handle, a, MHD_OPTION_LISTEN_SOCKET, fd, MHD_OPTION_THREAD_POOL_SIZE,
+                         2u, MHD_OPTION_CONNECTION_LIMIT, 256u, MHD_OPTION_CONNECTION_TIMEOUT, 30u,
+                         MHD_OPTION_NOTIFY_COMPLETED, admin_completed, NULL, MHD_OPTION_END);
     if (!a->mhd) {
         snprintf(err, err_len, "admin_listen: cannot start the HTTP daemon");
         close(fd);

@@ -4,7 +4,7 @@
  *                          recent latency, failures and ejections
  *   GET /metrics          Prometheus text
  *   POST /admin/keys, GET /admin/keys, GET|DELETE /admin/keys/{name}
- *                          Redis-held API keys (gateway/keys.h); bodies up to 64 KiB
+ *                          Redis-held API keys (tenancy/keys.h); bodies up to 64 KiB
  * admin_* functions are called from the main thread. */
 #ifndef TOLLGATE_ADMIN_H
 #define TOLLGATE_ADMIN_H

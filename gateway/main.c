@@ -1,23 +1,24 @@
 /* tollgate: an OpenAI-compatible inference gateway. Entry point: options, config, signals. */
-#include "gateway/admin.h"
-#include "config/config.h"
-#include "tenancy/keys.h"
-#include "tenancy/ledger.h"
+#include "base/listen.h"
 #include "base/log.h"
+#include "config/config.h"
+#include "gateway/admin.h"
 #include "gateway/server.h"
 #include "routing/backend.h"
 #include "routing/health.h"
+#include "tenancy/keys.h"
+#include "tenancy/ledger.h"
 
 #include <curl/curl.h>
 #include <getopt.h>
 #include <libssh2.h>
 #include <malloc.h>
+#include <netdb.h>
 #include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <netdb.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/time.h>
@@ -50,23 +51,13 @@ static void usage(FILE *out)
  * (0.0.0.0 and :: mean this host), with a two-second limit. */
 static int healthcheck(const struct config *cfg)
 {
-    char host[256];
-    const char *colon = strrchr(cfg->listen, ':');
-    size_t hn = colon ? (size_t)(colon - cfg->listen) : 0;
-    if (!colon || hn >= sizeof host)
+    struct listen_addr addr;
+    char err[512];
+    if (listen_parse(&addr, "listen", cfg->listen, err, sizeof err))
         return 1;
-    memcpy(host, cfg->listen, hn);
-    host[hn] = '\0';
-    if (hn > 1 && host[0] == '[') {
-        memmove(host, host + 1, hn - 2);
-        host[hn - 2] = '\0';
-    }
-    if (!host[0] || !strcmp(host, "0.0.0.0"))
-        strcpy(host, "127.0.0.1");
-    else if (!strcmp(host, "::"))
-        strcpy(host, "::1");
+    listen_loopback(&addr);
     struct addrinfo hints = {.ai_socktype = SOCK_STREAM}, *res = NULL;
-    if (getaddrinfo(host, colon + 1, &hints, &res))
+    if (getaddrinfo(addr.host, addr.port, &hints, &res))
         return 1;
     int fd = socket(res->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
     struct timeval tv = {2, 0};
@@ -130,8 +121,7 @@ int main(int argc, char **argv)
     static const struct option opts[] = {
         {"config", required_argument, NULL, 'c'}, {"check-config", no_argument, NULL, 'C'},
         {"version", no_argument, NULL, 'v'},      {"help", no_argument, NULL, 'h'},
-        {"healthcheck", no_argument, NULL, 'H'},
-        {NULL, 0, NULL, 0}};
+        {"healthcheck", no_argument, NULL, 'H'},  {NULL, 0, NULL, 0}};
     const char *path = getenv("TOLLGATE_CONFIG");
     int check_only = 0, health_only = 0, c;
     /* '+': stop at the first non-option, so a sub-command's own options stay its own. */
@@ -194,8 +184,8 @@ int main(int argc, char **argv)
         return rc;
     }
     if (check_only) {
-        printf("config ok: %zu backends, %zu models, %zu keys\n", cfg->n_backends,
-               cfg->n_routes, cfg->n_keys);
+        printf("config ok: %zu backends, %zu models, %zu keys\n", cfg->n_backends, cfg->n_routes,
+               cfg->n_keys);
         config_unref(cfg);
         return 0;
     }

@@ -1,15 +1,18 @@
 /* A worker's state, shared by the server loop (server.c) and the request lifecycle
- * (request.c). Everything here is touched only by the worker's own thread, except where a
- * field says otherwise. Internal header: not part of any public API. */
+ * (request.c), and the helpers request.c calls (worker.c). Everything here is touched only by
+ * the worker's own thread, except where a field says otherwise. Internal header: not part of
+ * any public API. */
 #ifndef TOLLGATE_WORKER_H
 #define TOLLGATE_WORKER_H
 
+#include "base/buf.h"
+#include "base/list.h"
 #include "config/config.h"
 #include "metrics/metrics.h"
+#include "net/httpd.h"
 #include "net/upstream.h"
 
 #include <ev.h>
-#include <microhttpd.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -23,32 +26,45 @@ struct cache;
 struct redis_client;
 struct request;
 struct worker_mail;
-struct server;
+struct worker;
+
+/* What the workers need of the server that runs them: gateway/server.c fills it before the
+ * first worker starts, and every worker points to it (so worker.c needs nothing of server.c).
+ * started_at, port, workers and n_workers are read-only once the workers run; cfg_lock guards
+ * cfg and cfg_gen (taken on reload, on a worker's pick-up and on a /metrics scrape, never per
+ * request); draining and n_stopped are atomics. */
+struct worker_shared {
+    double started_at; /* seconds since the epoch */
+    int port;          /* the port the listeners are bound to */
+    struct worker *workers;
+    unsigned n_workers;
+    pthread_mutex_t cfg_lock;
+    struct config *cfg; /* the newest snapshot; the server holds a reference */
+    unsigned cfg_gen;   /* bumped by every reload */
+    atomic_bool draining;
+    atomic_uint n_stopped; /* workers that have left their loop */
+};
 
 struct worker {
     unsigned id;
-    struct server *server;
+    struct worker_shared *shared;
     pthread_t thread;
     struct ev_loop *loop;
-    int listen_fd;
-    struct MHD_Daemon *mhd;
-    ev_io mhd_io;           /* MHD's epoll fd */
-    ev_timer mhd_timer;     /* MHD's own timeouts */
-    ev_prepare mhd_prepare; /* runs MHD once more after connections were resumed */
-    bool mhd_dirty;
-    ev_async wakeup; /* another thread asks: reload, drain */
+    int listen_fd;      /* until the daemon takes it; -1 after */
+    struct httpd httpd; /* libmicrohttpd on the loop (net/httpd.h) */
+    ev_async wakeup;    /* another thread asks: reload, drain */
     ev_timer drain_timer;
     struct upstream *upstream;
-    struct redis_client *redis; /* NULL without redis.url; created on the worker's thread */
-    struct keycache *keycache;  /* Redis-held keys seen lately; NULL without redis.url */
+    struct redis_client *redis;  /* NULL without redis.url; created on the worker's thread */
+    struct keycache *keycache;   /* Redis-held keys seen lately; NULL without redis.url */
     struct ratelimit *ratelimit; /* per-key limits; NULL without redis.url */
     struct budget *budget;       /* per-key budgets; NULL without redis.url */
     struct ledger *ledger;       /* usage records; NULL without redis.url */
     struct cache *cache;         /* answers, this worker's share of cache.max_bytes */
-    /* Requests waiting for an identical miss's answer (gateway/flight.h), and the answers
+    /* Requests waiting for an identical miss's answer (cache/flight.h), and the answers
      * other workers post for them: mail_lock guards `mail`, the one field other threads
      * write; mail_async wakes the loop to read it. */
-    struct request *followers;
+    struct list followers; /* of struct request, by cache.follower */
     pthread_mutex_t mail_lock;
     struct worker_mail *mail;
     ev_async mail_async;
@@ -58,7 +74,7 @@ struct worker {
     unsigned cfg_gen;
     bool draining;
     bool forced;
-    struct request *active; /* every live request, for drain and abort */
+    struct list live; /* every live request (struct request, by live), for drain and abort */
     unsigned n_active;
     uint64_t rng[2];
 };
@@ -70,6 +86,8 @@ void worker_request_done(struct worker *w);
 bool worker_draining(const struct worker *w);
 /* Prometheus text of all workers' shards (any worker may call it). */
 int worker_render_metrics(struct worker *w, struct buf *out);
+/* The same from any thread, given the server's shared part (the admin listener's /metrics). */
+int worker_shared_render_metrics(struct worker_shared *sh, struct buf *out);
 /* The port the listeners are bound to. */
 int worker_port(const struct worker *w);
 /* Seconds since the epoch the server started. */

@@ -1,0 +1,65 @@
+#include "gateway/worker.h"
+
+#include "metrics/metrics.h"
+#include "routing/backend.h"
+
+void worker_kick(struct worker *w)
+{
+    httpd_kick(&w->httpd);
+}
+
+bool worker_draining(const struct worker *w)
+{
+    return w->draining || atomic_load_explicit(&w->shared->draining, memory_order_relaxed);
+}
+
+int worker_port(const struct worker *w)
+{
+    return w->shared->port;
+}
+
+double worker_started_at(const struct worker *w)
+{
+    return w->shared->started_at;
+}
+
+int worker_render_metrics(struct worker *w, struct buf *out)
+{
+    return worker_shared_render_metrics(w->shared, out);
+}
+
+int worker_shared_render_metrics(struct worker_shared *sh, struct buf *out)
+{
+    struct metrics_shard *shards[256];
+    unsigned n = sh->n_workers < 256 ? sh->n_workers : 256;
+    for (unsigned i = 0; i < n; i++)
+        shards[i] = sh->workers[i].metrics;
+    pthread_mutex_lock(&sh->cfg_lock);
+    struct config *cfg = config_ref(sh->cfg);
+    pthread_mutex_unlock(&sh->cfg_lock);
+    int rc = metrics_render(out, shards, n);
+    if (!rc)
+        rc = metrics_render_build_info(out);
+    if (!rc)
+        rc = backend_render_metrics(out, cfg);
+    config_unref(cfg);
+    return rc;
+}
+
+uint64_t worker_random(struct worker *w)
+{
+    /* xorshift128+: fast, per worker, seeded from getrandom(); ids need not be secret. */
+    uint64_t a = w->rng[0], b = w->rng[1];
+    w->rng[0] = b;
+    a ^= a << 23;
+    a ^= a >> 17;
+    a ^= b ^ (b >> 26);
+    w->rng[1] = a;
+    return a + b;
+}
+
+void worker_request_done(struct worker *w)
+{
+    if (w->draining && w->n_active == 0)
+        ev_break(w->loop, EVBREAK_ALL);
+}
