@@ -249,6 +249,21 @@ async function wait_healthy(url, proc, timeoutMs) {
   throw new Error(`gateway did not answer GET /healthz 200 within ${timeoutMs} ms`);
 }
 
+// Any HTTP answer at all: the listener is open.
+async function wait_answering(url, proc, timeoutMs) {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    if (exited(proc)) return false;
+    try {
+      const res = await fetch(url, { signal: AbortSignal.timeout(1000) });
+      await res.arrayBuffer();
+      return true;
+    } catch { /* not up yet */ }
+    await sleep(50);
+  }
+  throw new Error(`nothing answered ${url} within ${timeoutMs} ms`);
+}
+
 // startGateway(config, {env, raw, ext, port, args, useEnvConfig})
 // - config: object written as JSON; `listen` is filled with a free loopback port when absent.
 // - raw: write this text instead (e.g. YAML); then pass `port` so the harness knows where to look.
@@ -306,7 +321,12 @@ async function start_gateway_once(config, opts) {
   spawn_err.catch(() => {});
 
   const url = `http://${HOST}:${port}`;
-  const healthy = await Promise.race([wait_healthy(url, proc, opts.startTimeoutMs ?? 10000), spawn_err]);
+  let healthy = await Promise.race([wait_healthy(url, proc, opts.startTimeoutMs ?? 10000), spawn_err]);
+  // The admin listener opens after the workers: wait for it too, or a test's first admin
+  // call can race it (seen under ThreadSanitizer, which slows start-up).
+  const admin_listen = opts.raw === undefined ? config?.admin_listen : undefined;
+  if (healthy && admin_listen)
+    healthy = await wait_answering(`http://${admin_listen}/`, proc, opts.startTimeoutMs ?? 10000);
   if (!healthy) {
     const { code, signal } = await wait_exit(proc, 2000).catch(() => ({}));
     const err = new Error(`gateway exited during startup (code ${code}, signal ${signal})\n${logs.text()}`);

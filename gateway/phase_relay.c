@@ -1,0 +1,313 @@
+/* The answer on its way to the caller: a whole answer collected and scanned as it arrives, or
+ * a stream relayed event by event (usage chunks rewritten or dropped, a capture for the cache,
+ * the upstream paused above a high-water mark and resumed as the caller reads), ended
+ * honestly with an SSE error event when it breaks. Owns r->relay. */
+#include "base/clock.h"
+#include "gateway/pipeline.h"
+#include "net/upstream.h"
+#include "routing/backend.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+/* ---- upstream callbacks --------------------------------------------------------------------- */
+
+int request_emit_event(struct request *r, json_t *chunk)
+{
+    char *text = json_dumps(chunk, JSON_COMPACT);
+    if (!text)
+        return TG_ERR_NOMEM;
+    int rc = buf_printf(&r->relay.out, "data: %s\n\n", text);
+    free(text);
+    return rc ? TG_ERR_NOMEM : 0;
+}
+
+/* The usage chunk for a caller who asked for one when the node sent none. */
+static int request_emit_estimated_usage(struct request *r)
+{
+    request_settle_usage(r);
+    json_t *usage = json_object();
+    request_write_usage(r, usage, true);
+    json_t *chunk = json_pack("{s:s, s:s, s:[], s:o}", "id", r->id, "object",
+                              r->ep->route == OPENAI_CHAT ? "chat.completion.chunk"
+                                                          : "text_completion",
+                              "choices", "usage", usage);
+    if (!chunk)
+        return TG_ERR_NOMEM;
+    int rc = request_emit_event(r, chunk);
+    json_decref(chunk);
+    return rc;
+}
+
+/* [DONE]: a streamed miss captured whole is stored like a non-streamed one. */
+static void request_capture_done(struct request *r)
+{
+    json_t *usage = json_object();
+    if (usage)
+        request_write_usage(r, usage, false);
+    size_t len = 0;
+    char *text = cache_capture_finish(&r->cache.capture, usage, &len);
+    cache_capture_free(&r->cache.capture);
+    r->cache.capturing = false;
+    if (text)
+        request_cache_store(r, text, len);
+    else
+        request_flight_land(r, NULL, 0, 0);
+    free(text);
+}
+
+static int request_on_event(void *ctx, const struct sse_event *ev)
+{
+    struct request *r = ctx;
+    if (r->relay.saw_done)
+        return 0; /* nothing after [DONE] is relayed */
+    if (!ev->has_data)
+        return buf_append(&r->relay.out, ev->raw, ev->raw_len) ? TG_ERR_NOMEM : 0;
+    if (ev->data_len == 6 && !memcmp(ev->data, "[DONE]", 6)) {
+        r->relay.saw_done = true;
+        if (r->relay.caller_usage && !r->usage.done) {
+            int rc = request_emit_estimated_usage(r);
+            if (rc)
+                return rc;
+        }
+        request_settle_usage(r);
+        if (r->cache.capturing)
+            request_capture_done(r);
+        return buf_append(&r->relay.out, ev->raw, ev->raw_len) ? TG_ERR_NOMEM : 0;
+    }
+    /* Each event's scan in an arena of its own: its block goes back to the thread's cache
+     * at once, so a long stream neither grows the request's arena nor calls malloc. */
+    struct answer_scan sc;
+    struct arena event_arena = {0};
+    if (answer_scan_init(&sc, &event_arena)) {
+        arena_release(&event_arena);
+        return TG_ERR_NOMEM;
+    }
+    bool ok = answer_scan_feed(&sc, ev->data, ev->data_len) == 0 && answer_scan_finish(&sc) == 0 &&
+              sc.object;
+    answer_scan_free(&sc);
+    arena_release(&event_arena);
+    if (!ok) {
+        snprintf(r->up.fail_detail, sizeof r->up.fail_detail, "a stream event that is not JSON");
+        return TG_ERR_BAD_BACKEND_RESPONSE;
+    }
+    if (sc.has_error) {
+        /* A node reporting its own failure mid-stream: a failure, not content. */
+        snprintf(r->up.fail_detail, sizeof r->up.fail_detail, "the node sent an error event");
+        return TG_ERR_BAD_BACKEND_RESPONSE;
+    }
+    request_note_scan(r, &sc);
+    if (r->cache.capturing)
+        cache_capture_event(&r->cache.capture, ev->data, ev->data_len);
+    if (!sc.has_usage)
+        return buf_append(&r->relay.out, ev->raw, ev->raw_len) ? TG_ERR_NOMEM : 0;
+    /* A chunk with usage: the usage chunk (no choices) comes after the last content. */
+    bool usage_only = sc.choices_len == 0;
+    if (usage_only)
+        request_settle_usage(r);
+    if (r->relay.caller_usage && !usage_only)
+        return buf_append(&r->relay.out, ev->raw, ev->raw_len) ? TG_ERR_NOMEM : 0;
+    if (!r->relay.caller_usage && usage_only)
+        return 0; /* asked for by the gateway, not by the caller: dropped */
+    /* Rewritten: the settled numbers and cost for the caller, or the usage removed. */
+    json_t *chunk = json_loadb(ev->data, ev->data_len, 0, NULL);
+    if (!chunk)
+        return TG_ERR_NOMEM;
+    if (usage_only)
+        request_write_usage(r, json_object_get(chunk, "usage"), true);
+    else
+        json_object_del(chunk, "usage");
+    int rc = request_emit_event(r, chunk);
+    json_decref(chunk);
+    return rc;
+}
+
+static void request_relay_start(struct request *r)
+{
+    r->up.got_headers = true;
+    r->up.ttfb = clock_mono() - r->up.t_attempt;
+    r->up.status = upstream_status(r->up.xfer);
+    const char *ct = upstream_content_type(r->up.xfer);
+    snprintf(r->reply.ctype, sizeof r->reply.ctype, "%s", ct ? ct : "application/json");
+    r->relay.stream_mode = r->oreq.stream && r->up.status == 200 && ct &&
+                     !strncasecmp(ct, "text/event-stream", 17);
+    if (r->relay.stream_mode) {
+        sse_init(&r->relay.sse, REQUEST_STREAM_MAX_EVENT);
+        if (r->cache.result == REQUEST_CACHE_MISS && r->cache.store) {
+            cache_capture_init(&r->cache.capture, r->ep->route == OPENAI_CHAT,
+                               r->cfg->cache.max_entry_bytes);
+            r->cache.capturing = true;
+        }
+        buf_init(&r->relay.out, REQUEST_STREAM_HIGH_WATER + 2 * REQUEST_STREAM_MAX_EVENT + 4096);
+        r->relay.out_off = 0;
+    } else {
+        buf_init(&r->relay.resp, r->up.status / 100 == 2 ? r->cfg->upstream.max_response_bytes
+                                                   : REQUEST_ERROR_BODY_MAX);
+        r->relay.scanning = r->up.status / 100 == 2 && answer_scan_init(&r->relay.scan, &r->arena) == 0;
+    }
+    if (r->up.status == 429) {
+        char ra[32];
+        long secs = 0;
+        if (upstream_header(r->up.xfer, "retry-after", ra, sizeof ra) == 0)
+            secs = strtol(ra, NULL, 10);
+        r->up.retry_after_s = secs > 0 ? secs : 1;
+        backend_record_rate_limited(r->up.target->backend->state, secs * 1000, clock_mono_ms());
+    }
+}
+
+int request_relay_data(void *ctx, const char *data, size_t len)
+{
+    struct request *r = ctx;
+    if (!r->up.got_headers)
+        request_relay_start(r);
+    if (!r->relay.stream_mode) {
+        int rc = buf_append(&r->relay.resp, data, len);
+        if (rc == BUF_ETOOBIG && r->up.status / 100 != 2)
+            return 0; /* an oversized error page: keep what fits */
+        if (rc == BUF_ETOOBIG) {
+            snprintf(r->up.fail_detail, sizeof r->up.fail_detail, "answer larger than %zu bytes",
+                     r->relay.resp.max);
+            return TG_ERR_BAD_BACKEND_RESPONSE;
+        }
+        if (!rc && r->relay.scanning && answer_scan_feed(&r->relay.scan, data, len)) {
+            snprintf(r->up.fail_detail, sizeof r->up.fail_detail, "an answer that is not JSON");
+            return TG_ERR_BAD_BACKEND_RESPONSE;
+        }
+        return rc ? TG_ERR_NOMEM : 0;
+    }
+    if (r->relay.out.len - r->relay.out_off >= REQUEST_STREAM_HIGH_WATER) {
+        r->relay.up_paused = true;
+        return UPSTREAM_PAUSE;
+    }
+    if (r->relay.out_off && r->relay.out_off == r->relay.out.len) {
+        buf_reset(&r->relay.out);
+        r->relay.out_off = 0;
+    }
+    int rc = sse_feed(&r->relay.sse, data, len, request_on_event, r);
+    if (rc) {
+        if (!r->up.fail_detail[0])
+            snprintf(r->up.fail_detail, sizeof r->up.fail_detail, "%s",
+                     rc == SSE_ETOOBIG ? "stream event larger than 1 MiB" : "out of memory");
+        return TG_ERR_BAD_BACKEND_RESPONSE;
+    }
+    if (r->relay.out.len > r->relay.out_off) {
+        if (r->state == REQUEST_UPSTREAM) {
+            r->state = REQUEST_STREAM; /* the first event: from here on, no failover */
+            double now = clock_mono();
+            r->up.wait += now - r->up.t_attempt;
+            if (r->cfg->metrics_enabled)
+                metrics_observe_ttft(r->w->metrics, r->ep->metric, r->route->metric_model,
+                                     now - r->t_start, 1);
+            request_resume(r);
+        } else if (r->relay.reader_waiting) {
+            request_resume(r);
+        }
+    }
+    return 0;
+}
+
+/* An SSE error event, so the caller sees a failure, never a silently truncated success. */
+void request_stream_error(struct request *r, const char *fmt, ...)
+{
+    char msg[400];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    char *body = error_body(TG_ERR_STREAM, msg, NULL, NULL, NULL);
+    if (body) {
+        /* The error event must get out even when the buffer is at its cap. */
+        r->relay.out.max = r->relay.out.len + strlen(body) + 16;
+        buf_printf(&r->relay.out, "data: %s\n\n", body);
+        free(body);
+    }
+}
+
+/* Scanned as it arrived; parsed into a tree only to rewrite a clamped usage. */
+void request_whole_answer(struct request *r)
+{
+    request_note_scan(r, &r->relay.scan);
+    request_settle_usage(r);
+    char *text = NULL;
+    size_t len = 0;
+    if (r->usage.clamped) {
+        json_t *doc = json_loadb(r->relay.resp.data, r->relay.resp.len, 0, NULL);
+        request_write_usage(r, json_object_get(doc, "usage"), false);
+        text = doc ? json_dumps(doc, JSON_COMPACT) : NULL;
+        len = text ? strlen(text) : 0;
+        json_decref(doc);
+    } else {
+        text = buf_steal(&r->relay.resp, &len);
+    }
+    if (!text) {
+        request_set_error(r, TG_ERR_NOMEM, NULL, "out of memory");
+        return;
+    }
+    /* Only complete answers are kept: every choice finished, nothing cut, no error. */
+    bool complete = r->ep->route == OPENAI_EMBEDDINGS
+                        ? true
+                        : r->relay.scan.choices_len > 0 && r->relay.scan.finished == r->relay.scan.choices_len;
+    if (r->cache.result == REQUEST_CACHE_MISS && r->cache.store && complete && r->up.status == 200)
+        request_cache_store(r, text, len);
+    else
+        request_flight_land(r, NULL, 0, 0);
+    request_set_reply(r, (unsigned)r->up.status, text, len, "application/json");
+}
+
+/* ---- streaming to the caller --------------------------------------------------------------- */
+
+/* ---- streaming to the caller --------------------------------------------------------------- */
+
+static ssize_t request_stream_reader(void *cls, uint64_t pos, char *dst, size_t max)
+{
+    (void)pos;
+    struct request *r = cls;
+    size_t avail = r->relay.out.len - r->relay.out_off;
+    if (avail) {
+        size_t n = avail < max ? avail : max;
+        memcpy(dst, r->relay.out.data + r->relay.out_off, n);
+        r->relay.out_off += n;
+        if (r->relay.out_off == r->relay.out.len) {
+            buf_reset(&r->relay.out);
+            r->relay.out_off = 0;
+        } else if (r->relay.out_off > (64u << 10)) {
+            buf_consume(&r->relay.out, r->relay.out_off);
+            r->relay.out_off = 0;
+        }
+        if (r->relay.up_paused && r->up.xfer && r->relay.out.len - r->relay.out_off < REQUEST_STREAM_HIGH_WATER / 2) {
+            r->relay.up_paused = false;
+            upstream_resume(r->up.xfer); /* may hand us more data right away */
+        }
+        return (ssize_t)n;
+    }
+    if (r->relay.stream_ended)
+        return MHD_CONTENT_READER_END_OF_STREAM;
+    /* Nothing to send yet: wait, suspended, for the backend's next event. */
+    r->relay.reader_waiting = true;
+    request_suspend(r);
+    return 0;
+}
+
+enum MHD_Result request_queue_stream(struct request *r)
+{
+    struct MHD_Response *resp =
+        MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16384, request_stream_reader, r, NULL);
+    if (!resp)
+        return MHD_NO;
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "text/event-stream");
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
+    MHD_add_response_header(resp, "X-Accel-Buffering", "no");
+    request_headers(r, resp);
+    if (!r->t_queued)
+        r->t_queued = clock_mono();
+    enum MHD_Result ok = MHD_queue_response(r->conn, 200, resp);
+    MHD_destroy_response(resp);
+    r->status = 200;
+    r->state = REQUEST_SENT;
+    if (r->cfg->metrics_enabled)
+        METRICS_ADD(r->w->metrics->streams, 1);
+    return ok;
+}

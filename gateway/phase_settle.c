@@ -1,0 +1,175 @@
+/* What a request is billed for and what is recorded of it: usage from the node's numbers,
+ * clamped by what was sent and delivered (nodes are untrusted), priced at the serving node's
+ * price; then the key's limits and budget settled, the metrics, the log line and exactly one
+ * ledger record. Owns r->usage. */
+#include "base/clock.h"
+#include "base/log.h"
+#include "gateway/pipeline.h"
+#include "routing/backend.h"
+#include "tenancy/ledger.h"
+
+/* ---- usage and cost ------------------------------------------------------------------------ */
+
+/* What a scan found: the node's usage (if any), the text delivered, the choices. */
+void request_note_scan(struct request *r, const struct answer_scan *sc)
+{
+    r->usage.delivered += sc->delivered;
+    unsigned n = sc->n_choices > sc->choices_len ? sc->n_choices : (unsigned)sc->choices_len;
+    if (n > r->usage.n_choices && n <= 128)
+        r->usage.n_choices = n;
+    if (sc->has_usage) {
+        r->usage.reported = true;
+        r->usage.rep_prompt = (long)sc->prompt_tokens;
+        r->usage.rep_completion = (long)sc->completion_tokens;
+    }
+}
+
+/* Settles what the request is billed for. Nodes are untrusted: completion tokens are capped
+ * by max_tokens and by what was actually delivered (a token is at least one byte of text);
+ * prompt tokens by the bytes the caller sent (unless it sent images or audio); and when a
+ * node reports nothing, both are estimated. Cost uses the serving node's current price. */
+void request_settle_usage(struct request *r)
+{
+    if (r->usage.done)
+        return;
+    r->usage.done = true;
+    long prompt = r->usage.reported ? r->usage.rep_prompt : (long)r->oreq.prompt_tokens_est;
+    long completion =
+        r->usage.reported ? r->usage.rep_completion : (long)((r->usage.delivered + 3) / 4);
+    long prompt_cap = (long)(r->oreq.prompt_bytes + 8 * r->oreq.n_items + 64);
+    long completion_cap = (long)(r->usage.delivered + (r->usage.n_choices ? r->usage.n_choices : 1));
+    if (r->oreq.max_tokens >= 0 && r->oreq.max_tokens * r->oreq.n_choices < completion_cap)
+        completion_cap = (long)(r->oreq.max_tokens * r->oreq.n_choices);
+    if (r->ep->route == OPENAI_EMBEDDINGS)
+        completion_cap = 0;
+    bool clamped = false;
+    if (prompt < 0 || (!r->oreq.has_media && prompt > prompt_cap)) {
+        prompt = prompt < 0 ? 0 : prompt_cap;
+        clamped = true;
+    }
+    if (completion < 0 || completion > completion_cap) {
+        completion = completion < 0 ? 0 : completion_cap;
+        clamped = true;
+    }
+    r->usage.clamped = clamped && r->usage.reported;
+    r->usage.prompt_tokens = prompt;
+    r->usage.completion_tokens = completion;
+    const struct config_model *m = r->up.target->model;
+    r->usage.cost_usd = ((double)prompt * backend_input_price(m) +
+                   (double)completion * backend_output_price(m)) /
+                  1e6;
+    if (!r->cfg->metrics_enabled)
+        return; /* what routing saved only feeds the metrics */
+    /* What routing saved: the same usage at the priciest backend that could have served it. */
+    double dearest = r->usage.cost_usd;
+    int64_t now = clock_mono_ms();
+    for (size_t i = 0; i < r->route->n_targets; i++) {
+        const struct config_target *t = &r->route->targets[i];
+        if (t == r->up.target || !backend_available(t->backend->state, now, NULL))
+            continue;
+        double c = ((double)prompt * backend_input_price(t->model) +
+                    (double)completion * backend_output_price(t->model)) /
+                   1e6;
+        if (c > dearest)
+            dearest = c;
+    }
+    r->usage.routing_saved_usd = dearest - r->usage.cost_usd;
+}
+
+/* Writes the settled numbers into a usage object (and the cost, for stream chunks). */
+void request_write_usage(struct request *r, json_t *usage, bool with_cost)
+{
+    json_object_set_new(usage, "prompt_tokens", json_integer(r->usage.prompt_tokens));
+    json_object_set_new(usage, "completion_tokens", json_integer(r->usage.completion_tokens));
+    json_object_set_new(usage, "total_tokens",
+                        json_integer(r->usage.prompt_tokens + r->usage.completion_tokens));
+    if (with_cost)
+        json_object_set_new(usage, "cost", json_real(r->usage.cost_usd));
+}
+
+/* Everything a finished request adds to the worker's metrics shard. */
+static void request_observe(const struct request *r, double seconds)
+{
+    struct metrics_shard *m = r->w->metrics;
+    enum metrics_route route = r->ep ? r->ep->metric : METRICS_ROUTE_OTHER;
+    unsigned model = r->route ? r->route->metric_model : 0;
+    metrics_observe_request(m, route, model, r->status, seconds);
+    if (r->t_queued)
+        metrics_observe_overhead(m, r->t_queued - r->t_start - r->up.wait);
+    if (!r->route)
+        return; /* refused before a model was known */
+    static const enum metrics_cache results[] = {
+        [REQUEST_CACHE_BYPASS] = METRICS_CACHE_BYPASS,
+        [REQUEST_CACHE_MISS] = METRICS_CACHE_MISS,
+        [REQUEST_CACHE_HIT] = METRICS_CACHE_HIT,
+    };
+    METRICS_ADD(m->cache[results[r->cache.result]], 1);
+    if (r->cache.result == REQUEST_CACHE_HIT)
+        METRICS_ADD(m->cache_savings, r->cache.saved_usd);
+    else if (r->usage.done && r->up.target) {
+        const struct config_model *cm = r->up.target->model;
+        metrics_observe_usage(m, route, model, cm->price ? cm->price->metric_pair : 0,
+                              r->adm.metric_key, r->usage.prompt_tokens, r->usage.completion_tokens, r->usage.cost_usd);
+        if (r->usage.clamped)
+            metrics_observe_clamped(m, r->up.target->backend->state->metric_backend);
+        if (r->usage.routing_saved_usd > 0)
+            METRICS_ADD(m->routing_savings, r->usage.routing_saved_usd);
+    }
+}
+
+static void request_log(const struct request *r, double seconds)
+{
+    if (!log_enabled(LOG_INFO))
+        return;
+    static const char *const cache[] = {[REQUEST_CACHE_BYPASS] = "bypass",
+                                        [REQUEST_CACHE_MISS] = "miss",
+                                        [REQUEST_CACHE_HIT] = "hit"};
+    char model[160], key[160], backend[160];
+    bool billed = r->usage.done && r->route;
+    log_event(LOG_INFO, "request",
+              "\"request_id\":\"%s\",\"method\":\"%s\",\"path\":\"%s\",\"key\":\"%s\","
+              "\"model\":\"%s\",\"backend\":\"%s\",\"status\":%u,\"stream\":%s,"
+              "\"duration_ms\":%.3f,\"attempts\":%u,\"prompt_tokens\":%ld,"
+              "\"completion_tokens\":%ld,\"cost_usd\":%.10f,\"cache\":\"%s\"",
+              r->id /* request_id_ok(): nothing to escape */, r->method, r->ep ? r->ep->path : "-",
+              log_escape(key, sizeof key, r->adm.key_name ? r->adm.key_name : ""),
+              log_escape(model, sizeof model, r->model ? r->model : ""),
+              log_escape(backend, sizeof backend,
+                         r->up.target && r->up.status ? r->up.target->backend->name : ""),
+              r->status, r->oreq.stream ? "true" : "false", seconds * 1000, r->up.attempts,
+              billed ? r->usage.prompt_tokens : 0, billed ? r->usage.completion_tokens : 0,
+              billed ? r->usage.cost_usd : 0, r->route ? cache[r->cache.result] : "bypass");
+}
+
+void request_settle(struct request *r, double seconds)
+{
+    if (r->adm.budget_asked && r->adm.budget_result == BUDGET_OK && r->w->budget)
+        budget_settle(r->w->budget, r->adm.key_name,
+                      r->adm.budget_in_redis ? r->adm.budget_reserved : 0,
+                      r->usage.done ? r->usage.cost_usd : 0);
+    if (r->adm.limited && r->adm.limit_result == RATELIMIT_ADMIT && r->w->ratelimit)
+        ratelimit_settle(r->w->ratelimit, r->adm.key_name, r->adm.limit_tokens,
+                         r->usage.done ? r->usage.prompt_tokens + r->usage.completion_tokens : 0);
+    if (r->cfg->metrics_enabled)
+        request_observe(r, seconds);
+    request_log(r, seconds);
+    if (!r->w->ledger || !r->ep || !r->ep->upstream_path)
+        return;
+    /* Exactly one usage record per inference request, answered or not. */
+    struct ledger_entry e = {
+        .request_id = r->id,
+        .key = r->adm.key_name ? r->adm.key_name : "",
+        .model = r->model ? r->model : "",
+        .backend = r->up.target && r->up.status ? r->up.target->backend->name : "",
+        .cache = r->cache.result == REQUEST_CACHE_HIT    ? "hit"
+                 : r->cache.result == REQUEST_CACHE_MISS ? "miss"
+                                                         : "bypass",
+        .status = r->status,
+        .prompt_tokens = r->usage.done ? r->usage.prompt_tokens : 0,
+        .completion_tokens = r->usage.done ? r->usage.completion_tokens : 0,
+        .cost_usd = r->usage.done ? r->usage.cost_usd : 0,
+        .saved_usd = r->cache.result == REQUEST_CACHE_HIT ? r->cache.saved_usd : 0,
+        .latency_ms = seconds * 1000,
+    };
+    ledger_record(r->w->ledger, &e);
+}

@@ -1,0 +1,356 @@
+/* Backend attempts: the router picks the cheapest eligible backend, the body goes out
+ * (renamed for the backend's model, asking for the usage chunk of a stream), and an attempt
+ * that fails before the caller got a byte moves on to the next backend while the retries and
+ * the deadline allow. Owns r->up. */
+#include "base/clock.h"
+#include "base/log.h"
+#include "gateway/pipeline.h"
+#include "net/upstream.h"
+#include "routing/backend.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- upstream: attempts and failover ------------------------------------------------------ */
+
+static const struct upstream_ops request_upstream_ops;
+
+/* Forgets what an earlier attempt received, before the next backend is tried. */
+static void request_reset_attempt(struct request *r)
+{
+    if (r->relay.scanning)
+        answer_scan_free(&r->relay.scan);
+    r->relay.scanning = false;
+    buf_free(&r->relay.resp);
+    buf_free(&r->relay.out);
+    if (r->relay.stream_mode)
+        sse_free(&r->relay.sse);
+    if (r->cache.capturing)
+        cache_capture_free(&r->cache.capture);
+    r->cache.capturing = false;
+    r->relay.stream_mode = false;
+    r->relay.out_off = 0;
+    r->relay.saw_done = false;
+    r->up.got_headers = false;
+    r->up.status = 0;
+    r->relay.up_paused = false;
+    r->up.fail_detail[0] = '\0';
+    r->usage.delivered = 0;
+    r->usage.n_choices = 0;
+    r->usage.reported = false;
+    r->usage.done = false;
+}
+
+/* The body for a target: the caller's bytes when nothing changes, else a rewrite with the
+ * backend's model name and, for streams, a request for the usage chunk (which is how the
+ * gateway learns what a stream cost; it is dropped again if the caller did not ask). */
+static int request_upstream_body(struct request *r, const struct config_target *t,
+                                 const char **body, size_t *len)
+{
+    const char *want = t->model->upstream ? t->model->upstream : r->model;
+    const char *sent = json_string_value(json_object_get(r->json, "model"));
+    bool rename = !sent || strcmp(want, sent);
+    bool ask_usage = r->oreq.stream && !r->relay.caller_usage;
+    if (!rename && !ask_usage && !r->up.body) {
+        *body = r->body.data;
+        *len = r->body.len;
+        return 0;
+    }
+    if (rename || ask_usage || !r->up.body) {
+        if (rename)
+            json_object_set_new(r->json, "model", json_string(want));
+        if (ask_usage) {
+            json_t *so = json_object_get(r->json, "stream_options");
+            if (!json_is_object(so)) {
+                so = json_object();
+                json_object_set_new(r->json, "stream_options", so);
+            }
+            json_object_set_new(so, "include_usage", json_true());
+        }
+        free(r->up.body);
+        r->up.body = json_dumps(r->json, JSON_COMPACT);
+        if (!r->up.body)
+            return TG_ERR_NOMEM;
+    }
+    *body = r->up.body;
+    *len = strlen(r->up.body);
+    return 0;
+}
+
+/* Sets the reply for "no backend can take this request" from the router's reasons. */
+static void request_no_target(struct request *r, const struct router_outcome *why)
+{
+    if (why->over_price) {
+        char max[48], cheapest[48];
+        request_format_usd(max, sizeof max, r->up.rreq.max_price_usd);
+        request_format_usd(cheapest, sizeof cheapest, why->cheapest_usd);
+        request_set_error(r, TG_ERR_PRICE_CEILING, "x-tollgate-max-price-usd",
+                          "No healthy backend serves '%s' for at most $%s (estimated); the "
+                          "cheapest estimate is $%s.",
+                          r->model, max, cheapest);
+        r->reply.no_retry = true;
+        return;
+    }
+    long wait_s = 1;
+    if (why->back_ms > r->up.rreq.now_ms)
+        wait_s = (long)((why->back_ms - r->up.rreq.now_ms + 999) / 1000);
+    else if (!why->saturated)
+        wait_s = (r->cfg->health.interval_ms + 999) / 1000;
+    r->reply.retry_after_s = wait_s;
+    if (why->saturated && !why->unavailable)
+        request_set_error(r, TG_ERR_NO_BACKEND, NULL,
+                          "Every backend serving '%s' is at its concurrency limit; retry in "
+                          "%ld s.",
+                          r->model, wait_s);
+    else
+        request_set_error(r, TG_ERR_NO_BACKEND, NULL,
+                          "No healthy backend serves '%s' right now; retry in %ld s.", r->model,
+                          wait_s);
+}
+
+/* Picks the next backend and starts the transfer: 0 when started, 1 when no backend is
+ * eligible (*why says why), or a negative tg_error. */
+static int request_start_attempt(struct request *r, struct router_outcome *why)
+{
+    r->up.rreq.now_ms = clock_mono_ms();
+    r->up.rreq.random = worker_random(r->w);
+    const struct config_target *t = router_pick(r->route, &r->up.rreq, r->up.skip, why);
+    if (!t)
+        return 1;
+    const char *body;
+    size_t body_len;
+    int rc = request_upstream_body(r, t, &body, &body_len);
+    if (rc)
+        return rc;
+    request_reset_attempt(r);
+    r->up.target = t;
+    r->up.attempts++;
+    r->up.t_attempt = clock_mono();
+    const struct config_backend *b = t->backend;
+    snprintf(r->up.url, sizeof r->up.url, "%s%s", b->url, r->ep->upstream_path);
+    const struct config_upstream *uc = &r->cfg->upstream;
+    struct upstream_req req = {
+        .url = r->up.url,
+        .body = body,
+        .body_len = body_len,
+        .headers = b->headers,
+        .ca_file = b->ca_file,
+        .request_id = r->id,
+        .connect_timeout_ms = uc->connect_timeout_ms,
+        .first_byte_timeout_ms = uc->first_byte_timeout_ms,
+        .idle_timeout_ms = uc->idle_timeout_ms,
+        .total_timeout_ms = uc->total_timeout_ms,
+    };
+    r->up.xfer = upstream_start(r->w->upstream, &req, &request_upstream_ops, r);
+    if (!r->up.xfer)
+        return TG_ERR_NOMEM;
+    atomic_fetch_add_explicit(&b->state->inflight, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&b->state->requests, 1, memory_order_relaxed);
+    r->state = REQUEST_UPSTREAM;
+    return 0;
+}
+
+/* This attempt failed before the caller got a byte: note it against the backend when the
+ * backend is to blame, and move on to the next cheapest one while retries and the deadline
+ * allow. The error set here is what the caller sees if nothing else works. */
+static void request_attempt_failed(struct request *r, enum tg_error err, bool blame,
+                                   bool unreachable, const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
+
+static void request_attempt_failed(struct request *r, enum tg_error err, bool blame,
+                                   bool unreachable, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(r->up.last_msg, sizeof r->up.last_msg, fmt, ap);
+    va_end(ap);
+    r->up.last_err = err;
+    struct backend_state *s = r->up.target->backend->state;
+    if (blame)
+        backend_record_failure(s, &r->cfg->health, unreachable, clock_mono_ms());
+    r->up.skip[r->up.target - r->route->targets] = true;
+    if (r->cfg->metrics_enabled)
+        METRICS_ADD(r->w->metrics->upstream_errors, 1);
+    if (log_enabled(LOG_WARN)) {
+        char esc[500];
+        log_event(LOG_WARN, "upstream_failed",
+                  "\"request_id\":\"%s\",\"backend\":\"%s\",\"attempt\":%u,\"message\":\"%s\"",
+                  r->id, r->up.target->backend->name, r->up.attempts,
+                  log_escape(esc, sizeof esc, r->up.last_msg));
+    }
+    if (r->up.attempts <= r->cfg->routing.retries && clock_mono() < r->up.deadline &&
+        !worker_draining(r->w)) {
+        struct router_outcome why;
+        if (request_start_attempt(r, &why) == 0) {
+            if (r->cfg->metrics_enabled)
+                METRICS_ADD(r->w->metrics->retries, 1);
+            return; /* still suspended; the next backend is working */
+        }
+    }
+    request_set_error(r, r->up.last_err, NULL, "%s", r->up.last_msg);
+    if (r->up.last_err == TG_ERR_BACKEND_RATE_LIMITED)
+        r->reply.retry_after_s = r->up.rate_limit_wait_s;
+    r->reply.no_retry = true; /* the gateway already retried: the SDK should not multiply it */
+    request_resume(r);
+}
+
+static const char *request_upstream_message(const struct request *r, char *out, size_t n)
+{
+    out[0] = '\0';
+    json_t *doc = r->relay.resp.len ? json_loadb(r->relay.resp.data, r->relay.resp.len, 0, NULL) : NULL;
+    const char *m = json_string_value(json_object_get(json_object_get(doc, "error"), "message"));
+    if (m)
+        snprintf(out, n, ": %.200s", m);
+    json_decref(doc);
+    return out;
+}
+
+/* One upstream attempt ended: counted by backend, model and outcome. */
+static void request_note_attempt(struct request *r, enum metrics_outcome outcome, double now)
+{
+    if (!r->cfg->metrics_enabled)
+        return;
+    const struct config_target *t = r->up.target;
+    metrics_observe_attempt(r->w->metrics, t->backend->state->metric_backend,
+                            t->model->price ? t->model->price->metric_pair : 0, outcome,
+                            now - r->up.t_attempt);
+}
+
+static void request_on_done(void *ctx, int result, long status, const char *detail)
+{
+    struct request *r = ctx;
+    if (!r->up.got_headers)
+        r->up.status = status; /* an answer with no body */
+    const char *backend = r->up.target->backend->name;
+    struct backend_state *bs = r->up.target->backend->state;
+    r->up.xfer = NULL;
+    request_release_backend(r);
+    if (result && r->up.fail_detail[0])
+        detail = r->up.fail_detail;
+    double now = clock_mono();
+    if (r->state == REQUEST_UPSTREAM)
+        r->up.wait += now - r->up.t_attempt; /* (a stream's first event counted its own) */
+
+    if (r->relay.stream_mode && r->state != REQUEST_UPSTREAM) {
+        /* The caller has bytes already: no failover, an honest end. */
+        if (!result && !r->relay.saw_done)
+            request_stream_error(r, "backend %s ended the stream without [DONE]", backend);
+        else if (result)
+            request_stream_error(r, "backend %s broke the stream: %s", backend, detail);
+        bool ok = !result && r->relay.saw_done;
+        if (!ok)
+            backend_record_failure(bs, &r->cfg->health, false, clock_mono_ms());
+        else
+            backend_record_success(bs, r->up.ttfb, now - r->up.t_attempt);
+        request_note_attempt(r, ok ? METRICS_OUTCOME_SUCCESS : METRICS_OUTCOME_BROKEN, now);
+        r->relay.stream_ended = true;
+        if (r->relay.reader_waiting)
+            request_resume(r);
+        return;
+    }
+
+    if (result == TG_ERR_BACKEND_UNREACHABLE) {
+        request_note_attempt(r, METRICS_OUTCOME_UNREACHABLE, now);
+        request_attempt_failed(r, result, true, true, "Backend %s is unreachable: %s", backend,
+                               detail);
+    } else if (result == TG_ERR_BACKEND_TIMEOUT) {
+        /* Connected but silent: out for the cooldown, whatever the probes say. */
+        request_note_attempt(r, METRICS_OUTCOME_TIMEOUT, now);
+        request_attempt_failed(r, result, true, false, "Backend %s timed out: %s", backend,
+                               detail);
+    } else if (result) {
+        /* A connection that died before any byte of an answer (the node crashed or was
+         * killed) is a reachability failure: its next good probe readmits it. */
+        request_note_attempt(r, METRICS_OUTCOME_BROKEN, now);
+        request_attempt_failed(r, TG_ERR_BAD_BACKEND_RESPONSE, true, status == 0,
+                               "Backend %s sent a broken answer: %s", backend, detail);
+    } else if (r->relay.stream_mode) {
+        request_note_attempt(r, METRICS_OUTCOME_BROKEN, now);
+        request_attempt_failed(r, TG_ERR_BAD_BACKEND_RESPONSE, true, false,
+                               "Backend %s ended the stream before sending any event", backend);
+    } else if (r->up.status == 429) {
+        char m[300];
+        request_note_attempt(r, METRICS_OUTCOME_RATE_LIMITED, now);
+        if (!r->up.rate_limit_wait_s || r->up.retry_after_s < r->up.rate_limit_wait_s)
+            r->up.rate_limit_wait_s = r->up.retry_after_s;
+        request_attempt_failed(r, TG_ERR_BACKEND_RATE_LIMITED, false, false,
+                               "Backend %s is rate limiting%s", backend,
+                               request_upstream_message(r, m, sizeof m));
+    } else if (r->up.status / 100 == 2) {
+        bool json_ok = r->relay.scanning && answer_scan_finish(&r->relay.scan) == 0 && r->relay.scan.object;
+        if (!json_ok || r->relay.scan.has_error) {
+            request_note_attempt(r, METRICS_OUTCOME_BROKEN, now);
+            request_attempt_failed(r, TG_ERR_BAD_BACKEND_RESPONSE, true, false,
+                                   json_ok ? "Backend %s answered 2xx with an error object"
+                                           : "Backend %s sent an answer that is not a JSON object",
+                                   backend);
+        } else if (r->oreq.stream) {
+            request_note_attempt(r, METRICS_OUTCOME_BROKEN, now);
+            request_attempt_failed(r, TG_ERR_BAD_BACKEND_RESPONSE, true, false,
+                                   "Backend %s answered a streaming request without a stream",
+                                   backend);
+        } else {
+            backend_record_success(bs, r->up.ttfb, now - r->up.t_attempt);
+            request_note_attempt(r, METRICS_OUTCOME_SUCCESS, now);
+            if (r->cfg->metrics_enabled)
+                metrics_observe_ttft(r->w->metrics, r->ep->metric, r->route->metric_model,
+                                     now - r->t_start, 0);
+            request_whole_answer(r);
+            request_resume(r);
+        }
+    } else if (r->up.status >= 500 || r->up.status < 400) {
+        char m[300];
+        request_note_attempt(r, METRICS_OUTCOME_SERVER_ERROR, now);
+        request_attempt_failed(r, TG_ERR_BAD_BACKEND_RESPONSE, true, false,
+                               "Backend %s answered HTTP %ld%s", backend, r->up.status,
+                               request_upstream_message(r, m, sizeof m));
+    } else {
+        /* A client error the backend found in the request: the caller sees it as is, and it
+         * never counts against the backend. */
+        request_note_attempt(r, METRICS_OUTCOME_CLIENT_ERROR, now);
+        json_t *doc = json_loadb(r->relay.resp.data ? r->relay.resp.data : "", r->relay.resp.len, 0, NULL);
+        if (json_is_object(json_object_get(doc, "error"))) {
+            size_t len;
+            char *text = buf_steal(&r->relay.resp, &len);
+            request_set_reply(r, (unsigned)r->up.status, text, len, "application/json");
+        } else {
+            request_set_error(r, r->up.status == 404 ? TG_ERR_MODEL_NOT_FOUND
+                                                     : TG_ERR_INVALID_VALUE,
+                              NULL, "Backend %s rejected the request with HTTP %ld", backend,
+                              r->up.status);
+            r->reply.status = (unsigned)r->up.status;
+        }
+        json_decref(doc);
+        request_resume(r);
+    }
+}
+
+static const struct upstream_ops request_upstream_ops = {
+    .on_data = request_relay_data,
+    .on_done = request_on_done,
+};
+
+enum MHD_Result request_route(struct request *r)
+{
+    struct router_outcome why;
+    int rc = request_start_attempt(r, &why);
+    if (rc == 1) {
+        request_no_target(r, &why);
+        return request_queue_reply(r);
+    }
+    if (rc)
+        return REQUEST_FAIL_NOW(r, rc, NULL, "cannot start the upstream transfer");
+    request_suspend(r);
+    return MHD_YES;
+}
+
+void request_cancel_attempt(struct request *r)
+{
+    if (!r->up.xfer)
+        return;
+    upstream_cancel(r->up.xfer);
+    r->up.xfer = NULL;
+    request_release_backend(r);
+}

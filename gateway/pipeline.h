@@ -1,0 +1,292 @@
+/* The request pipeline's shared state: one `struct request` per HTTP request, and the entry
+ * points of its phases. Internal to gateway/: request.c is the driver (MHD's callbacks and
+ * the order of the phases), and each phase lives in a file of its own and owns its sub-struct:
+ *
+ *   phase_admit.c     route match, key, body validation, rate limits, budget  (r->adm)
+ *   phase_cache.c     the response cache and request coalescing               (r->cache)
+ *   phase_upstream.c  backend attempts and failover                           (r->up)
+ *   phase_relay.c     the answer: collected whole, or relayed as a stream     (r->relay)
+ *   phase_settle.c    usage, cost, metrics, the log line and the ledger       (r->usage)
+ *   reply.c           ids, headers and replies queued to MHD                  (r->reply)
+ *
+ * Everything runs on the owning worker's thread. Where a request is in the pipeline is
+ * r->state, and only that: a phase that waits on Redis parks the request in its *_WAIT state
+ * and the answer's callback moves it on (to the next phase, or to REQUEST_REPLY). */
+#ifndef TOLLGATE_PIPELINE_H
+#define TOLLGATE_PIPELINE_H
+
+#include "base/arena.h"
+#include "base/buf.h"
+#include "base/error.h"
+#include "base/list.h"
+#include "cache/cache.h"
+#include "cache/flight.h"
+#include "gateway/worker.h"
+#include "openai/answer.h"
+#include "openai/openai.h"
+#include "openai/sse.h"
+#include "routing/router.h"
+#include "tenancy/keyauth.h"
+#include "tenancy/ratelimit.h"
+#include "tenancy/budget.h"
+
+#include <jansson.h>
+#include <microhttpd.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+/* Above this many unsent stream bytes the upstream transfer is paused (slow client). */
+#define REQUEST_STREAM_HIGH_WATER (256u << 10)
+/* The largest single SSE event a backend may send. */
+#define REQUEST_STREAM_MAX_EVENT (1u << 20)
+/* Error answers from a backend are kept up to this size (enough for any real message). */
+#define REQUEST_ERROR_BODY_MAX (64u << 10)
+
+/* Where a request is. The admission states run in this order; each *_WAIT state means the
+ * request is parked until Redis (or another request's flight) answers. */
+enum request_state {
+    REQUEST_BODY,        /* reading the body; a key lookup may run alongside (adm.key_pending) */
+    REQUEST_KEY_WAIT,    /* the body is in, the key lookup is not */
+    REQUEST_CACHE,       /* next: look in the cache */
+    REQUEST_CACHE_WAIT,  /* the shared store (Redis) is asked */
+    REQUEST_COALESCE,    /* next: join or lead the flight of identical requests */
+    REQUEST_FOLLOW,      /* waiting for an identical request's answer */
+    REQUEST_LIMIT,       /* next: the key's rate limits */
+    REQUEST_LIMIT_WAIT,  /* the limiter (Redis) is asked */
+    REQUEST_BUDGET,      /* next: the key's budget */
+    REQUEST_BUDGET_WAIT, /* the budget (Redis) is asked */
+    REQUEST_ROUTE,       /* next: pick a backend and start */
+    REQUEST_UPSTREAM,    /* suspended while a backend works; nothing sent yet (failover) */
+    REQUEST_REPLY,       /* a whole answer or an error is ready to queue */
+    REQUEST_STREAM,      /* the backend's stream started: queue the streaming response */
+    REQUEST_SENT,        /* a response is queued */
+};
+
+enum request_cache_result { REQUEST_CACHE_BYPASS = 0, REQUEST_CACHE_MISS, REQUEST_CACHE_HIT };
+
+/* Admission (phase_admit.c): who the caller is, and what its key allows. */
+struct request_admission {
+    const char *key_name; /* the static key's name (config), or key_name_buf */
+    char key_name_buf[72];
+    unsigned metric_key;  /* the key name's metric label index */
+    char *key_models;     /* a Redis key's allowed models (keycache format); NULL = all */
+    struct keyauth_lookup *lookup; /* a Redis key lookup in flight */
+    bool key_pending;     /* the key is being looked up (alongside the body) */
+    enum keyauth_result key_result;
+    char *local_url;      /* the path of a local endpoint answered after the lookup */
+    long key_rpm, key_tpm; /* the key's per-minute limits, 0 = none */
+    struct ratelimit_wait *limit_wait;
+    bool limited;         /* the key has limits: send x-ratelimit-*, settle at the end */
+    enum ratelimit_result limit_result;
+    struct ratelimit_view limit_view;
+    long limit_tokens;    /* tokens admitted on the estimate */
+    double key_budget;    /* USD, 0 = none */
+    struct budget_wait *budget_wait;
+    bool budget_asked;    /* a reservation was asked for: settle it at the end */
+    bool budget_in_redis; /* the reservation is held in Redis */
+    enum budget_result budget_result;
+    double budget_reserved; /* the estimate reserved */
+};
+
+/* The response cache and coalescing (phase_cache.c). */
+struct request_caching {
+    enum request_cache_result result;
+    bool store; /* a complete answer may be stored */
+    bool read;  /* may be answered from the cache (no Cache-Control: no-cache) */
+    int64_t max_age_ms;
+    unsigned char key[32];
+    struct request_cache_ask *ask; /* a shared-store lookup in flight */
+    double saved_usd;              /* a hit: what the stored answer cost when it was made */
+    /* The first cacheable miss for a key leads a flight; identical ones that come while it
+     * is answered follow it (parked) and get its answer. */
+    bool leads, follows;
+    uint64_t flight_token;
+    struct flight_waiter waiter; /* its place in the flight it follows */
+    struct list follower;        /* on the worker's followers */
+    ev_timer follow_timer;
+    /* A streamed miss assembled into a whole answer for the cache. */
+    bool capturing;
+    struct cache_capture capture;
+};
+
+/* Backend attempts (phase_upstream.c). */
+struct request_attempts {
+    const struct config_target *target; /* the current (or last) backend */
+    bool *skip;                         /* per route target: already failed for this request */
+    struct router_request rreq;
+    unsigned attempts;
+    double deadline;  /* no new attempt after this (clock_mono) */
+    double t_attempt; /* when the current attempt started */
+    double ttfb;      /* its time to the first body byte */
+    double wait;      /* seconds spent waiting on backends before the answer was queued */
+    enum tg_error last_err;
+    char last_msg[400];
+    long retry_after_s;      /* a 429's retry-after */
+    long rate_limit_wait_s;  /* the soonest a rate-limiting backend takes requests again */
+    char *body;              /* the body sent upstream when it differs from the caller's */
+    char url[1024];
+    struct upstream_xfer *xfer;
+    bool got_headers;
+    long status;
+    char fail_detail[160]; /* why the data callback aborted the transfer */
+};
+
+/* The answer on its way to the caller (phase_relay.c). */
+struct request_relay {
+    /* A whole answer (or a backend's error) being collected, and scanned as it arrives. */
+    struct buf resp;
+    struct answer_scan scan;
+    bool scanning;
+    /* Stream relay: events from the backend, waiting to be sent. */
+    bool stream_mode;
+    struct sse_parser sse;
+    struct buf out;
+    size_t out_off;
+    bool saw_done;
+    bool stream_ended;   /* nothing more will be added to `out` */
+    bool reader_waiting; /* the content reader suspended the connection */
+    bool up_paused;
+    bool caller_usage;   /* the caller asked for the usage chunk */
+};
+
+/* What the backend delivered and what it is billed for (phase_settle.c). */
+struct request_usage {
+    size_t delivered;   /* bytes of generated text (content, reasoning, tool calls) */
+    unsigned n_choices; /* choices seen in the answer */
+    bool reported;      /* the backend sent usage */
+    long rep_prompt, rep_completion;
+    bool done;
+    long prompt_tokens, completion_tokens;
+    bool clamped;
+    double cost_usd;
+    double routing_saved_usd; /* the priciest healthy alternative's cost minus ours */
+};
+
+/* The reply to queue when MHD calls back (reply.c). */
+struct request_reply {
+    unsigned status;
+    char *body;
+    size_t len;
+    char ctype[96];
+    const char *allow;  /* Allow header for 405 */
+    bool no_retry;      /* send x-should-retry: false */
+    long retry_after_s; /* send retry-after when > 0 */
+};
+
+struct request {
+    struct worker *w;
+    struct MHD_Connection *conn;
+    struct config *cfg; /* the snapshot this request started with (referenced) */
+    const struct openai_endpoint *ep;
+    enum request_state state;
+    bool first_call; /* inside MHD's first call for this request */
+    bool parked;     /* suspended in a *_WAIT state until an answer comes */
+    bool suspended;
+    char id[132];
+    char method[8];
+    struct list live; /* on the worker's live requests */
+    double t_start;
+    double t_queued; /* when the answer (or the stream's first event) was queued */
+    unsigned status; /* what was sent, for the log and metrics */
+
+    struct buf body;
+    json_t *json;
+    struct openai_request oreq;
+    const struct config_route *route;
+    const char *model; /* the route's model name (config-owned) */
+    struct arena arena; /* the parsed body's nodes and the scans' state (base/arena.h) */
+
+    struct request_admission adm;
+    struct request_caching cache;
+    struct request_attempts up;
+    struct request_relay relay;
+    struct request_usage usage;
+    struct request_reply reply;
+};
+
+/* ---- the driver (request.c) ---- */
+void request_suspend(struct request *r);
+void request_resume(struct request *r);
+/* Parks the request in its *_WAIT state; request_wake() is the answer. */
+enum MHD_Result request_park(struct request *r);
+/* An answer came: a parked request goes on through MHD's next call for it; one that is not
+ * parked (the answer came before it had to wait) reads the result when it gets there. */
+void request_wake(struct request *r);
+/* Runs the admission phases from r->state on; MHD's result for the current call. */
+enum MHD_Result request_proceed(struct request *r);
+/* Gives the backend's in-flight slot back. */
+void request_release_backend(struct request *r);
+
+/* ---- replies (reply.c) ---- */
+void request_set_id(struct request *r);
+/* USD as a plain decimal, never in exponent form ("0.0000125", "3.0"). */
+void request_format_usd(char *out, size_t n, double usd);
+void request_headers(struct request *r, struct MHD_Response *resp);
+enum MHD_Result request_queue_reply(struct request *r);
+void request_set_reply(struct request *r, unsigned status, char *body, size_t len,
+                       const char *ctype);
+void request_set_error(struct request *r, enum tg_error err, const char *param, const char *fmt,
+                       ...) __attribute__((format(printf, 4, 5)));
+/* A reply decided on MHD's first call waits for the next one unless a body is coming. */
+enum MHD_Result request_reply_early(struct request *r);
+enum MHD_Result request_reply_json(struct request *r, unsigned status, json_t *doc);
+
+/* From inside MHD's handler: answer with an error now (or on the next call, see above). */
+#define REQUEST_FAIL_NOW(r, err, param, ...)                                                       \
+    (request_set_error((r), (err), (param), __VA_ARGS__), request_reply_early(r))
+
+/* ---- admission (phase_admit.c) ---- */
+/* MHD's first call: the route, the key, the size limit. */
+enum MHD_Result request_begin(struct request *r, const char *url, const char *method);
+/* The whole body is in: key errors, local endpoints, validation, the route. Returns true
+ * with *res set when the request is answered (or parked); false to go on with the cache. */
+bool request_admit_body(struct request *r, enum MHD_Result *res);
+/* REQUEST_LIMIT: asks the key's rate limiter; moves to REQUEST_LIMIT_WAIT or REQUEST_BUDGET. */
+void request_admit_limit(struct request *r);
+/* REQUEST_BUDGET: a denied rate limit answers; else reserves the key's budget and moves to
+ * REQUEST_BUDGET_WAIT or REQUEST_ROUTE. True with *res set when answered. */
+bool request_admit_budget(struct request *r, enum MHD_Result *res);
+/* REQUEST_ROUTE: an exhausted budget or a forced drain answers. True with *res set. */
+bool request_admit_refused(struct request *r, enum MHD_Result *res);
+
+/* ---- the cache and coalescing (phase_cache.c) ---- */
+/* REQUEST_CACHE: true when a hit set the reply (REQUEST_REPLY or REQUEST_STREAM); else the
+ * request is a miss or a bypass, and in REQUEST_CACHE_WAIT when the shared store was asked. */
+bool request_cache_lookup(struct request *r);
+/* REQUEST_COALESCE: true when the request follows another's flight (REQUEST_FOLLOW). */
+bool request_coalesce(struct request *r);
+/* A stored answer becomes the reply: false when it cannot be used. */
+bool request_cache_hit(struct request *r, const char *body, size_t len, double saved_usd);
+/* Keeps a complete answer and hands it to the requests waiting for it. */
+void request_cache_store(struct request *r, const char *text, size_t len);
+/* The leader's flight ends; text NULL: its followers go on on their own. */
+void request_flight_land(struct request *r, const char *text, size_t len, double cost);
+/* A follower stops waiting (its time is up, or it is gone). */
+void request_unfollow(struct request *r);
+/* The request ends: nothing of the cache phase may refer to it any more. */
+void request_cache_forget(struct request *r);
+
+/* ---- backend attempts (phase_upstream.c) ---- */
+/* REQUEST_ROUTE: picks a backend and starts; MHD's result for the current call. */
+enum MHD_Result request_route(struct request *r);
+/* Cancels the transfer in flight, if any, and gives its slot back. */
+void request_cancel_attempt(struct request *r);
+
+/* ---- the answer (phase_relay.c) ---- */
+/* upstream_ops.on_data: collects a whole answer or relays a stream. */
+int request_relay_data(void *ctx, const char *data, size_t len);
+int request_emit_event(struct request *r, json_t *chunk);
+void request_stream_error(struct request *r, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+/* A whole 2xx answer: settle usage, store it if it may be, and set the reply. */
+void request_whole_answer(struct request *r);
+enum MHD_Result request_queue_stream(struct request *r);
+
+/* ---- usage, cost and records (phase_settle.c) ---- */
+void request_note_scan(struct request *r, const struct answer_scan *sc);
+void request_settle_usage(struct request *r);
+void request_write_usage(struct request *r, json_t *usage, bool with_cost);
+/* The request is over: limits and budget settled, metrics, the log line, the ledger. */
+void request_settle(struct request *r, double seconds);
+
+#endif
