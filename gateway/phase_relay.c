@@ -15,15 +15,6 @@
 
 /* ---- upstream callbacks --------------------------------------------------------------------- */
 
-int request_emit_event(struct request *r, json_t *chunk)
-{
-    char *text = json_dumps(chunk, JSON_COMPACT);
-    if (!text)
-        return TG_ERR_NOMEM;
-    int rc = buf_printf(&r->relay.out, "data: %s\n\n", text);
-    free(text);
-    return rc ? TG_ERR_NOMEM : 0;
-}
 
 /* The usage chunk for a caller who asked for one when the node sent none. */
 static int request_emit_estimated_usage(struct request *r)

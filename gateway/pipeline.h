@@ -7,7 +7,11 @@
  *   phase_upstream.c  backend attempts and failover                           (r->up)
  *   phase_relay.c     the answer: collected whole, or relayed as a stream     (r->relay)
  *   phase_settle.c    usage, cost, metrics, the log line and the ledger       (r->usage)
- *   reply.c           ids, headers and replies queued to MHD                  (r->reply)
+ *   reply.c           suspending the connection, ids, headers, replies        (r->reply)
+ *
+ * The files call downwards only: request.c calls the phases; phase_upstream.c calls
+ * phase_relay.c, which calls phase_cache.c and phase_settle.c; every one of them may call
+ * reply.c, which calls none of them.
  *
  * Everything runs on the owning worker's thread. Where a request is in the pipeline is
  * r->state, and only that: a phase that waits on Redis parks the request in its *_WAIT state
@@ -205,6 +209,10 @@ struct request {
 };
 
 /* ---- the driver (request.c) ---- */
+/* Runs the admission phases from r->state on; MHD's result for the current call. */
+enum MHD_Result request_proceed(struct request *r);
+
+/* ---- the connection and replies (reply.c) ---- */
 void request_suspend(struct request *r);
 void request_resume(struct request *r);
 /* Parks the request in its *_WAIT state; request_wake() is the answer. */
@@ -212,12 +220,8 @@ enum MHD_Result request_park(struct request *r);
 /* An answer came: a parked request goes on through MHD's next call for it; one that is not
  * parked (the answer came before it had to wait) reads the result when it gets there. */
 void request_wake(struct request *r);
-/* Runs the admission phases from r->state on; MHD's result for the current call. */
-enum MHD_Result request_proceed(struct request *r);
 /* Gives the backend's in-flight slot back. */
 void request_release_backend(struct request *r);
-
-/* ---- replies (reply.c) ---- */
 void request_set_id(struct request *r);
 /* USD as a plain decimal, never in exponent form ("0.0000125", "3.0"). */
 void request_format_usd(char *out, size_t n, double usd);
@@ -230,6 +234,8 @@ void request_set_error(struct request *r, enum tg_error err, const char *param, 
 /* A reply decided on MHD's first call waits for the next one unless a body is coming. */
 enum MHD_Result request_reply_early(struct request *r);
 enum MHD_Result request_reply_json(struct request *r, unsigned status, json_t *doc);
+/* Appends one SSE data event to the stream buffer. 0 or TG_ERR_NOMEM. */
+int request_emit_event(struct request *r, json_t *chunk);
 
 /* From inside MHD's handler: answer with an error now (or on the next call, see above). */
 #define REQUEST_FAIL_NOW(r, err, param, ...)                                                       \
@@ -275,7 +281,6 @@ void request_cancel_attempt(struct request *r);
 /* ---- the answer (phase_relay.c) ---- */
 /* upstream_ops.on_data: collects a whole answer or relays a stream. */
 int request_relay_data(void *ctx, const char *data, size_t len);
-int request_emit_event(struct request *r, json_t *chunk);
 void request_stream_error(struct request *r, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 /* A whole 2xx answer: settle usage, store it if it may be, and set the reply. */

@@ -1,12 +1,60 @@
-/* Replies: the request id, the headers every answer carries, and whole replies queued to MHD
- * (streams are queued by phase_relay.c). */
+/* The bottom of the pipeline: suspending and resuming the connection, the request id, the
+ * headers every answer carries, whole replies queued to MHD (streams are queued by
+ * phase_relay.c) and SSE events written for a stream. */
 #include "base/clock.h"
 #include "gateway/pipeline.h"
+#include "routing/backend.h"
 
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+/* ---- the connection ------------------------------------------------------------------------ */
+
+void request_suspend(struct request *r)
+{
+    if (!r->suspended) {
+        r->suspended = true;
+        MHD_suspend_connection(r->conn);
+    }
+}
+
+void request_resume(struct request *r)
+{
+    if (r->suspended) {
+        r->suspended = false;
+        r->relay.reader_waiting = false;
+        MHD_resume_connection(r->conn);
+        worker_kick(r->w);
+    }
+}
+
+/* Only one admission step is ever waiting, so one flag tells a parked request from one
+ * suspended for its backend or its stream. */
+enum MHD_Result request_park(struct request *r)
+{
+    r->parked = true;
+    request_suspend(r);
+    return MHD_YES;
+}
+
+void request_wake(struct request *r)
+{
+    if (r->parked) {
+        r->parked = false;
+        request_resume(r);
+    }
+}
+
+void request_release_backend(struct request *r)
+{
+    if (r->up.target)
+        atomic_fetch_sub_explicit(&r->up.target->backend->state->inflight, 1,
+                                  memory_order_relaxed);
+}
+
+/* ---- replies -------------------------------------------------------------------------------- */
 
 static bool request_id_ok(const char *s)
 {
@@ -185,4 +233,14 @@ enum MHD_Result request_reply_json(struct request *r, unsigned status, json_t *d
         return REQUEST_FAIL_NOW(r, TG_ERR_NOMEM, NULL, "out of memory");
     request_set_reply(r, status, text, strlen(text), "application/json");
     return request_reply_early(r);
+}
+
+int request_emit_event(struct request *r, json_t *chunk)
+{
+    char *text = json_dumps(chunk, JSON_COMPACT);
+    if (!text)
+        return TG_ERR_NOMEM;
+    int rc = buf_printf(&r->relay.out, "data: %s\n\n", text);
+    free(text);
+    return rc ? TG_ERR_NOMEM : 0;
 }

@@ -9,48 +9,6 @@
 
 #include <stdlib.h>
 
-void request_suspend(struct request *r)
-{
-    if (!r->suspended) {
-        r->suspended = true;
-        MHD_suspend_connection(r->conn);
-    }
-}
-
-void request_resume(struct request *r)
-{
-    if (r->suspended) {
-        r->suspended = false;
-        r->relay.reader_waiting = false;
-        MHD_resume_connection(r->conn);
-        worker_kick(r->w);
-    }
-}
-
-/* Only one admission step is ever waiting, so one flag tells a parked request from one
- * suspended for its backend or its stream. */
-enum MHD_Result request_park(struct request *r)
-{
-    r->parked = true;
-    request_suspend(r);
-    return MHD_YES;
-}
-
-void request_wake(struct request *r)
-{
-    if (r->parked) {
-        r->parked = false;
-        request_resume(r);
-    }
-}
-
-void request_release_backend(struct request *r)
-{
-    if (r->up.target)
-        atomic_fetch_sub_explicit(&r->up.target->backend->state->inflight, 1,
-                                  memory_order_relaxed);
-}
-
 /* A reply set by a phase, whole or as a stream. */
 static enum MHD_Result request_queue_answer(struct request *r)
 {
