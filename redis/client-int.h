@@ -8,6 +8,7 @@
 #ifndef TOLLGATE_REDIS_CLIENT_INT_H
 #define TOLLGATE_REDIS_CLIENT_INT_H
 
+#include "base/list.h"
 #include "redis/redis.h"
 
 #include <hiredis/async.h>
@@ -37,9 +38,9 @@ struct redis_cmd {
     struct redis_client *c; /* NULL once the client is gone: the callback just frees this */
     redis_reply_fn fn;      /* NULL once answered (timeout): a late reply is dropped */
     void *ctx;
-    double deadline;               /* CLOCK_MONOTONIC seconds */
-    struct redis_cmd *prev, *next; /* pending list (deadline order) or zombie list */
-    struct redis_args *args;       /* EVALSHA only */
+    double deadline;         /* CLOCK_MONOTONIC seconds */
+    struct list link;        /* on the client's pending or zombie list, or its pool */
+    struct redis_args *args; /* EVALSHA only */
 };
 
 enum conn_state {
@@ -118,11 +119,11 @@ struct redis_client {
 
     struct redis_conn cmd, sub;
 
-    struct redis_cmd *pending_head, *pending_tail; /* sent, awaited; earliest deadline first */
-    struct redis_cmd *zombies; /* timed out, hiredis still owes their callbacks */
+    struct list pending; /* sent, awaited; earliest deadline first */
+    struct list zombies; /* timed out, hiredis still owes their callbacks */
     unsigned n_pending, n_zombies;
     ev_timer deadline_timer; /* at or before the first pending deadline */
-    struct redis_cmd *pool;
+    struct list pool;        /* records kept for reuse */
     unsigned n_pool;
 
     enum redis_breaker breaker;

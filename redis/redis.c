@@ -63,10 +63,12 @@ void redis_client_leave(struct redis_client *c)
 
 static struct redis_cmd *cmd_get(struct redis_client *c)
 {
-    struct redis_cmd *cmd = c->pool;
-    if (cmd) {
-        c->pool = cmd->next;
+    struct list *n = list_first(&c->pool);
+    struct redis_cmd *cmd;
+    if (n) {
+        list_unlink(n);
         c->n_pool--;
+        cmd = LIST_ENTRY(n, struct redis_cmd, link);
     } else {
         cmd = malloc(sizeof *cmd);
         if (!cmd)
@@ -82,68 +84,51 @@ static void cmd_put(struct redis_client *c, struct redis_cmd *cmd)
     free(cmd->args);
     cmd->args = NULL;
     if (c && !c->dead && c->n_pool < REDIS_POOL_MAX) {
-        cmd->next = c->pool;
-        c->pool = cmd;
+        list_push_head(&c->pool, &cmd->link);
         c->n_pool++;
     } else {
         free(cmd);
     }
 }
 
+/* The command at the head of a list of them, or NULL. */
+static struct redis_cmd *cmd_first(const struct list *l)
+{
+    struct list *n = list_first(l);
+    return n ? LIST_ENTRY(n, struct redis_cmd, link) : NULL;
+}
+
 static void pending_append(struct redis_client *c, struct redis_cmd *cmd)
 {
-    cmd->next = NULL;
-    cmd->prev = c->pending_tail;
-    if (c->pending_tail)
-        c->pending_tail->next = cmd;
-    else
-        c->pending_head = cmd;
-    c->pending_tail = cmd;
+    list_push_tail(&c->pending, &cmd->link);
     c->n_pending++;
 }
 
 static void pending_unlink(struct redis_client *c, struct redis_cmd *cmd)
 {
-    if (cmd->prev)
-        cmd->prev->next = cmd->next;
-    else
-        c->pending_head = cmd->next;
-    if (cmd->next)
-        cmd->next->prev = cmd->prev;
-    else
-        c->pending_tail = cmd->prev;
-    cmd->prev = cmd->next = NULL;
+    list_unlink(&cmd->link);
     c->n_pending--;
 }
 
 static void zombie_link(struct redis_client *c, struct redis_cmd *cmd)
 {
-    cmd->prev = NULL;
-    cmd->next = c->zombies;
-    if (c->zombies)
-        c->zombies->prev = cmd;
-    c->zombies = cmd;
+    list_push_head(&c->zombies, &cmd->link);
     c->n_zombies++;
 }
 
 static void zombie_unlink(struct redis_client *c, struct redis_cmd *cmd)
 {
-    if (cmd->prev)
-        cmd->prev->next = cmd->next;
-    else
-        c->zombies = cmd->next;
-    if (cmd->next)
-        cmd->next->prev = cmd->prev;
-    cmd->prev = cmd->next = NULL;
+    list_unlink(&cmd->link);
     c->n_zombies--;
 }
 
 static void deadline_arm(struct redis_client *c)
 {
     ev_timer_stop(c->loop, &c->deadline_timer);
-    if (!c->pending_head)
+    const struct redis_cmd *first = cmd_first(&c->pending);
+    if (!first)
         return;
-    double after = c->pending_head->deadline - clock_mono();
+    double after = first->deadline - clock_mono();
     ev_timer_set(&c->deadline_timer, after > 0 ? after : 0., 0.);
     ev_timer_start(c->loop, &c->deadline_timer);
 }
@@ -331,7 +316,7 @@ static void deadline_cb(struct ev_loop *loop, ev_timer *w, int revents)
     /* libev may wake a little before our monotonic deadline; the re-arm covers the rest. */
     double now = clock_mono() + 1e-4;
     struct redis_cmd *cmd;
-    while (!c->dead && (cmd = c->pending_head) && cmd->deadline <= now) {
+    while (!c->dead && (cmd = cmd_first(&c->pending)) && cmd->deadline <= now) {
         redis_reply_fn fn = cmd->fn;
         void *ctx = cmd->ctx;
         pending_unlink(c, cmd);
@@ -362,6 +347,9 @@ struct redis_client *redis_client_new(struct ev_loop *loop, const struct redis_o
     struct redis_client *c = calloc(1, sizeof *c);
     if (!c)
         return NULL;
+    list_init(&c->pending);
+    list_init(&c->zombies);
+    list_init(&c->pool);
     char err[160];
     if (redis_parse_url(opt->url, &c->url, err, sizeof err) != 0) {
         free(c);
@@ -406,10 +394,10 @@ static void client_destroy(struct redis_client *c)
     ev_timer_stop(c->loop, &c->breaker_timer);
     ev_timer_stop(c->loop, &c->cmd.timer);
     ev_timer_stop(c->loop, &c->sub.timer);
-    while (c->pool) {
-        struct redis_cmd *cmd = c->pool;
-        c->pool = cmd->next;
-        free(cmd);
+    struct list *n;
+    while ((n = list_first(&c->pool))) {
+        list_unlink(n);
+        free(LIST_ENTRY(n, struct redis_cmd, link));
     }
     redis_scripts_free(c);
     redis_chans_free(c);
@@ -429,7 +417,7 @@ void redis_client_free(struct redis_client *c)
     /* Answer every command now. hiredis still holds their records: cut them loose from the
      * client so the callbacks it runs when its context goes just free them. */
     struct redis_cmd *cmd;
-    while ((cmd = c->pending_head)) {
+    while ((cmd = cmd_first(&c->pending))) {
         redis_reply_fn fn = cmd->fn;
         void *ctx = cmd->ctx;
         pending_unlink(c, cmd);
@@ -437,7 +425,7 @@ void redis_client_free(struct redis_client *c)
         cmd->c = NULL;
         fn(ctx, REDIS_ENOTCONN, NULL);
     }
-    while ((cmd = c->zombies)) {
+    while ((cmd = cmd_first(&c->zombies))) {
         zombie_unlink(c, cmd);
         cmd->c = NULL;
     }

@@ -2,6 +2,7 @@
 
 #include "base/buf.h"
 #include "base/clock.h"
+#include "base/list.h"
 
 #include "base/log.h"
 #include "redis/keyspace.h"
@@ -274,7 +275,7 @@ void ledger_script_args(const struct ledger_record *r, struct ledger_args *out)
 /* A record awaiting Redis's answer, live or replayed from the spool. */
 struct ledger_slot {
     struct ledger *l;
-    struct ledger_slot *prev, *next;
+    struct list link; /* on l->slots */
     bool replay;
     bool spooled; /* live, and written to the spool by ledger_free() already */
     struct ledger_record rec;
@@ -294,8 +295,8 @@ struct ledger {
     bool batch_failed;
     bool closing; /* ledger_free() was called; the memory waits for the last answer */
     ev_timer timer;
-    struct ledger_slot *slots; /* every slot awaiting an answer */
-    unsigned live;             /* live slots among them */
+    struct list slots; /* every slot awaiting an answer, the newest first */
+    unsigned live;     /* live slots among them */
     uint64_t uid_prefix, uid_seq;
     double last_drop_log;
     bool spooling; /* since the last "ledger_spooling" log line */
@@ -371,22 +372,7 @@ static void ledger_spool(struct ledger *l, const struct ledger_record *r)
 static void ledger_link(struct ledger *l, struct ledger_slot *s)
 {
     s->l = l;
-    s->prev = NULL;
-    s->next = l->slots;
-    if (l->slots)
-        l->slots->prev = s;
-    l->slots = s;
-}
-
-static void ledger_unlink(struct ledger *l, struct ledger_slot *s)
-{
-    if (s->prev)
-        s->prev->next = s->next;
-    else
-        l->slots = s->next;
-    if (s->next)
-        s->next->prev = s->prev;
-    s->prev = s->next = NULL;
+    list_push_head(&l->slots, &s->link);
 }
 
 static void ledger_destroy(struct ledger *l)
@@ -464,7 +450,7 @@ static void ledger_reply(void *ctx, int result, const redisReply *reply)
 {
     struct ledger_slot *s = ctx;
     struct ledger *l = s->l;
-    ledger_unlink(l, s);
+    list_unlink(&s->link);
     bool ok = result == 0 && reply && reply->type == REDIS_REPLY_INTEGER;
     bool fresh = ok && reply->integer == 1;
     if (s->replay) {
@@ -483,7 +469,7 @@ static void ledger_reply(void *ctx, int result, const redisReply *reply)
             ledger_spool(l, &s->rec);
     }
     free(s);
-    if (l->closing && !l->slots)
+    if (l->closing && list_empty(&l->slots))
         ledger_destroy(l);
 }
 
@@ -538,7 +524,7 @@ static void ledger_replay(struct ledger *l)
             s->spooled = false;
             ledger_link(l, s);
             if (ledger_send(l, s)) {
-                ledger_unlink(l, s);
+                list_unlink(&s->link);
                 free(s);
                 break;
             }
@@ -667,6 +653,7 @@ struct ledger *ledger_new(struct ev_loop *loop, struct redis_client *redis, cons
     }
     l->fd = -1;
     l->lock_fd = -1;
+    list_init(&l->slots);
     l->loop = loop;
     l->redis = redis;
     if (!(l->path = strdup(spool_path)))
@@ -745,7 +732,7 @@ void ledger_record(struct ledger *l, const struct ledger_entry *e)
             atomic_store_explicit(&l->inflight, l->live, memory_order_relaxed);
             return;
         }
-        ledger_unlink(l, s);
+        list_unlink(&s->link);
     }
     ledger_spool(l, r);
     free(s);
@@ -757,7 +744,10 @@ void ledger_free(struct ledger *l)
         return;
     /* Unanswered live records may or may not be in Redis: spooled, they count once either
      * way (the uid). */
-    for (struct ledger_slot *s = l->slots; s; s = s->next) {
+    struct list *node, *tmp;
+    LIST_FOR_EACH_SAFE(node, tmp, &l->slots)
+    {
+        struct ledger_slot *s = LIST_ENTRY(node, struct ledger_slot, link);
         if (!s->replay && !s->spooled) {
             ledger_spool(l, &s->rec);
             s->spooled = true;
@@ -780,7 +770,7 @@ void ledger_free(struct ledger *l)
         l->lock_fd = -1;
     }
     l->closing = true;
-    if (!l->slots)
+    if (list_empty(&l->slots))
         ledger_destroy(l);
 }
 
