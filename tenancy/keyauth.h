@@ -1,10 +1,9 @@
 /* Resolving a presented key that is not a static one: the worker's key cache first, then
- * Redis (HGETALL tg:key:<sha256hex>, see README "Keys in Redis"), asynchronously, so the
+ * Redis (HGETALL tg:key:<sha256hex>, see redis/keyspace.h), asynchronously, so the
  * worker never waits. Not thread-safe: one worker's cache and Redis client. */
 #ifndef TOLLGATE_KEYAUTH_H
 #define TOLLGATE_KEYAUTH_H
 
-#include "redis/keyspace.h"
 #include "tenancy/keycache.h"
 
 #include <stddef.h>
@@ -36,8 +35,5 @@ void keyauth_cancel(struct keyauth_lookup *l);
 /* A revocation message from the REDIS_CHANNEL_KEYS_REVOKED channel (redis/keyspace.h): a
  * hex digest. */
 void keyauth_revoked(struct keycache *cache, const char *hex, size_t len);
-
-/* Until gateway/server.c subscribes by REDIS_CHANNEL_KEYS_REVOKED itself. */
-#define KEYAUTH_REVOKED_CHANNEL REDIS_CHANNEL_KEYS_REVOKED
 
 #endif

@@ -1,4 +1,4 @@
-/* Unit tests for gateway/keys, the parts without I/O: name rules, validation of a creation
+/* Unit tests for tenancy/keys, the parts without I/O: name rules, validation of a creation
  * request, the record's Redis fields and JSON forms, and the error mapping. The operations
  * against Redis are covered by tests/integration/keys-admin.test.mjs. */
 #include <setjmp.h>
