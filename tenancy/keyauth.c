@@ -1,8 +1,7 @@
 #include "tenancy/keyauth.h"
-#include "base/clock.h"
 
 #include "base/buf.h"
-
+#include "base/clock.h"
 #include "metrics/metrics.h"
 #include "redis/keyspace.h"
 #include "redis/redis.h"

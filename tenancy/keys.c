@@ -1,7 +1,6 @@
 #include "tenancy/keys.h"
 
 #include "base/buf.h"
-
 #include "base/digest.h"
 #include "base/error.h"
 #include "redis/keyspace.h"

@@ -3,7 +3,6 @@
 #include "base/buf.h"
 #include "base/clock.h"
 #include "base/list.h"
-
 #include "base/log.h"
 #include "redis/keyspace.h"
 #include "redis/redis.h"
