@@ -112,6 +112,14 @@ $(BUILD)/floor: $(BUILD)/obj/bench/floor.o $(BUILD)/obj/net/httpd.o $(BUILD)/obj
                 $(BUILD)/obj/base/listen.o $(BUILD)/obj/base/log.o
 	$(CC) $(CFLAGS) $^ -o $@ $(LDFLAGS) -lmicrohttpd -lcurl -lev -lpthread
 
+# The simulated market (tools/market/README.md): each scenario a run of MARKET_SECONDS against
+# $(BUILD)/tollgate, figures appended to bench/MARKET.md. A benchmark: never part of make test.
+MARKET_SECONDS   ?= 60
+MARKET_SCENARIOS ?= calm churn liars
+.PHONY: market
+market: all
+	@MARKET_GATEWAY=$(BUILD)/tollgate MARKET_SECONDS=$(MARKET_SECONDS) node tools/market/market.mjs $(MARKET_SCENARIOS)
+
 install: $(BUILD)/tollgate
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/tollgate
 	install -m 0755 $(BUILD)/tollgate $(DESTDIR)$(PREFIX)/bin/tollgate
