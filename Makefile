@@ -29,7 +29,7 @@ UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 # and the openssl command for the certificates of the https backend test.
 DEB_PKGS := build-essential pkg-config libmicrohttpd-dev libcurl4-gnutls-dev libssh2-1-dev \
             libhiredis-dev libev-dev libjansson-dev libyajl-dev libyaml-dev nettle-dev \
-            libssl-dev openssl libcmocka-dev redis-server nginx wrk curl prometheus
+            libssl-dev openssl libcmocka-dev redis-server nginx wrk curl prometheus clang-format
 
 .PHONY: all deps run test unit integration bench asan tsan install clean fmt fmt-check
 
@@ -78,6 +78,7 @@ integration: all
 	@tests/run-node-tests.sh
 
 test: deps
+	@$(MAKE) --no-print-directory fmt-check
 	@$(MAKE) --no-print-directory all
 	@$(MAKE) --no-print-directory unit
 	@$(MAKE) --no-print-directory integration
@@ -129,4 +130,4 @@ fmt:
 	clang-format -i $$(find $(LAYERS) bench tools tests/unit -name '*.[ch]')
 
 clean:
-	rm -rf build build-asan
+	rm -rf build build-asan build-tsan

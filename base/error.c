@@ -97,10 +97,10 @@ char *error_body(enum tg_error err, const char *message, const char *param, cons
                  size_t *len)
 {
     const struct error_info *info = error_find(err);
-    json_t *inner = json_pack("{s:o, s:s, s:o, s:o}", "message",
-                              error_string(message ? message : "error"), "type", info->type,
-                              "param", param ? error_string(param) : json_null(), "code",
-                              json_string(code ? code : info->code));
+    json_t *inner =
+        json_pack("{s:o, s:s, s:o, s:o}", "message", error_string(message ? message : "error"),
+                  "type", info->type, "param", param ? error_string(param) : json_null(), "code",
+                  json_string(code ? code : info->code));
     if (!inner)
         return NULL;
     json_t *root = json_pack("{s:o}", "error", inner);

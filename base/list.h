@@ -15,7 +15,7 @@ struct list {
     struct list *prev, *next;
 };
 
-#define LIST_ENTRY(node, type, member) ((type *)((char *)(node) - offsetof(type, member)))
+#define LIST_ENTRY(node, type, member) ((type *)((char *)(node)-offsetof(type, member)))
 
 /* Iterates over the nodes of `anchor`; `node` may be unlinked (and freed) in the body. */
 #define LIST_FOR_EACH_SAFE(node, tmp, anchor)                                                      \

@@ -142,8 +142,7 @@ static void normalise_numbers(json_t *v)
                 normalise_numbers(child);
         }
     } else if (json_is_array(v)) {
-        json_array_foreach(v, i, child)
-        {
+        json_array_foreach (v, i, child) {
             double d = json_is_real(child) ? json_real_value(child) : NAN;
             if (isfinite(d) && d == floor(d) && fabs(d) < 9e15)
                 json_array_set_new(v, i, json_integer((json_int_t)d));
@@ -246,8 +245,7 @@ static int capture_join(json_t *v)
     if (json_is_array(v)) {
         size_t i;
         json_t *e;
-        json_array_foreach(v, i, e)
-        {
+        json_array_foreach (v, i, e) {
             if (capture_join(e))
                 return -1;
         }
@@ -267,14 +265,13 @@ static int capture_join(json_t *v)
         }
         size_t len = 0, i;
         json_t *piece;
-        json_array_foreach(e, i, piece)
+        json_array_foreach (e, i, piece)
             len += json_string_length(piece);
         char *text = malloc(len + 1);
         if (!text)
             return -1;
         size_t at = 0;
-        json_array_foreach(e, i, piece)
-        {
+        json_array_foreach (e, i, piece) {
             memcpy(text + at, json_string_value(piece), json_string_length(piece));
             at += json_string_length(piece);
         }
@@ -360,8 +357,7 @@ static int capture_choice_delta(struct cache_capture *c, json_t *choices, json_t
     json_t *message = json_object_get(ch, "message");
     const char *k;
     json_t *v;
-    json_object_foreach(delta, k, v)
-    {
+    json_object_foreach (delta, k, v) {
         if (!strcmp(k, "role")) {
             if (json_is_string(v))
                 json_object_set(message, "role", v);
@@ -370,8 +366,7 @@ static int capture_choice_delta(struct cache_capture *c, json_t *choices, json_t
             json_t *call;
             if (!json_is_array(v) && !json_is_null(v))
                 return -1;
-            json_array_foreach(v, i, call)
-            {
+            json_array_foreach (v, i, call) {
                 if (!json_is_object(call) || capture_tool_call(c, message, call))
                     return -1;
             }
@@ -414,8 +409,7 @@ void cache_capture_event(struct cache_capture *c, const char *data, size_t len)
     json_t *acc = json_object_get(c->doc, "choices");
     size_t i;
     json_t *d;
-    json_array_foreach(choices, i, d)
-    {
+    json_array_foreach (choices, i, d) {
         if (!json_is_object(d) || capture_choice_delta(c, acc, d)) {
             json_decref(ev);
             capture_fail(c);

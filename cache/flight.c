@@ -96,8 +96,7 @@ void flight_land(const unsigned char key[32], uint64_t leader_token, const char 
          * is released: take what the posts need now and let go of every node. */
         to = f->n_waiters ? malloc(f->n_waiters * sizeof *to) : NULL;
         struct list *node, *tmp;
-        LIST_FOR_EACH_SAFE(node, tmp, &f->waiters)
-        {
+        LIST_FOR_EACH_SAFE (node, tmp, &f->waiters) {
             struct flight_waiter *w = LIST_ENTRY(node, struct flight_waiter, link);
             if (to) {
                 to[n].token = w->token;

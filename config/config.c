@@ -53,8 +53,7 @@ static void check_keys(struct cfg_ctx *ctx, json_t *obj, const char *path,
 {
     const char *key;
     json_t *v;
-    json_object_foreach(obj, key, v)
-    {
+    json_object_foreach (obj, key, v) {
         bool ok = false;
         for (const char *const *a = allowed; *a; a++)
             if (!strcmp(*a, key))
@@ -191,8 +190,7 @@ static void parse_keys(struct cfg_ctx *ctx, struct config *cfg, json_t *root)
     cfg->keys = calloc(json_array_size(arr) + 1, sizeof *cfg->keys);
     size_t i;
     json_t *item;
-    json_array_foreach(arr, i, item)
-    {
+    json_array_foreach (arr, i, item) {
         char path[64];
         snprintf(path, sizeof path, "keys[%zu]", i);
         if (!json_is_object(item)) {
@@ -252,8 +250,7 @@ static void parse_models(struct cfg_ctx *ctx, struct config_backend *b, json_t *
     b->models = calloc(json_array_size(arr), sizeof *b->models);
     size_t i;
     json_t *m;
-    json_array_foreach(arr, i, m)
-    {
+    json_array_foreach (arr, i, m) {
         char mpath[160];
         snprintf(mpath, sizeof mpath, "%s[%zu]", path, i);
         if (!json_is_object(m)) {
@@ -283,8 +280,7 @@ static void parse_models(struct cfg_ctx *ctx, struct config_backend *b, json_t *
 }
 
 /* A backend's ca_file: a readable PEM bundle, for a backend with an https URL. */
-static void check_ca_file(struct cfg_ctx *ctx, const char *path, const char *file,
-                          const char *url)
+static void check_ca_file(struct cfg_ctx *ctx, const char *path, const char *file, const char *url)
 {
     if (url && strncmp(url, "https://", 8)) {
         cfg_error(ctx, path, "applies only to a backend with an https:// url");
@@ -306,9 +302,9 @@ static void check_ca_file(struct cfg_ctx *ctx, const char *path, const char *fil
 
 static void parse_backends(struct cfg_ctx *ctx, struct config *cfg, json_t *root)
 {
-    static const char *const allowed[] = {"name",       "url",          "api_key",
-                                          "models",     "max_inflight", "prices_url",
-                                          "prices_refresh_s", "ca_file", NULL};
+    static const char *const allowed[] = {
+        "name",    "url", "api_key", "models", "max_inflight", "prices_url", "prices_refresh_s",
+        "ca_file", NULL};
     json_t *arr = get_arr(ctx, root, "backends", "");
     if (!arr || json_array_size(arr) == 0) {
         if (!json_object_get(root, "backends") || arr)
@@ -318,8 +314,7 @@ static void parse_backends(struct cfg_ctx *ctx, struct config *cfg, json_t *root
     cfg->backends = calloc(json_array_size(arr), sizeof *cfg->backends);
     size_t i;
     json_t *item;
-    json_array_foreach(arr, i, item)
-    {
+    json_array_foreach (arr, i, item) {
         char path[64];
         snprintf(path, sizeof path, "backends[%zu]", i);
         if (!json_is_object(item)) {
@@ -390,9 +385,12 @@ static void parse_backends(struct cfg_ctx *ctx, struct config *cfg, json_t *root
 
 static void parse_upstream(struct cfg_ctx *ctx, struct config *cfg, json_t *root)
 {
-    static const char *const allowed[] = {"connect_timeout_ms", "first_byte_timeout_ms",
-                                          "idle_timeout_ms", "total_timeout_ms",
-                                          "max_response_bytes", "max_connections_per_backend",
+    static const char *const allowed[] = {"connect_timeout_ms",
+                                          "first_byte_timeout_ms",
+                                          "idle_timeout_ms",
+                                          "total_timeout_ms",
+                                          "max_response_bytes",
+                                          "max_connections_per_backend",
                                           NULL};
     struct config_upstream *u = &cfg->upstream;
     u->connect_timeout_ms = 2000;
@@ -407,16 +405,16 @@ static void parse_upstream(struct cfg_ctx *ctx, struct config *cfg, json_t *root
     check_keys(ctx, o, "upstream", allowed);
     u->connect_timeout_ms =
         (long)get_num(ctx, o, "connect_timeout_ms", "upstream", 1, 600000, 2000, false, true);
-    u->first_byte_timeout_ms = (long)get_num(ctx, o, "first_byte_timeout_ms", "upstream", 1,
-                                             3600000, 60000, false, true);
+    u->first_byte_timeout_ms =
+        (long)get_num(ctx, o, "first_byte_timeout_ms", "upstream", 1, 3600000, 60000, false, true);
     u->idle_timeout_ms =
         (long)get_num(ctx, o, "idle_timeout_ms", "upstream", 1, 3600000, 60000, false, true);
     u->total_timeout_ms =
         (long)get_num(ctx, o, "total_timeout_ms", "upstream", 1, 86400000, 600000, false, true);
-    u->max_response_bytes = (size_t)get_num(ctx, o, "max_response_bytes", "upstream", 1024,
-                                            1 << 30, 32u << 20, false, true);
-    u->max_connections_per_backend = (unsigned)get_num(
-        ctx, o, "max_connections_per_backend", "upstream", 1, 1000000, 1024, false, true);
+    u->max_response_bytes = (size_t)get_num(ctx, o, "max_response_bytes", "upstream", 1024, 1 << 30,
+                                            32u << 20, false, true);
+    u->max_connections_per_backend = (unsigned)get_num(ctx, o, "max_connections_per_backend",
+                                                       "upstream", 1, 1000000, 1024, false, true);
 }
 
 static void parse_redis(struct cfg_ctx *ctx, struct config *cfg, json_t *root)
@@ -441,8 +439,8 @@ static void parse_redis(struct cfg_ctx *ctx, struct config *cfg, json_t *root)
 
 static void parse_routing(struct cfg_ctx *ctx, struct config *cfg, json_t *root)
 {
-    static const char *const allowed[] = {"strategy", "default_output_tokens", "retries",
-                                          "deadline_ms", "tie_tolerance", NULL};
+    static const char *const allowed[] = {"strategy",    "default_output_tokens", "retries",
+                                          "deadline_ms", "tie_tolerance",         NULL};
     struct config_routing *r = &cfg->routing;
     r->strategy = CONFIG_STRATEGY_CHEAPEST;
     r->default_output_tokens = 256;
@@ -462,13 +460,14 @@ static void parse_routing(struct cfg_ctx *ctx, struct config *cfg, json_t *root)
     r->default_output_tokens = (unsigned)get_num(ctx, o, "default_output_tokens", "routing", 0,
                                                  10000000, 256, false, true);
     r->retries = (unsigned)get_num(ctx, o, "retries", "routing", 0, 10, 2, false, true);
-    r->deadline_ms = (long)get_num(ctx, o, "deadline_ms", "routing", 1, 3600000, 30000, false, true);
+    r->deadline_ms =
+        (long)get_num(ctx, o, "deadline_ms", "routing", 1, 3600000, 30000, false, true);
     r->tie_tolerance = get_num(ctx, o, "tie_tolerance", "routing", 0, 1, 0.01, false, false);
 }
 
 static void parse_health(struct cfg_ctx *ctx, struct config *cfg, json_t *root)
 {
-    static const char *const allowed[] = {"interval_ms", "timeout_ms", "eject_after_failures",
+    static const char *const allowed[] = {"interval_ms", "timeout_ms",      "eject_after_failures",
                                           "cooldown_ms", "max_cooldown_ms", NULL};
     struct config_health *h = &cfg->health;
     h->interval_ms = 5000;
@@ -482,9 +481,10 @@ static void parse_health(struct cfg_ctx *ctx, struct config *cfg, json_t *root)
     check_keys(ctx, o, "health", allowed);
     h->interval_ms = (long)get_num(ctx, o, "interval_ms", "health", 50, 3600000, 5000, false, true);
     h->timeout_ms = (long)get_num(ctx, o, "timeout_ms", "health", 10, 600000, 2000, false, true);
-    h->eject_after_failures = (unsigned)get_num(ctx, o, "eject_after_failures", "health", 1, 1000,
-                                                3, false, true);
-    h->cooldown_ms = (long)get_num(ctx, o, "cooldown_ms", "health", 1, 86400000, 10000, false, true);
+    h->eject_after_failures =
+        (unsigned)get_num(ctx, o, "eject_after_failures", "health", 1, 1000, 3, false, true);
+    h->cooldown_ms =
+        (long)get_num(ctx, o, "cooldown_ms", "health", 1, 86400000, 10000, false, true);
     h->max_cooldown_ms =
         (long)get_num(ctx, o, "max_cooldown_ms", "health", 1, 86400000, 300000, false, true);
     if (h->max_cooldown_ms < h->cooldown_ms)
@@ -493,9 +493,8 @@ static void parse_health(struct cfg_ctx *ctx, struct config *cfg, json_t *root)
 
 static void parse_cache(struct cfg_ctx *ctx, struct config *cfg, json_t *root)
 {
-    static const char *const allowed[] = {"mode",  "ttl_s",           "max_bytes",
-                                          "max_entry_bytes", "scope", "coalesce_wait_ms",
-                                          NULL};
+    static const char *const allowed[] = {
+        "mode", "ttl_s", "max_bytes", "max_entry_bytes", "scope", "coalesce_wait_ms", NULL};
     struct config_cache *c = &cfg->cache;
     c->mode = CONFIG_CACHE_DETERMINISTIC;
     c->ttl_s = 3600;
@@ -520,10 +519,9 @@ static void parse_cache(struct cfg_ctx *ctx, struct config *cfg, json_t *root)
         free(mode);
     }
     c->ttl_s = (long)get_num(ctx, o, "ttl_s", "cache", 1, 31536000, 3600, false, true);
-    c->max_bytes =
-        (size_t)get_num(ctx, o, "max_bytes", "cache", 0, 1e12, 64u << 20, false, true);
-    c->max_entry_bytes = (size_t)get_num(ctx, o, "max_entry_bytes", "cache", 1, 1 << 30,
-                                         1u << 20, false, true);
+    c->max_bytes = (size_t)get_num(ctx, o, "max_bytes", "cache", 0, 1e12, 64u << 20, false, true);
+    c->max_entry_bytes =
+        (size_t)get_num(ctx, o, "max_entry_bytes", "cache", 1, 1 << 30, 1u << 20, false, true);
     c->coalesce_wait_ms =
         (long)get_num(ctx, o, "coalesce_wait_ms", "cache", 0, 3600000, 30000, false, true);
     char *scope = get_str(ctx, o, "scope", "cache", false);
@@ -605,11 +603,11 @@ static int build_headers(struct config *cfg)
     for (size_t i = 0; i < cfg->n_backends; i++) {
         struct config_backend *b = &cfg->backends[i];
         struct curl_slist *h = NULL, *t;
-#define HDR(s)                                                                                 \
-    do {                                                                                       \
-        if (!(t = curl_slist_append(h, (s))))                                                  \
-            goto err;                                                                          \
-        h = t;                                                                                 \
+#define HDR(s)                                                                                     \
+    do {                                                                                           \
+        if (!(t = curl_slist_append(h, (s))))                                                      \
+            goto err;                                                                              \
+        h = t;                                                                                     \
     } while (0)
         HDR("Content-Type: application/json");
         HDR("Expect:"); /* no 100-continue round trip */
@@ -679,12 +677,25 @@ static void config_free(struct config *cfg)
 
 static struct config *config_build(json_t *root, struct cfg_ctx *ctx)
 {
-    static const char *const allowed[] = {
-        "listen",           "workers",  "max_connections", "connection_memory_bytes",
-        "max_body_bytes",   "drain_timeout_ms", "log_level", "upstream",
-        "keys",             "backends", "redis",           "routing",
-        "health",           "admin_listen", "admin_key",   "spool_dir",       "cache",
-        "metrics",          NULL};
+    static const char *const allowed[] = {"listen",
+                                          "workers",
+                                          "max_connections",
+                                          "connection_memory_bytes",
+                                          "max_body_bytes",
+                                          "drain_timeout_ms",
+                                          "log_level",
+                                          "upstream",
+                                          "keys",
+                                          "backends",
+                                          "redis",
+                                          "routing",
+                                          "health",
+                                          "admin_listen",
+                                          "admin_key",
+                                          "spool_dir",
+                                          "cache",
+                                          "metrics",
+                                          NULL};
     struct config *cfg = calloc(1, sizeof *cfg);
     if (!cfg)
         return NULL;
@@ -712,8 +723,8 @@ static struct config *config_build(json_t *root, struct cfg_ctx *ctx)
     cfg->max_connections =
         (unsigned)get_num(ctx, root, "max_connections", "", 1, 1000000, 16384, false, true);
     /* MHD clears a connection's memory for every request: keep it to what headers need. */
-    cfg->connection_memory_bytes = (size_t)get_num(ctx, root, "connection_memory_bytes", "",
-                                                   4096, 1 << 24, 16384, false, true);
+    cfg->connection_memory_bytes = (size_t)get_num(ctx, root, "connection_memory_bytes", "", 4096,
+                                                   1 << 24, 16384, false, true);
     cfg->max_body_bytes =
         (size_t)get_num(ctx, root, "max_body_bytes", "", 1, 1 << 30, 8u << 20, false, true);
     cfg->drain_timeout_ms =
@@ -758,8 +769,7 @@ static struct config *config_build(json_t *root, struct cfg_ctx *ctx)
     return cfg;
 }
 
-struct config *config_load_string(const char *text, size_t len, const char *name,
-                                  char **errors)
+struct config *config_load_string(const char *text, size_t len, const char *name, char **errors)
 {
     struct cfg_ctx ctx;
     buf_init(&ctx.errors, 1 << 20);
@@ -770,8 +780,7 @@ struct config *config_load_string(const char *text, size_t len, const char *name
     while (p < text + len && isspace((unsigned char)*p))
         p++;
     size_t nlen = name ? strlen(name) : 0;
-    bool is_json = (p < text + len && *p == '{') ||
-                   (nlen > 5 && !strcmp(name + nlen - 5, ".json"));
+    bool is_json = (p < text + len && *p == '{') || (nlen > 5 && !strcmp(name + nlen - 5, ".json"));
     json_t *root;
     if (is_json) {
         json_error_t jerr;

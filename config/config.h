@@ -19,8 +19,8 @@ struct backend_state;
 struct backend_price;
 
 struct config_model {
-    char *name;     /* what clients send */
-    char *upstream; /* what the backend is sent; NULL = same as name */
+    char *name;                /* what clients send */
+    char *upstream;            /* what the backend is sent; NULL = same as name */
     double input_usd_per_mtok; /* static prices; live ones (prices_url) override */
     double output_usd_per_mtok;
     struct backend_price *price; /* live price slot, outlives reloads (routing/backend.h) */
@@ -28,8 +28,8 @@ struct config_model {
 
 struct config_backend {
     char *name;
-    char *url;     /* base URL without trailing '/', e.g. http://host:port/v1 */
-    char *api_key; /* NULL when none */
+    char *url;             /* base URL without trailing '/', e.g. http://host:port/v1 */
+    char *api_key;         /* NULL when none */
     unsigned max_inflight; /* 0 = no limit */
     char *prices_url;      /* OpenRouter-style /models document with live prices, or NULL */
     char *ca_file;         /* PEM bundle verifying its https URLs; NULL = system store */
@@ -88,7 +88,7 @@ struct config_health {
     long interval_ms; /* active probe period */
     long timeout_ms;
     unsigned eject_after_failures;
-    long cooldown_ms;     /* first ejection; doubles on each repeat */
+    long cooldown_ms; /* first ejection; doubles on each repeat */
     long max_cooldown_ms;
 };
 
@@ -97,10 +97,10 @@ enum config_cache_mode { CONFIG_CACHE_DETERMINISTIC = 0, CONFIG_CACHE_ALL, CONFI
 struct config_cache {
     enum config_cache_mode mode;
     long ttl_s;
-    size_t max_bytes;       /* all workers together */
+    size_t max_bytes; /* all workers together */
     size_t max_entry_bytes;
-    bool global;            /* scope: shared by all keys (default: per key) */
-    long coalesce_wait_ms;  /* identical misses wait this long for the first; 0 = never */
+    bool global;           /* scope: shared by all keys (default: per key) */
+    long coalesce_wait_ms; /* identical misses wait this long for the first; 0 = never */
 };
 
 struct config {
@@ -122,11 +122,11 @@ struct config {
     struct config_health health;
     struct config_cache cache;
     bool metrics_enabled; /* metrics.enabled: false leaves the counters alone */
-    char *admin_listen; /* NULL: no admin listener */
-    char *admin_key;    /* Bearer token for the admin listener */
-    char *redis_url;    /* NULL when not configured */
-    char *spool_dir;    /* where usage records wait while Redis is unreachable */
-    char *source;    /* file it came from */
+    char *admin_listen;   /* NULL: no admin listener */
+    char *admin_key;      /* Bearer token for the admin listener */
+    char *redis_url;      /* NULL when not configured */
+    char *spool_dir;      /* where usage records wait while Redis is unreachable */
+    char *source;         /* file it came from */
     atomic_int refs;
 };
 
@@ -134,8 +134,7 @@ struct config {
  * text with one "path: problem" line per problem (caller frees). */
 struct config *config_load(const char *path, char **errors);
 /* Same, from a string already in memory (`name` is used in messages). */
-struct config *config_load_string(const char *text, size_t len, const char *name,
-                                  char **errors);
+struct config *config_load_string(const char *text, size_t len, const char *name, char **errors);
 
 /* "cheapest", "price-weighted" or "latency"; 0, or -1 for another name. */
 int config_parse_strategy(const char *name, enum config_strategy *out);

@@ -91,8 +91,7 @@ static void request_take_key(struct request *r, const struct keycache_entry *e)
     }
 }
 
-static void request_key_done(void *ctx, enum keyauth_result result,
-                             const struct keycache_entry *e)
+static void request_key_done(void *ctx, enum keyauth_result result, const struct keycache_entry *e)
 {
     struct request *r = ctx;
     r->adm.lookup = NULL;
@@ -151,7 +150,7 @@ enum MHD_Result request_begin(struct request *r, const char *url, const char *me
                 return REQUEST_FAIL_NOW(r, TG_ERR_AUTH, NULL, "Incorrect API key provided.");
             const struct keycache_entry *e = NULL;
             r->adm.key_result = keyauth_resolve(r->w->keycache, r->w->redis, who.digest,
-                                             request_key_done, r, &r->adm.lookup, &e);
+                                                request_key_done, r, &r->adm.lookup, &e);
             if (r->adm.key_result == KEYAUTH_OK)
                 request_take_key(r, e);
             else if (r->adm.key_result == KEYAUTH_PENDING)
@@ -224,8 +223,8 @@ bool request_admit_body(struct request *r, enum MHD_Result *res)
     const struct config_routing *rc_cfg = &r->cfg->routing;
     r->up.rreq = (struct router_request){
         .prompt_tokens = r->oreq.prompt_tokens_est,
-        .output_tokens = r->oreq.max_tokens >= 0 ? (size_t)r->oreq.max_tokens
-                                                 : rc_cfg->default_output_tokens,
+        .output_tokens =
+            r->oreq.max_tokens >= 0 ? (size_t)r->oreq.max_tokens : rc_cfg->default_output_tokens,
         .strategy = rc_cfg->strategy,
         .max_price_usd = -1,
         .tie_tolerance = rc_cfg->tie_tolerance,
@@ -236,18 +235,18 @@ bool request_admit_body(struct request *r, enum MHD_Result *res)
     const char *strategy =
         MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "x-tollgate-route");
     if (strategy && config_parse_strategy(strategy, &r->up.rreq.strategy))
-        return ANSWERED(REQUEST_FAIL_NOW(
-            r, TG_ERR_INVALID_VALUE, "x-tollgate-route",
-            "x-tollgate-route must be cheapest, price-weighted or latency."));
+        return ANSWERED(
+            REQUEST_FAIL_NOW(r, TG_ERR_INVALID_VALUE, "x-tollgate-route",
+                             "x-tollgate-route must be cheapest, price-weighted or latency."));
     const char *max_price =
         MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "x-tollgate-max-price-usd");
     if (max_price) {
         char *end;
         double v = strtod(max_price, &end);
         if (end == max_price || *end || !(v >= 0) || v > 1e9)
-            return ANSWERED(REQUEST_FAIL_NOW(
-                r, TG_ERR_INVALID_VALUE, "x-tollgate-max-price-usd",
-                "x-tollgate-max-price-usd must be a number of USD >= 0."));
+            return ANSWERED(
+                REQUEST_FAIL_NOW(r, TG_ERR_INVALID_VALUE, "x-tollgate-max-price-usd",
+                                 "x-tollgate-max-price-usd must be a number of USD >= 0."));
         r->up.rreq.max_price_usd = v;
     }
     r->up.skip = calloc(r->route->n_targets, sizeof *r->up.skip);

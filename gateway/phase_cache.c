@@ -57,8 +57,7 @@ static bool request_cache_hit_stream(struct request *r, const char *body, size_t
     int rc = 0;
     size_t i;
     json_t *c;
-    json_array_foreach(choices, i, c)
-    {
+    json_array_foreach (choices, i, c) {
         json_t *index = json_object_get(c, "index");
         json_t *delta;
         if (chat) {
@@ -70,16 +69,14 @@ static bool request_cache_hit_stream(struct request *r, const char *body, size_t
             /* Streamed tool calls carry their position. */
             size_t k;
             json_t *call;
-            json_array_foreach(json_object_get(delta, "tool_calls"), k, call)
+            json_array_foreach (json_object_get(delta, "tool_calls"), k, call)
                 json_object_set_new(call, "index", json_integer((json_int_t)k));
         }
-        json_t *first = json_pack("{s:O?, s:s, s:O?, s:O?, s:[{s:O?, s:o, s:n}]}", "id",
-                                  json_object_get(doc, "id"), "object", object, "created",
-                                  json_object_get(doc, "created"), "model",
-                                  json_object_get(doc, "model"), "choices", "index", index,
-                                  chat ? "delta" : "text",
-                                  chat ? delta : json_copy(json_object_get(c, "text")),
-                                  "finish_reason");
+        json_t *first = json_pack(
+            "{s:O?, s:s, s:O?, s:O?, s:[{s:O?, s:o, s:n}]}", "id", json_object_get(doc, "id"),
+            "object", object, "created", json_object_get(doc, "created"), "model",
+            json_object_get(doc, "model"), "choices", "index", index, chat ? "delta" : "text",
+            chat ? delta : json_copy(json_object_get(c, "text")), "finish_reason");
         json_t *last = json_pack("{s:O?, s:s, s:O?, s:O?, s:[{s:O?, s:o, s:O?}]}", "id",
                                  json_object_get(doc, "id"), "object", object, "created",
                                  json_object_get(doc, "created"), "model",
@@ -142,7 +139,8 @@ bool request_cache_hit(struct request *r, const char *body, size_t len, double s
     return true;
 }
 
-/* The shared store: HASH tg:cache:<hex> (redis/keyspace.h) {body, backend, cost, stored_at (wall ms)}. */
+/* The shared store: HASH tg:cache:<hex> (redis/keyspace.h) {body, backend, cost, stored_at (wall
+ * ms)}. */
 struct request_cache_ask {
     struct request *r; /* NULL once the request is gone */
 };
@@ -236,8 +234,8 @@ static void request_cache_share(struct request *r, const char *text, size_t len)
     snprintf(ttl, sizeof ttl, "%ld", r->cfg->cache.ttl_s * 1000);
     const char *backend = r->up.target->backend->name;
     const char *argv[] = {key, text, backend, cost, stored, ttl};
-    size_t argvlen[] = {strlen(key), len, strlen(backend), strlen(cost), strlen(stored),
-                        strlen(ttl)};
+    size_t argvlen[] = {strlen(key),    len,        strlen(backend), strlen(cost),
+                        strlen(stored), strlen(ttl)};
     redis_evalsha(r->w->redis, s, 1, 6, argv, argvlen, request_cache_ignored, NULL);
 }
 
@@ -333,8 +331,7 @@ void request_take_mail(struct worker *w)
             slots[i] = x;
         }
         struct list *node, *tmp;
-        LIST_FOR_EACH_SAFE(node, tmp, &w->followers)
-        {
+        LIST_FOR_EACH_SAFE (node, tmp, &w->followers) {
             struct request *r = LIST_ENTRY(node, struct request, cache.follower);
             size_t i = (size_t)r->cache.flight_token & (cap - 1);
             while (slots[i] && slots[i]->token != r->cache.flight_token)

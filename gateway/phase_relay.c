@@ -15,17 +15,16 @@
 
 /* ---- upstream callbacks --------------------------------------------------------------------- */
 
-
 /* The usage chunk for a caller who asked for one when the node sent none. */
 static int request_emit_estimated_usage(struct request *r)
 {
     request_settle_usage(r);
     json_t *usage = json_object();
     request_write_usage(r, usage, true);
-    json_t *chunk = json_pack("{s:s, s:s, s:[], s:o}", "id", r->id, "object",
-                              r->ep->route == OPENAI_CHAT ? "chat.completion.chunk"
-                                                          : "text_completion",
-                              "choices", "usage", usage);
+    json_t *chunk =
+        json_pack("{s:s, s:s, s:[], s:o}", "id", r->id, "object",
+                  r->ep->route == OPENAI_CHAT ? "chat.completion.chunk" : "text_completion",
+                  "choices", "usage", usage);
     if (!chunk)
         return TG_ERR_NOMEM;
     int rc = request_emit_event(r, chunk);
@@ -123,8 +122,8 @@ static void request_relay_start(struct request *r)
     r->up.status = upstream_status(r->up.xfer);
     const char *ct = upstream_content_type(r->up.xfer);
     snprintf(r->reply.ctype, sizeof r->reply.ctype, "%s", ct ? ct : "application/json");
-    r->relay.stream_mode = r->oreq.stream && r->up.status == 200 && ct &&
-                     !strncasecmp(ct, "text/event-stream", 17);
+    r->relay.stream_mode =
+        r->oreq.stream && r->up.status == 200 && ct && !strncasecmp(ct, "text/event-stream", 17);
     if (r->relay.stream_mode) {
         sse_init(&r->relay.sse, REQUEST_STREAM_MAX_EVENT);
         if (r->cache.result == REQUEST_CACHE_MISS && r->cache.store) {
@@ -136,8 +135,9 @@ static void request_relay_start(struct request *r)
         r->relay.out_off = 0;
     } else {
         buf_init(&r->relay.resp, r->up.status / 100 == 2 ? r->cfg->upstream.max_response_bytes
-                                                   : REQUEST_ERROR_BODY_MAX);
-        r->relay.scanning = r->up.status / 100 == 2 && answer_scan_init(&r->relay.scan, &r->arena) == 0;
+                                                         : REQUEST_ERROR_BODY_MAX);
+        r->relay.scanning =
+            r->up.status / 100 == 2 && answer_scan_init(&r->relay.scan, &r->arena) == 0;
     }
     if (r->up.status == 429) {
         char ra[32];
@@ -238,9 +238,10 @@ void request_whole_answer(struct request *r)
         return;
     }
     /* Only complete answers are kept: every choice finished, nothing cut, no error. */
-    bool complete = r->ep->route == OPENAI_EMBEDDINGS
-                        ? true
-                        : r->relay.scan.choices_len > 0 && r->relay.scan.finished == r->relay.scan.choices_len;
+    bool complete =
+        r->ep->route == OPENAI_EMBEDDINGS
+            ? true
+            : r->relay.scan.choices_len > 0 && r->relay.scan.finished == r->relay.scan.choices_len;
     if (r->cache.result == REQUEST_CACHE_MISS && r->cache.store && complete && r->up.status == 200)
         request_cache_store(r, text, len);
     else
@@ -268,7 +269,8 @@ static ssize_t request_stream_reader(void *cls, uint64_t pos, char *dst, size_t 
             buf_consume(&r->relay.out, r->relay.out_off);
             r->relay.out_off = 0;
         }
-        if (r->relay.up_paused && r->up.xfer && r->relay.out.len - r->relay.out_off < REQUEST_STREAM_HIGH_WATER / 2) {
+        if (r->relay.up_paused && r->up.xfer &&
+            r->relay.out.len - r->relay.out_off < REQUEST_STREAM_HIGH_WATER / 2) {
             r->relay.up_paused = false;
             upstream_resume(r->up.xfer); /* may hand us more data right away */
         }

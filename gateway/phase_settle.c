@@ -37,7 +37,8 @@ void request_settle_usage(struct request *r)
     long completion =
         r->usage.reported ? r->usage.rep_completion : (long)((r->usage.delivered + 3) / 4);
     long prompt_cap = (long)(r->oreq.prompt_bytes + 8 * r->oreq.n_items + 64);
-    long completion_cap = (long)(r->usage.delivered + (r->usage.n_choices ? r->usage.n_choices : 1));
+    long completion_cap =
+        (long)(r->usage.delivered + (r->usage.n_choices ? r->usage.n_choices : 1));
     if (r->oreq.max_tokens >= 0 && r->oreq.max_tokens * r->oreq.n_choices < completion_cap)
         completion_cap = (long)(r->oreq.max_tokens * r->oreq.n_choices);
     if (r->ep->route == OPENAI_EMBEDDINGS)
@@ -55,9 +56,9 @@ void request_settle_usage(struct request *r)
     r->usage.prompt_tokens = prompt;
     r->usage.completion_tokens = completion;
     const struct config_model *m = r->up.target->model;
-    r->usage.cost_usd = ((double)prompt * backend_input_price(m) +
-                   (double)completion * backend_output_price(m)) /
-                  1e6;
+    r->usage.cost_usd =
+        ((double)prompt * backend_input_price(m) + (double)completion * backend_output_price(m)) /
+        1e6;
     if (!r->cfg->metrics_enabled)
         return; /* what routing saved only feeds the metrics */
     /* What routing saved: the same usage at the priciest backend that could have served it. */
@@ -109,7 +110,8 @@ static void request_observe(const struct request *r, double seconds)
     else if (r->usage.done && r->up.target) {
         const struct config_model *cm = r->up.target->model;
         metrics_observe_usage(m, route, model, cm->price ? cm->price->metric_pair : 0,
-                              r->adm.metric_key, r->usage.prompt_tokens, r->usage.completion_tokens, r->usage.cost_usd);
+                              r->adm.metric_key, r->usage.prompt_tokens, r->usage.completion_tokens,
+                              r->usage.cost_usd);
         if (r->usage.clamped)
             metrics_observe_clamped(m, r->up.target->backend->state->metric_backend);
         if (r->usage.routing_saved_usd > 0)

@@ -199,7 +199,8 @@ static void request_attempt_failed(struct request *r, enum tg_error err, bool bl
 static const char *request_upstream_message(const struct request *r, char *out, size_t n)
 {
     out[0] = '\0';
-    json_t *doc = r->relay.resp.len ? json_loadb(r->relay.resp.data, r->relay.resp.len, 0, NULL) : NULL;
+    json_t *doc =
+        r->relay.resp.len ? json_loadb(r->relay.resp.data, r->relay.resp.len, 0, NULL) : NULL;
     const char *m = json_string_value(json_object_get(json_object_get(doc, "error"), "message"));
     if (m)
         snprintf(out, n, ": %.200s", m);
@@ -258,8 +259,7 @@ static void request_on_done(void *ctx, int result, long status, const char *deta
     } else if (result == TG_ERR_BACKEND_TIMEOUT) {
         /* Connected but silent: out for the cooldown, whatever the probes say. */
         request_note_attempt(r, METRICS_OUTCOME_TIMEOUT, now);
-        request_attempt_failed(r, result, true, false, "Backend %s timed out: %s", backend,
-                               detail);
+        request_attempt_failed(r, result, true, false, "Backend %s timed out: %s", backend, detail);
     } else if (result) {
         /* A connection that died before any byte of an answer (the node crashed or was
          * killed) is a reachability failure: its next good probe readmits it. */
@@ -279,7 +279,8 @@ static void request_on_done(void *ctx, int result, long status, const char *deta
                                "Backend %s is rate limiting%s", backend,
                                request_upstream_message(r, m, sizeof m));
     } else if (r->up.status / 100 == 2) {
-        bool json_ok = r->relay.scanning && answer_scan_finish(&r->relay.scan) == 0 && r->relay.scan.object;
+        bool json_ok =
+            r->relay.scanning && answer_scan_finish(&r->relay.scan) == 0 && r->relay.scan.object;
         if (!json_ok || r->relay.scan.has_error) {
             request_note_attempt(r, METRICS_OUTCOME_BROKEN, now);
             request_attempt_failed(r, TG_ERR_BAD_BACKEND_RESPONSE, true, false,
@@ -310,16 +311,16 @@ static void request_on_done(void *ctx, int result, long status, const char *deta
         /* A client error the backend found in the request: the caller sees it as is, and it
          * never counts against the backend. */
         request_note_attempt(r, METRICS_OUTCOME_CLIENT_ERROR, now);
-        json_t *doc = json_loadb(r->relay.resp.data ? r->relay.resp.data : "", r->relay.resp.len, 0, NULL);
+        json_t *doc =
+            json_loadb(r->relay.resp.data ? r->relay.resp.data : "", r->relay.resp.len, 0, NULL);
         if (json_is_object(json_object_get(doc, "error"))) {
             size_t len;
             char *text = buf_steal(&r->relay.resp, &len);
             request_set_reply(r, (unsigned)r->up.status, text, len, "application/json");
         } else {
-            request_set_error(r, r->up.status == 404 ? TG_ERR_MODEL_NOT_FOUND
-                                                     : TG_ERR_INVALID_VALUE,
-                              NULL, "Backend %s rejected the request with HTTP %ld", backend,
-                              r->up.status);
+            request_set_error(
+                r, r->up.status == 404 ? TG_ERR_MODEL_NOT_FOUND : TG_ERR_INVALID_VALUE, NULL,
+                "Backend %s rejected the request with HTTP %ld", backend, r->up.status);
             r->reply.status = (unsigned)r->up.status;
         }
         json_decref(doc);

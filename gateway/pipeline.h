@@ -30,9 +30,9 @@
 #include "openai/openai.h"
 #include "openai/sse.h"
 #include "routing/router.h"
+#include "tenancy/budget.h"
 #include "tenancy/keyauth.h"
 #include "tenancy/ratelimit.h"
-#include "tenancy/budget.h"
 
 #include <jansson.h>
 #include <microhttpd.h>
@@ -72,19 +72,19 @@ enum request_cache_result { REQUEST_CACHE_BYPASS = 0, REQUEST_CACHE_MISS, REQUES
 struct request_admission {
     const char *key_name; /* the static key's name (config), or key_name_buf */
     char key_name_buf[72];
-    unsigned metric_key;  /* the key name's metric label index */
-    char *key_models;     /* a Redis key's allowed models (keycache format); NULL = all */
+    unsigned metric_key;           /* the key name's metric label index */
+    char *key_models;              /* a Redis key's allowed models (keycache format); NULL = all */
     struct keyauth_lookup *lookup; /* a Redis key lookup in flight */
-    bool key_pending;     /* the key is being looked up (alongside the body) */
+    bool key_pending;              /* the key is being looked up (alongside the body) */
     enum keyauth_result key_result;
-    char *local_url;      /* the path of a local endpoint answered after the lookup */
+    char *local_url;       /* the path of a local endpoint answered after the lookup */
     long key_rpm, key_tpm; /* the key's per-minute limits, 0 = none */
     struct ratelimit_wait *limit_wait;
-    bool limited;         /* the key has limits: send x-ratelimit-*, settle at the end */
+    bool limited; /* the key has limits: send x-ratelimit-*, settle at the end */
     enum ratelimit_result limit_result;
     struct ratelimit_view limit_view;
-    long limit_tokens;    /* tokens admitted on the estimate */
-    double key_budget;    /* USD, 0 = none */
+    long limit_tokens; /* tokens admitted on the estimate */
+    double key_budget; /* USD, 0 = none */
     struct budget_wait *budget_wait;
     bool budget_asked;    /* a reservation was asked for: settle it at the end */
     bool budget_in_redis; /* the reservation is held in Redis */
@@ -125,9 +125,9 @@ struct request_attempts {
     double wait;      /* seconds spent waiting on backends before the answer was queued */
     enum tg_error last_err;
     char last_msg[400];
-    long retry_after_s;      /* a 429's retry-after */
-    long rate_limit_wait_s;  /* the soonest a rate-limiting backend takes requests again */
-    char *body;              /* the body sent upstream when it differs from the caller's */
+    long retry_after_s;     /* a 429's retry-after */
+    long rate_limit_wait_s; /* the soonest a rate-limiting backend takes requests again */
+    char *body;             /* the body sent upstream when it differs from the caller's */
     char url[1024];
     struct upstream_xfer *xfer;
     bool got_headers;
@@ -150,7 +150,7 @@ struct request_relay {
     bool stream_ended;   /* nothing more will be added to `out` */
     bool reader_waiting; /* the content reader suspended the connection */
     bool up_paused;
-    bool caller_usage;   /* the caller asked for the usage chunk */
+    bool caller_usage; /* the caller asked for the usage chunk */
 };
 
 /* What the backend delivered and what it is billed for (phase_settle.c). */
@@ -197,7 +197,7 @@ struct request {
     json_t *json;
     struct openai_request oreq;
     const struct config_route *route;
-    const char *model; /* the route's model name (config-owned) */
+    const char *model;  /* the route's model name (config-owned) */
     struct arena arena; /* the parsed body's nodes and the scans' state (base/arena.h) */
 
     struct request_admission adm;

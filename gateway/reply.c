@@ -50,8 +50,7 @@ void request_wake(struct request *r)
 void request_release_backend(struct request *r)
 {
     if (r->up.target)
-        atomic_fetch_sub_explicit(&r->up.target->backend->state->inflight, 1,
-                                  memory_order_relaxed);
+        atomic_fetch_sub_explicit(&r->up.target->backend->state->inflight, 1, memory_order_relaxed);
 }
 
 /* ---- replies -------------------------------------------------------------------------------- */
@@ -160,8 +159,8 @@ void request_headers(struct request *r, struct MHD_Response *resp)
 
 enum MHD_Result request_queue_reply(struct request *r)
 {
-    struct MHD_Response *resp = MHD_create_response_from_buffer_with_free_callback(
-        r->reply.len, r->reply.body, free);
+    struct MHD_Response *resp =
+        MHD_create_response_from_buffer_with_free_callback(r->reply.len, r->reply.body, free);
     if (!resp)
         return MHD_NO;
     r->reply.body = NULL; /* the response owns it now */
@@ -180,7 +179,7 @@ enum MHD_Result request_queue_reply(struct request *r)
 }
 
 void request_set_reply(struct request *r, unsigned status, char *body, size_t len,
-                              const char *ctype)
+                       const char *ctype)
 {
     free(r->reply.body);
     r->reply.status = status;
@@ -190,8 +189,8 @@ void request_set_reply(struct request *r, unsigned status, char *body, size_t le
     r->state = REQUEST_REPLY;
 }
 
-void request_set_error(struct request *r, enum tg_error err, const char *param,
-                              const char *fmt, ...)
+void request_set_error(struct request *r, enum tg_error err, const char *param, const char *fmt,
+                       ...)
 {
     char msg[512];
     va_list ap;

@@ -182,8 +182,7 @@ void request_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 void request_abort_all(struct worker *w)
 {
     struct list *node, *tmp;
-    LIST_FOR_EACH_SAFE(node, tmp, &w->live)
-    {
+    LIST_FOR_EACH_SAFE (node, tmp, &w->live) {
         struct request *r = LIST_ENTRY(node, struct request, live);
         if (r->cache.follows) {
             /* Waiting for an identical request's answer: it will not come in time. */
@@ -210,8 +209,7 @@ void request_abort_all(struct worker *w)
 void request_resume_all(struct worker *w)
 {
     struct list *node, *tmp;
-    LIST_FOR_EACH_SAFE(node, tmp, &w->live)
-    {
+    LIST_FOR_EACH_SAFE (node, tmp, &w->live) {
         struct request *r = LIST_ENTRY(node, struct request, live);
         request_cancel_attempt(r);
         r->relay.stream_ended = true;

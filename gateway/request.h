@@ -12,9 +12,8 @@ struct worker;
 
 /* MHD access handler; cls is the worker. */
 enum MHD_Result request_handle(void *cls, struct MHD_Connection *conn, const char *url,
-                               const char *method, const char *version,
-                               const char *upload_data, size_t *upload_data_size,
-                               void **con_cls);
+                               const char *method, const char *version, const char *upload_data,
+                               size_t *upload_data_size, void **con_cls);
 /* MHD completion callback; cls is the worker. */
 void request_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
                        enum MHD_RequestTerminationCode toe);

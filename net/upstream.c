@@ -167,13 +167,11 @@ void upstream_free(struct upstream *u)
     if (!u)
         return;
     struct list *node, *tmp;
-    LIST_FOR_EACH_SAFE(node, tmp, &u->live)
-    {
+    LIST_FOR_EACH_SAFE (node, tmp, &u->live) {
         xfer_release(LIST_ENTRY(node, struct upstream_xfer, node));
     }
     ev_timer_stop(u->loop, &u->timer);
-    LIST_FOR_EACH_SAFE(node, tmp, &u->idle)
-    {
+    LIST_FOR_EACH_SAFE (node, tmp, &u->idle) {
         xfer_destroy(LIST_ENTRY(node, struct upstream_xfer, node));
     }
     curl_multi_cleanup(u->multi);

@@ -25,16 +25,16 @@ struct answer_scan {
     void *handle; /* yajl */
     int depth;    /* containers open */
     struct answer_frame frames[ANSWER_MAX_DEPTH];
-    bool object;     /* the document is a JSON object */
-    bool has_error;  /* it has a top-level "error" object */
-    bool has_usage;  /* usage.prompt_tokens was an integer */
+    bool object;    /* the document is a JSON object */
+    bool has_error; /* it has a top-level "error" object */
+    bool has_usage; /* usage.prompt_tokens was an integer */
     long long prompt_tokens;
     long long completion_tokens;
-    size_t delivered;    /* bytes of generated text */
-    unsigned n_choices;  /* highest choices[].index + 1, or the number of choices */
-    bool has_choices;    /* a top-level "choices" array */
-    size_t choices_len;  /* its length */
-    size_t finished;     /* choices with a finish_reason string */
+    size_t delivered;   /* bytes of generated text */
+    unsigned n_choices; /* highest choices[].index + 1, or the number of choices */
+    bool has_choices;   /* a top-level "choices" array */
+    size_t choices_len; /* its length */
+    size_t finished;    /* choices with a finish_reason string */
 };
 
 /* 0, or -1 on OOM. The scanner's memory comes from arena a (NULL: from malloc), which must

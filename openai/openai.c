@@ -56,8 +56,7 @@ static void count_content(json_t *v, struct prompt_count *pc)
         return;
     size_t i;
     json_t *item;
-    json_array_foreach(v, i, item)
-    {
+    json_array_foreach (v, i, item) {
         if (json_is_string(item)) {
             pc->bytes += json_string_length(item);
         } else if (json_is_integer(item)) {
@@ -96,8 +95,7 @@ void openai_estimate_prompt(enum openai_route route, json_t *body, struct openai
         json_t *messages = json_object_get(body, "messages");
         size_t i;
         json_t *m;
-        json_array_foreach(messages, i, m)
-        {
+        json_array_foreach (messages, i, m) {
             count_content(json_object_get(m, "content"), &pc);
             pc.bytes += json_bytes(json_object_get(m, "name"));
             pc.bytes += json_bytes(json_object_get(m, "tool_calls"));
@@ -195,8 +193,7 @@ int openai_validate(enum openai_route route, json_t *body, struct openai_request
                         "'messages' must contain at least one message.");
         size_t i;
         json_t *m;
-        json_array_foreach(messages, i, m)
-        {
+        json_array_foreach (messages, i, m) {
             if (!json_is_object(m) || !json_is_string(json_object_get(m, "role"))) {
                 char text[96];
                 snprintf(text, sizeof text, "'messages[%zu]' must be an object with a role.", i);

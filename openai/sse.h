@@ -32,9 +32,9 @@ struct sse_event {
 typedef int (*sse_event_fn)(void *ctx, const struct sse_event *ev);
 
 struct sse_parser {
-    struct buf line;  /* the line being read */
-    struct buf raw;   /* the event being read, normalised */
-    struct buf data;  /* its data payload */
+    struct buf line; /* the line being read */
+    struct buf raw;  /* the event being read, normalised */
+    struct buf data; /* its data payload */
     bool has_data;
     bool skip_lf; /* the previous chunk ended in CR; a leading LF belongs to it */
 };

@@ -19,8 +19,8 @@ struct buf;
 
 enum backend_eject_reason {
     BACKEND_EJECT_NONE = 0,
-    BACKEND_EJECT_UNREACHABLE, /* connect errors/timeouts: a good probe readmits at once */
-    BACKEND_EJECT_FAILING,     /* 5xx, garbage: out for the whole cooldown */
+    BACKEND_EJECT_UNREACHABLE,  /* connect errors/timeouts: a good probe readmits at once */
+    BACKEND_EJECT_FAILING,      /* 5xx, garbage: out for the whole cooldown */
     BACKEND_EJECT_RATE_LIMITED, /* 429: out for its retry-after */
 };
 

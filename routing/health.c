@@ -96,8 +96,7 @@ int health_apply_prices(const struct config_backend *b, json_t *doc, long long n
         const char *want = model->upstream ? model->upstream : model->name;
         size_t i;
         json_t *item;
-        json_array_foreach(data, i, item)
-        {
+        json_array_foreach (data, i, item) {
             const char *id = json_string_value(json_object_get(item, "id"));
             if (!id || strcmp(id, want))
                 continue;
@@ -350,8 +349,7 @@ void health_stop(struct health *h)
     pthread_join(h->thread, NULL);
     upstream_free(h->upstream);
     struct list *node, *tmp;
-    LIST_FOR_EACH_SAFE(node, tmp, &h->checks)
-    {
+    LIST_FOR_EACH_SAFE (node, tmp, &h->checks) {
         check_free(LIST_ENTRY(node, struct check, node));
     }
     ev_loop_destroy(h->loop);

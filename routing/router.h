@@ -30,11 +30,11 @@ struct router_request {
 
 /* Why nothing could be picked (for a clear error). */
 struct router_outcome {
-    unsigned unavailable;   /* ejected, rate limited or down */
-    unsigned saturated;     /* at max_inflight */
-    unsigned over_price;    /* estimate above the ceiling */
-    int64_t back_ms;        /* soonest an unavailable candidate returns; 0 if unknown */
-    double cheapest_usd;    /* lowest estimate among those over the ceiling */
+    unsigned unavailable; /* ejected, rate limited or down */
+    unsigned saturated;   /* at max_inflight */
+    unsigned over_price;  /* estimate above the ceiling */
+    int64_t back_ms;      /* soonest an unavailable candidate returns; 0 if unknown */
+    double cheapest_usd;  /* lowest estimate among those over the ceiling */
 };
 
 /* Estimated USD cost of a request on a target. */

@@ -5,7 +5,8 @@
  * replaced by the actual cost. However many requests race on however many replicas,
  * spent + reserved never passes the budget, so recorded spend exceeds it by at most what a
  * request cost beyond its estimate. Redis out of reach, or too slow to answer within its
- * deadline: each worker allows a small local allowance (1% of the budget), then refuses. Not thread-safe: one per worker. */
+ * deadline: each worker allows a small local allowance (1% of the budget), then refuses. Not
+ * thread-safe: one per worker. */
 #ifndef TOLLGATE_BUDGET_H
 #define TOLLGATE_BUDGET_H
 

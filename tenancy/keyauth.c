@@ -41,11 +41,11 @@ static char *models_list(const char *json, size_t len)
     }
     size_t total = 1, i;
     json_t *m;
-    json_array_foreach(arr, i, m) total += json_is_string(m) ? json_string_length(m) + 1 : 0;
+    json_array_foreach (arr, i, m)
+        total += json_is_string(m) ? json_string_length(m) + 1 : 0;
     char *out = malloc(total), *p = out;
     if (out) {
-        json_array_foreach(arr, i, m)
-        {
+        json_array_foreach (arr, i, m) {
             if (!json_is_string(m))
                 continue;
             memcpy(p, json_string_value(m), json_string_length(m) + 1);

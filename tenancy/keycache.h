@@ -18,10 +18,10 @@ struct keycache;
 
 struct keycache_entry {
     unsigned char digest[32];
-    bool known;       /* false: Redis said there is no such key */
+    bool known; /* false: Redis said there is no such key */
     char name[72];
     unsigned metric_key; /* label index of the name (metrics/metrics.h) */
-    char *models;     /* allowed models, each NUL-terminated, ending with an empty one; NULL = all */
+    char *models; /* allowed models, each NUL-terminated, ending with an empty one; NULL = all */
     int64_t expires_at; /* unix seconds, 0 = never */
     long rpm, tpm;      /* per-minute limits, 0 = none */
     double budget_usd;  /* 0 = no budget */

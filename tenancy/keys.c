@@ -173,8 +173,7 @@ static int keys_parse_fields(const json_t *body, int64_t now, struct keys_record
         return keys_fail(err, KEYS_EINVAL, "invalid_json", NULL, "The body must be a JSON object.");
     const char *field;
     const json_t *v;
-    json_object_foreach((json_t *)body, field, v)
-    {
+    json_object_foreach ((json_t *)body, field, v) {
         const char *const *a = allowed;
         while (*a && strcmp(*a, field))
             a++;

@@ -744,8 +744,7 @@ void ledger_free(struct ledger *l)
     /* Unanswered live records may or may not be in Redis: spooled, they count once either
      * way (the uid). */
     struct list *node, *tmp;
-    LIST_FOR_EACH_SAFE(node, tmp, &l->slots)
-    {
+    LIST_FOR_EACH_SAFE (node, tmp, &l->slots) {
         struct ledger_slot *s = LIST_ENTRY(node, struct ledger_slot, link);
         if (!s->replay && !s->spooled) {
             ledger_spool(l, &s->rec);

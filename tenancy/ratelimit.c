@@ -33,7 +33,6 @@ static const char ratelimit_script[] =
     "redis.call('PEXPIRE', KEYS[1], ARGV[6])\n"
     "return {gr, gt, ur + gr, ut + gt}\n";
 
-
 struct ratelimit_wait {
     struct rl_state *st;
     long tokens;
@@ -46,11 +45,11 @@ struct ratelimit_wait {
 struct rl_state {
     char *key;
     long rpm, tpm;
-    int64_t window;             /* the minute the counts below are for */
-    long lease_req, lease_tok;  /* granted to this worker, not used yet */
-    long used_req, used_tok;    /* all replicas, as of the last grant */
-    long local_req, local_tok;  /* admitted alone while Redis was out of reach */
-    bool taking;                /* a grant is being asked for */
+    int64_t window;            /* the minute the counts below are for */
+    long lease_req, lease_tok; /* granted to this worker, not used yet */
+    long used_req, used_tok;   /* all replicas, as of the last grant */
+    long local_req, local_tok; /* admitted alone while Redis was out of reach */
+    bool taking;               /* a grant is being asked for */
     int64_t taking_window;
     struct ratelimit_wait *head, *tail;
     struct ratelimit *rl;

@@ -4,7 +4,9 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+
 #include <cmocka.h>
+
 #include <string.h>
 
 #include "openai/answer.h"
@@ -87,9 +89,8 @@ static void test_stream_chunks(void **state)
     assert_int_equal(s.choices_len, 1);
     assert_int_equal(s.finished, 0); /* finish_reason null: not finished */
     assert_false(s.has_usage);
-    assert_int_equal(scan("{\"choices\":[],\"usage\":{\"prompt_tokens\":4,\"completion_tokens\":3}}",
-                          1, &s),
-                     0);
+    assert_int_equal(
+        scan("{\"choices\":[],\"usage\":{\"prompt_tokens\":4,\"completion_tokens\":3}}", 1, &s), 0);
     assert_true(s.has_choices);
     assert_int_equal(s.choices_len, 0);
     assert_true(s.has_usage);
@@ -112,8 +113,8 @@ static void test_errors_and_garbage(void **state)
         assert_int_equal(scan(part, 0, &s), -1);
     }
     assert_int_equal(scan("[1,2,3]", 0, &s), 0);
-    assert_false(s.object); /* well-formed, but not an answer */
-    assert_int_equal(scan("{\"a\":\"\xff\"}", 0, &s), -1); /* invalid UTF-8 */
+    assert_false(s.object);                                  /* well-formed, but not an answer */
+    assert_int_equal(scan("{\"a\":\"\xff\"}", 0, &s), -1);   /* invalid UTF-8 */
     assert_int_equal(scan("{\"a\":1}{\"b\":2}", 0, &s), -1); /* trailing garbage */
 }
 
@@ -140,8 +141,10 @@ static void test_usage_values(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_chat_whole_and_split), cmocka_unit_test(test_text_only_where_it_counts),
-        cmocka_unit_test(test_stream_chunks),        cmocka_unit_test(test_errors_and_garbage),
+        cmocka_unit_test(test_chat_whole_and_split),
+        cmocka_unit_test(test_text_only_where_it_counts),
+        cmocka_unit_test(test_stream_chunks),
+        cmocka_unit_test(test_errors_and_garbage),
         cmocka_unit_test(test_usage_values),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -6,8 +6,8 @@
 
 #include <cmocka.h>
 
-#include "openai/answer.h"
 #include "base/arena.h"
+#include "openai/answer.h"
 
 #include <jansson.h>
 #include <stdlib.h>

@@ -6,8 +6,8 @@
 
 #include <cmocka.h>
 
-#include "tenancy/auth.h"
 #include "base/digest.h"
+#include "tenancy/auth.h"
 
 #include <openssl/sha.h>
 #include <stdio.h>

@@ -4,7 +4,9 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+
 #include <cmocka.h>
+
 #include <stdlib.h>
 #include <string.h>
 
@@ -22,7 +24,8 @@ static void test_key_canonical(void **state)
 {
     (void)state;
     unsigned char a[32], b[32];
-    key_of("{\"model\":\"llama\",\"temperature\":0,\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}",
+    key_of("{\"model\":\"llama\",\"temperature\":0,\"messages\":[{\"role\":\"user\",\"content\":"
+           "\"x\"}]}",
            "k", a);
     /* Keys in another order, 0.0 for 0, delivery details added: the same question. */
     key_of("{\"messages\":[{\"content\":\"x\",\"role\":\"user\"}],\"temperature\":0.0,"
@@ -32,16 +35,21 @@ static void test_key_canonical(void **state)
     assert_memory_equal(a, b, 32);
     /* Anything that shapes the answer changes it, and so does the tenant. */
     const char *variants[] = {
-        "{\"model\":\"llama\",\"temperature\":0.5,\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}",
-        "{\"model\":\"llama\",\"temperature\":0,\"seed\":1,\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}",
-        "{\"model\":\"llama\",\"temperature\":0,\"messages\":[{\"role\":\"user\",\"content\":\"y\"}]}",
-        "{\"model\":\"llama\",\"temperature\":0,\"n\":2,\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}",
+        "{\"model\":\"llama\",\"temperature\":0.5,\"messages\":[{\"role\":\"user\",\"content\":"
+        "\"x\"}]}",
+        "{\"model\":\"llama\",\"temperature\":0,\"seed\":1,\"messages\":[{\"role\":\"user\","
+        "\"content\":\"x\"}]}",
+        "{\"model\":\"llama\",\"temperature\":0,\"messages\":[{\"role\":\"user\",\"content\":\"y\"}"
+        "]}",
+        "{\"model\":\"llama\",\"temperature\":0,\"n\":2,\"messages\":[{\"role\":\"user\","
+        "\"content\":\"x\"}]}",
     };
     for (size_t i = 0; i < sizeof variants / sizeof variants[0]; i++) {
         key_of(variants[i], "k", b);
         assert_memory_not_equal(a, b, 32);
     }
-    key_of("{\"model\":\"llama\",\"temperature\":0,\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}",
+    key_of("{\"model\":\"llama\",\"temperature\":0,\"messages\":[{\"role\":\"user\",\"content\":"
+           "\"x\"}]}",
            "other-tenant", b);
     assert_memory_not_equal(a, b, 32);
 }
@@ -97,7 +105,6 @@ static void test_store(void **state)
     cache_free(c);
 }
 
-
 /* Feeds SSE data payloads (one JSON chunk each) and returns the whole answer, or NULL. */
 static json_t *assemble(bool chat, size_t max_bytes, const char *const *events, json_t *usage)
 {
@@ -149,8 +156,8 @@ static void test_capture_chat(void **state)
         "{\"id\":\"c1\",\"choices\":null,\"usage\":{\"prompt_tokens\":99}}", /* some nodes */
         NULL};
     json_t *doc = assemble(true, 1 << 20, events,
-                           json_pack("{s:i, s:i, s:i}", "prompt_tokens", 3, "completion_tokens",
-                                     4, "total_tokens", 7));
+                           json_pack("{s:i, s:i, s:i}", "prompt_tokens", 3, "completion_tokens", 4,
+                                     "total_tokens", 7));
     assert_non_null(doc);
     assert_string_equal(str_at(doc, "object"), "chat.completion");
     assert_string_equal(str_at(doc, "id"), "c1");
@@ -163,9 +170,8 @@ static void test_capture_chat(void **state)
     assert_string_equal(str_at(doc, "choices.1.message.content"), "Other");
     assert_string_equal(str_at(doc, "choices.1.finish_reason"), "length");
     /* The settled usage given at the end wins over the node's. */
-    assert_int_equal(json_integer_value(json_object_get(json_object_get(doc, "usage"),
-                                                        "prompt_tokens")),
-                     3);
+    assert_int_equal(
+        json_integer_value(json_object_get(json_object_get(doc, "usage"), "prompt_tokens")), 3);
     json_decref(doc);
 }
 
@@ -188,8 +194,7 @@ static void test_capture_tool_calls(void **state)
     assert_non_null(doc);
     assert_string_equal(str_at(doc, "choices.0.message.tool_calls.0.id"), "call_a");
     assert_string_equal(str_at(doc, "choices.0.message.tool_calls.0.type"), "function");
-    assert_string_equal(str_at(doc, "choices.0.message.tool_calls.0.function.name"),
-                        "get_weather");
+    assert_string_equal(str_at(doc, "choices.0.message.tool_calls.0.function.name"), "get_weather");
     assert_string_equal(str_at(doc, "choices.0.message.tool_calls.0.function.arguments"),
                         "{\"city\":\"Oslo\"}");
     assert_string_equal(str_at(doc, "choices.0.message.tool_calls.1.function.name"), "time");

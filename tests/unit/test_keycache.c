@@ -3,7 +3,9 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+
 #include <cmocka.h>
+
 #include <stdlib.h>
 #include <string.h>
 
@@ -142,8 +144,8 @@ static void test_models(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_put_get),          cmocka_unit_test(test_lifetimes),
-        cmocka_unit_test(test_bounded_lru),      cmocka_unit_test(test_replace_evict_clear),
+        cmocka_unit_test(test_put_get),     cmocka_unit_test(test_lifetimes),
+        cmocka_unit_test(test_bounded_lru), cmocka_unit_test(test_replace_evict_clear),
         cmocka_unit_test(test_models),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -7,8 +7,8 @@
 
 #include <cmocka.h>
 
-#include "routing/backend.h"
 #include "base/clock.h"
+#include "routing/backend.h"
 #include "routing/router.h"
 
 #include <stdio.h>
