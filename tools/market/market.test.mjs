@@ -45,7 +45,7 @@ test('oracle: cheapest up node with a free slot, slots held for the true service
 });
 
 test('oracle: a node that is out is skipped (crash, 500, hang, 429), a slow one is not', () => {
-    for (const kind of ['crash', 'reset', '500', 'hang', '429']) {
+    for (const kind of ['crash', 'reset', '500', 'hang', 'stall', '429']) {
         const w = world([node(0, 1, 0, 5, { outages: [{ kind, start: 0, end: 50 }] }), node(1, 2, 0, 5)],
             [req(0, 10), req(1, 60)]);
         assert.deepEqual(oracle(w).map((x) => x.node), [1, 0], kind);
@@ -290,7 +290,7 @@ test('a simulated node over HTTP: answers, streams, usage, capacity, feed, recor
     }
 });
 
-test('a simulated node in outages: 500, hang, crash', async () => {
+test('a simulated node in outages: 500, hang, stall, crash', async () => {
     const n = node(0, 1, 1, 5, { outages: [{ kind: '500', start: 0, end: 1e9 }] });
     const w = world([n], [req(0, 0, { prompt: 20, max_tokens: 4 })]);
     const clock = makeClock(absNow() - 10);
@@ -309,6 +309,22 @@ test('a simulated node in outages: 500, hang, crash', async () => {
         });
         assert.equal(hung, 'closed');
         await new Promise((ok) => setTimeout(ok, 20));
+        // A stall: probes answer, the request holds its slot and gets nothing.
+        n.outages[0].kind = 'stall';
+        assert.equal((await request(sim.port, 'GET', '/v1/models')).status, 200);
+        const stalled = await new Promise((resolve) => {
+            const r = http.request({ host: '127.0.0.1', port: sim.port, method: 'POST', path: '/v1/chat/completions', agent: false },
+                () => resolve('answered'));
+            r.on('error', () => resolve('closed'));
+            r.setTimeout(150, () => {
+                assert.equal(sim.inService, 1);
+                r.destroy();
+            });
+            r.end(buildBody(w, w.trace[0]));
+        });
+        assert.equal(stalled, 'closed');
+        await new Promise((ok) => setTimeout(ok, 20));
+        assert.equal(sim.inService, 0);
         n.outages[0].kind = 'crash';
         sim.crash();
         await assert.rejects(request(sim.port, 'GET', '/v1/models'), /ECONNREFUSED/);
@@ -316,7 +332,7 @@ test('a simulated node in outages: 500, hang, crash', async () => {
         sim.restore();
         await new Promise((ok) => setTimeout(ok, 50));
         assert.equal((await request(sim.port, 'GET', '/v1/models')).status, 200);
-        assert.deepEqual(sim.records.map((r) => r.outcome), ['500', 'hung']);
+        assert.deepEqual(sim.records.map((r) => r.outcome), ['500', 'hung', 'stalled']);
     } finally {
         await sim.stop();
     }

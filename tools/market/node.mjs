@@ -153,7 +153,7 @@ export class SimNode {
     // for a hang). onHung(endTime) is called when a hung request's client goes away.
     gate(req, res, t, onOutcome) {
         const o = outageAt(this.node, t);
-        if (!o || o.kind === 'slow') return false;
+        if (!o || o.kind === 'slow' || o.kind === 'stall') return false;
         if (o.kind === 'crash' || o.kind === 'reset') {
             // A request that slipped in on a connection accepted just before: cut it.
             onOutcome('refused', t);
@@ -221,7 +221,7 @@ export class SimNode {
         const rid = req.headers['x-request-id'] || '';
         const rec = { node: this.node.idx, rid, idx: -1, t, end: t, outcome: '', stream: false,
             prompt: 0, completion: 0, delivered: 0, first_byte: null, price_in: 0, price_out: 0,
-            claimed_prompt: 0, claimed_completion: 0, in_service: this.inService };
+            claimed_prompt: 0, claimed_completion: 0, in_service: this.inService, slot: false };
         this.records.push(rec);
         let body;
         try {
@@ -251,6 +251,21 @@ export class SimNode {
                 { 'retry-after': String(this.node.retry_after_s) });
             return;
         }
+        rec.slot = true;
+        this.inService++;
+        if (this.inService > this.maxInService) this.maxInService = this.inService;
+        if (outageAt(this.node, t)?.kind === 'stall') {
+            // The front end is alive (probes and the feed answer, full means 429) but nothing
+            // comes out: the request holds its slot until the gateway gives up on it.
+            const l = { finish: () => res.destroy() };
+            this.live.add(l);
+            res.on('close', () => {
+                this.live.delete(l);
+                this.inService--;
+                outcome('stalled', this.clock.now());
+            });
+            return;
+        }
         const maxTokens = Number.isInteger(body.max_completion_tokens) ? body.max_completion_tokens
                         : Number.isInteger(body.max_tokens) ? body.max_tokens : 256;
         const plan = serviceTime(this.world, this.node, { idx: rec.idx, max_tokens: Math.max(1, maxTokens) }, t);
@@ -259,8 +274,6 @@ export class SimNode {
         rec.claimed_completion = Math.round(plan.tokens * this.node.liar);
         rec.ttfb_ms = plan.ttfb;
         rec.token_ms = plan.tokenMs;
-        this.inService++;
-        if (this.inService > this.maxInService) this.maxInService = this.inService;
         this.serve(req, res, rec, body, plan);
     }
 

@@ -39,7 +39,7 @@ function occupancyIndex(records) {
     // Per node: sorted slot intervals [start, end) of every request that held a slot.
     const by = new Map();
     for (const r of records) {
-        if (!['served', 'cancelled', 'cut'].includes(r.outcome) || r.ttfb_ms === undefined) continue;
+        if (!r.slot) continue;
         if (!by.has(r.node)) by.set(r.node, []);
         by.get(r.node).push([r.t, r.end]);
     }

@@ -47,7 +47,7 @@ function fail(path, msg) {
     throw new ScenarioError(`scenario ${path}: ${msg}`);
 }
 
-const OUTAGE_KINDS = ['crash', 'reset', '500', '429', 'hang', 'slow'];
+const OUTAGE_KINDS = ['crash', 'reset', '500', '429', 'hang', 'stall', 'slow'];
 
 // A number spec (drawn by rng.mjs's drawSpec): a number, [lo, hi] (uniform), {"uniform":[lo,hi]}, {"loguniform":[lo,hi]},
 // {"choice":[a,b,…]}.

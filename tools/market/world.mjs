@@ -73,8 +73,8 @@ export function outageAt(node, t) {
     return null;
 }
 
-// Whether the node takes requests at t: not crashed, hung, failing or saying 429 to everyone.
-// A slow node is up.
+// Whether the node takes requests at t: not crashed, hung, stalled, failing or saying 429 to
+// everyone. A slow node is up.
 export function upAt(node, t) {
     const o = outageAt(node, t);
     return !o || o.kind === 'slow';
