@@ -13,7 +13,8 @@ import { randomBytes } from 'node:crypto';
 // nodes would: a node that has not answered in 5 s is not going to (the default is 60 s),
 // probes every second, no response cache (every request is a new question anyway), a short
 // drain. A scenario's "gateway" object and MARKET_GATEWAY_CONFIG (a JSON file) are merged
-// over this; their "each_backend" object is merged into every backend.
+// over this; their "each_backend" object is merged into every backend, where
+// "max_inflight": "capacity" stands for each node's true capacity.
 export const DRIVER_DEFAULTS = {
     log_level: 'info',
     drain_timeout_ms: 2000,
@@ -60,8 +61,11 @@ export function gatewayConfig(world, nodes, { port, adminPort, extra }) {
             output_usd_per_mtok: n.prices.output[0],
         };
         if (n.upstream !== world.model) model.upstream = n.upstream;
-        return deepMerge({ name: n.name, url: sim.url, prices_url: sim.feedUrl, prices_refresh_s: 1, models: [model] },
+        const b = deepMerge({ name: n.name, url: sim.url, prices_url: sim.feedUrl, prices_refresh_s: 1, models: [model] },
             eachBackend);
+        // An experiment: "what if the gateway were told each node's true capacity".
+        if (b.max_inflight === 'capacity') b.max_inflight = n.capacity;
+        return b;
     });
     const config = deepMerge({
         listen: `127.0.0.1:${port}`,
@@ -133,6 +137,23 @@ export class Gateway {
             await new Promise((ok) => setTimeout(ok, 50));
         }
         throw new Error(`gateway not ready within ${timeoutMs} ms; see ${this.errPath}`);
+    }
+
+    // The gateway's upstream attempts by outcome (tollgate_backend_requests_total), summed over
+    // backends, and per backend: {total: {outcome: n}, byBackend: {name: {outcome: n}}}.
+    async attempts(timeoutMs = 2000) {
+        const r = await get(this.adminPort, '/metrics', { authorization: `Bearer ${this.adminKey}` }, timeoutMs);
+        const total = {}, byBackend = {};
+        if (r.status !== 200) return null;
+        const re = /^tollgate_backend_requests_total\{backend="([^"]*)",model="[^"]*",outcome="([^"]*)"\} (\d+)$/;
+        for (const line of r.body.split('\n')) {
+            const m = re.exec(line);
+            if (!m) continue;
+            const n = Number(m[3]);
+            total[m[2]] = (total[m[2]] || 0) + n;
+            (byBackend[m[1]] ||= {})[m[2]] = ((byBackend[m[1]] || {})[m[2]] || 0) + n;
+        }
+        return { total, byBackend };
     }
 
     adminBackends(timeoutMs = 1000) {

@@ -120,6 +120,7 @@ export async function runScenario(name, opts) {
     });
     nodeDelay.disable();
     sampler.stop();
+    const attempts = await gateway.attempts();
     await worker.terminate();
     live.worker = null;
     const exit = await gateway.stop(5000);
@@ -132,6 +133,8 @@ export async function runScenario(name, opts) {
         gatewayExit: exit,
         settled,
         samplerFailures: sampler.failures,
+        attempts,
+        gatewayOverrides: { ...world.gateway, ...(opts.extra ? { MARKET_GATEWAY_CONFIG: opts.extra } : {}) },
         loopDelay: {
             nodes: { p99_ms: nodeDelay.percentile(99) / 1e6 - LOOP_RESOLUTION_MS, max_ms: nodeDelay.max / 1e6 - LOOP_RESOLUTION_MS },
             load: { p99_ms: load.loopDelay.p99_ms - LOOP_RESOLUTION_MS, max_ms: load.loopDelay.max_ms - LOOP_RESOLUTION_MS },
@@ -149,7 +152,7 @@ export async function runScenario(name, opts) {
     const analysis = analyse(run);
     // Everything needed to check the figures again (or compute others) without running again.
     writeFileSync(join(dir, 'run.json'), JSON.stringify({
-        world, meta, nodes: run.nodes, client: run.client, samples: run.samples,
+        world, meta, config, nodes: run.nodes, client: run.client, samples: run.samples,
         figures: analysis.figures, evidence: analysis.evidence, perNode: analysis.perNode,
     }));
     return { world, analysis, meta, dir };
@@ -202,7 +205,7 @@ async function main() {
     for (const s of opts.scenarios) loadScenario(s); // every file checked before anything runs
     const results = [];
     for (const s of opts.scenarios) {
-        process.stderr.write(`market: ${s}: running (${opts.seconds ?? 'scenario'} s)…\n`);
+        process.stderr.write(`market: ${s}: running${opts.seconds ? ` (${opts.seconds} s)` : ''}…\n`);
         const r = await runScenario(s, opts);
         process.stderr.write(`market: ${s}: done in ${r.meta.wallSeconds.toFixed(1)} s; records in ${r.dir}\n`);
         results.push(r);

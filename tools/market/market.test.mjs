@@ -215,6 +215,8 @@ test('gateway config: every node a backend with a feed read every second; overri
     assert.equal(config.keys[0].key, key);
     assert.equal(config.redis, undefined);
     assert.deepEqual(deepMerge({ a: { b: 1, c: 2 } }, { a: { c: 3 } }), { a: { b: 1, c: 3 } });
+    const told = gatewayConfig({ ...w, gateway: { each_backend: { max_inflight: 'capacity' } } }, fake, { port: 1, adminPort: 2 });
+    assert.deepEqual(told.config.backends.map((b) => b.max_inflight), w.nodes.map((n) => n.capacity));
 });
 
 test('price feed decimals', () => {

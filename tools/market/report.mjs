@@ -265,6 +265,25 @@ export function analyse(run) {
         w.last_arrival_ms = summary(w.last_arrival_ms.sort(asc));
     }
     evidence.outage_windows = windows;
+    // After a node answered 429 because it was full: when its next request came, against when
+    // one of its slots was free again (from its own records).
+    const slotEnds = new Map();
+    for (const r of nodeRecords) if (r.slot) (slotEnds.get(r.node) || slotEnds.set(r.node, []).get(r.node)).push(r.end);
+    for (const v of slotEnds.values()) v.sort(asc);
+    const nextReq = [], nextFree = [];
+    for (const n of run.nodes) {
+        const recs = n.records; // in arrival order
+        for (let i = 0; i < recs.length; i++) {
+            const r = recs[i];
+            if (r.outcome !== '429' || outageAt(world.nodes[r.node], r.t)) continue;
+            if (i + 1 < recs.length) nextReq.push(recs[i + 1].t - r.t);
+            const ends = slotEnds.get(r.node) || [];
+            const e = ends.find((x) => x > r.t);
+            if (e !== undefined) nextFree.push(e - r.t);
+        }
+    }
+    evidence.after_429 = { next_request_ms: summary(nextReq.sort(asc)), slot_free_ms: summary(nextFree.sort(asc)) };
+    evidence.gateway_attempts = run.meta.attempts ? run.meta.attempts.total : null;
     // Requests that failed while an oracle would have had a free, up node.
     evidence.failed_with_free_node = per.filter((p) => !p.c.ok && O[p.req.idx]).length;
     // Attempts per answered request (from the gateway's log).
@@ -329,6 +348,8 @@ export function detailsMarkdown(r) {
     lines.push(`**${world.name}** (seed ${world.seed}, ${world.durationMs / 1000} s, ${world.nodes.length} nodes, ` +
         `${f.requests.toLocaleString('en-US')} requests; run took ${meta.wallSeconds.toFixed(1)} s): ${world.description}`);
     lines.push('');
+    const over = meta.gatewayOverrides && Object.keys(meta.gatewayOverrides).length ? j(meta.gatewayOverrides) : 'none';
+    lines.push(`- gateway config: the driver's (tools/market/README.md), overrides ${over}`);
     lines.push(`- spend $${f.spend_usd.toFixed(4)} (waste on failed or abandoned attempts $${f.waste_usd.toFixed(4)}), ` +
         `oracle $${f.oracle_usd.toFixed(4)}; spend ÷ 1 s-late oracle ${f3(f.spend_over_late)}; ` +
         `billed ÷ oracle ${f3(f.billed_over_oracle)}; an oracle ranking by max_tokens instead of the true ` +
@@ -348,6 +369,11 @@ export function detailsMarkdown(r) {
     if (e.no_healthy_backend.n)
         lines.push(`- no_healthy_backend ×${e.no_healthy_backend.n}: gateway attempts ${j(e.no_healthy_backend.attempts)}, ` +
             `nodes truly up with a free slot at arrival ${j(e.no_healthy_backend.free_nodes_at_arrival)}`);
+    if (e.capacity_429s.n)
+        lines.push(`- after a full node's 429 its next request came after ${j(e.after_429.next_request_ms)} ms; ` +
+            `one of its slots was free again after ${j(e.after_429.slot_free_ms)} ms`);
+    if (e.gateway_attempts)
+        lines.push(`- gateway's upstream attempts by outcome (/metrics): ${Object.entries(e.gateway_attempts).map(([k, v]) => `${k} ${v}`).join(', ')}`);
     if (e.backend_rate_limited.n)
         lines.push(`- backend_rate_limited ×${e.backend_rate_limited.n}: nodes up with a free slot at arrival ${j(e.backend_rate_limited.free_nodes_at_arrival)}`);
     if (e.gateway_view)
@@ -394,6 +420,15 @@ always knew the cheapest node that was up with a free slot. Newest last. Columns
   claimed usage × their price); **charged ÷ oracle**: what the nodes would bill ÷ the oracle.
 - **LiteLLM / OpenRouter ÷ oracle**: the lowest static in+out price and the 1/price² rules
   replayed on the same arrivals with the same slots, at true usage.
+
+The oracle decides each request at its arrival (greedy), as a router must; with full nodes
+that is not always the cheapest plan for the whole trace, so another rule can come out a
+little under it (see "an oracle ranking by max_tokens" in the details).
+
+Unless a section says otherwise, the gateway runs with the simulator's config: every node a
+backend with its price feed read every second, one static key, no Redis, no cache,
+\`upstream.first_byte_timeout_ms: 5000\`, \`connect_timeout_ms: 1000\`, probes every 1000 ms with
+a 1000 ms timeout, everything else at its default (no \`max_inflight\`).
 `;
 
 export function appendMarketMd(path, results, meta) {
