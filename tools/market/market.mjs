@@ -99,6 +99,10 @@ export async function runScenario(name, opts) {
     for (const n of nodes) n.arm();
     const sampler = new AdminSampler(gateway, clock, 250);
     sampler.start();
+    // The machine's 1-minute load average while the load runs: the simulator, the gateway and
+    // whatever else shares the machine.
+    const loadavg = [os.loadavg()[0]];
+    const loadTimer = setInterval(() => loadavg.push(os.loadavg()[0]), 5000);
     const nodeDelay = monitorEventLoopDelay({ resolution: LOOP_RESOLUTION_MS });
     nodeDelay.enable();
     const worker = new Worker(join(HERE, 'loadgen.mjs'), {
@@ -119,6 +123,8 @@ export async function runScenario(name, opts) {
         });
     });
     nodeDelay.disable();
+    clearInterval(loadTimer);
+    loadavg.push(os.loadavg()[0]);
     sampler.stop();
     const attempts = await gateway.attempts();
     await worker.terminate();
@@ -133,6 +139,8 @@ export async function runScenario(name, opts) {
         gatewayExit: exit,
         settled,
         samplerFailures: sampler.failures,
+        nproc: os.availableParallelism ? os.availableParallelism() : os.cpus().length,
+        loadavg: { mean: loadavg.reduce((a, b) => a + b, 0) / loadavg.length, max: Math.max(...loadavg) },
         attempts,
         gatewayOverrides: { ...world.gateway, ...(opts.extra ? { MARKET_GATEWAY_CONFIG: opts.extra } : {}) },
         loopDelay: {

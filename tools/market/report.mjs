@@ -394,7 +394,8 @@ export function detailsMarkdown(r) {
         .map((n) => `${n.name} ${pct(n.share, 1)}/${pct(n.oracle_share, 1)}`).join(', ');
     lines.push(`- share of answers, gateway/oracle: ${top}`);
     lines.push(`- simulator: service overrun ${j(e.simulator.service_overrun_ms)} ms, arrivals late ${j(e.simulator.send_lag_ms)} ms, ` +
-        `event-loop delay beyond 10 ms ticks: nodes ${j(e.simulator.nodes)}, load ${j(e.simulator.load)} ms`);
+        `event-loop delay beyond 10 ms ticks: nodes ${j(e.simulator.nodes)}, load ${j(e.simulator.load)} ms; ` +
+        `machine load average (1 min) during the run ${j(meta.loadavg)} on ${meta.nproc ?? '?'} CPUs`);
     return lines.join('\n');
 }
 
