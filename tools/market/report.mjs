@@ -253,16 +253,20 @@ export function analyse(run) {
         for (const o of n.outages) {
             if (o.kind === 'slow' || o.start > world.durationMs) continue;
             const inside = run.nodes[n.idx].records.filter((r) => r.t >= o.start && r.t < o.end);
-            const w = (windows[o.kind] ||= { windows: 0, requests: [], last_arrival_ms: [], seconds: 0 });
+            const w = (windows[o.kind] ||= { windows: 0, requests: [], last_arrival_ms: [], back_after_ms: [], seconds: 0 });
             w.windows++;
             w.seconds += (Math.min(o.end, world.durationMs) - o.start) / 1000;
             w.requests.push(inside.length);
             if (inside.length) w.last_arrival_ms.push(inside[inside.length - 1].t - o.start);
+            // Once it was back: how long until the gateway sent it a request again.
+            const after = run.nodes[n.idx].records.find((r) => r.t >= o.end);
+            if (o.end < world.durationMs && after) w.back_after_ms.push(after.t - o.end);
         }
     }
     for (const w of Object.values(windows)) {
         w.requests = summary(w.requests.sort(asc));
         w.last_arrival_ms = summary(w.last_arrival_ms.sort(asc));
+        w.back_after_ms = summary(w.back_after_ms.sort(asc));
     }
     evidence.outage_windows = windows;
     // After a node answered 429 because it was full: when its next request came, against when
@@ -385,7 +389,7 @@ export function detailsMarkdown(r) {
             `${e.feed_304s ? `, ${e.feed_304s} answered 304` : ''}`);
     for (const [kind, w] of Object.entries(e.outage_windows))
         lines.push(`- ${kind} windows ×${w.windows} (${w.seconds.toFixed(0)} s): requests reaching the node per window ${j(w.requests)}, ` +
-            `last one this long after the start ${j(w.last_arrival_ms)} ms`);
+            `last one this long after the start ${j(w.last_arrival_ms)} ms; once back, its next request after ${j(w.back_after_ms)} ms`);
     for (const l of e.liars)
         lines.push(`- liar ${l.name} (usage ×${l.factor}): ${pct(l.share, 1)} of answers (oracle: ${pct(l.oracle_share, 1)}), ` +
             `billed ÷ true ${f2(l.billed_over_true)}, billed ÷ charged ${f3(l.billed_over_charged)}`);
