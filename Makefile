@@ -121,6 +121,14 @@ MARKET_SCENARIOS ?= calm churn liars
 market: all
 	@MARKET_GATEWAY=$(BUILD)/tollgate MARKET_SECONDS=$(MARKET_SECONDS) node tools/market/market.mjs $(MARKET_SCENARIOS)
 
+# The soak run (tools/soak/README.md): SOAK_SECONDS of mixed traffic with node, Redis and SIGHUP
+# faults against $(BUILD)/tollgate; RSS, fds and the usage ledger checked, figures appended to
+# bench/SOAK.md. Never part of make test.
+SOAK_SECONDS ?= 1800
+.PHONY: soak
+soak: deps all
+	@TOLLGATE_BUILD=$(BUILD) SOAK_SECONDS=$(SOAK_SECONDS) node tools/soak/soak.mjs
+
 install: $(BUILD)/tollgate
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/tollgate
 	install -m 0755 $(BUILD)/tollgate $(DESTDIR)$(PREFIX)/bin/tollgate
