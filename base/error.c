@@ -38,6 +38,7 @@ static const struct error_info error_table[] = {
     {TG_ERR_BACKEND_RATE_LIMITED, 503, "api_error", "backend_rate_limited"},
     {TG_ERR_MODEL_NOT_ALLOWED, 403, "permission_error", "model_not_allowed"},
     {TG_ERR_INSUFFICIENT_QUOTA, 429, "insufficient_quota", "insufficient_quota"},
+    {TG_ERR_KEY_UNAVAILABLE, 503, "api_error", "key_store_unavailable"},
 };
 
 static const struct error_info *error_find(enum tg_error err)

@@ -32,6 +32,7 @@ enum tg_error {
     TG_ERR_BACKEND_RATE_LIMITED = -21, /* 503 every backend tried answered 429 */
     TG_ERR_MODEL_NOT_ALLOWED = -22,    /* 403 the key may not use the model */
     TG_ERR_INSUFFICIENT_QUOTA = -23,   /* 429 the key's budget is spent */
+    TG_ERR_KEY_UNAVAILABLE = -24,      /* 503 the key cannot be checked now (Redis is out) */
 };
 
 /* HTTP status for an error (500 for unknown codes). */

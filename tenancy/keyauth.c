@@ -84,10 +84,25 @@ static void entry_from_reply(struct keycache_entry *e, const redisReply *reply)
         e->metric_key = metrics_label(METRICS_LABEL_KEY, e->name, NULL);
 }
 
+/* Redis cannot answer now: a key seen before keeps working past its cache time (an expired
+ * one stays refused); one it never confirmed, or only refused longer ago than the negative
+ * cache time, cannot be checked. *out set for KEYAUTH_OK. */
+static enum keyauth_result from_stale(struct keycache *cache, const unsigned char digest[32],
+                                      const struct keycache_entry **out)
+{
+    const struct keycache_entry *e = keycache_get(cache, digest, clock_mono_ms(), true);
+    if (!e || !e->known)
+        return KEYAUTH_UNAVAILABLE;
+    if (expired(e))
+        return KEYAUTH_EXPIRED;
+    *out = e;
+    return KEYAUTH_OK;
+}
+
 static void lookup_reply(void *ctx, int result, const redisReply *reply)
 {
     struct keyauth_lookup *l = ctx;
-    enum keyauth_result res = KEYAUTH_UNAVAILABLE;
+    enum keyauth_result res;
     struct keycache_entry e = {0};
     const struct keycache_entry *stored = NULL;
     if (result == 0 && reply) {
@@ -98,6 +113,10 @@ static void lookup_reply(void *ctx, int result, const redisReply *reply)
         stored = keycache_get(l->cache, l->digest, e.fetched_ms, true);
         res = !e.known ? KEYAUTH_UNKNOWN : expired(&e) ? KEYAUTH_EXPIRED : KEYAUTH_OK;
         free(e.models);
+    } else {
+        /* A stale entry was being refreshed when Redis failed (timeout, lost connection): the
+         * breaker may not have opened yet, but the answer is the same as when it has. */
+        res = from_stale(l->cache, l->digest, &stored);
     }
     if (l->fn)
         l->fn(l->ctx, res, res == KEYAUTH_OK ? stored : NULL);
@@ -109,10 +128,7 @@ enum keyauth_result keyauth_resolve(struct keycache *cache, struct redis_client 
                                     struct keyauth_lookup **pending,
                                     const struct keycache_entry **out)
 {
-    int64_t now = clock_mono_ms();
-    bool reachable = redis && redis_client_available(redis);
-    /* With Redis out of reach, keys seen before keep working past their cache time. */
-    const struct keycache_entry *e = keycache_get(cache, digest, now, !reachable);
+    const struct keycache_entry *e = keycache_get(cache, digest, clock_mono_ms(), false);
     if (e) {
         if (!e->known)
             return KEYAUTH_UNKNOWN;
@@ -121,11 +137,11 @@ enum keyauth_result keyauth_resolve(struct keycache *cache, struct redis_client 
         *out = e;
         return KEYAUTH_OK;
     }
-    if (!reachable)
-        return KEYAUTH_UNAVAILABLE;
+    if (!redis || !redis_client_available(redis))
+        return from_stale(cache, digest, out);
     struct keyauth_lookup *l = calloc(1, sizeof *l);
     if (!l)
-        return KEYAUTH_UNAVAILABLE;
+        return from_stale(cache, digest, out);
     l->cache = cache;
     memcpy(l->digest, digest, sizeof l->digest);
     l->fn = fn;
@@ -138,7 +154,7 @@ enum keyauth_result keyauth_resolve(struct keycache *cache, struct redis_client 
     size_t argvlen[] = {7, pre + 64};
     if (redis_command(redis, 2, argv, argvlen, lookup_reply, l)) {
         free(l);
-        return KEYAUTH_UNAVAILABLE;
+        return from_stale(cache, digest, out);
     }
     *pending = l;
     return KEYAUTH_PENDING;

@@ -16,7 +16,7 @@ enum keyauth_result {
     KEYAUTH_PENDING = 1,  /* the callback will say */
     KEYAUTH_UNKNOWN = -1, /* no such key (or revoked) */
     KEYAUTH_EXPIRED = -2,
-    KEYAUTH_UNAVAILABLE = -3, /* not cached and Redis cannot answer now */
+    KEYAUTH_UNAVAILABLE = -3, /* Redis cannot answer now and the cache cannot say: 503 */
 };
 
 /* Called once with the outcome; `e` (NULL unless KEYAUTH_OK) is valid during the call. */
@@ -24,7 +24,12 @@ typedef void (*keyauth_fn)(void *ctx, enum keyauth_result result, const struct k
 
 /* Resolves a digest. KEYAUTH_OK sets *out (valid until the cache changes); KEYAUTH_PENDING
  * sets *pending, and fn is called later unless keyauth_cancel(*pending) is called first;
- * anything else is final. */
+ * anything else is final.
+ *
+ * A fresh cache entry answers at once. Otherwise Redis is asked; when it cannot answer (not
+ * connected, breaker open, or the command fails or times out) a key found before keeps
+ * working on its stale entry (an expired one is refused), and a key with no entry, or only
+ * a stale refusal, is KEYAUTH_UNAVAILABLE: the gateway cannot tell, which is not a 401. */
 enum keyauth_result keyauth_resolve(struct keycache *cache, struct redis_client *redis,
                                     const unsigned char digest[32], keyauth_fn fn, void *ctx,
                                     struct keyauth_lookup **pending,

@@ -9,6 +9,7 @@ struct keycache_node {
     struct keycache_entry e;
     struct keycache_node *hnext; /* hash chain */
     struct list lru;             /* on the cache's LRU list, most recent first */
+    bool stale;                  /* past its time whatever its age (keycache_clear) */
 };
 
 struct keycache {
@@ -71,7 +72,7 @@ const struct keycache_entry *keycache_get(struct keycache *c, const unsigned cha
     if (!n)
         return NULL;
     int64_t ttl = n->e.known ? c->ttl_ms : c->negative_ttl_ms;
-    if (!allow_stale && now_ms - n->e.fetched_ms > ttl)
+    if (!allow_stale && (n->stale || now_ms - n->e.fetched_ms > ttl))
         return NULL;
     list_unlink(&n->lru);
     list_push_head(&c->lru, &n->lru);
@@ -124,8 +125,8 @@ void keycache_evict(struct keycache *c, const unsigned char digest[32])
 
 void keycache_clear(struct keycache *c)
 {
-    while (!list_empty(&c->lru))
-        node_remove(c, find_slot(c, LIST_ENTRY(c->lru.next, struct keycache_node, lru)->e.digest));
+    for (struct list *node = c->lru.next; node != &c->lru; node = node->next)
+        LIST_ENTRY(node, struct keycache_node, lru)->stale = true;
 }
 
 size_t keycache_size(const struct keycache *c)
@@ -137,7 +138,8 @@ void keycache_free(struct keycache *c)
 {
     if (!c)
         return;
-    keycache_clear(c);
+    while (!list_empty(&c->lru))
+        node_remove(c, find_slot(c, LIST_ENTRY(c->lru.next, struct keycache_node, lru)->e.digest));
     free(c->buckets);
     free(c);
 }

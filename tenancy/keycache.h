@@ -37,7 +37,9 @@ const struct keycache_entry *keycache_get(struct keycache *c, const unsigned cha
 /* Stores a copy of `e` (models copied too), replacing any entry for the digest. -1 on OOM. */
 int keycache_put(struct keycache *c, const struct keycache_entry *e);
 void keycache_evict(struct keycache *c, const unsigned char digest[32]);
-/* Drops every entry (after a reconnect, when revocations may have been missed). */
+/* Makes every entry stale (after a reconnect, when revocations may have been missed): each
+ * is fetched again before it is used while Redis answers, and is only the outage fallback
+ * until then. Nothing is dropped, so keys keep working if Redis fails again meanwhile. */
 void keycache_clear(struct keycache *c);
 size_t keycache_size(const struct keycache *c);
 

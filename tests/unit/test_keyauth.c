@@ -2,7 +2,7 @@
  * cache (fresh, stale, negative, expired entries; revocations), and from a real redis-server
  * (tests/unit/harness.h) holding tg:key:<sha256 hex> records: every field read, records that
  * are not keys, the answer cached either way, stale entries fetched again while Redis is
- * reachable and kept while it is not, and a cancelled lookup. */
+ * reachable and kept while it is not or when the fetch fails, and a cancelled lookup. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -124,7 +124,9 @@ static void test_cached_entries(void **state)
     keycache_free(c);
 }
 
-/* Redis out of reach: keys seen before keep working past their cache time; so do refusals. */
+/* Redis out of reach: keys seen before keep working past their cache time (expired ones stay
+ * refused); a refusal past its (short) cache time is no longer an answer: the key may have
+ * been created since, so it cannot be checked, which is not a 401. */
 static void test_stale_entries_without_redis(void **state)
 {
     (void)state;
@@ -133,10 +135,34 @@ static void test_stale_entries_without_redis(void **state)
     put(c, 1, true, "old-alice", 0, TTL_MS + 1);
     put(c, 2, false, "", 0, NEGATIVE_TTL_MS + 1);
     put(c, 3, true, "old-bob", (int64_t)time(NULL) - 1, TTL_MS + 1);
+    put(c, 4, false, "", 0, 0);
     assert_int_equal(resolve_now(c, NULL, 1, &e), KEYAUTH_OK);
     assert_string_equal(e->name, "old-alice");
-    assert_int_equal(resolve_now(c, NULL, 2, &e), KEYAUTH_UNKNOWN);
+    assert_int_equal(resolve_now(c, NULL, 2, &e), KEYAUTH_UNAVAILABLE);
+    assert_null(e);
     assert_int_equal(resolve_now(c, NULL, 3, &e), KEYAUTH_EXPIRED);
+    assert_int_equal(resolve_now(c, NULL, 4, &e), KEYAUTH_UNKNOWN); /* a fresh refusal holds */
+    keycache_free(c);
+}
+
+/* After a reconnect the cache is made stale, not emptied: every key is fetched again while
+ * Redis answers, and still works if Redis goes away again before it was. */
+static void test_cleared_cache_is_the_outage_fallback(void **state)
+{
+    (void)state;
+    struct keycache *c = keycache_new(16, TTL_MS, NEGATIVE_TTL_MS);
+    const struct keycache_entry *e;
+    put(c, 1, true, "alice", 0, 0);
+    put(c, 2, false, "", 0, 0);
+    keycache_clear(c);
+    unsigned char d[32];
+    digest_of(d, 1);
+    assert_null(keycache_get(c, d, clock_mono_ms(), false)); /* fetched again first */
+    assert_int_equal(resolve_now(c, NULL, 1, &e), KEYAUTH_OK);
+    assert_string_equal(e->name, "alice");
+    assert_int_equal(resolve_now(c, NULL, 2, &e), KEYAUTH_UNAVAILABLE);
+    put(c, 1, true, "alice-again", 0, 0); /* a fresh answer is fresh again */
+    assert_non_null(keycache_get(c, d, clock_mono_ms(), false));
     keycache_free(c);
 }
 
@@ -395,6 +421,29 @@ static void test_cancel(void **state)
     assert_string_equal(e->name, "eve");
 }
 
+/* The lookup that would refresh a stale entry fails (Redis died, and the client has not
+ * noticed yet, so its breaker is closed and the command is sent): the stale entry answers,
+ * as when the breaker is open. A key with no entry cannot be checked; an expired one is
+ * still refused. */
+static void test_stale_entry_when_the_lookup_fails(void **state)
+{
+    struct world *w = *state;
+    put(w->cache, 15, true, "stale-but-good", 0, TTL_MS + 1);
+    put(w->cache, 16, true, "stale-expired", (int64_t)time(NULL) - 1, TTL_MS + 1);
+    put(w->cache, 17, false, "", 0, NEGATIVE_TTL_MS + 1);
+    harness_redis_kill(&w->srv);
+    assert_true(redis_client_available(w->c)); /* the loop has not run since */
+    struct answer a = resolve_later(w, 15);
+    assert_int_equal(a.result, KEYAUTH_OK);
+    assert_string_equal(a.e.name, "stale-but-good");
+    assert_int_equal(a.e.rpm, 7);
+    const struct keycache_entry *e;
+    assert_int_equal(resolve_now(w->cache, w->c, 15, &e), KEYAUTH_OK);
+    assert_int_equal(resolve_now(w->cache, w->c, 16, &e), KEYAUTH_EXPIRED);
+    assert_int_equal(resolve_now(w->cache, w->c, 17, &e), KEYAUTH_UNAVAILABLE);
+    assert_int_equal(resolve_now(w->cache, w->c, 18, &e), KEYAUTH_UNAVAILABLE);
+}
+
 /* Redis gone: stale keys keep working, unknown ones cannot be checked. */
 static void test_redis_down(void **state)
 {
@@ -414,12 +463,14 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_cached_entries),
         cmocka_unit_test(test_stale_entries_without_redis),
+        cmocka_unit_test(test_cleared_cache_is_the_outage_fallback),
         cmocka_unit_test(test_revoked),
         cmocka_unit_test_setup_teardown(test_redis_record, setup, teardown),
         cmocka_unit_test_setup_teardown(test_redis_refusals, setup, teardown),
         cmocka_unit_test_setup_teardown(test_redis_models_field, setup, teardown),
         cmocka_unit_test_setup_teardown(test_stale_entry_refetched, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cancel, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_stale_entry_when_the_lookup_fails, setup, teardown),
         cmocka_unit_test_setup_teardown(test_redis_down, setup, teardown),
     };
     return cmocka_run_group_tests_name("keyauth", tests, NULL, NULL);

@@ -110,8 +110,13 @@ static void test_replace_evict_clear(void **state)
     struct keycache_entry b = entry(2, true, "bob");
     keycache_put(c, &b);
     keycache_put(c, &e);
+    /* Cleared: nothing is fresh any more, everything is still there as the stale fallback. */
     keycache_clear(c);
-    assert_int_equal(keycache_size(c), 0);
+    assert_int_equal(keycache_size(c), 2);
+    assert_null(keycache_get(c, d, 1000, false));
+    assert_string_equal(keycache_get(c, d, 1000, true)->name, "alice");
+    keycache_put(c, &e);
+    assert_non_null(keycache_get(c, d, 1000, false));
     keycache_free(c);
 }
 
