@@ -243,7 +243,9 @@ static void parse_models(struct cfg_ctx *ctx, struct config_backend *b, json_t *
     snprintf(path, sizeof path, "%s.models", bpath);
     json_t *arr = get_arr(ctx, item, "models", bpath);
     if (!arr || json_array_size(arr) == 0) {
-        if (json_object_get(item, "models") == NULL || arr)
+        /* Absent, null ("models:" with nothing after it) or []; get_arr said so for a non-list. */
+        json_t *v = json_object_get(item, "models");
+        if (!v || json_is_null(v) || arr)
             cfg_error(ctx, path, "must list at least one model");
         return;
     }
@@ -307,7 +309,8 @@ static void parse_backends(struct cfg_ctx *ctx, struct config *cfg, json_t *root
         "ca_file", NULL};
     json_t *arr = get_arr(ctx, root, "backends", "");
     if (!arr || json_array_size(arr) == 0) {
-        if (!json_object_get(root, "backends") || arr)
+        json_t *v = json_object_get(root, "backends");
+        if (!v || json_is_null(v) || arr)
             cfg_error(ctx, "backends", "must list at least one backend");
         return;
     }

@@ -658,8 +658,15 @@ static void test_empty_backends_rejected(void **state)
     errors = load_err("{\"backends\": []}", "c.json");
     assert_path(errors, "backends");
     free(errors);
+    /* "backends:" with nothing after it is null, which counts as absent (found by fuzz_config). */
+    errors = load_err("backends:\n", "n.yaml");
+    assert_path(errors, "backends");
+    free(errors);
     /* A backend without models is just as useless. */
     errors = load_err("backends:\n  - name: a\n    url: http://a\n    models: []\n", "d.yaml");
+    assert_path(errors, "backends[0].models");
+    free(errors);
+    errors = load_err("backends:\n  - name: a\n    url: http://a\n    models:\n", "e.yaml");
     assert_path(errors, "backends[0].models");
     free(errors);
 }
