@@ -443,7 +443,7 @@ export function appendMarketMd(path, results, meta) {
     lines.push(`## ${meta.date} — ${results.map((r) => r.world.name).join(', ')}`);
     lines.push('');
     lines.push(`Machine: ${meta.nproc} × ${meta.cpu}, ${meta.memGiB} GiB; commit ${meta.commit}; ` +
-        `gateway \`${meta.gateway}\` (${meta.version}); Node ${process.version}; ` +
+        `gateway ${meta.version}; Node ${process.version}; ` +
         `${results.length} scenario(s), ${results.map((r) => `${r.world.name} seed ${r.world.seed}`).join(', ')}.`);
     if (meta.extra) lines.push(`Config merged over every scenario (MARKET_GATEWAY_CONFIG): \`${JSON.stringify(meta.extra)}\``);
     lines.push('');
