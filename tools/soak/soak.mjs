@@ -314,12 +314,15 @@ function machine() {
 }
 
 async function main() {
-    const commit = git('rev-parse', '--short', 'HEAD');
+    // SOAK_GATEWAY_COMMIT: what the binaries were built from, when not this working tree (e.g. a
+    // clean export of a commit built elsewhere: TOLLGATE_BUILD may be an absolute path).
+    const commit = env.SOAK_GATEWAY_COMMIT || git('rev-parse', '--short', 'HEAD');
     let dirty = [];
     try {
         dirty = execFileSync('git', ['-C', REPO_ROOT, 'status', '--porcelain', '--untracked-files=no'], { encoding: 'utf8' })
             .split('\n').filter(Boolean).map((l) => l.slice(3)).filter((f) => !f.startsWith('bench/') && !f.startsWith('tools/soak/'));
     } catch { /* not a git checkout */ }
+    if (env.SOAK_GATEWAY_COMMIT) dirty = [];
     const built = new Date(fs.statSync(TOLLGATE_BIN).mtimeMs).toISOString().slice(0, 16).replace('T', ' ');
     say(`soak: ${SECONDS} s at ${RATE} req/s, warm-up ${WARMUP} s, binaries ${BUILD_DIR}, out ${OUT_DIR}`);
 
@@ -588,7 +591,7 @@ async function main() {
     const report = {
         date: new Date().toISOString().replace('T', ' ').slice(0, 16) + ' UTC',
         seconds: SECONDS, rate: RATE, seed: SEED, workers: WORKERS, warmup: WARMUP,
-        commit, dirty: dirty.join(', '), built, build: path.relative(REPO_ROOT, BUILD_DIR) || '.', machine: machine(),
+        commit, dirty: dirty.join(', '), built, build: path.relative(REPO_ROOT, BUILD_DIR).startsWith('..') ? BUILD_DIR : path.relative(REPO_ROOT, BUILD_DIR) || '.', machine: machine(),
         timeouts: `${TIMEOUT_MS / 1000} s (streams ${STREAM_TIMEOUT_MS / 1000} s)`,
         sent: stats.sent, load_seconds, shed: load.shed, lag: load.lag, max_inflight: load.max_inflight_seen,
         classes: stats.classes, by_kind: stats.by_kind, by_status: stats.by_status, by_cache: stats.by_cache,
