@@ -29,7 +29,7 @@ UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 # and the openssl command for the certificates of the https backend test.
 DEB_PKGS := build-essential pkg-config libmicrohttpd-dev libcurl4-gnutls-dev libssh2-1-dev \
             libhiredis-dev libev-dev libjansson-dev libyajl-dev libyaml-dev nettle-dev \
-            libssl-dev openssl libcmocka-dev redis-server nginx wrk curl prometheus clang-format
+            libssl-dev openssl libcmocka-dev redis-server nginx wrk curl prometheus clang-format clang
 
 .PHONY: all deps run test unit integration bench asan tsan install clean fmt fmt-check
 
@@ -82,6 +82,7 @@ test: deps
 	@$(MAKE) --no-print-directory all
 	@$(MAKE) --no-print-directory unit
 	@$(MAKE) --no-print-directory integration
+	@$(MAKE) --no-print-directory fuzz-replay
 
 # The whole suite under AddressSanitizer and UndefinedBehaviorSanitizer, in its own build tree.
 asan: deps
@@ -90,6 +91,39 @@ asan: deps
 	  EXTRA_LDFLAGS="-fsanitize=address,undefined" all unit
 	@TOLLGATE_BUILD=build-asan ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
 	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 tests/run-node-tests.sh
+
+# libFuzzer targets for every parser of outside input (tests/fuzz/fuzz_*.c). `make fuzz` builds
+# them with clang in build-fuzz/ and runs each for FUZZ_SECONDS on a copy of its corpus; a crash
+# fails, its input in build-fuzz/artifacts/. `make fuzz-replay` (in make test) runs every seed
+# and regression input once through the same targets, built with the ordinary flags.
+FUZZ_SECONDS ?= 60
+FUZZ_NAMES   := $(patsubst tests/fuzz/fuzz_%.c,%,$(wildcard tests/fuzz/fuzz_*.c))
+FUZZ_SAN     := -fsanitize=address,undefined -fno-sanitize-recover=undefined
+# clang's -Wformat=2 also flags the va_list format of libmicrohttpd's log hook (net/httpd.c).
+FUZZ_CFLAGS  := -Wno-format-nonliteral -fsanitize=fuzzer-no-link $(FUZZ_SAN)
+.PHONY: fuzz fuzz-replay
+fuzz: deps
+	@$(MAKE) --no-print-directory BUILD=build-fuzz CC=clang OPT="-O1 -g -fno-omit-frame-pointer" \
+	  EXTRA_CFLAGS="$(FUZZ_CFLAGS)" EXTRA_LDFLAGS="-fsanitize=fuzzer $(FUZZ_SAN)" \
+	  $(FUZZ_NAMES:%=build-fuzz/fuzz/fuzz_%)
+	@tests/fuzz/run.sh fuzz build-fuzz $(FUZZ_SECONDS) $(FUZZ_NAMES)
+
+fuzz-replay: $(FUZZ_NAMES:%=$(BUILD)/fuzz/replay_%)
+	@tests/fuzz/run.sh replay $(BUILD) $(FUZZ_NAMES)
+
+# The core as an archive: a target links only what it calls (fuzz_keyrecord brings its own keyauth).
+$(BUILD)/libtollgate.a: $(CORE_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(BUILD)/fuzz/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/fuzz.h $(BUILD)/libtollgate.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $< $(BUILD)/libtollgate.a -o $@ $(LDFLAGS) $(LIBS)
+
+$(BUILD)/fuzz/replay_%: tests/fuzz/fuzz_%.c tests/fuzz/replay.c tests/fuzz/fuzz.h \
+                        $(BUILD)/libtollgate.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $< tests/fuzz/replay.c $(BUILD)/libtollgate.a -o $@ $(LDFLAGS) $(LIBS)
 
 # The whole suite under ThreadSanitizer, in its own build tree: workers, the health thread
 # and the metrics scrape share state through atomics and a mailbox.
@@ -102,7 +136,7 @@ tsan: deps
 
 # Formatting as .clang-format says, changing nothing: fails on the first difference.
 fmt-check:
-	@clang-format --dry-run -Werror $$(find $(LAYERS) bench tools tests/unit -name '*.[ch]')
+	@clang-format --dry-run -Werror $$(find $(LAYERS) bench tools tests/unit tests/fuzz -name '*.[ch]')
 
 bench: deps all $(BUILD)/floor
 	@bench/run.sh
@@ -135,7 +169,7 @@ install: $(BUILD)/tollgate
 	install -m 0644 deploy/tollgate.example.yaml $(DESTDIR)$(PREFIX)/share/tollgate/
 
 fmt:
-	clang-format -i $$(find $(LAYERS) bench tools tests/unit -name '*.[ch]')
+	clang-format -i $$(find $(LAYERS) bench tools tests/unit tests/fuzz -name '*.[ch]')
 
 clean:
 	rm -rf build build-asan build-tsan
