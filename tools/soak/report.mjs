@@ -36,7 +36,8 @@ export function markdown(r) {
     L.push(`Commit ${r.commit}${r.dirty ? ` (working tree with uncommitted changes: ${r.dirty})` : ''}; ` +
         `binaries in ${r.build} (tollgate built ${r.built} UTC); machine ${r.machine}.`);
     L.push(`Gateway: ${r.workers} workers, Redis (AOF), 3 mocknodes, cache deterministic (1 MiB), ` +
-        `open-loop load at ${r.rate} req/s (seed ${r.seed}), client timeouts ${r.timeouts}.`);
+        `open-loop load at ${r.rate} req/s (seed ${r.seed}), client timeouts ${r.timeouts}. ` +
+        `Machine load average (1 min): ${r.loadavg}.`);
     L.push('');
     L.push('| check | result | |');
     L.push('|---|---|---|');

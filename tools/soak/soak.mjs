@@ -324,6 +324,7 @@ async function main() {
     } catch { /* not a git checkout */ }
     if (env.SOAK_GATEWAY_COMMIT) dirty = [];
     const built = new Date(fs.statSync(TOLLGATE_BIN).mtimeMs).toISOString().slice(0, 16).replace('T', ' ');
+    const load_start = os.loadavg()[0];
     say(`soak: ${SECONDS} s at ${RATE} req/s, warm-up ${WARMUP} s, binaries ${BUILD_DIR}, out ${OUT_DIR}`);
 
     // Redis, nodes, gateway.
@@ -613,6 +614,7 @@ async function main() {
             metrics: metrics_end, cli_requests, log_auth: glog.auth, drain_s,
         },
         answered_401: stats.answered_401,
+        loadavg: `${load_start.toFixed(1)} at start, ${os.loadavg()[0].toFixed(1)} at end`,
         exit,
         gateway_events: [...glog.by_event].sort((a, b) => b[1].count - a[1].count).map(([event, e]) => ({ event, count: e.count })),
         samples_table,
