@@ -217,22 +217,64 @@ void request_stream_error(struct request *r, const char *fmt, ...)
     }
 }
 
-/* Scanned as it arrived; parsed into a tree only to rewrite a clamped usage. */
+/* A node's usage object larger than this is replaced whole, not parsed and edited. */
+#define RELAY_USAGE_MAX (16u << 10)
+
+/* The answer with the settled usage spliced in over the node's, in the bytes: the answer is
+ * never parsed into a tree (a hostile one of tens of MiB in small tokens would cost hundreds
+ * of MiB), only its usage object, which keeps the node's other fields (token details) when
+ * it is of a sane size. */
+static char *request_clamped_answer(struct request *r, size_t *len)
+{
+    const struct answer_scan *sc = &r->relay.scan;
+    size_t start = sc->usage_start, end = sc->usage_end;
+    if (!(start < end && end <= r->relay.resp.len))
+        return NULL; /* clamped means reported: the scan saw the usage object */
+    json_t *usage = NULL;
+    if (end - start <= RELAY_USAGE_MAX)
+        usage = json_loadb(r->relay.resp.data + start, end - start, 0, NULL);
+    if (!json_is_object(usage)) {
+        json_decref(usage);
+        usage = json_object();
+    }
+    if (!usage)
+        return NULL;
+    request_write_usage(r, usage, false);
+    char *u = json_dumps(usage, JSON_COMPACT);
+    json_decref(usage);
+    if (!u)
+        return NULL;
+    size_t ulen = strlen(u), n;
+    char *text = buf_steal(&r->relay.resp, &n);
+    size_t out = n - (end - start) + ulen;
+    if (out > n) {
+        char *grown = realloc(text, out + 1);
+        if (!grown) {
+            free(text);
+            free(u);
+            return NULL;
+        }
+        text = grown;
+    }
+    memmove(text + start + ulen, text + end, n - end);
+    memcpy(text + start, u, ulen);
+    text[out] = '\0';
+    free(u);
+    *len = out;
+    return text;
+}
+
+/* Scanned as it arrived; a clamped usage is spliced into the bytes (never a parse). */
 void request_whole_answer(struct request *r)
 {
     request_note_scan(r, &r->relay.scan);
     request_settle_usage(r);
     char *text = NULL;
     size_t len = 0;
-    if (r->usage.clamped) {
-        json_t *doc = json_loadb(r->relay.resp.data, r->relay.resp.len, 0, NULL);
-        request_write_usage(r, json_object_get(doc, "usage"), false);
-        text = doc ? json_dumps(doc, JSON_COMPACT) : NULL;
-        len = text ? strlen(text) : 0;
-        json_decref(doc);
-    } else {
+    if (r->usage.clamped)
+        text = request_clamped_answer(r, &len);
+    else
         text = buf_steal(&r->relay.resp, &len);
-    }
     if (!text) {
         request_set_error(r, TG_ERR_NOMEM, NULL, "out of memory");
         return;

@@ -4,6 +4,15 @@
 #include <string.h>
 #include <yajl/yajl_parse.h>
 
+/* The most bytes of one unfinished token held back (callers cap whole answers far lower). */
+#define ANSWER_MAX_HELD ((size_t)1 << 30)
+
+/* Where the bytes so far end in the document: yajl is at a token's first byte. */
+static size_t at_byte(const struct answer_scan *s)
+{
+    return s->fed + yajl_get_bytes_consumed(s->handle);
+}
+
 /* The frame that holds the value being reported (the innermost open container). */
 static struct answer_frame *top(struct answer_scan *s)
 {
@@ -102,6 +111,8 @@ static int on_open(struct answer_scan *s, bool is_map)
         s->object = is_map;
     else if (s->depth == 1 && is_map && key_is(s, 0, "error"))
         s->has_error = true;
+    else if (s->depth == 1 && is_map && key_is(s, 0, "usage"))
+        s->usage_start = at_byte(s) - 1; /* the '{' just read */
     else if (s->depth == 1 && !is_map && key_is(s, 0, "choices"))
         s->has_choices = true;
     if (s->depth < ANSWER_MAX_DEPTH)
@@ -125,6 +136,8 @@ static int on_close(void *ctx)
     struct answer_scan *s = ctx;
     if (s->depth == 2 && array_at(s, 1) && key_is(s, 0, "choices"))
         s->choices_len = s->frames[1].count;
+    else if (s->depth == 2 && s->frames[1].is_map && key_is(s, 0, "usage"))
+        s->usage_end = at_byte(s); /* just past the '}' */
     s->depth--;
     value_done(s);
     return 1;
@@ -139,6 +152,12 @@ static int on_key(void *ctx, const unsigned char *key, size_t len)
             len = 0; /* too long to be one we look for */
         memcpy(f->key, key, len);
         f->key[len] = '\0';
+        if (s->depth == 1 && !strcmp(f->key, "usage")) {
+            /* A repeated "usage": the last one is the one a JSON parser reads. */
+            s->has_usage = false;
+            s->prompt_tokens = s->completion_tokens = 0;
+            s->usage_start = s->usage_end = 0;
+        }
     }
     return 1;
 }
@@ -159,6 +178,7 @@ static const yajl_callbacks answer_callbacks = {
 int answer_scan_init(struct answer_scan *s, struct arena *a)
 {
     memset(s, 0, sizeof *s);
+    buf_init(&s->held, ANSWER_MAX_HELD);
     yajl_alloc_funcs funcs;
     if (a)
         arena_yajl_funcs(a, &funcs);
@@ -166,13 +186,93 @@ int answer_scan_init(struct answer_scan *s, struct arena *a)
     return s->handle ? 0 : -1;
 }
 
-int answer_scan_feed(struct answer_scan *s, const char *p, size_t n)
+/* Hands bytes to yajl. */
+static int parse(struct answer_scan *s, const unsigned char *p, size_t n)
 {
-    return yajl_parse(s->handle, (const unsigned char *)p, n) == yajl_status_ok ? 0 : -1;
+    if (!n)
+        return 0;
+    yajl_status st = yajl_parse(s->handle, p, n);
+    s->fed += n;
+    return st == yajl_status_ok ? 0 : -1;
+}
+
+static bool ends_token(unsigned char c)
+{
+    return c == '{' || c == '}' || c == '[' || c == ']' || c == ',' || c == ':' || c == ' ' ||
+           c == '\t' || c == '\n' || c == '\r';
+}
+
+/* The longest prefix of p that ends where no token is left unfinished (after a structural
+ * byte, white space or a string's closing quote): its length, 0 when there is none. Carries
+ * the string state over all of p. */
+static size_t token_cut(struct answer_scan *s, const unsigned char *p, size_t n)
+{
+    size_t cut = 0, i = 0;
+    while (i < n) {
+        if (s->in_string) {
+            if (s->escaped) {
+                s->escaped = false;
+                i++;
+                continue;
+            }
+            while (i < n && p[i] != '"' && p[i] != '\\')
+                i++;
+            if (i == n)
+                break;
+            if (p[i] == '\\') {
+                s->escaped = true;
+            } else {
+                s->in_string = false;
+                cut = i + 1;
+            }
+        } else if (p[i] == '"') {
+            s->in_string = true;
+        } else if (ends_token(p[i])) {
+            cut = i + 1;
+        }
+        i++;
+    }
+    return cut;
+}
+
+int answer_scan_feed(struct answer_scan *s, const char *bytes, size_t n)
+{
+    const unsigned char *p = (const unsigned char *)bytes;
+    size_t cut = token_cut(s, p, n);
+    if (cut) {
+        /* Whatever token was open ends in this piece: yajl reads it once more, to its end. */
+        if (parse(s, (const unsigned char *)s->held.data, s->held.len) || parse(s, p, cut))
+            return -1;
+        buf_reset(&s->held);
+        s->open = 0;
+        p += cut;
+        n -= cut;
+    }
+    if (!n)
+        return 0;
+    /* A token left open at the end: yajl would reread all it holds of it on every piece, so
+     * it gets the next part only once that is as long as what it holds (doubling: linear). */
+    if (s->held.len + n < s->open)
+        return buf_append(&s->held, p, n) ? -1 : 0;
+    if (s->held.len) {
+        if (buf_append(&s->held, p, n))
+            return -1;
+        p = (const unsigned char *)s->held.data;
+        n = s->held.len;
+    }
+    int rc = parse(s, p, n);
+    s->open += n;
+    buf_reset(&s->held);
+    return rc;
 }
 
 int answer_scan_finish(struct answer_scan *s)
 {
+    int rc = parse(s, (const unsigned char *)s->held.data, s->held.len);
+    buf_reset(&s->held);
+    s->open = 0;
+    if (rc)
+        return -1;
     return yajl_complete_parse(s->handle) == yajl_status_ok && s->depth == 0 ? 0 : -1;
 }
 
@@ -181,4 +281,5 @@ void answer_scan_free(struct answer_scan *s)
     if (s->handle)
         yajl_free(s->handle);
     s->handle = NULL;
+    buf_free(&s->held);
 }

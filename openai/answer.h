@@ -4,11 +4,19 @@
  * caller received (content, reasoning, refusals, tool calls, completion text), how many
  * choices there were, and whether the node reported an error.
  *
- * Bytes may be fed in pieces as they arrive. Not thread-safe: one scan per answer. */
+ * Bytes may be fed in pieces as they arrive, split anywhere, at a cost linear in the bytes
+ * however they are split (yajl alone re-reads a token cut across pieces from its start on every
+ * piece, so one 32 MiB string fed in 16 KiB pieces cost seconds). A token cut at the end of a
+ * piece is held back until the piece that ends it, or until it has grown to twice what yajl
+ * already holds of it, so malformed bytes are still found early (at the latest when the token
+ * that holds them has doubled, or at finish).
+ *
+ * Not thread-safe: one scan per answer. */
 #ifndef TOLLGATE_ANSWER_H
 #define TOLLGATE_ANSWER_H
 
 #include "base/arena.h"
+#include "base/buf.h"
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -35,12 +43,24 @@ struct answer_scan {
     bool has_choices;   /* a top-level "choices" array */
     size_t choices_len; /* its length */
     size_t finished;    /* choices with a finish_reason string */
+    /* Where the top-level "usage" object lies in the bytes fed ([usage_start, usage_end)), so
+     * it can be rewritten without parsing the whole answer again. Set with has_usage; a
+     * later top-level "usage" key replaces an earlier one (as JSON parsers read them). */
+    size_t usage_start, usage_end;
+
+    /* Internal: the token cut at the end of what was fed (see above). */
+    struct buf held; /* bytes not handed to yajl yet */
+    size_t fed;      /* bytes handed to yajl so far */
+    size_t open;     /* bytes of the unfinished token yajl holds */
+    bool in_string;  /* the bytes so far end inside a string */
+    bool escaped;    /* ... right after a backslash */
 };
 
 /* 0, or -1 on OOM. The scanner's memory comes from arena a (NULL: from malloc), which must
  * outlive it. */
 int answer_scan_init(struct answer_scan *s, struct arena *a);
-/* 0 while the bytes are well-formed so far, -1 once they are not. */
+/* 0 while the bytes are well-formed so far (as far as they were read: see above), -1 once
+ * they are not; -1 also when memory runs out. */
 int answer_scan_feed(struct answer_scan *s, const char *p, size_t n);
 /* 0 when the whole document was well-formed, -1 otherwise. */
 int answer_scan_finish(struct answer_scan *s);
