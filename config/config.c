@@ -696,6 +696,8 @@ static struct config *config_build(json_t *root, struct cfg_ctx *ctx)
                                           "admin_listen",
                                           "admin_key",
                                           "spool_dir",
+                                          "spool_max_bytes",
+                                          "spool_memory_bytes",
                                           "cache",
                                           "metrics",
                                           NULL};
@@ -759,6 +761,10 @@ static struct config *config_build(json_t *root, struct cfg_ctx *ctx)
         free(cfg->spool_dir);
         cfg->spool_dir = strdup("/var/tmp");
     }
+    cfg->spool_max_bytes = (size_t)get_num(ctx, root, "spool_max_bytes", "", 0, (double)(1ll << 40),
+                                           (double)(1ll << 30), false, true);
+    cfg->spool_memory_bytes = (size_t)get_num(ctx, root, "spool_memory_bytes", "", 0,
+                                              (double)(1ll << 36), 16u << 20, false, true);
     cfg->admin_listen = get_str(ctx, root, "admin_listen", "", false);
     cfg->admin_key = get_str(ctx, root, "admin_key", "", false);
     if (cfg->admin_listen && !*cfg->admin_listen) {

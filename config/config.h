@@ -128,6 +128,9 @@ struct config {
     char *spool_dir;      /* where usage records wait while Redis is unreachable */
     char *source;         /* file it came from */
     atomic_int refs;
+    /* Usage records in spool files, and those the spool cannot take held in memory: bytes,
+     * all workers together. */
+    size_t spool_max_bytes, spool_memory_bytes;
 };
 
 /* Parse and validate a config file. On failure returns NULL and sets *errors to a malloc'd

@@ -193,6 +193,11 @@ bool request_admit_body(struct request *r, enum MHD_Result *res)
         return ANSWERED(request_key_error(r));
     if (r->adm.local_url)
         return ANSWERED(request_local(r, r->adm.local_url));
+    if (worker_refuses(r->w, r->t_start)) { /* came after SIGTERM: the caller goes elsewhere */
+        r->reply.retry_after_s = 1;
+        return ANSWERED(REQUEST_FAIL_NOW(r, TG_ERR_SHUTTING_DOWN, NULL,
+                                         "The gateway is shutting down; retry the request."));
+    }
     json_error_t jerr;
     arena_enter(&r->arena);
     r->json = json_loadb(r->body.data ? r->body.data : "", r->body.len, 0, &jerr);

@@ -1,5 +1,6 @@
 #include "gateway/server.h"
 
+#include "base/clock.h"
 #include "base/listen.h"
 #include "base/log.h"
 #include "cache/cache.h"
@@ -38,6 +39,13 @@ int server_render_metrics(struct server *s, struct buf *out)
 
 /* ---- reload and drain ------------------------------------------------------------------- */
 
+/* The spool and memory caps of the config are for all workers together. */
+static void worker_ledger_limits(struct worker *w)
+{
+    unsigned n = w->shared->n_workers;
+    ledger_set_limits(w->ledger, w->cfg->spool_max_bytes / n, w->cfg->spool_memory_bytes / n);
+}
+
 static void worker_take_config(struct worker *w)
 {
     struct worker_shared *s = w->shared;
@@ -48,6 +56,7 @@ static void worker_take_config(struct worker *w)
         w->cfg_gen = s->cfg_gen;
         pthread_mutex_unlock(&s->cfg_lock);
         config_unref(old);
+        worker_ledger_limits(w);
         return;
     }
     pthread_mutex_unlock(&s->cfg_lock);
@@ -69,18 +78,20 @@ static void drain_timer_cb(struct ev_loop *loop, ev_timer *t, int revents)
     ev_break(loop, EVBREAK_ALL);
 }
 
+/* The listener stays open while in-flight work finishes, so /readyz answers 503 and new
+ * requests get 503 shutting_down (a load balancer may route to the gateway for a few seconds
+ * after the signal); it closes when the worker's last request is done (worker_drained()). */
 static void worker_begin_drain(struct worker *w)
 {
     if (!w->draining) {
         w->draining = true;
-        httpd_quiesce(&w->httpd);
-        w->listen_fd = -1;
+        w->drain_started = clock_mono();
         ev_timer_init(&w->drain_timer, drain_timer_cb, (double)w->cfg->drain_timeout_ms / 1000.0,
                       0.);
         w->drain_timer.data = w;
         ev_timer_start(w->loop, &w->drain_timer);
         if (w->n_active == 0)
-            ev_break(w->loop, EVBREAK_ALL);
+            worker_drained(w);
     } else if (!w->forced) {
         /* Asked twice: cut the drain short. */
         ev_timer_stop(w->loop, &w->drain_timer);
@@ -187,6 +198,8 @@ static void redis_stats_cb(struct ev_loop *loop, ev_timer *t, int revents)
         atomic_store_explicit(&m->ledger_replayed, ls.replayed, memory_order_relaxed);
         atomic_store_explicit(&m->ledger_dropped, ls.dropped, memory_order_relaxed);
         atomic_store_explicit(&m->ledger_spool_bytes, ls.spool_bytes, memory_order_relaxed);
+        atomic_store_explicit(&m->ledger_held, ls.held, memory_order_relaxed);
+        atomic_store_explicit(&m->ledger_held_bytes, ls.held_bytes, memory_order_relaxed);
     }
 }
 
@@ -223,6 +236,7 @@ static void worker_start_redis(struct worker *w)
         snprintf(path, sizeof path, "%s/" LEDGER_SPOOL_PREFIX "%d-%u" LEDGER_SPOOL_SUFFIX,
                  w->cfg->spool_dir, w->shared->port, w->id);
         w->ledger = ledger_new(w->loop, w->redis, path);
+        worker_ledger_limits(w);
         if (!w->ledger) {
             char esc[1100];
             log_event(LOG_ERROR, "ledger_failed",

@@ -2,6 +2,7 @@
 
 #include "metrics/metrics.h"
 #include "routing/backend.h"
+#include "tenancy/ledger.h"
 
 void worker_kick(struct worker *w)
 {
@@ -58,8 +59,46 @@ uint64_t worker_random(struct worker *w)
     return a + b;
 }
 
+bool worker_refuses(const struct worker *w, double arrived)
+{
+    /* Between the signal and the worker's wakeup, drain_started is not set yet. */
+    return worker_draining(w) && (!w->draining || arrived >= w->drain_started);
+}
+
+static void worker_flushed(void *ctx)
+{
+    struct worker *w = ctx;
+    if (w->n_active == 0)
+        ev_break(w->loop, EVBREAK_ALL);
+}
+
+static void worker_drained_cb(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    (void)loop;
+    (void)revents;
+    struct worker *w = t->data;
+    if (!w->drained) {
+        w->drained = true;
+        httpd_quiesce(&w->httpd);
+    }
+    /* Records of the last requests may still be on their way to Redis: a stop now would
+     * leave them to the spool (in Kubernetes an emptyDir, gone with the pod). */
+    if (w->n_active == 0)
+        ledger_flush(w->ledger, worker_flushed, w);
+}
+
+void worker_drained(struct worker *w)
+{
+    /* Called from MHD's completion callback: the listener closes on the loop's next turn,
+     * outside the daemon's own processing. */
+    ev_timer_stop(w->loop, &w->drained_timer);
+    ev_timer_init(&w->drained_timer, worker_drained_cb, 0., 0.);
+    w->drained_timer.data = w;
+    ev_timer_start(w->loop, &w->drained_timer);
+}
+
 void worker_request_done(struct worker *w)
 {
     if (w->draining && w->n_active == 0)
-        ev_break(w->loop, EVBREAK_ALL);
+        worker_drained(w);
 }

@@ -74,6 +74,9 @@ struct worker {
     unsigned cfg_gen;
     bool draining;
     bool forced;
+    double drain_started; /* clock_mono() when this worker began to drain */
+    bool drained;         /* its in-flight work is done: the listener is closed */
+    ev_timer drained_timer;
     struct list live; /* every live request (struct request, by live), for drain and abort */
     unsigned n_active;
     uint64_t rng[2];
@@ -84,6 +87,13 @@ void worker_kick(struct worker *w);
 /* A request ended; a draining worker stops when its last one is gone. */
 void worker_request_done(struct worker *w);
 bool worker_draining(const struct worker *w);
+/* True for a request that arrived (clock_mono() at its start) after the drain began: it is
+ * refused (503 shutting_down), while work that arrived before finishes. */
+bool worker_refuses(const struct worker *w, double arrived);
+/* A draining worker has no request left: its listener closes, and its loop stops once the
+ * ledger has handed Redis what it can (tenancy/ledger.h, ledger_flush()). A request that
+ * comes meanwhile on an open connection puts this off until it is done. */
+void worker_drained(struct worker *w);
 /* Prometheus text of all workers' shards (any worker may call it). */
 int worker_render_metrics(struct worker *w, struct buf *out);
 /* The same from any thread, given the server's shared part (the admin listener's /metrics). */

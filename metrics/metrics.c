@@ -591,12 +591,23 @@ static void render_redis(struct render *rd)
                    "tollgate_ledger_records_total{outcome=\"dropped\"} %llu\n"
                    "# HELP tollgate_ledger_spool_bytes Usage records waiting in spool files.\n"
                    "# TYPE tollgate_ledger_spool_bytes gauge\n"
-                   "tollgate_ledger_spool_bytes %llu\n",
+                   "tollgate_ledger_spool_bytes %llu\n"
+                   "# HELP tollgate_ledger_held_records Usage records held in memory because "
+                   "the spool could not take them (disk full or failing); lost if the process "
+                   "stops before the spool or Redis takes them.\n"
+                   "# TYPE tollgate_ledger_held_records gauge\n"
+                   "tollgate_ledger_held_records %llu\n"
+                   "# HELP tollgate_ledger_held_bytes Memory of the usage records held, "
+                   "against spool_memory_bytes.\n"
+                   "# TYPE tollgate_ledger_held_bytes gauge\n"
+                   "tollgate_ledger_held_bytes %llu\n",
                    (unsigned long long)sum_u64(rd, OFF(ledger_written)),
                    (unsigned long long)sum_u64(rd, OFF(ledger_spooled)),
                    (unsigned long long)sum_u64(rd, OFF(ledger_replayed)),
                    (unsigned long long)sum_u64(rd, OFF(ledger_dropped)),
-                   (unsigned long long)sum_u64(rd, OFF(ledger_spool_bytes)));
+                   (unsigned long long)sum_u64(rd, OFF(ledger_spool_bytes)),
+                   (unsigned long long)sum_u64(rd, OFF(ledger_held)),
+                   (unsigned long long)sum_u64(rd, OFF(ledger_held_bytes)));
     rd->err |= buf_printf(rd->out,
                           "# HELP tollgate_redis_errors_total Redis commands that failed "
                           "(errors, timeouts, refusals while the breaker is open).\n"

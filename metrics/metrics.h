@@ -105,6 +105,8 @@ struct metrics_shard {
     _Atomic uint64_t ledger_replayed;
     _Atomic uint64_t ledger_dropped;
     _Atomic uint64_t ledger_spool_bytes;
+    _Atomic uint64_t ledger_held;       /* records held in memory: the spool did not take them */
+    _Atomic uint64_t ledger_held_bytes; /* their memory */
 };
 
 /* A zeroed shard: about 400 KiB of address space, of which only the pages of labels in use

@@ -271,12 +271,28 @@ void ledger_script_args(const struct ledger_record *r, struct ledger_args *out)
 
 /* ---- the write side -------------------------------------------------------------------------- */
 
-/* A record awaiting Redis's answer, live or replayed from the spool. */
+/* A record that neither Redis nor the spool took (the spool's disk is full or failing), held
+ * in memory until one of them does. */
+struct ledger_held {
+    struct list link; /* on l->held, or on l->held_sent while Redis is asked */
+    size_t len;
+    char line[]; /* its spool line, '\n' included */
+};
+
+/* Where a record awaiting Redis's answer comes from. */
+enum ledger_origin {
+    LEDGER_LIVE,   /* ledger_record() */
+    LEDGER_REPLAY, /* a line of the spool */
+    LEDGER_HELD,   /* a record held in memory */
+};
+
+/* A record awaiting Redis's answer. */
 struct ledger_slot {
     struct ledger *l;
     struct list link; /* on l->slots */
-    bool replay;
-    bool spooled; /* live, and written to the spool by ledger_free() already */
+    enum ledger_origin origin;
+    bool spooled;             /* live, and written to the spool by ledger_free() already */
+    struct ledger_held *held; /* LEDGER_HELD: its entry; NULL once ledger_free() took it back */
     struct ledger_record rec;
 };
 
@@ -299,7 +315,20 @@ struct ledger {
     uint64_t uid_prefix, uid_seq;
     double last_drop_log;
     bool spooling; /* since the last "ledger_spooling" log line */
+    /* Records the spool did not take: in memory, at most held_max bytes (entry and line). */
+    struct list held;      /* struct ledger_held not sent to Redis, the oldest first */
+    struct list held_sent; /* those sent, awaiting the answer */
+    size_t held_bytes, held_max;
+    off_t spool_max;        /* the spool's own cap (ledger_set_limits()) */
+    unsigned n_held;        /* entries on both lists */
+    unsigned held_inflight; /* slots of held records awaiting an answer */
+    bool holding;           /* since the last "ledger_holding" log line */
+    /* ledger_flush(): whom to tell, and whether a command failed since it was asked. */
+    void (*flush_done)(void *ctx);
+    void *flush_ctx;
+    bool flush_failed;
     _Atomic uint64_t written, duplicates, spooled, replayed, dropped, inflight, spool_bytes;
+    _Atomic uint64_t held_records, held_memory;
 };
 
 static void ledger_count(_Atomic uint64_t *a)
@@ -312,6 +341,12 @@ static void ledger_publish_size(struct ledger *l)
     atomic_store_explicit(&l->spool_bytes, (uint64_t)(l->size - l->done), memory_order_relaxed);
 }
 
+static void ledger_publish_held(struct ledger *l)
+{
+    atomic_store_explicit(&l->held_records, l->n_held, memory_order_relaxed);
+    atomic_store_explicit(&l->held_memory, l->held_bytes, memory_order_relaxed);
+}
+
 static void ledger_drop(struct ledger *l, const struct ledger_record *r, const char *why)
 {
     ledger_count(&l->dropped);
@@ -319,52 +354,127 @@ static void ledger_drop(struct ledger *l, const struct ledger_record *r, const c
     if (now - l->last_drop_log < LEDGER_DROP_LOG_INTERVAL_S)
         return;
     l->last_drop_log = now;
-    char id[2 * LEDGER_FIELD_MAX], path[512];
+    char id[2 * LEDGER_FIELD_MAX], path[512], msg[400];
     log_event(LOG_ERROR, "ledger_dropped",
               "\"request_id\":\"%s\",\"spool\":\"%s\",\"message\":\"%s\",\"dropped\":%llu",
               log_escape(id, sizeof id, r ? r->id : ""), log_escape(path, sizeof path, l->path),
-              why, (unsigned long long)atomic_load(&l->dropped));
+              log_escape(msg, sizeof msg, why), (unsigned long long)atomic_load(&l->dropped));
 }
 
-/* Appends r to the spool as one write(2); a partial write is undone, so the file only ever
- * holds whole lines. */
-static void ledger_spool(struct ledger *l, const struct ledger_record *r)
+/* The spool did not take r (why): it waits in memory for the disk or Redis, within held_max;
+ * beyond that it is dropped. */
+static void ledger_hold(struct ledger *l, const struct ledger_record *r, const char *line, size_t n,
+                        const char *why)
 {
-    char line[LEDGER_LINE_MAX + 1];
+    size_t cost = sizeof(struct ledger_held) + n;
+    char msg[300];
+    if (l->held_bytes + cost > l->held_max) {
+        snprintf(msg, sizeof msg, "%s; spool_memory_bytes (%zu) is full", why, l->held_max);
+        ledger_drop(l, r, msg);
+        return;
+    }
+    struct ledger_held *h = malloc(cost);
+    if (!h) {
+        snprintf(msg, sizeof msg, "%s; out of memory", why);
+        ledger_drop(l, r, msg);
+        return;
+    }
+    h->len = n;
+    memcpy(h->line, line, n);
+    list_push_tail(&l->held, &h->link);
+    l->held_bytes += cost;
+    l->n_held++;
+    ledger_publish_held(l);
+    if (!l->holding) {
+        l->holding = true;
+        char path[512];
+        log_event(LOG_ERROR, "ledger_holding",
+                  "\"spool\":\"%s\",\"reason\":\"%s\",\"max_bytes\":%zu,\"message\":\"the spool "
+                  "cannot take usage records: they are held in memory until the disk or Redis "
+                  "takes them (lost if the process stops first); beyond spool_memory_bytes they "
+                  "are dropped\"",
+                  log_escape(path, sizeof path, l->path), log_escape(msg, sizeof msg, why),
+                  l->held_max);
+    }
+}
+
+/* Frees a held entry that reached the spool or Redis. */
+static void ledger_unhold(struct ledger *l, struct ledger_held *h)
+{
+    list_unlink(&h->link);
+    l->held_bytes -= sizeof *h + h->len;
+    l->n_held--;
+    free(h);
+    ledger_publish_held(l);
+    if (l->holding && l->n_held == 0) {
+        l->holding = false;
+        char path[512];
+        log_event(LOG_INFO, "ledger_released",
+                  "\"spool\":\"%s\",\"message\":\"no usage record is held in memory any more\"",
+                  log_escape(path, sizeof path, l->path));
+    }
+}
+
+/* Appends one line to the spool as one write(2); a partial write is undone, so the file only
+ * ever holds whole lines. 0, or -1 with the reason in why. */
+static int ledger_append(struct ledger *l, const char *line, size_t n, char *why, size_t why_len)
+{
+    if (l->fd == -1) {
+        snprintf(why, why_len, "spool closed");
+        return -1;
+    }
+    if (l->size + (off_t)n > l->spool_max) {
+        snprintf(why, why_len, "spool full (spool_max_bytes: %lld)", (long long)l->spool_max);
+        return -1;
+    }
+    ssize_t w = write(l->fd, line, n);
+    if (w != (ssize_t)n) {
+        int saved = errno;
+        if (w > 0 && ftruncate(l->fd, l->size) == -1)
+            saved = errno;
+        snprintf(why, why_len, "spool write failed: %s", w < 0 ? strerror(saved) : "short write");
+        return -1;
+    }
+    l->size += (off_t)n;
+    ledger_publish_size(l);
+    ledger_count(&l->spooled);
+    return 0;
+}
+
+/* Spools r: Redis did not take it (cause: why, for the log; NULL logs nothing). When the
+ * spool cannot take it either, it is held in memory. */
+static void ledger_spool(struct ledger *l, const struct ledger_record *r, const char *cause)
+{
+    char line[LEDGER_LINE_MAX + 1], why[200];
     int n = ledger_format_line(r, line, sizeof line);
     if (n < 0) {
         ledger_drop(l, r, "record too long for the spool");
         return;
     }
-    if (l->fd == -1) {
-        ledger_drop(l, r, "spool closed");
+    if (ledger_append(l, line, (size_t)n, why, sizeof why)) {
+        ledger_hold(l, r, line, (size_t)n, why);
         return;
     }
-    if (l->size + n > LEDGER_SPOOL_MAX) {
-        ledger_drop(l, r, "spool full");
-        return;
-    }
-    ssize_t w = write(l->fd, line, (size_t)n);
-    if (w != n) {
-        int saved = errno;
-        if (w > 0 && ftruncate(l->fd, l->size) == -1)
-            saved = errno;
-        char msg[128];
-        snprintf(msg, sizeof msg, "spool write failed: %s",
-                 w < 0 ? strerror(saved) : "short write");
-        ledger_drop(l, r, msg);
-        return;
-    }
-    l->size += n;
-    ledger_publish_size(l);
-    ledger_count(&l->spooled);
-    if (!l->spooling) {
+    if (!l->spooling && cause) {
         l->spooling = true;
         char path[512];
         log_event(LOG_WARN, "ledger_spooling",
-                  "\"spool\":\"%s\",\"message\":\"Redis unavailable or failing: usage records "
-                  "go to the spool and are replayed on recovery\"",
-                  log_escape(path, sizeof path, l->path));
+                  "\"spool\":\"%s\",\"message\":\"%s: usage records go to the spool and are "
+                  "replayed when Redis takes them\"",
+                  log_escape(path, sizeof path, l->path), cause);
+    }
+}
+
+/* Held records go to the spool while it takes them (the disk has room again). */
+static void ledger_spool_held(struct ledger *l)
+{
+    struct list *node;
+    char why[200];
+    while ((node = list_first(&l->held))) {
+        struct ledger_held *h = LIST_ENTRY(node, struct ledger_held, link);
+        if (ledger_append(l, h->line, h->len, why, sizeof why))
+            break;
+        ledger_unhold(l, h);
     }
 }
 
@@ -445,6 +555,9 @@ static void ledger_batch_done(struct ledger *l, bool chain)
         ledger_replay(l);
 }
 
+static void ledger_send_held(struct ledger *l);
+static void ledger_check_flush(struct ledger *l);
+
 static void ledger_reply(void *ctx, int result, const redisReply *reply)
 {
     struct ledger_slot *s = ctx;
@@ -452,24 +565,46 @@ static void ledger_reply(void *ctx, int result, const redisReply *reply)
     list_unlink(&s->link);
     bool ok = result == 0 && reply && reply->type == REDIS_REPLY_INTEGER;
     bool fresh = ok && reply->integer == 1;
-    if (s->replay) {
+    if (!ok)
+        l->flush_failed = true;
+    switch (s->origin) {
+    case LEDGER_REPLAY:
         if (ok)
             ledger_count(fresh ? &l->replayed : &l->duplicates);
         else
             l->batch_failed = true;
         if (--l->batch_pending == 0)
             ledger_batch_done(l, true);
-    } else {
+        break;
+    case LEDGER_HELD:
+        l->held_inflight--;
+        if (ok)
+            ledger_count(fresh ? &l->replayed : &l->duplicates);
+        if (s->held && ok) {
+            ledger_unhold(l, s->held);
+            ledger_send_held(l);
+        } else if (s->held) {
+            /* Back to the front of the queue: the timer tries again. */
+            list_unlink(&s->held->link);
+            list_push_head(&l->held, &s->held->link);
+        }
+        break;
+    case LEDGER_LIVE:
         l->live--;
         atomic_store_explicit(&l->inflight, l->live, memory_order_relaxed);
         if (ok)
             ledger_count(fresh ? &l->written : &l->duplicates);
         else if (!s->spooled)
-            ledger_spool(l, &s->rec);
+            ledger_spool(l, &s->rec, "a Redis command failed or timed out");
+        break;
     }
     free(s);
-    if (l->closing && list_empty(&l->slots))
-        ledger_destroy(l);
+    if (l->closing) {
+        if (list_empty(&l->slots))
+            ledger_destroy(l);
+        return;
+    }
+    ledger_check_flush(l);
 }
 
 static int ledger_send(struct ledger *l, struct ledger_slot *s)
@@ -478,6 +613,39 @@ static int ledger_send(struct ledger *l, struct ledger_slot *s)
     ledger_script_args(&s->rec, &a);
     return redis_evalsha(l->redis, l->script, LEDGER_NUMKEYS, LEDGER_ARGC, a.argv, a.argvlen,
                          ledger_reply, s);
+}
+
+/* Sends held records to Redis, at most LEDGER_REPLAY_BATCH awaiting answers at a time; each
+ * one acknowledged sends the next. */
+static void ledger_send_held(struct ledger *l)
+{
+    struct list *node;
+    while (!l->closing && l->held_inflight < LEDGER_REPLAY_BATCH && (node = list_first(&l->held)) &&
+           redis_client_available(l->redis)) {
+        struct ledger_held *h = LIST_ENTRY(node, struct ledger_held, link);
+        struct ledger_slot *s = malloc(sizeof *s);
+        if (!s)
+            return;
+        if (ledger_parse_line(h->line, h->len, &s->rec)) {
+            free(s); /* cannot happen: the line was made by ledger_format_line() */
+            ledger_unhold(l, h);
+            ledger_drop(l, NULL, "corrupt held record");
+            continue;
+        }
+        s->origin = LEDGER_HELD;
+        s->spooled = false;
+        s->held = h;
+        ledger_link(l, s);
+        if (ledger_send(l, s)) {
+            list_unlink(&s->link);
+            free(s);
+            l->flush_failed = true;
+            return;
+        }
+        list_unlink(&h->link);
+        list_push_tail(&l->held_sent, &h->link);
+        l->held_inflight++;
+    }
 }
 
 /* Sends the next batch of spool lines, from `done`. Lines that do not parse are skipped
@@ -519,12 +687,14 @@ static void ledger_replay(struct ledger *l)
             if (len > 1)
                 ledger_drop(l, NULL, "corrupt spool line");
         } else {
-            s->replay = true;
+            s->origin = LEDGER_REPLAY;
             s->spooled = false;
+            s->held = NULL;
             ledger_link(l, s);
             if (ledger_send(l, s)) {
                 list_unlink(&s->link);
                 free(s);
+                l->flush_failed = true;
                 break;
             }
             l->batch_pending++;
@@ -539,11 +709,35 @@ static void ledger_replay(struct ledger *l)
         ledger_batch_done(l, false); /* only corrupt lines: skipped */
 }
 
+/* Is there nothing more to wait for? Then tell whoever asked ledger_flush(). Before that, what
+ * Redis may take is sent: the spool's next batch, held records. */
+static void ledger_check_flush(struct ledger *l)
+{
+    if (!l->flush_done || l->closing)
+        return;
+    if (l->live || l->batch_pending || l->held_inflight)
+        return; /* an answer will call again */
+    if ((l->size > l->done || l->n_held) && !l->flush_failed && redis_client_available(l->redis)) {
+        ledger_replay(l);
+        ledger_send_held(l);
+        if (l->batch_pending || l->held_inflight)
+            return;
+    }
+    /* Nothing left, or nothing Redis takes now: the rest stays in the spool (or memory). */
+    void (*done)(void *) = l->flush_done;
+    l->flush_done = NULL;
+    done(l->flush_ctx);
+}
+
 static void ledger_timer_cb(struct ev_loop *loop, ev_timer *t, int revents)
 {
     (void)loop;
     (void)revents;
-    ledger_replay(t->data);
+    struct ledger *l = t->data;
+    ledger_spool_held(l);
+    ledger_replay(l);
+    ledger_send_held(l);
+    ledger_check_flush(l);
 }
 
 /* Appends the whole lines of the spool at `from` to this ledger's spool. 0, or -1 when it
@@ -653,6 +847,10 @@ struct ledger *ledger_new(struct ev_loop *loop, struct redis_client *redis, cons
     l->fd = -1;
     l->lock_fd = -1;
     list_init(&l->slots);
+    list_init(&l->held);
+    list_init(&l->held_sent);
+    l->held_max = LEDGER_HOLD_DEFAULT;
+    l->spool_max = LEDGER_SPOOL_MAX;
     l->loop = loop;
     l->redis = redis;
     if (!(l->path = strdup(spool_path)))
@@ -722,9 +920,14 @@ void ledger_record(struct ledger *l, const struct ledger_entry *e)
     snprintf(uid, sizeof uid, "%016llx%016llx", (unsigned long long)l->uid_prefix,
              (unsigned long long)++l->uid_seq);
     ledger_record_from_entry(r, e, uid);
-    if (s && !l->closing && l->live < LEDGER_INFLIGHT_MAX && redis_client_available(l->redis)) {
-        s->replay = false;
+    const char *cause = !s                                  ? "out of memory"
+                        : l->live >= LEDGER_INFLIGHT_MAX    ? "too many records await Redis"
+                        : !redis_client_available(l->redis) ? "Redis unavailable"
+                                                            : NULL;
+    if (!cause && !l->closing) {
+        s->origin = LEDGER_LIVE;
         s->spooled = false;
+        s->held = NULL;
         ledger_link(l, s);
         if (ledger_send(l, s) == 0) {
             l->live++;
@@ -732,25 +935,82 @@ void ledger_record(struct ledger *l, const struct ledger_entry *e)
             return;
         }
         list_unlink(&s->link);
+        cause = "Redis refused the command";
     }
-    ledger_spool(l, r);
+    ledger_spool(l, r, cause ? cause : "the ledger is closing");
     free(s);
+}
+
+void ledger_flush(struct ledger *l, void (*done)(void *ctx), void *ctx)
+{
+    if (!l || l->closing) {
+        done(ctx);
+        return;
+    }
+    l->flush_done = done;
+    l->flush_ctx = ctx;
+    l->flush_failed = false;
+    ledger_spool_held(l);
+    ledger_check_flush(l);
+}
+
+void ledger_set_limits(struct ledger *l, size_t spool_bytes, size_t memory_bytes)
+{
+    if (!l)
+        return;
+    l->spool_max = spool_bytes < (size_t)LEDGER_SPOOL_MAX ? (off_t)spool_bytes : LEDGER_SPOOL_MAX;
+    l->held_max = memory_bytes;
 }
 
 void ledger_free(struct ledger *l)
 {
     if (!l || l->closing)
         return;
+    l->flush_done = NULL;
+    char path[512];
+    log_escape(path, sizeof path, l->path);
     /* Unanswered live records may or may not be in Redis: spooled, they count once either
-     * way (the uid). */
+     * way (the uid). Held records sent and not answered yet are held again, for the spool. */
+    uint64_t spooled = atomic_load_explicit(&l->spooled, memory_order_relaxed);
+    unsigned unanswered = 0;
     struct list *node, *tmp;
     LIST_FOR_EACH_SAFE (node, tmp, &l->slots) {
         struct ledger_slot *s = LIST_ENTRY(node, struct ledger_slot, link);
-        if (!s->replay && !s->spooled) {
-            ledger_spool(l, &s->rec);
+        if (s->origin == LEDGER_LIVE && !s->spooled) {
+            ledger_spool(l, &s->rec, NULL);
             s->spooled = true;
+            unanswered++;
+        } else if (s->origin == LEDGER_HELD && s->held) {
+            list_unlink(&s->held->link);
+            list_push_head(&l->held, &s->held->link);
+            s->held = NULL;
         }
     }
+    if (unanswered)
+        log_event(LOG_WARN, "ledger_spooled_at_stop",
+                  "\"spool\":\"%s\",\"records\":%u,\"spooled\":%llu,\"message\":\"usage records "
+                  "Redis had not acknowledged when the worker stopped went to the spool; the "
+                  "next start with this spool_dir replays them, each counted once\"",
+                  path, unanswered,
+                  (unsigned long long)(atomic_load_explicit(&l->spooled, memory_order_relaxed) -
+                                       spooled));
+    /* Held records: the spool's last chance; what it does not take now is lost. */
+    ledger_spool_held(l);
+    unsigned lost = 0;
+    while ((node = list_first(&l->held))) {
+        list_unlink(node);
+        free(LIST_ENTRY(node, struct ledger_held, link));
+        ledger_count(&l->dropped);
+        lost++;
+    }
+    l->n_held = 0;
+    l->held_bytes = 0;
+    ledger_publish_held(l);
+    if (lost)
+        log_event(LOG_ERROR, "ledger_lost",
+                  "\"spool\":\"%s\",\"records\":%u,\"message\":\"usage records neither Redis "
+                  "nor the spool took were held in memory and are lost: the worker stopped\"",
+                  path, lost);
     ev_timer_stop(l->loop, &l->timer);
     if (l->fd != -1) {
         if (l->size == l->done && !l->batch_pending) {
@@ -759,6 +1019,11 @@ void ledger_free(struct ledger *l)
             snprintf(lock_path, sizeof lock_path, "%s.lock", l->path);
             unlink(l->path);
             unlink(lock_path);
+        } else {
+            log_event(LOG_WARN, "ledger_spool_kept",
+                      "\"spool\":\"%s\",\"bytes\":%lld,\"message\":\"usage records wait in the "
+                      "spool for Redis; the next start with this spool_dir replays them\"",
+                      path, (long long)(l->size - l->done));
         }
         close(l->fd);
         l->fd = -1;
@@ -785,4 +1050,6 @@ void ledger_stats(const struct ledger *l, struct ledger_stats *out)
     out->dropped = atomic_load_explicit(&l->dropped, memory_order_relaxed);
     out->inflight = atomic_load_explicit(&l->inflight, memory_order_relaxed);
     out->spool_bytes = atomic_load_explicit(&l->spool_bytes, memory_order_relaxed);
+    out->held = atomic_load_explicit(&l->held_records, memory_order_relaxed);
+    out->held_bytes = atomic_load_explicit(&l->held_memory, memory_order_relaxed);
 }

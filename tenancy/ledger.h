@@ -18,8 +18,12 @@
  * when Redis is not available, too many records are in flight, or the command fails or times
  * out, appended to the worker's spool file as one JSON line (a local write(2) is the accepted
  * cost). A timer replays the spool in batches while Redis is available and truncates it once
- * every line read was acknowledged. Memory is bounded by LEDGER_INFLIGHT_MAX records of at
- * most LEDGER_FIELD_MAX bytes per text field; the spool by LEDGER_SPOOL_MAX bytes.
+ * every line read was acknowledged. When the spool cannot take a record either (its disk is
+ * full or failing, or it reached its cap), the record is held in memory, up to a cap too
+ * (ledger_set_limits()), and the timer hands it to whichever takes it first, the spool
+ * or Redis; beyond that cap records are dropped (counted and logged). Memory is bounded by
+ * LEDGER_INFLIGHT_MAX records of at most LEDGER_FIELD_MAX bytes per text field plus the held
+ * records' cap; the spool by its own (at most LEDGER_SPOOL_MAX bytes).
  *
  * The read side (ledger_usage(), ledger_cli()) is the blocking client (redis/sync.h), as in
  * tenancy/keys.h: for the admin thread and the one-shot CLI, never for a worker. */
@@ -39,8 +43,9 @@
 #define LEDGER_LINE_MAX 16384        /* longest spool line; longer lines are corrupt */
 #define LEDGER_INFLIGHT_MAX 1024     /* live records awaiting Redis's answer, per worker */
 #define LEDGER_REPLAY_BATCH 256      /* spool lines sent per replay round */
-#define LEDGER_SPOOL_MAX (1ll << 30) /* bytes; past this a record is dropped (and logged) */
+#define LEDGER_SPOOL_MAX (1ll << 30) /* bytes a spool may hold, at most */
 #define LEDGER_REPLAY_INTERVAL_S 1.0
+#define LEDGER_HOLD_DEFAULT (1u << 20) /* bytes of records held in memory, until set */
 /* Spool files are named LEDGER_SPOOL_PREFIX "<port>-<worker>" LEDGER_SPOOL_SUFFIX; a ledger
  * adopts the ones in its directory that no live process holds (see ledger_new()). */
 #define LEDGER_SPOOL_PREFIX "tollgate-ledger-"
@@ -72,10 +77,12 @@ struct ledger_stats {
     uint64_t written;     /* acknowledged by Redis as new, live */
     uint64_t duplicates;  /* acknowledged as already counted (live or replayed) */
     uint64_t spooled;     /* appended to the spool */
-    uint64_t replayed;    /* acknowledged as new from the spool */
-    uint64_t dropped;     /* lost: spool unwritable or full, or a corrupt spool line */
+    uint64_t replayed;    /* acknowledged as new from the spool or from memory */
+    uint64_t dropped;     /* lost: past the memory cap, at exit, or a corrupt spool line */
     uint64_t inflight;    /* live records awaiting an answer now */
     uint64_t spool_bytes; /* not yet replayed */
+    uint64_t held;        /* records held in memory now: the spool did not take them */
+    uint64_t held_bytes;  /* their memory (against the cap) */
 };
 
 struct ledger;
@@ -135,9 +142,26 @@ struct ledger *ledger_new(struct ev_loop *loop, struct redis_client *redis, cons
  * ledger (no redis.url) does nothing. */
 void ledger_record(struct ledger *l, const struct ledger_entry *e);
 
+/* Caps (until set: LEDGER_SPOOL_MAX and LEDGER_HOLD_DEFAULT): the spool file's size, at most
+ * LEDGER_SPOOL_MAX (spools adopted by ledger_new() may pass it: new records then wait in
+ * memory until the replay makes room), and the memory of records held because the spool did
+ * not take them (0: none are held, they are dropped). For the records that come next. */
+void ledger_set_limits(struct ledger *l, size_t spool_bytes, size_t memory_bytes);
+
+/* Asks the ledger to hand Redis what it can before it ends (a graceful stop): the spool is
+ * replayed back to back and held records are sent. done(ctx) is called once, from the loop
+ * or before this returns, as soon as no record awaits Redis's answer and nothing is left
+ * that Redis takes now: the spool and memory are empty, or Redis is unavailable or a command
+ * failed since this call (what is left stays in the spool, or in memory). Records made
+ * meanwhile are waited for too. A second call replaces the first (its done is not called).
+ * NULL or a closing ledger: done(ctx) at once. */
+void ledger_flush(struct ledger *l, void (*done)(void *ctx), void *ctx);
+
 /* Ends the ledger: records still awaiting Redis's answer are written to the spool (they are
- * replayed next time, and counted once thanks to the uid), the spool is closed, and removed
- * when nothing in it waits for Redis. May be
+ * replayed next time, and counted once thanks to the uid), and so are records held in memory
+ * when the spool takes them now (the rest are lost, counted as dropped and logged); the
+ * spool is closed, and removed when nothing in it waits for Redis. Every such case is logged
+ * as what it is (never as Redis being unavailable). May be
  * called before or after redis_client_free() of its client (when before, the ledger's
  * memory stays until the client has answered the commands still in flight, by its command
  * deadline or at redis_client_free()). The loop must still exist. NULL is fine. */

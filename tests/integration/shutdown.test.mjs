@@ -1,5 +1,6 @@
-// Graceful shutdown: SIGTERM drains in-flight requests and streams, refuses new
-// connections, and exits 0; drain_timeout_ms bounds the wait.
+// Graceful shutdown: SIGTERM drains in-flight requests and streams (the listener stays open
+// meanwhile, see hardening-shutdown.test.mjs), then refuses new connections and exits 0;
+// drain_timeout_ms bounds the wait.
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import {
@@ -26,7 +27,7 @@ async function readyState(port) {
   }
 }
 
-test('SIGTERM: readyz drains, new connections refused, in-flight work completes, exit 0', async () => {
+test('SIGTERM: readyz drains, in-flight work completes, then new connections refused, exit 0', async () => {
   const [streamer, slow] = await Promise.all([
     startMocknode({ name: 'drain-stream', models: ['ds'], tokenMs: TOKEN_MS, tokens: STREAM_TOKENS, quiet: true }),
     startMocknode({ name: 'drain-slow', models: ['dn'], ttfbMs: 1500, tokens: 3, quiet: true }),
@@ -59,20 +60,19 @@ test('SIGTERM: readyz drains, new connections refused, in-flight work completes,
   const t_term = performance.now();
   gw.proc.kill('SIGTERM');
 
-  // Until the signal is handled /readyz may still say ready; the first other answer must
-  // be 503 {"status":"draining"} or a refused connection. A connection that raced the
-  // listener's close can be reset by the kernel; that is neither, so poll again.
+  // Until the signal is handled /readyz may still say ready; then, while work is in flight,
+  // the listener stays open and /readyz answers 503 {"status":"draining"}. A connection
+  // queued on the listener of a worker that had nothing to finish can be reset when that one
+  // closes; that is neither, so poll again.
   const state = await waitFor(async () => {
     const s = await readyState(gw.port);
     return s === 'ready' || s.startsWith('error ') ? null : s;
   }, { timeoutMs: 3000, intervalMs: 20, what: '/readyz to stop answering ready after SIGTERM' });
-  assert.ok(['draining', 'refused'].includes(state), `/readyz after SIGTERM: ${state}`);
-
-  await waitFor(async () => (await tryConnect(gw.port, { timeoutMs: 500 })) === 'refused',
-    { timeoutMs: 5000, intervalMs: 50, what: 'new connections refused after SIGTERM' });
-  const t_refused = performance.now();
+  assert.equal(state, 'draining', `/readyz after SIGTERM`);
 
   const results = await all;
+  await waitFor(async () => (await tryConnect(gw.port, { timeoutMs: 500 })) === 'refused',
+    { timeoutMs: 5000, intervalMs: 50, what: 'new connections refused once the work is done' });
   for (const r of results) assert.equal(r.status, 'fulfilled', r.reason?.stack);
   const streamResults = results.slice(0, 3).map((r) => r.value);
   const plainResults = results.slice(3).map((r) => r.value);
@@ -86,8 +86,6 @@ test('SIGTERM: readyz drains, new connections refused, in-flight work completes,
     assert.equal(contentEvents.length, STREAM_TOKENS, 'all tokens delivered');
     const text = contentEvents.map((p) => p.json.choices[0].delta.content).join('');
     assert.ok(text.startsWith(mockText('drain-stream', 4)), text);
-    // The stream was still running when new connections were already refused.
-    assert.ok(s.events.at(-1).t > t_refused, 'stream outlived the listener');
   }
   plainResults.forEach((r, i) => {
     assert.equal(r.status, 200, r.text);

@@ -21,7 +21,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 /* The test's world: one loop, one server (tests/unit/harness.h), the ledger's spool. */
 struct world {
@@ -678,6 +680,234 @@ static void test_usage_query(void **state)
     redis_client_free(c);
 }
 
+/* ---- a graceful stop: ledger_flush() ------------------------------------------------------ */
+
+struct flushed {
+    int calls;
+    struct ledger_stats at; /* the counters when done was called */
+    struct ledger *l;
+};
+
+static void on_flushed(void *ctx)
+{
+    struct flushed *f = ctx;
+    f->calls++;
+    ledger_stats(f->l, &f->at);
+}
+
+static bool flush_called(void *arg)
+{
+    return ((struct flushed *)arg)->calls > 0;
+}
+
+/* A stop right after the last requests: their records are still on their way to Redis. The
+ * flush waits for the answers, so nothing is left to the spool and no file stays behind. */
+static void test_flush_waits_for_answers(void **state)
+{
+    struct world *w = *state;
+    struct redis_client *c = client_new(w, true);
+    struct ledger *l = ledger_new(w->h.loop, c, w->spool);
+    assert_non_null(l);
+    for (int i = 0; i < 50; i++) {
+        char id[32];
+        snprintf(id, sizeof id, "last-%d", i);
+        struct ledger_entry e = entry(id, "gina", "m1", 1, 1, 0.5);
+        ledger_record(l, &e);
+    }
+    assert_int_equal(stats_of(l).inflight, 50);
+    struct flushed f = {.l = l};
+    ledger_flush(l, on_flushed, &f);
+    assert_int_equal(f.calls, 0); /* the answers are not in yet */
+    assert_true(harness_run_until(&w->h, flush_called, &f, 5));
+    assert_int_equal(f.calls, 1);
+    assert_int_equal(f.at.written, 50);
+    assert_int_equal(f.at.inflight, 0);
+    assert_int_equal(f.at.spooled, 0);
+    ledger_free(l);
+    struct stat sb;
+    assert_int_equal(stat(w->spool, &sb), -1); /* nothing waits: no spool left */
+    assert_int_equal(stream_len(w), 50);
+    harness_run_until(&w->h, harness_never, NULL, 0.1);
+    assert_int_equal(f.calls, 1); /* once */
+    redis_client_free(c);
+}
+
+/* A spool of several replay batches (the records of an outage, or an adopted spool): the
+ * flush waits until Redis has all of it, and the stop leaves no spool behind. */
+static void test_flush_replays_the_spool(void **state)
+{
+    struct world *w = *state;
+    write_records(w->spool, "bb", 3 * LEDGER_REPLAY_BATCH + 7, false);
+    struct redis_client *c = client_new(w, true);
+    struct ledger *l = ledger_new(w->h.loop, c, w->spool);
+    assert_non_null(l);
+    struct flushed f = {.l = l};
+    ledger_flush(l, on_flushed, &f);
+    assert_true(harness_run_until(&w->h, flush_called, &f, 10));
+    assert_int_equal(f.at.replayed, 3 * LEDGER_REPLAY_BATCH + 7);
+    assert_int_equal(f.at.spool_bytes, 0);
+    assert_int_equal(stream_len(w), 3 * LEDGER_REPLAY_BATCH + 7);
+    ledger_free(l);
+    struct stat sb;
+    assert_int_equal(stat(w->spool, &sb), -1);
+    redis_client_free(c);
+}
+
+/* Redis gone: the flush does not wait for it. What Redis could not take is in the spool. */
+static void test_flush_with_redis_down(void **state)
+{
+    struct world *w = *state;
+    struct redis_client *c = client_new(w, true);
+    struct ledger *l = ledger_new(w->h.loop, c, w->spool);
+    assert_non_null(l);
+    harness_redis_kill(&w->srv);
+    for (int i = 0; i < 5; i++) {
+        struct ledger_entry e = entry("gone", "hank", "m1", 1, 1, 0.5);
+        ledger_record(l, &e);
+    }
+    struct flushed f = {.l = l};
+    ledger_flush(l, on_flushed, &f);
+    assert_true(harness_run_until(&w->h, flush_called, &f, 5));
+    assert_int_equal(f.at.inflight, 0);
+    assert_int_equal(f.at.spooled, 5);
+    assert_int_equal(file_lines(w->spool), 5);
+    /* Asked again with nothing in flight and Redis still away: at once. */
+    f.calls = 0;
+    ledger_flush(l, on_flushed, &f);
+    assert_int_equal(f.calls, 1);
+    ledger_free(l);
+    assert_int_equal(file_lines(w->spool), 5); /* kept for the next start */
+    redis_client_free(c);
+}
+
+/* ---- a spool that cannot take records: held in memory ---------------------------------- */
+
+/* The spool's disk is full (a file size limit makes write(2) fail with EFBIG, as ENOSPC
+ * would), Redis is down: records are held in memory, none dropped; once the disk has room
+ * they go to the spool, and from there to Redis. */
+static void test_disk_full_held_then_spooled(void **state)
+{
+    struct world *w = *state;
+    struct redis_client *c = client_new(w, true);
+    struct ledger *l = ledger_new(w->h.loop, c, w->spool);
+    assert_non_null(l);
+    harness_redis_kill(&w->srv);
+    struct rlimit saved, full;
+    assert_int_equal(getrlimit(RLIMIT_FSIZE, &saved), 0);
+    full = saved;
+    full.rlim_cur = 0; /* no regular file may grow */
+    assert_int_equal(setrlimit(RLIMIT_FSIZE, &full), 0);
+    for (int i = 0; i < 10; i++) {
+        char id[32];
+        snprintf(id, sizeof id, "full-%d", i);
+        struct ledger_entry e = entry(id, "ivy", "m1", 1, 2, 0.25);
+        ledger_record(l, &e);
+        harness_run_until(&w->h, harness_never, NULL, 0.01);
+    }
+    harness_run_until(&w->h, harness_never, NULL, 1.2); /* a replay tick: still full */
+    struct ledger_stats st = stats_of(l);
+    assert_int_equal(setrlimit(RLIMIT_FSIZE, &saved), 0);
+    assert_int_equal(st.held, 10);
+    assert_true(st.held_bytes > 10 * 200);
+    assert_int_equal(st.dropped, 0);
+    assert_int_equal(st.spooled, 0);
+    assert_int_equal(file_lines(w->spool), 0);
+
+    /* Room on the disk again: the next tick writes them to the spool. */
+    harness_run_until(&w->h, harness_never, NULL, 1.2);
+    st = stats_of(l);
+    assert_int_equal(st.held, 0);
+    assert_int_equal(st.held_bytes, 0);
+    assert_int_equal(st.spooled, 10);
+    assert_int_equal(file_lines(w->spool), 10);
+
+    assert_int_equal(harness_redis_start(&w->srv), 0);
+    struct want x = {.l = l, .replayed = 10, .check_spool = true};
+    assert_true(harness_run_until(&w->h, reached, &x, 10));
+    assert_int_equal(stream_len(w), 10);
+    assert_int_equal(sum_field(w, "ivy", "m1:completion_tokens"), 20);
+    ledger_free(l);
+    redis_client_free(c);
+}
+
+/* The spool's own cap (spool_max_bytes: an emptyDir's sizeLimit is below the disk's size):
+ * past it records wait in memory, and Redis takes both kinds once it is back. */
+static void test_spool_cap_then_held(void **state)
+{
+    struct world *w = *state;
+    struct redis_client *c = client_new(w, true);
+    struct ledger *l = ledger_new(w->h.loop, c, w->spool);
+    assert_non_null(l);
+    ledger_set_limits(l, 1000, 1 << 20); /* two or three lines */
+    harness_redis_kill(&w->srv);
+    for (int i = 0; i < 10; i++) {
+        char id[32];
+        snprintf(id, sizeof id, "capped-%d", i);
+        struct ledger_entry e = entry(id, "kate", "m1", 1, 1, 0.5);
+        ledger_record(l, &e);
+        harness_run_until(&w->h, harness_never, NULL, 0.01);
+    }
+    harness_run_until(&w->h, harness_never, NULL, 0.2);
+    struct ledger_stats st = stats_of(l);
+    assert_true(st.spooled > 0);
+    assert_true(st.spool_bytes <= 1000);
+    assert_int_equal(st.spooled + st.held, 10);
+    assert_int_equal(st.dropped, 0);
+    assert_int_equal(harness_redis_start(&w->srv), 0);
+    struct want x = {.l = l, .replayed = 10, .check_spool = true};
+    assert_true(harness_run_until(&w->h, reached, &x, 10));
+    assert_int_equal(stats_of(l).held, 0);
+    assert_int_equal(stream_len(w), 10);
+    ledger_free(l);
+    redis_client_free(c);
+}
+
+/* A spool that never takes anything (/dev/full: ENOSPC), Redis down: records are held up to
+ * the cap, the rest dropped and counted; when Redis is back it takes the held ones. */
+static void test_disk_full_cap_then_redis(void **state)
+{
+    struct world *w = *state;
+    assert_int_equal(symlink("/dev/full", w->spool), 0);
+    struct redis_client *c = client_new(w, true);
+    struct ledger *l = ledger_new(w->h.loop, c, w->spool);
+    assert_non_null(l);
+    ledger_set_limits(l, LEDGER_SPOOL_MAX, 3000); /* a handful of records */
+    harness_redis_kill(&w->srv);
+    for (int i = 0; i < 20; i++) {
+        char id[32];
+        snprintf(id, sizeof id, "cap-%d", i);
+        struct ledger_entry e = entry(id, "jack", "m1", 1, 1, 0.125);
+        ledger_record(l, &e);
+        harness_run_until(&w->h, harness_never, NULL, 0.01);
+    }
+    harness_run_until(&w->h, harness_never, NULL, 0.2);
+    struct ledger_stats st = stats_of(l);
+    assert_int_equal(st.inflight, 0);
+    assert_true(st.held > 0);
+    assert_true(st.held_bytes <= 3000);
+    assert_int_equal(st.held + st.dropped, 20);
+    assert_int_equal(st.spooled, 0);
+    uint64_t held = st.held;
+
+    assert_int_equal(harness_redis_start(&w->srv), 0);
+    struct want x = {.l = l, .replayed = held};
+    assert_true(harness_run_until(&w->h, reached, &x, 10));
+    st = stats_of(l);
+    assert_int_equal(st.held, 0);
+    assert_int_equal(st.held_bytes, 0);
+    assert_int_equal(st.dropped, 20 - held);
+    assert_int_equal(stream_len(w), (long long)held);
+
+    /* Held at the stop, with the disk still full: lost, and the ledger frees them. */
+    harness_redis_kill(&w->srv);
+    struct ledger_entry e = entry("at-stop", "jack", "m1", 1, 1, 0.125);
+    ledger_record(l, &e);
+    harness_run_until(&w->h, harness_never, NULL, 0.2);
+    assert_int_equal(stats_of(l).held, 1);
+    ledger_free(l);
+    redis_client_free(c);
+}
+
 static void test_new_bad_arguments(void **state)
 {
     struct world *w = *state;
@@ -692,6 +922,7 @@ int main(void)
 {
     log_set_level(getenv("TEST_LEDGER_LOG") ? LOG_DEBUG : LOG_OFF);
     signal(SIGPIPE, SIG_IGN);
+    signal(SIGXFSZ, SIG_IGN); /* a file size limit stands for a full disk: EFBIG, not a kill */
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_line_round_trip),
         cmocka_unit_test(test_line_limits_and_bad_lines),
@@ -705,6 +936,12 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_inflight_cap_and_corrupt_lines, setup, teardown),
         cmocka_unit_test_setup_teardown(test_usage_query, setup, teardown),
         cmocka_unit_test_setup_teardown(test_new_bad_arguments, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_flush_waits_for_answers, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_flush_replays_the_spool, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_flush_with_redis_down, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_disk_full_held_then_spooled, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_spool_cap_then_held, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_disk_full_cap_then_redis, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -99,6 +99,9 @@ static void test_redis_and_ledger(void **state)
     METRICS_ADD(s[0]->ledger_replayed, 1);
     METRICS_ADD(s[1]->ledger_dropped, 1);
     METRICS_ADD(s[1]->ledger_spool_bytes, 4096);
+    METRICS_ADD(s[0]->ledger_held, 3);
+    METRICS_ADD(s[1]->ledger_held, 4);
+    METRICS_ADD(s[1]->ledger_held_bytes, 2800);
     text = scrape_render(s, 3);
     assert_int_equal(scrape_sample(text, "tollgate_redis_errors_total"), 5);
     assert_int_equal(scrape_sample(text, "tollgate_redis_timeouts_total"), 1);
@@ -109,6 +112,8 @@ static void test_redis_and_ledger(void **state)
     assert_int_equal(scrape_sample(text, "tollgate_ledger_records_total{outcome=\"replayed\"}"), 1);
     assert_int_equal(scrape_sample(text, "tollgate_ledger_records_total{outcome=\"dropped\"}"), 1);
     assert_int_equal(scrape_sample(text, "tollgate_ledger_spool_bytes"), 4096);
+    assert_int_equal(scrape_sample(text, "tollgate_ledger_held_records"), 7);
+    assert_int_equal(scrape_sample(text, "tollgate_ledger_held_bytes"), 2800);
     free(text);
     for (int i = 0; i < 3; i++)
         metrics_shard_free(s[i]);
