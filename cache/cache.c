@@ -239,30 +239,17 @@ static int capture_append(struct cache_capture *c, json_t *obj, const char *key,
     return json_array_append(pieces, delta);
 }
 
-/* Replaces every piece list below `v` by the text it makes. */
-static int capture_join(json_t *v)
+/* Replaces the piece lists of one object the capture built by the texts they make. */
+static int capture_join_pieces(json_t *obj)
 {
-    if (json_is_array(v)) {
-        size_t i;
-        json_t *e;
-        json_array_foreach (v, i, e) {
-            if (capture_join(e))
-                return -1;
-        }
-        return 0;
-    }
-    if (!json_is_object(v))
-        return 0;
     const char *k;
     json_t *e;
     void *tmp;
-    json_object_foreach_safe(v, tmp, k, e)
+    json_object_foreach_safe(obj, tmp, k, e)
     {
-        if (k[0] != CAPTURE_PIECES) {
-            if (capture_join(e))
-                return -1;
+        /* A text set by this loop may come round again: only lists are pieces. */
+        if (k[0] != CAPTURE_PIECES || !json_is_array(e))
             continue;
-        }
         size_t len = 0, i;
         json_t *piece;
         json_array_foreach (e, i, piece)
@@ -275,10 +262,29 @@ static int capture_join(json_t *v)
             memcpy(text + at, json_string_value(piece), json_string_length(piece));
             at += json_string_length(piece);
         }
-        int rc = json_object_set_new(v, k + 1, json_stringn_nocheck(text, len));
+        int rc = json_object_set_new(obj, k + 1, json_stringn_nocheck(text, len));
         free(text);
-        if (rc || json_object_del(v, k))
+        if (rc || json_object_del(obj, k))
             return -1;
+    }
+    return 0;
+}
+
+/* Joins the pieces where the capture puts them: in each choice (completions), its message and
+ * the functions of its tool calls. Values taken from the node as they were (an id, a tool
+ * call's id) are left alone, whatever keys they hold. */
+static int capture_join(json_t *doc)
+{
+    size_t i, k;
+    json_t *ch, *call;
+    json_array_foreach (json_object_get(doc, "choices"), i, ch) {
+        json_t *message = json_object_get(ch, "message");
+        if (capture_join_pieces(ch) || capture_join_pieces(message))
+            return -1;
+        json_array_foreach (json_object_get(message, "tool_calls"), k, call) {
+            if (capture_join_pieces(json_object_get(call, "function")))
+                return -1;
+        }
     }
     return 0;
 }

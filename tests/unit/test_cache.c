@@ -221,6 +221,34 @@ static void test_capture_completions(void **state)
     json_decref(doc);
 }
 
+/* Only the capture's own piece lists are joined: a node's values kept as they came (here an
+ * id object with a key like a piece list's, a non-string in it) stay as sent. The non-string
+ * was a NULL passed to memcpy (UBSan, tests/fuzz/regressions/sse/). */
+static void test_capture_keeps_node_values(void **state)
+{
+    (void)state;
+    static const char *const events[] = {
+        "{\"id\":{\"\\u0001x\":[\"a\",1]},\"choices\":[{\"index\":0,\"delta\":"
+        "{\"tool_calls\":[{\"index\":0,\"id\":{\"\\u0001y\":[\"b\"]},\"function\":"
+        "{\"name\":\"f\"}}]},\"finish_reason\":\"stop\"}]}",
+        NULL};
+    json_t *doc = assemble(true, 1 << 20, events, NULL);
+    assert_non_null(doc);
+    json_t *want = json_loads("{\"\\u0001x\":[\"a\",1]}", 0, NULL);
+    assert_true(json_equal(json_object_get(doc, "id"), want));
+    json_decref(want);
+    json_t *call = json_array_get(
+        json_object_get(
+            json_object_get(json_array_get(json_object_get(doc, "choices"), 0), "message"),
+            "tool_calls"),
+        0);
+    want = json_loads("{\"\\u0001y\":[\"b\"]}", 0, NULL);
+    assert_true(json_equal(json_object_get(call, "id"), want));
+    json_decref(want);
+    assert_string_equal(str_at(doc, "choices.0.message.tool_calls.0.function.name"), "f");
+    json_decref(doc);
+}
+
 /* What is not kept: an unfinished choice, logprobs, garbage, an unknown delta shape, a
  * capture past its size, no choices at all. */
 static void test_capture_refuses(void **state)
@@ -267,6 +295,7 @@ int main(void)
         cmocka_unit_test(test_capture_chat),
         cmocka_unit_test(test_capture_tool_calls),
         cmocka_unit_test(test_capture_completions),
+        cmocka_unit_test(test_capture_keeps_node_values),
         cmocka_unit_test(test_capture_refuses),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
