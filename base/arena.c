@@ -1,6 +1,7 @@
 #include "base/arena.h"
 
 #include <jansson.h>
+#include <malloc.h>
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -14,6 +15,10 @@
  * what jansson returns to callers (json_dumps) is freed with free() as usual. */
 #define ARENA_MAGIC 0x746f6c6c61726e61ull /* "tollarna" */
 #define ARENA_CACHE_MAX 32                /* blocks a thread keeps for its next requests */
+/* An arena that grew past this many blocks (a body of many small values) gives its memory
+ * back to the system when released, not only to malloc: without it the freed blocks stay
+ * resident, scattered among live allocations where malloc cannot trim them. */
+#define ARENA_TRIM_BLOCKS 256
 
 struct arena_block {
     uint64_t magic;
@@ -109,7 +114,9 @@ void arena_leave(void)
 
 void arena_release(struct arena *a)
 {
+    size_t n = 0;
     while (a->blocks) {
+        n++;
         struct arena_block *b = a->blocks;
         a->blocks = b->next;
         if (n_cached < ARENA_CACHE_MAX) {
@@ -127,6 +134,8 @@ void arena_release(struct arena *a)
         }
     }
     a->used = 0;
+    if (n > ARENA_TRIM_BLOCKS)
+        malloc_trim(0);
 }
 
 bool arena_owns(const struct arena *a, const void *p)

@@ -69,6 +69,10 @@ static enum MHD_Result request_local(struct request *r, const char *url)
 
 /* ---- keys held in Redis ---------------------------------------------------------------------- */
 
+/* retry-after of a key that cannot be checked: about the Redis client's first breaker
+ * cool-off, after which it probes again. */
+#define REQUEST_KEY_RETRY_AFTER_S 1
+
 static void request_take_key(struct request *r, const struct keycache_entry *e)
 {
     r->adm.key_rpm = e->rpm > 0 ? e->rpm : 0;
@@ -89,6 +93,7 @@ static void request_take_key(struct request *r, const struct keycache_entry *e)
         else
             r->adm.key_result = KEYAUTH_UNAVAILABLE; /* never widen access on OOM */
     }
+    r->adm.authenticated = r->adm.key_result == KEYAUTH_OK;
 }
 
 static void request_key_done(void *ctx, enum keyauth_result result, const struct keycache_entry *e)
@@ -109,7 +114,9 @@ static enum MHD_Result request_key_error(struct request *r)
     case KEYAUTH_EXPIRED:
         return REQUEST_FAIL_NOW(r, TG_ERR_AUTH, NULL, "The API key provided has expired.");
     case KEYAUTH_UNAVAILABLE:
-        return REQUEST_FAIL_NOW(r, TG_ERR_AUTH, NULL,
+        /* Not a 401: the key may be good, and an SDK never retries a 401. */
+        r->reply.retry_after_s = REQUEST_KEY_RETRY_AFTER_S;
+        return REQUEST_FAIL_NOW(r, TG_ERR_KEY_UNAVAILABLE, NULL,
                                 "The API key could not be checked: the key store is "
                                 "unavailable. Retry shortly.");
     default:
@@ -157,6 +164,8 @@ enum MHD_Result request_begin(struct request *r, const char *url, const char *me
                 r->adm.key_pending = true;
             else
                 return request_key_error(r);
+        } else {
+            r->adm.authenticated = true; /* a static key, or an open gateway */
         }
     }
     if (!r->ep->upstream_path && !r->adm.key_pending)
@@ -198,18 +207,15 @@ bool request_admit_body(struct request *r, enum MHD_Result *res)
         return ANSWERED(REQUEST_FAIL_NOW(r, TG_ERR_SHUTTING_DOWN, NULL,
                                          "The gateway is shutting down; retry the request."));
     }
-    json_error_t jerr;
+    char where[256], msg[400];
     arena_enter(&r->arena);
-    r->json = json_loadb(r->body.data ? r->body.data : "", r->body.len, 0, &jerr);
+    int rc = openai_parse_body(r->body.data, r->body.len, r->cfg->max_body_bytes, &r->json, where,
+                               sizeof where, msg, sizeof msg);
     arena_leave();
-    if (!r->json)
-        return ANSWERED(REQUEST_FAIL_NOW(r, TG_ERR_INVALID_JSON, NULL,
-                                         "We could not parse the JSON body of your request: %s "
-                                         "(line %d, column %d).",
-                                         jerr.text, jerr.line, jerr.column));
+    if (rc)
+        return ANSWERED(REQUEST_FAIL_NOW(r, rc, where[0] ? where : NULL, "%s", msg));
     const char *param;
-    char msg[256];
-    int rc = openai_validate(r->ep->route, r->json, &r->oreq, &param, msg, sizeof msg);
+    rc = openai_validate(r->ep->route, r->json, &r->oreq, &param, msg, sizeof msg);
     if (rc)
         return ANSWERED(REQUEST_FAIL_NOW(r, rc, param, "%s", msg));
     r->relay.caller_usage = r->oreq.include_usage;
@@ -226,17 +232,16 @@ bool request_admit_body(struct request *r, enum MHD_Result *res)
                                          "This API key may not use the model '%s'.", r->model));
 
     const struct config_routing *rc_cfg = &r->cfg->routing;
+    /* Estimates (routing, the rate limit's tokens, the budget's reservation) take max_tokens
+     * × n bounded, so none of them wraps (a reservation must never pass on a wrapped one). */
     r->up.rreq = (struct router_request){
         .prompt_tokens = r->oreq.prompt_tokens_est,
         .output_tokens =
-            r->oreq.max_tokens >= 0 ? (size_t)r->oreq.max_tokens : rc_cfg->default_output_tokens,
+            openai_output_estimate(r->ep->route, &r->oreq, rc_cfg->default_output_tokens),
         .strategy = rc_cfg->strategy,
         .max_price_usd = -1,
         .tie_tolerance = rc_cfg->tie_tolerance,
     };
-    r->up.rreq.output_tokens *= r->oreq.n_choices;
-    if (r->ep->route == OPENAI_EMBEDDINGS)
-        r->up.rreq.output_tokens = 0;
     const char *strategy =
         MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "x-tollgate-route");
     if (strategy && config_parse_strategy(strategy, &r->up.rreq.strategy))

@@ -24,10 +24,16 @@ void request_note_scan(struct request *r, const struct answer_scan *sc)
     }
 }
 
+/* With images or audio a prompt's tokens are not bounded by its bytes; they are by the
+ * largest context window there is (2M tokens), which also keeps every sum and product of
+ * token counts far from overflowing. */
+#define REQUEST_MEDIA_PROMPT_MAX (1L << 21)
+
 /* Settles what the request is billed for. Nodes are untrusted: completion tokens are capped
- * by max_tokens and by what was actually delivered (a token is at least one byte of text);
- * prompt tokens by the bytes the caller sent (unless it sent images or audio); and when a
- * node reports nothing, both are estimated. Cost uses the serving node's current price. */
+ * by max_tokens × n and by what was actually delivered (a token is at least one byte of
+ * text); prompt tokens by the bytes the caller sent (with images or audio, by
+ * REQUEST_MEDIA_PROMPT_MAX); and when a node reports nothing, both are estimated. Cost uses
+ * the serving node's current price. */
 void request_settle_usage(struct request *r)
 {
     if (r->usage.done)
@@ -37,14 +43,17 @@ void request_settle_usage(struct request *r)
     long completion =
         r->usage.reported ? r->usage.rep_completion : (long)((r->usage.delivered + 3) / 4);
     long prompt_cap = (long)(r->oreq.prompt_bytes + 8 * r->oreq.n_items + 64);
+    if (r->oreq.has_media && prompt_cap < REQUEST_MEDIA_PROMPT_MAX)
+        prompt_cap = REQUEST_MEDIA_PROMPT_MAX;
     long completion_cap =
         (long)(r->usage.delivered + (r->usage.n_choices ? r->usage.n_choices : 1));
-    if (r->oreq.max_tokens >= 0 && r->oreq.max_tokens * r->oreq.n_choices < completion_cap)
-        completion_cap = (long)(r->oreq.max_tokens * r->oreq.n_choices);
+    long long asked = openai_completion_cap(&r->oreq); /* saturated: never wraps */
+    if (asked >= 0 && asked < completion_cap)
+        completion_cap = (long)asked;
     if (r->ep->route == OPENAI_EMBEDDINGS)
         completion_cap = 0;
     bool clamped = false;
-    if (prompt < 0 || (!r->oreq.has_media && prompt > prompt_cap)) {
+    if (prompt < 0 || prompt > prompt_cap) {
         prompt = prompt < 0 ? 0 : prompt_cap;
         clamped = true;
     }
@@ -155,9 +164,12 @@ void request_settle(struct request *r, double seconds)
     if (r->cfg->metrics_enabled)
         request_observe(r, seconds);
     request_log(r, seconds);
-    if (!r->w->ledger || !r->ep || !r->ep->upstream_path)
+    /* Exactly one usage record per authenticated inference request, answered or not. A
+     * caller the gateway could not authenticate (401, or 503 with the key store out) leaves
+     * none, so anonymous traffic cannot write to Redis; it is counted in the metrics and
+     * logged above. */
+    if (!r->w->ledger || !r->ep || !r->ep->upstream_path || !r->adm.authenticated)
         return;
-    /* Exactly one usage record per inference request, answered or not. */
     struct ledger_entry e = {
         .request_id = r->id,
         .key = r->adm.key_name ? r->adm.key_name : "",

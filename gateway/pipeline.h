@@ -77,6 +77,7 @@ struct request_admission {
     struct keyauth_lookup *lookup; /* a Redis key lookup in flight */
     bool key_pending;              /* the key is being looked up (alongside the body) */
     enum keyauth_result key_result;
+    bool authenticated;    /* the caller's key checked out (or the gateway is open) */
     char *local_url;       /* the path of a local endpoint answered after the lookup */
     long key_rpm, key_tpm; /* the key's per-minute limits, 0 = none */
     struct ratelimit_wait *limit_wait;

@@ -2,9 +2,11 @@
 
 #include "base/error.h"
 
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <yajl/yajl_parse.h>
 
 static const struct openai_endpoint openai_endpoints[] = {
     {OPENAI_CHAT, "/v1/chat/completions", "POST", "/chat/completions", true, true,
@@ -38,6 +40,293 @@ int openai_match(const char *method, const char *url, const struct openai_endpoi
     }
     *ep = NULL;
     return TG_ERR_UNKNOWN_URL;
+}
+
+/* ---- parsing a body: a count first, then the tree ------------------------------------------ */
+
+size_t openai_body_max_values(size_t max_body_bytes)
+{
+    size_t n = max_body_bytes / OPENAI_BODY_BYTES_PER_VALUE;
+    return n < OPENAI_BODY_MIN_VALUES ? OPENAI_BODY_MIN_VALUES : n;
+}
+
+struct body_count {
+    size_t values, max_values;
+    unsigned depth;
+    bool too_many, too_deep;
+};
+
+static int count_value(void *ctx)
+{
+    struct body_count *c = ctx;
+    if (++c->values > c->max_values) {
+        c->too_many = true;
+        return 0;
+    }
+    return 1;
+}
+
+static int count_bool(void *ctx, int v)
+{
+    (void)v;
+    return count_value(ctx);
+}
+
+static int count_number(void *ctx, const char *v, size_t len)
+{
+    (void)v;
+    (void)len;
+    return count_value(ctx);
+}
+
+static int count_string(void *ctx, const unsigned char *v, size_t len)
+{
+    (void)v;
+    (void)len;
+    return count_value(ctx);
+}
+
+static int count_open(void *ctx)
+{
+    struct body_count *c = ctx;
+    if (++c->depth > OPENAI_BODY_MAX_DEPTH) {
+        c->too_deep = true;
+        return 0;
+    }
+    return count_value(ctx);
+}
+
+static int count_key(void *ctx, const unsigned char *key, size_t len)
+{
+    (void)ctx;
+    (void)key;
+    (void)len;
+    return 1;
+}
+
+static int count_close(void *ctx)
+{
+    ((struct body_count *)ctx)->depth--;
+    return 1;
+}
+
+/* Numbers are taken as text (.yajl_number): nothing is converted, nothing can overflow. */
+static const yajl_callbacks count_callbacks = {
+    .yajl_null = count_value,
+    .yajl_boolean = count_bool,
+    .yajl_number = count_number,
+    .yajl_string = count_string,
+    .yajl_start_map = count_open,
+    .yajl_map_key = count_key,
+    .yajl_end_map = count_close,
+    .yajl_start_array = count_open,
+    .yajl_end_array = count_close,
+};
+
+/* Counts values and depth with nothing built, stopping as soon as a limit is passed. A body
+ * yajl finds malformed is left to jansson, whose message says where: both stop there. */
+static int count_body(const char *data, size_t len, struct body_count *c)
+{
+    yajl_handle h = yajl_alloc(&count_callbacks, NULL, c);
+    if (!h)
+        return TG_ERR_NOMEM;
+    yajl_config(h, yajl_dont_validate_strings, 1); /* jansson checks UTF-8 next */
+    if (yajl_parse(h, (const unsigned char *)data, len) == yajl_status_ok)
+        yajl_complete_parse(h);
+    yajl_free(h);
+    return 0;
+}
+
+/* Where a duplicate key is: the path to the key that ends the bytes fed (jansson reports a
+ * duplicate right after reading the key). Arrays as ".[i]", as OpenAI writes params. */
+struct key_path {
+    struct key_frame {
+        bool map;
+        size_t next;  /* an array's next element's index */
+        size_t cur;   /* the index of the element being read */
+        char key[72]; /* a map's current key (cut if longer) */
+    } frames[OPENAI_BODY_MAX_DEPTH];
+    unsigned depth;
+};
+
+static int path_value(void *ctx)
+{
+    struct key_path *p = ctx;
+    if (p->depth && !p->frames[p->depth - 1].map)
+        p->frames[p->depth - 1].cur = p->frames[p->depth - 1].next++;
+    return 1;
+}
+
+static int path_bool(void *ctx, int v)
+{
+    (void)v;
+    return path_value(ctx);
+}
+
+static int path_number(void *ctx, const char *v, size_t len)
+{
+    (void)v;
+    (void)len;
+    return path_value(ctx);
+}
+
+static int path_string(void *ctx, const unsigned char *v, size_t len)
+{
+    (void)v;
+    (void)len;
+    return path_value(ctx);
+}
+
+static int path_open(void *ctx, bool map)
+{
+    struct key_path *p = ctx;
+    path_value(ctx);
+    if (p->depth == OPENAI_BODY_MAX_DEPTH)
+        return 0; /* the count refused deeper bodies already */
+    p->frames[p->depth++] = (struct key_frame){.map = map};
+    return 1;
+}
+
+static int path_open_map(void *ctx)
+{
+    return path_open(ctx, true);
+}
+
+static int path_open_array(void *ctx)
+{
+    return path_open(ctx, false);
+}
+
+static int path_key(void *ctx, const unsigned char *key, size_t len)
+{
+    struct key_path *p = ctx;
+    if (p->depth) {
+        struct key_frame *f = &p->frames[p->depth - 1];
+        snprintf(f->key, sizeof f->key, "%.*s", (int)(len < sizeof f->key ? len : sizeof f->key),
+                 (const char *)key);
+    }
+    return 1;
+}
+
+static int path_close(void *ctx)
+{
+    struct key_path *p = ctx;
+    if (p->depth)
+        p->depth--;
+    return 1;
+}
+
+static const yajl_callbacks path_callbacks = {
+    .yajl_null = path_value,
+    .yajl_boolean = path_bool,
+    .yajl_number = path_number,
+    .yajl_string = path_string,
+    .yajl_start_map = path_open_map,
+    .yajl_map_key = path_key,
+    .yajl_end_map = path_close,
+    .yajl_start_array = path_open_array,
+    .yajl_end_array = path_close,
+};
+
+/* The path of the key that ends data[0..len) into out, and the key itself into key; false
+ * when it cannot be told. */
+static bool duplicate_path(const char *data, size_t len, char *out, size_t n, char *key,
+                           size_t key_n)
+{
+    struct key_path *p = calloc(1, sizeof *p);
+    if (!p)
+        return false;
+    yajl_handle h = yajl_alloc(&path_callbacks, NULL, p);
+    bool found = false;
+    if (h) {
+        yajl_config(h, yajl_dont_validate_strings, 1);
+        found = yajl_parse(h, (const unsigned char *)data, len) == yajl_status_ok && p->depth &&
+                p->frames[p->depth - 1].map;
+        yajl_free(h);
+    }
+    if (found) {
+        size_t o = 0;
+        out[0] = '\0';
+        for (unsigned i = 0; i < p->depth && o < n; i++) {
+            const struct key_frame *f = &p->frames[i];
+            int w = f->map ? snprintf(out + o, n - o, "%s%s", i ? "." : "", f->key)
+                           : snprintf(out + o, n - o, "%s[%zu]", i ? "." : "", f->cur);
+            o += w > 0 ? (size_t)w : 0;
+        }
+        snprintf(key, key_n, "%s", p->frames[p->depth - 1].key);
+    }
+    free(p);
+    return found;
+}
+
+int openai_parse_body(const char *data, size_t len, size_t max_body_bytes, json_t **out,
+                      char *param, size_t param_len, char *msg, size_t msg_len)
+{
+    *out = NULL;
+    param[0] = '\0';
+    struct body_count c = {.max_values = openai_body_max_values(max_body_bytes)};
+    if (count_body(data, len, &c)) {
+        snprintf(msg, msg_len, "out of memory");
+        return TG_ERR_NOMEM;
+    }
+    if (c.too_many) {
+        snprintf(msg, msg_len,
+                 "The request body holds more than %zu JSON values (one per %d bytes of the "
+                 "gateway's body size limit); send fewer.",
+                 c.max_values, OPENAI_BODY_BYTES_PER_VALUE);
+        return TG_ERR_TOO_LARGE;
+    }
+    if (c.too_deep) {
+        snprintf(msg, msg_len,
+                 "The request body nests arrays and objects more than %d levels deep.",
+                 OPENAI_BODY_MAX_DEPTH);
+        return TG_ERR_INVALID_JSON;
+    }
+    json_error_t jerr;
+    *out = json_loadb(len ? data : "", len, JSON_REJECT_DUPLICATES, &jerr);
+    if (*out)
+        return 0;
+    char key[72];
+    if (json_error_code(&jerr) == json_error_duplicate_key && jerr.position > 0 &&
+        (size_t)jerr.position <= len &&
+        duplicate_path(data, (size_t)jerr.position, param, param_len, key, sizeof key)) {
+        snprintf(msg, msg_len,
+                 "The request body has the key '%s' twice in one object (at '%s'); each key "
+                 "may appear only once.",
+                 key, param);
+        return TG_ERR_INVALID_JSON;
+    }
+    snprintf(msg, msg_len,
+             "We could not parse the JSON body of your request: %s (line %d, column %d).",
+             jerr.text, jerr.line, jerr.column);
+    return TG_ERR_INVALID_JSON;
+}
+
+/* ---- what a body asks for ------------------------------------------------------------------ */
+
+long long openai_completion_cap(const struct openai_request *req)
+{
+    if (req->max_tokens < 0)
+        return -1;
+    long long n = req->n_choices ? (long long)req->n_choices : 1;
+    return req->max_tokens > LLONG_MAX / n ? LLONG_MAX : req->max_tokens * n;
+}
+
+size_t openai_output_estimate(enum openai_route route, const struct openai_request *req,
+                              size_t default_tokens)
+{
+    if (route == OPENAI_EMBEDDINGS)
+        return 0;
+    const size_t cap = (size_t)OPENAI_MAX_TOKENS_ESTIMATE;
+    size_t per_choice = req->max_tokens < 0                ? default_tokens
+                        : req->max_tokens > (long long)cap ? cap
+                                                           : (size_t)req->max_tokens;
+    if (per_choice > cap)
+        per_choice = cap;
+    unsigned n = req->n_choices ? req->n_choices : 1;
+    if (n > OPENAI_MAX_CHOICES)
+        n = OPENAI_MAX_CHOICES;
+    return per_choice * n;
 }
 
 struct prompt_count {
@@ -228,7 +517,8 @@ int openai_validate(enum openai_route route, json_t *body, struct openai_request
     json_t *nv = json_object_get(body, "n");
     out->n_choices = 1;
     if (nv && !json_is_null(nv)) {
-        if (!json_is_integer(nv) || json_integer_value(nv) < 1 || json_integer_value(nv) > 128)
+        if (!json_is_integer(nv) || json_integer_value(nv) < 1 ||
+            json_integer_value(nv) > OPENAI_MAX_CHOICES)
             return fail(param, "n", msg, n, TG_ERR_INVALID_VALUE,
                         "'n' must be an integer between 1 and 128.");
         out->n_choices = (unsigned)json_integer_value(nv);

@@ -6,9 +6,11 @@
 
 #include <cmocka.h>
 
+#include "base/arena.h"
 #include "base/error.h"
 #include "openai/openai.h"
 
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -620,6 +622,212 @@ static void test_validate_n(void **state)
                "n");
 }
 
+/* ---- max_tokens × n never wraps (issue 13, item 5) ---------------------------------------- */
+
+static void test_completion_cap_saturates(void **state)
+{
+    (void)state;
+    struct openai_request req = {.max_tokens = -1, .n_choices = 3};
+    assert_int_equal(openai_completion_cap(&req), -1);
+    req.max_tokens = 100;
+    assert_int_equal(openai_completion_cap(&req), 300);
+    /* 9223372036854775807 × 128 was -128 as signed 64-bit (and UB); 6148914691236517206 × 3
+     * wrapped to 2, so a node's 400 tokens were billed as 2. */
+    req = (struct openai_request){.max_tokens = LLONG_MAX, .n_choices = 128};
+    assert_true(openai_completion_cap(&req) == LLONG_MAX);
+    req = (struct openai_request){.max_tokens = 6148914691236517206LL, .n_choices = 3};
+    assert_true(openai_completion_cap(&req) == LLONG_MAX);
+    req = (struct openai_request){.max_tokens = LLONG_MAX / 3, .n_choices = 3};
+    assert_true(openai_completion_cap(&req) == LLONG_MAX / 3 * 3); /* exactly fits */
+    req = (struct openai_request){.max_tokens = 5, .n_choices = 0};
+    assert_int_equal(openai_completion_cap(&req), 5); /* n unset counts as 1 */
+}
+
+static void test_output_estimate_is_bounded(void **state)
+{
+    (void)state;
+    const size_t cap = (size_t)OPENAI_MAX_TOKENS_ESTIMATE;
+    struct openai_request req = {.max_tokens = -1, .n_choices = 2};
+    assert_int_equal(openai_output_estimate(OPENAI_CHAT, &req, 256), 512);
+    assert_int_equal(openai_output_estimate(OPENAI_CHAT, &req, SIZE_MAX), 2 * cap);
+    req.max_tokens = 100;
+    req.n_choices = 3;
+    assert_int_equal(openai_output_estimate(OPENAI_COMPLETIONS, &req, 256), 300);
+    assert_int_equal(openai_output_estimate(OPENAI_EMBEDDINGS, &req, 256), 0);
+    req.max_tokens = 6148914691236517206LL; /* wrapped to an estimate of 2 before */
+    assert_int_equal(openai_output_estimate(OPENAI_CHAT, &req, 256), 3 * cap);
+    req = (struct openai_request){.max_tokens = LLONG_MAX, .n_choices = OPENAI_MAX_CHOICES};
+    assert_int_equal(openai_output_estimate(OPENAI_CHAT, &req, 256), cap * OPENAI_MAX_CHOICES);
+
+    /* From a body: the largest max_tokens and n there are pass validation and stay bounded. */
+    struct vres v;
+    json_t *body;
+    expect_ok(OPENAI_CHAT,
+              "{\"model\":\"m\"," CHAT_MSGS ",\"max_tokens\":9223372036854775807,\"n\":128}", &v,
+              &body);
+    assert_true(v.req.max_tokens == LLONG_MAX);
+    assert_true(openai_completion_cap(&v.req) == LLONG_MAX);
+    assert_int_equal(openai_output_estimate(OPENAI_CHAT, &v.req, 256), cap * 128);
+    json_decref(body);
+    expect_err(OPENAI_CHAT, "{\"model\":\"m\"," CHAT_MSGS ",\"n\":129}", TG_ERR_INVALID_VALUE, "n");
+}
+
+/* ---- openai_parse_body: bounded cost, duplicate keys (issue 13, items 7 and 9) ----------- */
+
+struct pres {
+    int rc;
+    char param[256];
+    char msg[400];
+    size_t blocks; /* arena blocks the parse took */
+};
+
+/* Parses text under a max_body_bytes cap, in an arena as the gateway does. */
+static struct pres parse(const char *text, size_t len, size_t max_body_bytes)
+{
+    struct pres p;
+    memset(&p, 0, sizeof p);
+    struct arena a = {0};
+    json_t *body = (json_t *)&p; /* must be reset */
+    strcpy(p.param, "unset");
+    arena_enter(&a);
+    p.rc = openai_parse_body(text, len, max_body_bytes, &body, p.param, sizeof p.param, p.msg,
+                             sizeof p.msg);
+    arena_leave();
+    p.blocks = arena_n_blocks(&a);
+    if (p.rc == 0) {
+        assert_non_null(body);
+        assert_string_equal(p.param, "");
+    } else {
+        assert_null(body);
+        assert_true(strlen(p.msg) > 0);
+    }
+    json_decref(body);
+    arena_release(&a);
+    return p;
+}
+
+/* "[1,1,...,1]" with n elements. */
+static char *int_array(size_t n, size_t *len)
+{
+    char *s = malloc(2 * n + 2);
+    assert_non_null(s);
+    size_t o = 0;
+    s[o++] = '[';
+    for (size_t i = 0; i < n; i++) {
+        s[o++] = '1';
+        s[o++] = ',';
+    }
+    s[n ? o - 1 : o++] = ']';
+    s[o] = '\0';
+    *len = o;
+    return s;
+}
+
+static void test_parse_body_value_cap(void **state)
+{
+    (void)state;
+    assert_int_equal(openai_body_max_values(8u << 20), (8u << 20) / OPENAI_BODY_BYTES_PER_VALUE);
+    assert_int_equal(openai_body_max_values(100), OPENAI_BODY_MIN_VALUES);
+    const size_t max_body = 5000 * OPENAI_BODY_BYTES_PER_VALUE; /* 5000 values */
+    size_t len;
+    char *text = int_array(4999, &len); /* the array and its elements: 5000 values */
+    struct pres p = parse(text, len, max_body);
+    assert_int_equal(p.rc, 0);
+    free(text);
+    text = int_array(5000, &len);
+    p = parse(text, len, max_body);
+    assert_int_equal(p.rc, TG_ERR_TOO_LARGE);
+    assert_int_equal(error_status(p.rc), 413);
+    assert_non_null(strstr(p.msg, "5000"));
+    assert_string_equal(p.param, "");
+    free(text);
+    /* The issue's 7.6 MiB of small integers: refused with nothing built (before, 404 MiB). */
+    text = int_array(4000000, &len);
+    p = parse(text, len, 8u << 20);
+    assert_int_equal(p.rc, TG_ERR_TOO_LARGE);
+    assert_int_equal(p.blocks, 0);
+    free(text);
+    /* Keys are not values: an object of 2000 members is 2001 values. */
+    char *obj = malloc(2000 * 16 + 2);
+    size_t o = 0;
+    obj[o++] = '{';
+    for (int i = 0; i < 2000; i++)
+        o += (size_t)sprintf(obj + o, "%s\"k%d\":1", i ? "," : "", i);
+    obj[o++] = '}';
+    assert_int_equal(parse(obj, o, 2001 * OPENAI_BODY_BYTES_PER_VALUE).rc, 0);
+    free(obj);
+}
+
+static void test_parse_body_depth(void **state)
+{
+    (void)state;
+    char text[2 * (OPENAI_BODY_MAX_DEPTH + 1) + 1];
+    for (int depth = OPENAI_BODY_MAX_DEPTH; depth <= OPENAI_BODY_MAX_DEPTH + 1; depth++) {
+        memset(text, '[', (size_t)depth);
+        memset(text + depth, ']', (size_t)depth);
+        struct pres p = parse(text, 2 * (size_t)depth, 1u << 20);
+        if (depth <= OPENAI_BODY_MAX_DEPTH) {
+            assert_int_equal(p.rc, 0);
+        } else {
+            assert_int_equal(p.rc, TG_ERR_INVALID_JSON);
+            assert_non_null(strstr(p.msg, "levels deep"));
+            assert_int_equal(p.blocks, 0);
+        }
+    }
+}
+
+/* A duplicate key at any depth is refused; param is its path, as OpenAI writes paths. */
+static void test_parse_body_duplicate_keys(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *text, *param, *key;
+    } dups[] = {
+        {"{\"model\":\"big\",\"model\":\"small\"," CHAT_MSGS "}", "model", "model"},
+        {"{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"a\"},"
+         "{\"role\":\"user\",\"content\":\"b\",\"content\":\"c\"}]}",
+         "messages.[1].content", "content"},
+        {"{\"model\":\"m\",\"mod\\u0065l\":\"x\"}", "model", "model"}, /* the same once decoded */
+        {"{\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"a\",\"parameters\":{},"
+         "\"name\":\"b\"}}]}",
+         "tools.[0].function.name", "name"},
+        {"{\"a\":[[1,2],[3,{\"x\":1,\"y\":[],\"x\":2}]]}", "a.[1].[1].x", "x"},
+        {"{\"stream_options\":{\"include_usage\":false,\"include_usage\":true}}",
+         "stream_options.include_usage", "include_usage"},
+    };
+    for (size_t i = 0; i < sizeof dups / sizeof dups[0]; i++) {
+        struct pres p = parse(dups[i].text, strlen(dups[i].text), 1u << 20);
+        if (p.rc != TG_ERR_INVALID_JSON)
+            fail_msg("expected a duplicate refused, got %d for %s", p.rc, dups[i].text);
+        assert_int_equal(error_status(p.rc), 400);
+        assert_string_equal(p.param, dups[i].param);
+        char quoted[80];
+        snprintf(quoted, sizeof quoted, "'%s'", dups[i].key);
+        assert_non_null(strstr(p.msg, quoted));
+    }
+    /* The same key in different objects is no duplicate. */
+    static const char *const fine[] = {
+        "{\"a\":{\"x\":1},\"b\":{\"x\":2},\"x\":3}",
+        "{\"model\":\"m\",\"messages\":[{\"role\":\"user\"},{\"role\":\"assistant\"}]}",
+        "{\"k\":1,\"K\":2,\"k \":3}",
+    };
+    for (size_t i = 0; i < sizeof fine / sizeof fine[0]; i++)
+        assert_int_equal(parse(fine[i], strlen(fine[i]), 1u << 20).rc, 0);
+}
+
+static void test_parse_body_malformed(void **state)
+{
+    (void)state;
+    static const char *const bad[] = {"", "{", "{\"a\": tru}", "{\"a\":1}x", "[1,]", "\"text\""};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        struct pres p = parse(bad[i], strlen(bad[i]), 1u << 20);
+        assert_int_equal(p.rc, TG_ERR_INVALID_JSON);
+        assert_non_null(strstr(p.msg, "We could not parse the JSON body"));
+        assert_non_null(strstr(p.msg, "line 1"));
+        assert_string_equal(p.param, "");
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -645,6 +853,12 @@ int main(void)
         cmocka_unit_test(test_estimate_fields),
         cmocka_unit_test(test_estimate_counts_tools),
         cmocka_unit_test(test_validate_n),
+        cmocka_unit_test(test_completion_cap_saturates),
+        cmocka_unit_test(test_output_estimate_is_bounded),
+        cmocka_unit_test(test_parse_body_value_cap),
+        cmocka_unit_test(test_parse_body_depth),
+        cmocka_unit_test(test_parse_body_duplicate_keys),
+        cmocka_unit_test(test_parse_body_malformed),
     };
     return cmocka_run_group_tests_name("openai", tests, NULL, NULL);
 }
