@@ -1,14 +1,17 @@
 /* Fuzz target: a caller's request body, as gateway/phase_admit.c and phase_cache.c read it.
  *
- * The bytes are parsed by jansson, validated for each inference route (openai_validate), and
- * for each route they pass, turned into a cache key (cache_key) with cache_deterministic()
- * asked; every refusal is made into the OpenAI error body the caller would get. Twice: once
- * with jansson on malloc (AddressSanitizer sees each piece) and once in a request arena
- * (base/arena.h), as the gateway does.
+ * The bytes are parsed (openai_parse_body: values and depth counted, duplicate keys refused),
+ * validated for each inference route (openai_validate), and for each route they pass, turned
+ * into a cache key (cache_key) with cache_deterministic() asked; every refusal is made into
+ * the OpenAI error body the caller would get. Twice: once with jansson on malloc
+ * (AddressSanitizer sees each piece) and once in a request arena (base/arena.h), as the
+ * gateway does.
  *
- * Checks: both passes agree; a body that passes names a non-empty model, 1 to 128 choices and
- * a max_tokens of -1 or more; its key is the same after the body is written out and read back
- * and with `stream`, `stream_options` and `user` changed; every error body is JSON. */
+ * Checks: both passes agree; a body taken is what jansson reads, one refused is not JSON, has
+ * a duplicate key or is too deep; a body that passes names a non-empty model, 1 to 128
+ * choices, a max_tokens of -1 or more, a completion cap that does not wrap and a bounded
+ * estimate; its key is the same after the body is written out and read back and with
+ * `stream`, `stream_options` and `user` changed; every error body is JSON. */
 #include "tests/fuzz/fuzz.h"
 
 #include "base/arena.h"
@@ -31,6 +34,8 @@ static const struct {
     {OPENAI_EMBEDDINGS, "/v1/embeddings"},
 };
 #define N_ROUTES (sizeof routes / sizeof routes[0])
+
+#define GATEWAY_MAX_BODY (8u << 20) /* max_body_bytes' default */
 
 struct outcome {
     int rc[N_ROUTES];
@@ -73,6 +78,11 @@ static void validate_all(json_t *body, struct outcome *o, bool checks)
         FUZZ_CHECK(req.model && req.model[0]);
         FUZZ_CHECK(req.n_choices >= 1 && req.n_choices <= 128);
         FUZZ_CHECK(req.max_tokens >= -1);
+        long long cap = openai_completion_cap(&req);
+        FUZZ_CHECK(req.max_tokens < 0 ? cap == -1 : cap >= req.max_tokens);
+        size_t est = openai_output_estimate(routes[i].route, &req, 256);
+        FUZZ_CHECK(est <= (size_t)OPENAI_MAX_TOKENS_ESTIMATE * OPENAI_MAX_CHOICES);
+        FUZZ_CHECK(routes[i].route != OPENAI_EMBEDDINGS || est == 0);
         key_of(routes[i].path, req.model, body, o->key[i]);
         if (!checks)
             continue;
@@ -112,20 +122,54 @@ static void check_canonical(json_t *body, const struct outcome *o)
     json_decref(other);
 }
 
+/* Nesting depth of a tree (a scalar is 0). */
+static unsigned depth_of(json_t *v)
+{
+    unsigned d = 0, sub;
+    size_t i;
+    const char *k;
+    json_t *e;
+    if (json_is_array(v)) {
+        json_array_foreach (v, i, e)
+            if ((sub = depth_of(e)) > d)
+                d = sub;
+        return d + 1;
+    }
+    if (json_is_object(v)) {
+        json_object_foreach (v, k, e)
+            if ((sub = depth_of(e)) > d)
+                d = sub;
+        return d + 1;
+    }
+    return 0;
+}
+
+/* What openai_parse_body() decided, against jansson on its own: a body it takes is what
+ * jansson reads; one it refuses has a duplicate key, is too deep or is not JSON. */
+static void check_parse(const char *text, size_t size, int rc, json_t *body)
+{
+    json_t *strict = json_loadb(text, size, JSON_REJECT_DUPLICATES, NULL);
+    if (!rc)
+        FUZZ_CHECK(strict && json_equal(strict, body));
+    else if (strict)
+        FUZZ_CHECK(rc == TG_ERR_INVALID_JSON && depth_of(strict) > OPENAI_BODY_MAX_DEPTH);
+    json_decref(strict);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     const char *text = size ? (const char *)data : "";
-    json_error_t jerr;
+    char where[256], msg[400];
 
     /* jansson on malloc. */
-    json_t *body = json_loadb(text, size, 0, &jerr);
+    json_t *body = NULL;
+    int rc = openai_parse_body(text, size, GATEWAY_MAX_BODY, &body, where, sizeof where, msg,
+                               sizeof msg);
+    FUZZ_CHECK(!rc == !!body);
+    check_parse(text, size, rc, body);
     struct outcome plain = {0};
-    if (!body) {
-        char msg[512];
-        snprintf(msg, sizeof msg,
-                 "We could not parse the JSON body of your request: %s (line %d, column %d).",
-                 jerr.text, jerr.line, jerr.column);
-        check_error_body(TG_ERR_INVALID_JSON, msg, NULL);
+    if (rc) {
+        check_error_body(rc, msg, where[0] ? where : NULL);
     } else {
         validate_all(body, &plain, true);
         check_canonical(body, &plain);
@@ -133,10 +177,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
     /* In a request's arena, as the gateway parses bodies: the tree goes before the arena. */
     struct arena arena = {0};
+    json_t *in_arena = NULL;
     arena_enter(&arena);
-    json_t *in_arena = json_loadb(text, size, 0, NULL);
+    int rc_arena = openai_parse_body(text, size, GATEWAY_MAX_BODY, &in_arena, where, sizeof where,
+                                     msg, sizeof msg);
     arena_leave();
-    FUZZ_CHECK(!in_arena == !body);
+    FUZZ_CHECK(rc_arena == rc);
     if (in_arena) {
         struct outcome pooled = {0};
         validate_all(in_arena, &pooled, false);
