@@ -683,6 +683,8 @@ static struct config *config_build(json_t *root, struct cfg_ctx *ctx)
     static const char *const allowed[] = {"listen",
                                           "workers",
                                           "max_connections",
+                                          "client_header_timeout_ms",
+                                          "client_body_timeout_ms",
                                           "connection_memory_bytes",
                                           "max_body_bytes",
                                           "drain_timeout_ms",
@@ -727,6 +729,10 @@ static struct config *config_build(json_t *root, struct cfg_ctx *ctx)
     }
     cfg->max_connections =
         (unsigned)get_num(ctx, root, "max_connections", "", 1, 1000000, 16384, false, true);
+    cfg->client_header_timeout_ms = (unsigned)get_num(ctx, root, "client_header_timeout_ms", "", 0,
+                                                      3600000, 60000, false, true);
+    cfg->client_body_timeout_ms =
+        (unsigned)get_num(ctx, root, "client_body_timeout_ms", "", 0, 3600000, 60000, false, true);
     /* MHD clears a connection's memory for every request: keep it to what headers need. */
     cfg->connection_memory_bytes = (size_t)get_num(ctx, root, "connection_memory_bytes", "", 4096,
                                                    1 << 24, 16384, false, true);

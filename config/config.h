@@ -107,6 +107,8 @@ struct config {
     char *listen;
     unsigned workers; /* resolved: never 0 */
     unsigned max_connections;
+    unsigned client_header_timeout_ms; /* a request's header, from open or idle; 0 = none */
+    unsigned client_body_timeout_ms;   /* its body, from the header; 0 = none */
     size_t connection_memory_bytes;
     size_t max_body_bytes;
     unsigned drain_timeout_ms;

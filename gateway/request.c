@@ -7,7 +7,9 @@
 #include "net/upstream.h"
 #include "routing/backend.h"
 
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 /* A reply set by a phase, whole or as a stream. */
 static enum MHD_Result request_queue_answer(struct request *r)
@@ -76,6 +78,56 @@ static enum MHD_Result request_body_done(struct request *r)
     return request_proceed(r);
 }
 
+/* An HTTP-level refusal (net/httpd.h): OpenAI's error shape with the HTTP status. Queued on
+ * the first call, so MHD closes the connection after it: the request's framing is not to be
+ * trusted. */
+static enum MHD_Result request_refuse(struct request *r, unsigned status, const char *code,
+                                      const char *message)
+{
+    size_t len = 0;
+    char *body = error_body(TG_ERR_INVALID_VALUE, message, NULL, code, &len);
+    if (!body)
+        return REQUEST_FAIL_NOW(r, TG_ERR_NOMEM, NULL, "out of memory");
+    request_set_reply(r, status, body, len, "application/json");
+    return request_queue_reply(r);
+}
+
+/* MHD's first call. The URL comes with its escapes (net/httpd.h): the route is matched on the
+ * path as sent, so "/v1/models%2Fx" or "/v1%2Fchat%2Fcompletions" match no route, while a
+ * model id after "/v1/models/" is decoded ("meta-llama%2FLlama-3" is "meta-llama/Llama-3"). */
+static enum MHD_Result request_start(struct request *r, const char *url, const char *method,
+                                     const char *version)
+{
+    struct httpd_problem p;
+    if (httpd_request_problem(r->conn, version, &p)) {
+        snprintf(r->method, sizeof r->method, "%s", method);
+        request_set_id(r);
+        return request_refuse(r, p.status, p.code, p.message);
+    }
+    const char *pct = strchr(url, '%');
+    if (!pct)
+        return request_begin(r, url, method);
+    size_t n = strlen(url) + 1;
+    char small[512], *dec = n <= sizeof small ? small : malloc(n);
+    if (!dec)
+        return REQUEST_FAIL_NOW(r, TG_ERR_NOMEM, NULL, "out of memory");
+    enum MHD_Result res;
+    const struct openai_endpoint *ep;
+    if (httpd_unescape(url, dec, n) < 0) {
+        snprintf(r->method, sizeof r->method, "%s", method);
+        request_set_id(r);
+        res = request_refuse(r, 400, "invalid_url", "The URL contains an encoded NUL (%00).");
+    } else {
+        int rc = openai_match(method, dec, &ep);
+        /* Decoded, it names a route: only if the route's own part was sent as is. */
+        bool literal = (rc == 0 || rc == TG_ERR_METHOD) && (size_t)(pct - url) >= strlen(ep->path);
+        res = request_begin(r, literal ? dec : url, method);
+    }
+    if (dec != small)
+        free(dec);
+    return res;
+}
+
 static struct request *request_new(struct worker *w, struct MHD_Connection *conn)
 {
     struct request *r = calloc(1, sizeof *r);
@@ -96,7 +148,6 @@ enum MHD_Result request_handle(void *cls, struct MHD_Connection *conn, const cha
                                const char *method, const char *version, const char *upload_data,
                                size_t *upload_data_size, void **con_cls)
 {
-    (void)version;
     struct request *r = *con_cls;
     if (!r) {
         r = request_new(cls, conn);
@@ -104,7 +155,7 @@ enum MHD_Result request_handle(void *cls, struct MHD_Connection *conn, const cha
             return MHD_NO;
         *con_cls = r;
         r->first_call = true;
-        enum MHD_Result ok = request_begin(r, url, method);
+        enum MHD_Result ok = request_start(r, url, method, version);
         r->first_call = false;
         return ok;
     }
@@ -113,12 +164,18 @@ enum MHD_Result request_handle(void *cls, struct MHD_Connection *conn, const cha
         if (*upload_data_size) {
             int rc = buf_append(&r->body, upload_data, *upload_data_size);
             *upload_data_size = 0;
+            if (rc == 0)
+                return MHD_YES;
+            /* In the middle of a body (chunked: its size was not announced) MHD cannot send
+             * an answer: the rest is read and dropped, and the answer goes at its end. */
             if (rc == BUF_ETOOBIG)
-                return REQUEST_FAIL_NOW(r, TG_ERR_TOO_LARGE, NULL,
-                                        "The request body is larger than the limit of %zu bytes.",
-                                        r->cfg->max_body_bytes);
-            if (rc)
-                return REQUEST_FAIL_NOW(r, TG_ERR_NOMEM, NULL, "out of memory");
+                request_set_error(r, TG_ERR_TOO_LARGE, NULL,
+                                  "The request body is larger than the limit of %zu bytes.",
+                                  r->cfg->max_body_bytes);
+            else
+                request_set_error(r, TG_ERR_NOMEM, NULL, "out of memory");
+            buf_free(&r->body);
+            httpd_discard_body(conn);
             return MHD_YES;
         }
         return request_body_done(r);

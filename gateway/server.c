@@ -25,6 +25,12 @@
 
 /* Seconds an idle client connection is kept open. */
 #define SERVER_CLIENT_IDLE_S 120
+/* After an answer sent before the request's body was read (413, 401…), what the client
+ * still sends is read and dropped for this long, up to this much, before the close (so its
+ * TCP stack does not reset the connection under the answer). Also the most of a chunked
+ * body read and dropped after it went over max_body_bytes. */
+#define SERVER_CLIENT_LINGER_MS 5000
+#define SERVER_CLIENT_LINGER_BYTES (256u << 20)
 
 /* The workers and what they share; the main thread owns it (gateway/worker.h says who may
  * touch which field of `shared`). */
@@ -152,6 +158,10 @@ static int worker_init(struct worker *w, struct config *cfg, char *err, size_t e
         .connection_limit = (cfg->max_connections + cfg->workers - 1) / cfg->workers,
         .connection_memory = cfg->connection_memory_bytes,
         .idle_timeout_s = SERVER_CLIENT_IDLE_S,
+        .header_timeout_ms = cfg->client_header_timeout_ms,
+        .body_timeout_ms = cfg->client_body_timeout_ms,
+        .linger_ms = SERVER_CLIENT_LINGER_MS,
+        .linger_bytes = SERVER_CLIENT_LINGER_BYTES,
         .on_request = request_handle,
         .on_completed = request_completed,
         .ctx = w,
