@@ -265,7 +265,7 @@ int openai_parse_body(const char *data, size_t len, size_t max_body_bytes, json_
     *out = NULL;
     param[0] = '\0';
     struct body_count c = {.max_values = openai_body_max_values(max_body_bytes)};
-    if (count_body(data, len, &c)) {
+    if (count_body(len ? data : "", len, &c)) {
         snprintf(msg, msg_len, "out of memory");
         return TG_ERR_NOMEM;
     }
