@@ -31,7 +31,16 @@ const SEED = Number(env.SOAK_SEED ?? 1);
 const WORKERS = Number(env.SOAK_WORKERS ?? 2);
 const WARMUP = Number(env.SOAK_WARMUP ?? Math.min(120, Math.round(SECONDS / 5)));
 const CALM = Math.min(60, Math.round(SECONDS / 10)); // no fault in the last CALM seconds
-const CYCLE_TARGET = 240; // seconds: the fault schedule repeats about this often
+const CYCLE_TARGET = Number(env.SOAK_CYCLE ?? 240); // seconds: the fault schedule repeats about this often
+// Which faults a cycle holds (a comma-separated subset, to find which one a growth follows).
+const FAULT_NAMES = ['budget', 'node500', 'kill-b', 'hang', 'redis', 'midstream', 'sighup', 'badconfig', 'badjson', 'kill-a'];
+const FAULTS = new Set((env.SOAK_FAULTS ?? FAULT_NAMES.join(',')).split(',').map((x) => x.trim()).filter(Boolean));
+for (const f of FAULTS) {
+    if (!FAULT_NAMES.includes(f)) {
+        console.error(`soak: SOAK_FAULTS: unknown fault ${f} (known: ${FAULT_NAMES.join(' ')})`);
+        process.exit(2);
+    }
+}
 const SAMPLE_S = 5;
 const TIMEOUT_MS = 20000; // client timeout, whole answers
 const STREAM_TIMEOUT_MS = 30000; // client timeout, streams
@@ -394,7 +403,9 @@ async function main() {
     const down_s = Math.min(5, Math.max(2, 0.02 * cycle_s));
     let variant = 'A';
     const schedule = [];
-    const at = (s, what, fn) => schedule.push({ s, what, fn });
+    const at = (s, what, fn, name) => {
+        if (FAULTS.has(name)) schedule.push({ s, what, fn });
+    };
     const nodeFault = (name, fault, rate) => async () => {
         await nodes[name].setConfig({ fault, fault_rate: rate });
         const w = openWindow(`${name} ${fault} (rate ${rate})`, name, true);
@@ -456,16 +467,16 @@ async function main() {
     for (let c = 0; c < cycles; c++) {
         const base = WARMUP + c * cycle_s;
         const f = (x) => base + x * cycle_s;
-        if (c > 0) at(f(0.02), 'a new budget key, the old one revoked', newBudgetKey);
-        at(f(0.05), `node-a fault 500 for ${fault_s.toFixed(0)} s`, nodeFault('node-a', '500', 0.5));
-        at(f(0.17), `node-b SIGKILL, restarted after ${down_s.toFixed(0)} s`, nodeKill('node-b'));
-        at(f(0.27), `node-a fault hang for ${fault_s.toFixed(0)} s`, nodeFault('node-a', 'hang', 0.3));
-        at(f(0.39), 'Redis SIGTERM, restarted', redisRestart);
-        at(f(0.50), `node-b fault close-mid-stream for ${fault_s.toFixed(0)} s`, nodeFault('node-b', 'close-mid-stream', 0.5));
-        at(f(0.62), 'SIGHUP with an edited config', sighupValid);
-        at(f(0.66), 'SIGHUP with an invalid config', sighupInvalid);
-        at(f(0.72), `node-${c % 2 ? 'c' : 'a'} fault invalid-json for ${fault_s.toFixed(0)} s`, nodeFault(c % 2 ? 'node-c' : 'node-a', 'invalid-json', 0.5));
-        at(f(0.86), `node-a SIGKILL, restarted after ${down_s.toFixed(0)} s`, nodeKill('node-a'));
+        if (c > 0) at(f(0.02), 'a new budget key, the old one revoked', newBudgetKey, 'budget');
+        at(f(0.05), `node-a fault 500 for ${fault_s.toFixed(0)} s`, nodeFault('node-a', '500', 0.5), 'node500');
+        at(f(0.17), `node-b SIGKILL, restarted after ${down_s.toFixed(0)} s`, nodeKill('node-b'), 'kill-b');
+        at(f(0.27), `node-a fault hang for ${fault_s.toFixed(0)} s`, nodeFault('node-a', 'hang', 0.3), 'hang');
+        at(f(0.39), 'Redis SIGTERM, restarted', redisRestart, 'redis');
+        at(f(0.50), `node-b fault close-mid-stream for ${fault_s.toFixed(0)} s`, nodeFault('node-b', 'close-mid-stream', 0.5), 'midstream');
+        at(f(0.62), 'SIGHUP with an edited config', sighupValid, 'sighup');
+        at(f(0.66), 'SIGHUP with an invalid config', sighupInvalid, 'badconfig');
+        at(f(0.72), `node-${c % 2 ? 'c' : 'a'} fault invalid-json for ${fault_s.toFixed(0)} s`, nodeFault(c % 2 ? 'node-c' : 'node-a', 'invalid-json', 0.5), 'badjson');
+        at(f(0.86), `node-a SIGKILL, restarted after ${down_s.toFixed(0)} s`, nodeKill('node-a'), 'kill-a');
     }
 
     // Go.
