@@ -250,8 +250,8 @@ static void worker_start_redis(struct worker *w)
         if (!w->ledger) {
             char esc[1100];
             log_event(LOG_ERROR, "ledger_failed",
-                      "\"worker\":%u,\"spool\":\"%s\",\"message\":\"cannot open the usage "
-                      "spool; usage records are lost while Redis is unreachable\"",
+                      "\"worker\":%u,\"spool\":\"%s\",\"message\":\"cannot create the usage "
+                      "ledger (out of memory): this worker's usage records are not recorded\"",
                       w->id, log_escape(esc, sizeof esc, path));
         }
     }

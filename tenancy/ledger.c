@@ -26,6 +26,7 @@
 #define LEDGER_READ_CHUNK 65536        /* spool bytes read per replay round, at most */
 #define LEDGER_COMPACT_MIN (1ll << 20) /* replayed bytes before the spool is rewritten */
 #define LEDGER_DROP_LOG_INTERVAL_S 10.0
+#define LEDGER_FLUSH_RETRIES 3 /* ticks a flush tries again after a failed command */
 
 /* ---- pure parts ------------------------------------------------------------------------------ */
 
@@ -327,6 +328,8 @@ struct ledger {
     void (*flush_done)(void *ctx);
     void *flush_ctx;
     bool flush_failed;
+    unsigned flush_retries; /* ticks that tried again after a failure */
+    char no_spool[160];     /* why the ledger has no spool (ledger_no_spool()); "" if it has */
     _Atomic uint64_t written, duplicates, spooled, replayed, dropped, inflight, spool_bytes;
     _Atomic uint64_t held_records, held_memory;
 };
@@ -420,7 +423,7 @@ static void ledger_unhold(struct ledger *l, struct ledger_held *h)
 static int ledger_append(struct ledger *l, const char *line, size_t n, char *why, size_t why_len)
 {
     if (l->fd == -1) {
-        snprintf(why, why_len, "spool closed");
+        snprintf(why, why_len, "%s", l->no_spool[0] ? l->no_spool : "spool closed");
         return -1;
     }
     if (l->size + (off_t)n > l->spool_max) {
@@ -717,11 +720,20 @@ static void ledger_check_flush(struct ledger *l)
         return;
     if (l->live || l->batch_pending || l->held_inflight)
         return; /* an answer will call again */
-    if ((l->size > l->done || l->n_held) && !l->flush_failed && redis_client_available(l->redis)) {
-        ledger_replay(l);
-        ledger_send_held(l);
-        if (l->batch_pending || l->held_inflight)
+    if ((l->size > l->done || l->n_held) && redis_client_available(l->redis)) {
+        if (l->flush_failed && l->flush_retries < LEDGER_FLUSH_RETRIES) {
+            /* A command failed (say, past its deadline on a busy Redis) while Redis is still
+             * there: again at the next tick, a few times. */
+            l->flush_failed = false;
+            l->flush_retries++;
             return;
+        }
+        if (!l->flush_failed) {
+            ledger_replay(l);
+            ledger_send_held(l);
+            if (l->batch_pending || l->held_inflight)
+                return;
+        }
     }
     /* Nothing left, or nothing Redis takes now: the rest stays in the spool (or memory). */
     void (*done)(void *) = l->flush_done;
@@ -833,6 +845,59 @@ static void ledger_adopt(struct ledger *l)
     closedir(d);
 }
 
+/* Locks and opens l->path. 0, or -1 with errno set and *step saying which step failed. */
+static int ledger_open_spool(struct ledger *l, const char **step)
+{
+    char lock_path[4200];
+    *step = "lock";
+    if ((size_t)snprintf(lock_path, sizeof lock_path, "%s.lock", l->path) >= sizeof lock_path) {
+        errno = ENAMETOOLONG;
+        return -1;
+    }
+    /* Two writers would replay and truncate each other's records: refuse a spool in use.
+     * Another ledger may hold it for a moment while adopting it (ledger_adopt): retry. */
+    if ((l->lock_fd = open(lock_path, O_RDWR | O_CREAT | O_CLOEXEC, 0600)) == -1)
+        return -1;
+    for (int tries = 0; flock(l->lock_fd, LOCK_EX | LOCK_NB) == -1; tries++) {
+        if (errno != EWOULDBLOCK || tries == 50)
+            return -1;
+        usleep(10000);
+    }
+    *step = "open";
+    if ((l->fd = open(l->path, O_RDWR | O_APPEND | O_CREAT | O_CLOEXEC, 0600)) == -1)
+        return -1;
+    struct stat st;
+    if (fstat(l->fd, &st) == -1)
+        return -1;
+    l->size = st.st_size;
+    /* A line cut short by a crash is ended, so it stays one (corrupt) line on its own. */
+    char last;
+    if (l->size > 0 && pread(l->fd, &last, 1, l->size - 1) == 1 && last != '\n' &&
+        write(l->fd, "\n", 1) == 1)
+        l->size++;
+    return 0;
+}
+
+/* The spool cannot be used (a directory not writable, a spool another process holds): the
+ * ledger goes on without one, and what Redis does not take is held in memory. */
+static void ledger_no_spool(struct ledger *l, const char *step, int err)
+{
+    if (l->fd != -1)
+        close(l->fd);
+    if (l->lock_fd != -1)
+        close(l->lock_fd);
+    l->fd = l->lock_fd = -1;
+    l->size = l->done = 0;
+    snprintf(l->no_spool, sizeof l->no_spool, "no spool (%s: %s)", step,
+             err == EWOULDBLOCK ? "held by another process" : strerror(err));
+    char path[512], msg[200];
+    log_event(LOG_ERROR, "ledger_no_spool",
+              "\"spool\":\"%s\",\"error\":\"%s\",\"message\":\"the usage spool cannot be used: "
+              "records Redis does not take are held in memory (spool_memory_bytes), then "
+              "dropped\"",
+              log_escape(path, sizeof path, l->path), log_escape(msg, sizeof msg, l->no_spool));
+}
+
 struct ledger *ledger_new(struct ev_loop *loop, struct redis_client *redis, const char *spool_path)
 {
     if (!loop || !redis || !spool_path || !*spool_path) {
@@ -859,35 +924,14 @@ struct ledger *ledger_new(struct ev_loop *loop, struct redis_client *redis, cons
         errno = ENOMEM;
         goto err;
     }
-    char lock_path[4200];
-    if ((size_t)snprintf(lock_path, sizeof lock_path, "%s.lock", spool_path) >= sizeof lock_path) {
-        errno = ENAMETOOLONG;
-        goto err;
-    }
-    /* Two writers would replay and truncate each other's records: refuse a spool in use.
-     * Another ledger may hold it for a moment while adopting it (ledger_adopt): retry. */
-    if ((l->lock_fd = open(lock_path, O_RDWR | O_CREAT | O_CLOEXEC, 0600)) == -1)
-        goto err;
-    for (int tries = 0; flock(l->lock_fd, LOCK_EX | LOCK_NB) == -1; tries++) {
-        if (errno != EWOULDBLOCK || tries == 50)
-            goto err;
-        usleep(10000);
-    }
-    if ((l->fd = open(spool_path, O_RDWR | O_APPEND | O_CREAT | O_CLOEXEC, 0600)) == -1)
-        goto err;
-    struct stat st;
-    if (fstat(l->fd, &st) == -1)
-        goto err;
-    l->size = st.st_size;
-    /* A line cut short by a crash is ended, so it stays one (corrupt) line on its own. */
-    char last;
-    if (l->size > 0 && pread(l->fd, &last, 1, l->size - 1) == 1 && last != '\n' &&
-        write(l->fd, "\n", 1) == 1)
-        l->size++;
-    ledger_adopt(l);
-    ledger_publish_size(l);
     if (getrandom(&l->uid_prefix, sizeof l->uid_prefix, 0) != sizeof l->uid_prefix)
         goto err;
+    const char *step;
+    if (ledger_open_spool(l, &step))
+        ledger_no_spool(l, step, errno);
+    else
+        ledger_adopt(l);
+    ledger_publish_size(l);
     ev_timer_init(&l->timer, ledger_timer_cb, LEDGER_REPLAY_INTERVAL_S, LEDGER_REPLAY_INTERVAL_S);
     l->timer.data = l;
     ev_timer_start(loop, &l->timer);
@@ -950,6 +994,7 @@ void ledger_flush(struct ledger *l, void (*done)(void *ctx), void *ctx)
     l->flush_done = done;
     l->flush_ctx = ctx;
     l->flush_failed = false;
+    l->flush_retries = 0;
     ledger_spool_held(l);
     ledger_check_flush(l);
 }

@@ -133,8 +133,11 @@ void ledger_script_args(const struct ledger_record *r, struct ledger_args *out);
  * earlier run are replayed. So are those of orphaned spools: files named like spools in the
  * same directory whose lock no live process holds (a run on another port, or with more
  * workers) are appended to this spool, whole lines only, and removed; the uid keeps a record
- * counted once even if that is interrupted. NULL with errno set (EINVAL, ENOMEM, or
- * open(2)'s) on failure. Loop thread only, like every function here but ledger_stats(). */
+ * counted once even if that is interrupted. A spool that cannot be used (its directory
+ * missing or not writable, or its lock held by another process) is logged, and the ledger
+ * works without one: what Redis does not take is held in memory. NULL with errno set
+ * (EINVAL, ENOMEM) on failure. Loop thread only, like every function here but
+ * ledger_stats(). */
 struct ledger *ledger_new(struct ev_loop *loop, struct redis_client *redis, const char *spool_path);
 
 /* Records one request: never waits, never fails silently (a record that can be neither sent
@@ -151,8 +154,9 @@ void ledger_set_limits(struct ledger *l, size_t spool_bytes, size_t memory_bytes
 /* Asks the ledger to hand Redis what it can before it ends (a graceful stop): the spool is
  * replayed back to back and held records are sent. done(ctx) is called once, from the loop
  * or before this returns, as soon as no record awaits Redis's answer and nothing is left
- * that Redis takes now: the spool and memory are empty, or Redis is unavailable or a command
- * failed since this call (what is left stays in the spool, or in memory). Records made
+ * that Redis takes now: the spool and memory are empty, or Redis is unavailable, or commands
+ * kept failing (a failure is tried again at the next replay tick, a few times); what is left
+ * stays in the spool, or in memory. Records made
  * meanwhile are waited for too. A second call replaces the first (its done is not called).
  * NULL or a closing ledger: done(ctx) at once. */
 void ledger_flush(struct ledger *l, void (*done)(void *ctx), void *ctx);

@@ -98,9 +98,11 @@ test('SIGTERM with streams in flight: every usage record reaches Redis, none the
   assert.equal(Number(await redis.client.call('XLEN', 'tg:usage')), N + 1,
     `records in Redis; spools: ${JSON.stringify(spoolFiles(spool_dir))}\n${gw.logs.text()}`);
   assert.deepEqual(spoolFiles(spool_dir).filter((f) => f.size > 0), [], 'nothing left in a spool');
-  const events = gw.logs.json().map((l) => l.event);
-  assert.ok(!events.includes('ledger_spooling'), `no spooling logged while Redis was healthy:\n${gw.logs.text()}`);
-  assert.ok(!events.includes('ledger_spooled_at_stop'), gw.logs.text());
+  // The stop is not a Redis outage, and nothing says so. (On a loaded machine a record may
+  // pass its command deadline and be spooled as such; the stop then replays it.)
+  const logs = gw.logs.json();
+  assert.deepEqual(logs.filter((l) => /unavailable/i.test(l.message ?? '')), [], gw.logs.text());
+  assert.ok(!logs.some((l) => l.event === 'ledger_spooled_at_stop'), gw.logs.text());
   await redis.kill();
 });
 

@@ -914,7 +914,46 @@ static void test_new_bad_arguments(void **state)
     struct redis_client *c = client_new(w, false);
     assert_null(ledger_new(w->h.loop, NULL, w->spool));
     assert_null(ledger_new(w->h.loop, c, ""));
-    assert_null(ledger_new(w->h.loop, c, "/nonexistent-dir/ledger.spool"));
+    redis_client_free(c);
+}
+
+/* A spool that cannot be used (no such directory; the lock another ledger holds) leaves a
+ * ledger all the same: records go to Redis, and while it is down they are held in memory. */
+static void test_without_a_spool(void **state)
+{
+    struct world *w = *state;
+    struct redis_client *c = client_new(w, true);
+    struct ledger *nodir = ledger_new(w->h.loop, c, "/nonexistent-dir/ledger.spool");
+    assert_non_null(nodir);
+    struct ledger *first = ledger_new(w->h.loop, c, w->spool);
+    assert_non_null(first);
+    struct ledger *second = ledger_new(w->h.loop, c, w->spool); /* its lock is taken */
+    assert_non_null(second);
+    struct ledger_entry e = entry("nospool", "liam", "m1", 1, 1, 0.5);
+    ledger_record(nodir, &e);
+    ledger_record(second, &e);
+    struct want x = {.l = second, .written = 1};
+    assert_true(harness_run_until(&w->h, reached, &x, 5));
+    x.l = nodir;
+    assert_true(harness_run_until(&w->h, reached, &x, 5));
+
+    harness_redis_kill(&w->srv);
+    ledger_record(second, &e);
+    harness_run_until(&w->h, harness_never, NULL, 0.2);
+    struct ledger_stats st = stats_of(second);
+    assert_int_equal(st.held, 1);
+    assert_int_equal(st.spooled, 0);
+    assert_int_equal(file_lines(w->spool), 0); /* the first ledger's file: untouched */
+    assert_int_equal(harness_redis_start(&w->srv), 0);
+    x = (struct want){.l = second, .written = 1, .replayed = 1};
+    assert_true(harness_run_until(&w->h, reached, &x, 10));
+    assert_int_equal(stats_of(second).held, 0);
+    assert_int_equal(stream_len(w), 1); /* the restarted server has the held one */
+    ledger_free(second);
+    ledger_free(nodir);
+    struct stat sb;
+    assert_int_equal(stat(w->spool, &sb), 0); /* still the first one's */
+    ledger_free(first);
     redis_client_free(c);
 }
 
@@ -936,6 +975,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_inflight_cap_and_corrupt_lines, setup, teardown),
         cmocka_unit_test_setup_teardown(test_usage_query, setup, teardown),
         cmocka_unit_test_setup_teardown(test_new_bad_arguments, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_without_a_spool, setup, teardown),
         cmocka_unit_test_setup_teardown(test_flush_waits_for_answers, setup, teardown),
         cmocka_unit_test_setup_teardown(test_flush_replays_the_spool, setup, teardown),
         cmocka_unit_test_setup_teardown(test_flush_with_redis_down, setup, teardown),
