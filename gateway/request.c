@@ -99,8 +99,8 @@ static enum MHD_Result request_start(struct request *r, const char *url, const c
                                      const char *version)
 {
     struct httpd_problem p;
-    if (httpd_request_problem(r->conn, version, &p)) {
-        snprintf(r->method, sizeof r->method, "%s", method);
+    if (httpd_request_problem(r->conn, method, version, &p)) {
+        snprintf(r->method, sizeof r->method, "%s", httpd_is_token(method) ? method : "-");
         request_set_id(r);
         return request_refuse(r, p.status, p.code, p.message);
     }

@@ -626,10 +626,21 @@ void httpd_stop(struct httpd *h)
 
 /* ---- HTTP edges ---------------------------------------------------------------------------- */
 
+bool httpd_is_token(const char *s)
+{
+    if (!s || !*s)
+        return false;
+    for (; *s; s++)
+        if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') || (*s >= '0' && *s <= '9') ||
+              strchr("!#$%&'*+-.^_`|~", *s)))
+            return false;
+    return true;
+}
+
 struct httpd_header_count {
     unsigned host, content_length, transfer_encoding;
     bool chunked;  /* the (one) Transfer-Encoding is exactly "chunked" */
-    bool bad_name; /* a header name with whitespace in it, or empty */
+    bool bad_name; /* a header name that is not a token (whitespace in it, or empty) */
 };
 
 static enum MHD_Result httpd_count_header(void *cls, enum MHD_ValueKind kind, const char *key,
@@ -637,7 +648,7 @@ static enum MHD_Result httpd_count_header(void *cls, enum MHD_ValueKind kind, co
 {
     (void)kind;
     struct httpd_header_count *n = cls;
-    if (!*key || strpbrk(key, " \t"))
+    if (!httpd_is_token(key))
         n->bad_name = true;
     else if (!strcasecmp(key, MHD_HTTP_HEADER_HOST))
         n->host++;
@@ -653,14 +664,16 @@ static enum MHD_Result httpd_count_header(void *cls, enum MHD_ValueKind kind, co
 #define HTTPD_PROBLEM(p, st, cd, msg)                                                              \
     ((p)->status = (st), (p)->code = (cd), (p)->message = (msg), true)
 
-bool httpd_request_problem(struct MHD_Connection *conn, const char *version,
+bool httpd_request_problem(struct MHD_Connection *conn, const char *method, const char *version,
                            struct httpd_problem *p)
 {
+    if (!httpd_is_token(method))
+        return HTTPD_PROBLEM(p, 400, "invalid_http_request", "The request method is not a token.");
     struct httpd_header_count n = {0};
     MHD_get_connection_values(conn, MHD_HEADER_KIND, httpd_count_header, &n);
     if (n.bad_name)
         return HTTPD_PROBLEM(p, 400, "invalid_http_request",
-                             "A header name is empty or contains whitespace.");
+                             "A header name is not a token (it has whitespace, or is empty).");
     bool http11 = version && !strncmp(version, "HTTP/1.", 7) && version[7] >= '1';
     if (n.host > 1 || (http11 && n.host == 0))
         return HTTPD_PROBLEM(p, 400, "invalid_http_request",

@@ -129,19 +129,23 @@ void httpd_stop(struct httpd *h);
 
 /* ---- HTTP edges ---------------------------------------------------------------------------- */
 
-/* What libmicrohttpd 0.9.75 lets through that a strict HTTP/1.1 server refuses (RFC 9112):
- * an HTTP/1.1 request without Host, or with two; two Content-Length headers (a smuggling risk
- * behind another proxy); Transfer-Encoding with Content-Length; a transfer coding other than
- * chunked (501: MHD would wait for the body until the idle timeout); a header name with
- * whitespace. For the handler's first call of a request: true with *p set when the request
- * must be refused (with its status, and the connection closed after it). */
+/* What libmicrohttpd 0.9.75 lets through that a strict HTTP/1.1 server refuses (RFC 9110,
+ * 9112): a method that is not a token (it would reach logs as is); an HTTP/1.1 request
+ * without Host, or with two; two Content-Length headers (a smuggling risk behind another
+ * proxy); Transfer-Encoding with Content-Length; a transfer coding other than chunked (501:
+ * MHD would wait for the body until the idle timeout); a header name with whitespace. For
+ * the handler's first call of a request: true with *p set when the request must be refused
+ * (with its status, and the connection closed after it). */
 struct httpd_problem {
     unsigned status;
     const char *code;    /* for the error body, e.g. "invalid_http_request" */
     const char *message; /* static text */
 };
-bool httpd_request_problem(struct MHD_Connection *conn, const char *version,
+bool httpd_request_problem(struct MHD_Connection *conn, const char *method, const char *version,
                            struct httpd_problem *p);
+
+/* True when s is a non-empty HTTP token (a method, a header name). */
+bool httpd_is_token(const char *s);
 
 /* Percent-decodes `raw` into out (NUL-terminated). Returns the decoded length, or -1 when an
  * escape decodes to NUL (%00) or out is too small. A '%' not followed by two hex digits is

@@ -131,6 +131,12 @@ describe('HTTP edges answered in OpenAI shape', () => {
     expectError(await rawHttp(gw.port, post(`Host: ${HOST}\r\nContent-Length : 5\r\n`, '{"a":')), 400, 'invalid_http_request');
   });
 
+  test('a method that is not a token is 400, and the log line stays JSON', async () => {
+    expectError(await rawHttp(gw.port, `GE"T /healthz HTTP/1.1\r\nHost: ${HOST}\r\n\r\n`), 400, 'invalid_http_request');
+    const bad = gw.logs.stdout.filter((l) => l.includes('"event":"request"') && !(() => { try { JSON.parse(l); return true; } catch { return false; } })());
+    assert.deepEqual(bad, []);
+  });
+
   test('%2F and %00 are not decoded before the route is matched', async () => {
     const get = (path) => rawHttp(gw.port, `GET ${path} HTTP/1.1\r\nHost: ${HOST}\r\nAuthorization: Bearer ${KEY}\r\nConnection: close\r\n\r\n`);
     // "/v1/models%2Fm1" is no route (it used to be /v1/models/{id} with id "m1").

@@ -1,5 +1,5 @@
-/* Unit tests for net/httpd: the path decoder (httpd_unescape). The daemon itself (accepting,
- * deadlines, shedding, lingering closes, the HTTP edges) is tested with real sockets in
+/* Unit tests for net/httpd: the path decoder (httpd_unescape), tokens. The daemon itself
+ * (accepting, deadlines, shedding, lingering closes, the HTTP edges) is tested with real sockets in
  * tests/integration/hardening-abuse.test.mjs and http-edges.test.mjs. */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -66,12 +66,27 @@ static void test_in_place(void **state)
     assert_string_equal(s, "/v1/models/a/b c");
 }
 
+static void test_token(void **state)
+{
+    (void)state;
+    assert_true(httpd_is_token("GET"));
+    assert_true(httpd_is_token("x-request-id"));
+    assert_true(httpd_is_token("A!#$%&'*+-.^_`|~9"));
+    assert_false(httpd_is_token(""));
+    assert_false(httpd_is_token(NULL));
+    assert_false(httpd_is_token("GE\"T"));
+    assert_false(httpd_is_token("Content-Length "));
+    assert_false(httpd_is_token("a\tb"));
+    assert_false(httpd_is_token("a:b"));
+    assert_false(httpd_is_token("caf\xc3\xa9"));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_decodes_escapes), cmocka_unit_test(test_keeps_what_is_not_an_escape),
         cmocka_unit_test(test_refuses_nul),     cmocka_unit_test(test_output_bounds),
-        cmocka_unit_test(test_in_place),
+        cmocka_unit_test(test_in_place),        cmocka_unit_test(test_token),
     };
     return cmocka_run_group_tests_name("httpd", tests, NULL, NULL);
 }
