@@ -1,6 +1,7 @@
 #include "gateway/server.h"
 
 #include "base/clock.h"
+#include "base/error.h"
 #include "base/listen.h"
 #include "base/log.h"
 #include "cache/cache.h"
@@ -153,6 +154,10 @@ static int worker_init(struct worker *w, struct config *cfg, char *err, size_t e
         w->rng[0] = (uint64_t)(uintptr_t)w ^ (uint64_t)time(NULL);
         w->rng[1] = 0x9e3779b97f4a7c15ull;
     }
+    char msg[96];
+    snprintf(msg, sizeof msg, "The request body did not arrive within %u ms.",
+             cfg->client_body_timeout_ms);
+    char *timeout_body = error_body(TG_ERR_INVALID_VALUE, msg, NULL, "request_timeout", NULL);
     struct httpd_config hc = {
         .listen_fd = w->listen_fd,
         .connection_limit = (cfg->max_connections + cfg->workers - 1) / cfg->workers,
@@ -162,12 +167,14 @@ static int worker_init(struct worker *w, struct config *cfg, char *err, size_t e
         .body_timeout_ms = cfg->client_body_timeout_ms,
         .linger_ms = SERVER_CLIENT_LINGER_MS,
         .linger_bytes = SERVER_CLIENT_LINGER_BYTES,
+        .body_timeout_body = timeout_body,
         .on_request = request_handle,
         .on_completed = request_completed,
         .ctx = w,
         .log = true,
     };
     int rc = httpd_start(&w->httpd, w->loop, w->upstream, &hc);
+    free(timeout_body);
     if (rc == HTTPD_ESTART) {
         snprintf(err, err_len, "worker %u: cannot start the HTTP daemon", w->id);
         return -1;

@@ -1,7 +1,6 @@
 #include "net/httpd.h"
 
 #include "base/clock.h"
-#include "base/error.h"
 #include "base/log.h"
 
 #include <errno.h>
@@ -216,20 +215,16 @@ static void httpd_log_shed(struct httpd *h)
  * socket itself, as MHD cannot queue a response in the middle of a body. Best effort. */
 static void httpd_send_408(struct httpd *h, struct httpd_conn *c)
 {
-    char msg[160], head[256];
-    snprintf(msg, sizeof msg, "The request body did not arrive within %.0f ms.",
-             h->body_timeout * 1000.0);
-    size_t len = 0;
-    char *body = error_body(TG_ERR_INVALID_VALUE, msg, NULL, "request_timeout", &len);
-    if (!body)
+    if (!h->timeout_body)
         return;
+    char head[256];
+    size_t len = strlen(h->timeout_body);
     int n = snprintf(head, sizeof head,
                      "HTTP/1.1 408 Request Timeout\r\nConnection: close\r\n"
                      "Content-Type: application/json\r\nContent-Length: %zu\r\n\r\n",
                      len);
     if (n > 0 && (size_t)n < sizeof head && send(c->fd, head, (size_t)n, MSG_NOSIGNAL) == n)
-        (void)send(c->fd, body, len, MSG_NOSIGNAL);
-    free(body);
+        (void)send(c->fd, h->timeout_body, len, MSG_NOSIGNAL);
 }
 
 /* Shuts a connection down; MHD sees the end of its input and closes it on its next run. */
@@ -554,6 +549,8 @@ int httpd_start(struct httpd *h, struct ev_loop *loop, struct upstream *upstream
     h->body_timeout = (double)c->body_timeout_ms / 1000.0;
     h->linger_time = (double)c->linger_ms / 1000.0;
     h->linger_bytes = c->linger_bytes;
+    if (c->body_timeout_body && !(h->timeout_body = strdup(c->body_timeout_body)))
+        return HTTPD_ESTART;
     h->on_request = c->on_request;
     h->on_completed = c->on_completed;
     h->ctx = c->ctx;
@@ -571,8 +568,11 @@ int httpd_start(struct httpd *h, struct ev_loop *loop, struct upstream *upstream
         MHD_OPTION_NOTIFY_COMPLETED, httpd_on_completed, h, MHD_OPTION_NOTIFY_CONNECTION,
         httpd_on_connection, h, MHD_OPTION_UNESCAPE_CALLBACK, httpd_keep_escapes, NULL,
         MHD_OPTION_STRICT_FOR_CLIENT, 0, MHD_OPTION_END);
-    if (!h->mhd)
+    if (!h->mhd) {
+        free(h->timeout_body);
+        h->timeout_body = NULL;
         return HTTPD_ESTART;
+    }
     h->listen_fd = c->listen_fd;
     const union MHD_DaemonInfo *info = MHD_get_daemon_info(h->mhd, MHD_DAEMON_INFO_EPOLL_FD);
     if (!info) {
@@ -622,6 +622,8 @@ void httpd_stop(struct httpd *h)
     ev_timer_stop(h->loop, &h->timer);
     ev_timer_stop(h->loop, &h->sweep);
     ev_prepare_stop(h->loop, &h->prepare);
+    free(h->timeout_body);
+    h->timeout_body = NULL;
 }
 
 /* ---- HTTP edges ---------------------------------------------------------------------------- */

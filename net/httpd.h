@@ -72,6 +72,7 @@ struct httpd {
     double header_timeout; /* seconds, 0 = none */
     double body_timeout;   /* seconds, 0 = none */
     double linger_time;    /* seconds, 0 = no lingering close */
+    char *timeout_body;    /* the 408's JSON body, or NULL */
     size_t linger_bytes;   /* read and dropped at most, per connection */
     MHD_AccessHandlerCallback on_request;
     MHD_RequestCompletedCallback on_completed;
@@ -84,13 +85,15 @@ struct httpd {
 struct httpd_config {
     int listen_fd; /* bound, listening, non-blocking; taken unless HTTPD_ESTART */
     unsigned connection_limit;
-    size_t connection_memory;   /* per connection, for headers (MHD's default: 32 KiB) */
-    unsigned idle_timeout_s;    /* an idle client connection is closed after this */
-    unsigned header_timeout_ms; /* see above; 0 = no deadline */
-    unsigned body_timeout_ms;   /* see above; 0 = no deadline */
-    unsigned linger_ms;         /* lingering close after an early answer; 0 = none */
-    size_t linger_bytes;        /* at most this much is read and dropped (also a body whose
-                                   answer waits for its end, httpd_discard_body()) */
+    size_t connection_memory;      /* per connection, for headers (MHD's default: 32 KiB) */
+    unsigned idle_timeout_s;       /* an idle client connection is closed after this */
+    unsigned header_timeout_ms;    /* see above; 0 = no deadline */
+    unsigned body_timeout_ms;      /* see above; 0 = no deadline */
+    unsigned linger_ms;            /* lingering close after an early answer; 0 = none */
+    size_t linger_bytes;           /* at most this much is read and dropped (also a body whose
+                                      answer waits for its end, httpd_discard_body()) */
+    const char *body_timeout_body; /* the JSON body of the 408 for a late body (copied);
+                                      NULL: the connection is closed without one */
     MHD_AccessHandlerCallback on_request;
     MHD_RequestCompletedCallback on_completed;
     void *ctx; /* the first argument of both callbacks */
