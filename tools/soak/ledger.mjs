@@ -7,10 +7,12 @@
 // /v1/embeddings: the endpoints with an upstream path), whatever its status: 200, a 4xx of
 // validation, limits or budget, a 5xx, 499 when the client left. Nothing for other paths
 // (unknown URLs, /v1/models, /healthz). The record's `key` is the key's name once the key was
-// recognised, and "" for a request refused with 401 (no key, unknown, expired or revoked key,
-// or a key store that could not be asked). Whether those 401s are recorded at all is being
-// changed (issue 13, item 8), so the comparison counts only records with a key name: the
-// requests the gateway answered after authenticating them.
+// recognised. Until 3f0f9db (issue 13, item 8) a request refused with 401 (no key, an unknown,
+// expired or revoked key) was recorded too, with key ""; since then a request the gateway did
+// not authenticate (401, or 503 key_store_unavailable while Redis is away) leaves no record
+// (phase_settle.c: r->adm.authenticated). Either way the comparison counts only records with
+// a key name, the requests the gateway answered after authenticating them, and reports the
+// others apart.
 
 const STREAM = 'tg:usage';
 

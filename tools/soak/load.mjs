@@ -7,8 +7,8 @@
 //   unexpected anything else (with a reason; these are what the soak is for)
 //   timeout   no complete answer within the client timeout
 // For the ledger comparison each request also says whether the gateway authenticated it
-// (a valid key, an inference endpoint, an answer other than 401) or whether that is unknown
-// (the client gave up, or the connection failed).
+// (a valid key, an inference endpoint, an answer other than 401 or 503 key_store_unavailable)
+// or whether that is unknown (the client gave up, or the connection failed).
 
 import http from 'node:http';
 
@@ -269,9 +269,10 @@ export function sendRequest(req, { host, port, agent, timeoutMs, id }) {
 }
 
 // Classifies a finished request. faulted(t0, t1, backend) says whether a node fault could
-// explain a failure in that interval (backend: the x-tollgate-backend that answered, or null).
+// explain a failure in that interval (backend: the x-tollgate-backend that answered, or null);
+// redisDown(t0, t1) whether Redis was away (or just back) then.
 // Returns {cls, reason, auth: 'yes'|'no'|'unknown'}.
-export function classify(req, out, faulted) {
+export function classify(req, out, faulted, redisDown = () => false) {
     const auth_kind = KINDS[req.kind].auth;
     const code = (() => {
         try {
@@ -283,12 +284,19 @@ export function classify(req, out, faulted) {
     if (out.timed_out) return { cls: 'timeout', reason: `${req.kind}: no answer within the client timeout${out.status ? ` (status ${out.status} came)` : ''}`, auth: auth_kind ? 'unknown' : 'no' };
     if (out.error && !out.status)
         return { cls: 'unexpected', reason: `${req.kind}: connection error ${out.error}`, auth: auth_kind ? 'unknown' : 'no' };
-    // An answer came (its status line at least).
-    const auth = !auth_kind ? 'no' : out.status === 401 ? 'no' : 'yes';
+    // An answer came (its status line at least). The gateway did not authenticate a 401, nor a
+    // 503 key_store_unavailable (a key it could not check with Redis away).
+    const key_unchecked = out.status === 503 && code === 'key_store_unavailable';
+    const auth = !auth_kind || out.status === 401 || key_unchecked ? 'no' : 'yes';
     const backend = out.headers['x-tollgate-backend'] ?? null;
     const in_fault = faulted(out.t0, out.t1, backend);
     if (out.headers['x-request-id'] !== undefined && out.headers['x-request-id'] !== out.id_sent)
         return { cls: 'unexpected', reason: `${req.kind}: x-request-id not echoed`, auth };
+    if (key_unchecked && out.headers['retry-after'] === undefined)
+        return { cls: 'unexpected', reason: `${req.kind}: 503 key_store_unavailable without retry-after`, auth };
+    // An unknown key while Redis is away: the gateway cannot tell it from a valid one.
+    if (key_unchecked && req.kind === 'bad_key' && redisDown(out.t0, out.t1))
+        return { cls: 'expected', reason: `${req.kind}: 503 key_store_unavailable while Redis was away`, auth };
     if (req.expect) {
         const ok = out.status === req.expect.status && (!req.expect.code || code === req.expect.code);
         return ok ? { cls: 'expected', reason: `${req.kind}: ${out.status} ${code ?? ''}`.trim(), auth }
@@ -328,7 +336,7 @@ export function kindPicker(rand, kinds = KINDS) {
 
 // The open-loop driver. opts: {host, port, rate (req/s), seed, timeoutMs, streamTimeoutMs,
 // maxInflight, keys (object, may be changed while running), model, embed_model, idPrefix,
-// faulted(t0, t1, backend), onResult(req, out, verdict)}. start() begins; stop() stops
+// faulted(t0, t1, backend), redisDown(t0, t1), onResult(id, req, out, verdict)}. start() begins; stop() stops
 // sending and resolves when every request in flight has ended.
 export class Load {
     constructor(opts) {
@@ -386,7 +394,7 @@ export class Load {
             timeoutMs: req.stream ? this.o.streamTimeoutMs : this.o.timeoutMs,
         }).then((out) => {
             out.id_sent = id;
-            const verdict = classify(req, out, this.o.faulted);
+            const verdict = classify(req, out, this.o.faulted, this.o.redisDown);
             this.inflight--;
             this.pending.delete(p);
             this.o.onResult(id, req, out, verdict);

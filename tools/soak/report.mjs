@@ -84,7 +84,8 @@ export function markdown(r) {
     L.push('');
     const g = r.ledger;
     L.push(`Ledger (tg:usage): ${g.total} entries: ${g.auth_records} with a key name, ${g.unauth} without ` +
-        `(401s: ${r.answered_401} answered; recorded or not, they are left out of the comparison). ` +
+        `(${r.answered_401} answers were 401 or 503 key_store_unavailable: recorded or not, as the gateway's version does, ` +
+        `they are left out of the comparison). ` +
         `Gateway counters: written ${g.metrics.written}, spooled ${g.metrics.spooled}, replayed ${g.metrics.replayed}, ` +
         `dropped ${g.metrics.dropped}. \`tollgate usage\` sums ${g.cli_requests ?? 'n/a'} requests for named keys; ` +
         `the gateway logged ${g.log_auth} authenticated inference requests. Drained ${g.drain_s.toFixed(1)} s after the load stopped.`);

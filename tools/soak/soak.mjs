@@ -201,6 +201,9 @@ function faulted(t0, t1, backend) {
     }
     return null;
 }
+function redisDown(t0, t1) {
+    return windows.some((w) => w.redis && t1 >= w.start && t0 <= w.end + FAULT_GRACE_MS);
+}
 function context(t0, t1) {
     return windows.filter((w) => !w.excuses && t1 >= w.start && t0 <= w.end + FAULT_GRACE_MS).map((w) => w.what);
 }
@@ -228,7 +231,7 @@ function onResult(id, req, out, verdict) {
     stats.by_status[st] = (stats.by_status[st] ?? 0) + 1;
     const cache = out.headers?.['x-tollgate-cache'];
     if (cache && out.status === 200) stats.by_cache[cache] = (stats.by_cache[cache] ?? 0) + 1;
-    if (out.status === 401) stats.answered_401++;
+    if (out.status === 401 || out.status === 503 && verdict.auth === 'no') stats.answered_401++;
     if (verdict.auth === 'yes') stats.answered.add(id);
     else if (verdict.auth === 'unknown') stats.unknown.add(id);
     if (verdict.cls === 'unexpected' || verdict.cls === 'timeout') {
@@ -239,7 +242,7 @@ function onResult(id, req, out, verdict) {
         if (r.ids.length < 5) r.ids.push(id);
         stats.reasons.set(reason, r);
         if (r.count <= 3) say(`${verdict.cls}: ${reason} (${id}, ${out.t1 - out.t0} ms)`);
-    } else if (verdict.cls === 'expected' && / while .* was faulted$/.test(verdict.reason)) {
+    } else if (verdict.cls === 'expected' && / while .* was (faulted|away)$/.test(verdict.reason)) {
         const key = verdict.reason.replace(/ while .*/, '');
         stats.expected_reasons.set(key, (stats.expected_reasons.get(key) ?? 0) + 1);
     }
@@ -379,7 +382,7 @@ async function main() {
 
     const load = new Load({
         host: HOST, port: gw.port, rate: RATE, seed: SEED, timeoutMs: TIMEOUT_MS, streamTimeoutMs: STREAM_TIMEOUT_MS,
-        maxInflight: MAX_INFLIGHT, keys, model: MODEL, embed_model: EMBED, idPrefix: ID_PREFIX, faulted, onResult,
+        maxInflight: MAX_INFLIGHT, keys, model: MODEL, embed_model: EMBED, idPrefix: ID_PREFIX, faulted, redisDown, onResult,
     });
 
     // Prime: every kind a few times (key caches, cache entries, connection pools), then the
@@ -422,6 +425,7 @@ async function main() {
     };
     const redisRestart = async () => {
         const w = openWindow('Redis restart', null, false);
+        w.redis = true;
         const r = await redis.stop('SIGTERM');
         await sleep(down_s * 1000);
         await redis.start();

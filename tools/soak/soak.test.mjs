@@ -57,6 +57,18 @@ test('5xx only while a node is faulted; 401 for a valid key is unexpected and no
     assert.match(v.reason, /for a valid key/);
 });
 
+test('503 key_store_unavailable: not authenticated; expected for an unknown key only while Redis is away', () => {
+    const ksu = out({ status: 503, headers: { 'retry-after': '1' }, text: '{"error":{"code":"key_store_unavailable"}}' });
+    const away = () => true;
+    const v = classify(req('bad_key'), ksu, never, away);
+    assert.deepEqual([v.cls, v.auth], ['expected', 'no']);
+    assert.equal(classify(req('bad_key'), ksu, never, () => false).cls, 'unexpected');
+    const valid = classify(req('chat'), ksu, never, away);
+    assert.deepEqual([valid.cls, valid.auth], ['unexpected', 'no'], 'a cached valid key must keep working');
+    const bare = out({ status: 503, text: '{"error":{"code":"key_store_unavailable"}}' });
+    assert.match(classify(req('bad_key'), bare, never, away).reason, /without retry-after/);
+});
+
 test('asked-for errors are expected with the right status and code; 429 is ok only for the limited keys', () => {
     assert.equal(classify(req('bad_json'), out({ status: 400, text: '{"error":{"code":"invalid_json"}}' }), never).cls, 'expected');
     assert.equal(classify(req('bad_json'), out({ status: 200, text: chatBody }), never).cls, 'unexpected');
