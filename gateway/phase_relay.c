@@ -12,6 +12,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/socket.h>
+
+/* A stream's socket send buffer (the kernel doubles it): a slow reader's backlog in the
+ * kernel stays about the size of the relay's own (REQUEST_STREAM_HIGH_WATER). */
+#define REQUEST_STREAM_SNDBUF (128 << 10)
 
 /* ---- upstream callbacks --------------------------------------------------------------------- */
 
@@ -49,14 +54,93 @@ static void request_capture_done(struct request *r)
     free(text);
 }
 
+/* A node's usage object larger than this is replaced whole, not parsed and edited. */
+#define RELAY_USAGE_MAX (16u << 10)
+
+/* The settled usage as JSON text: the node's usage object (bytes [start, end) of doc) with
+ * the settled numbers written over its own, so its other fields (token details) stay when it
+ * is of a sane size and readable; else a fresh object. NULL on OOM. */
+static char *request_settled_usage(struct request *r, const char *doc, size_t start, size_t end,
+                                   bool with_cost)
+{
+    json_t *usage = NULL;
+    if (end - start <= RELAY_USAGE_MAX)
+        usage = json_loadb(doc + start, end - start, 0, NULL);
+    if (!json_is_object(usage)) {
+        json_decref(usage);
+        usage = json_object();
+    }
+    if (!usage)
+        return NULL;
+    request_write_usage(r, usage, with_cost);
+    char *text = json_dumps(usage, JSON_COMPACT);
+    json_decref(usage);
+    return text;
+}
+
+/* Bytes [start, end) of text (n bytes, malloc'd; taken) replaced by `with`: the result,
+ * NUL-terminated, in *len bytes; NULL on OOM. The rest is never parsed: a hostile answer of
+ * tens of MiB in small tokens would cost hundreds of MiB as a tree. */
+static char *request_splice(char *text, size_t n, size_t start, size_t end, const char *with,
+                            size_t *len)
+{
+    size_t wlen = strlen(with), out = n - (end - start) + wlen;
+    if (out > n || !text) {
+        char *grown = realloc(text, out + 1);
+        if (!grown) {
+            free(text);
+            return NULL;
+        }
+        text = grown;
+    }
+    memmove(text + start + wlen, text + end, n - end);
+    memcpy(text + start, with, wlen);
+    text[out] = '\0';
+    *len = out;
+    return text;
+}
+
+/* A stream chunk with its usage object replaced by `with` (settled numbers, or null), as an
+ * SSE event: from the bytes, so numbers jansson cannot hold are no failure. */
+static int request_emit_spliced(struct request *r, const struct sse_event *ev,
+                                const struct answer_scan *sc, const char *with)
+{
+    char *copy = malloc(ev->data_len + 1);
+    if (!copy)
+        return TG_ERR_NOMEM;
+    memcpy(copy, ev->data, ev->data_len);
+    size_t len;
+    char *text = request_splice(copy, ev->data_len, sc->usage_start, sc->usage_end, with, &len);
+    if (!text)
+        return TG_ERR_NOMEM;
+    for (size_t i = 0; i < len; i++)
+        if (text[i] == '\n')
+            text[i] = ' '; /* joined data lines: white space in JSON, an end of line in SSE */
+    int rc = buf_append(&r->relay.out, "data: ", 6) || buf_append(&r->relay.out, text, len) ||
+             buf_append(&r->relay.out, "\n\n", 2);
+    free(text);
+    return rc ? TG_ERR_NOMEM : 0;
+}
+
 static int request_on_event(void *ctx, const struct sse_event *ev)
 {
     struct request *r = ctx;
     if (r->relay.saw_done)
         return 0; /* nothing after [DONE] is relayed */
-    if (!ev->has_data)
+    if (!ev->has_data) {
+        /* A comment (a keep-alive ping) is not an answer: before the first event nothing
+         * reaches the caller, so a node that pings and dies is still failed over. */
+        if (r->state == REQUEST_UPSTREAM && r->relay.out.len == r->relay.out_off)
+            return 0;
         return buf_append(&r->relay.out, ev->raw, ev->raw_len) ? TG_ERR_NOMEM : 0;
+    }
     if (ev->data_len == 6 && !memcmp(ev->data, "[DONE]", 6)) {
+        if (!r->usage.n_choices) {
+            /* Nothing generated: a broken answer, never relayed (or billed) as a success. */
+            snprintf(r->up.fail_detail, sizeof r->up.fail_detail,
+                     "a stream that ended without any choice");
+            return TG_ERR_BAD_BACKEND_RESPONSE;
+        }
         r->relay.saw_done = true;
         if (r->relay.caller_usage && !r->usage.done) {
             int rc = request_emit_estimated_usage(r);
@@ -92,26 +176,37 @@ static int request_on_event(void *ctx, const struct sse_event *ev)
     request_note_scan(r, &sc);
     if (r->cache.capturing)
         cache_capture_event(&r->cache.capture, ev->data, ev->data_len);
-    if (!sc.has_usage)
+    if (!sc.has_usage && !(sc.usage_end && sc.choices_len == 0))
         return buf_append(&r->relay.out, ev->raw, ev->raw_len) ? TG_ERR_NOMEM : 0;
-    /* A chunk with usage: the usage chunk (no choices) comes after the last content. */
+    /* A chunk with usage: the usage chunk (no choices) comes after the last content; one
+     * whose numbers are not token counts is a usage chunk too, settled on estimates. */
     bool usage_only = sc.choices_len == 0;
+    if (usage_only && !r->usage.n_choices) {
+        snprintf(r->up.fail_detail, sizeof r->up.fail_detail, "a usage chunk before any choice");
+        return TG_ERR_BAD_BACKEND_RESPONSE;
+    }
     if (usage_only)
         request_settle_usage(r);
     if (r->relay.caller_usage && !usage_only)
         return buf_append(&r->relay.out, ev->raw, ev->raw_len) ? TG_ERR_NOMEM : 0;
     if (!r->relay.caller_usage && usage_only)
         return 0; /* asked for by the gateway, not by the caller: dropped */
-    /* Rewritten: the settled numbers and cost for the caller, or the usage removed. */
-    json_t *chunk = json_loadb(ev->data, ev->data_len, 0, NULL);
-    if (!chunk)
-        return TG_ERR_NOMEM;
-    if (usage_only)
-        request_write_usage(r, json_object_get(chunk, "usage"), true);
-    else
+    /* Rewritten: the settled numbers and cost for the caller, or the usage removed (null
+     * when the chunk holds what jansson cannot read, such as numbers past 64 bits). */
+    json_t *chunk = usage_only ? NULL : json_loadb(ev->data, ev->data_len, 0, NULL);
+    if (chunk) {
         json_object_del(chunk, "usage");
-    int rc = request_emit_event(r, chunk);
-    json_decref(chunk);
+        int rc = request_emit_event(r, chunk);
+        json_decref(chunk);
+        return rc;
+    }
+    if (!usage_only)
+        return sc.usage_end ? request_emit_spliced(r, ev, &sc, "null") : TG_ERR_NOMEM;
+    char *usage = request_settled_usage(r, ev->data, sc.usage_start, sc.usage_end, true);
+    if (!usage)
+        return TG_ERR_NOMEM;
+    int rc = request_emit_spliced(r, ev, &sc, usage);
+    free(usage);
     return rc;
 }
 
@@ -184,6 +279,15 @@ int request_relay_data(void *ctx, const char *data, size_t len)
                      rc == SSE_ETOOBIG ? "stream event larger than 1 MiB" : "out of memory");
         return TG_ERR_BAD_BACKEND_RESPONSE;
     }
+    long first_ms = r->cfg->upstream.first_byte_timeout_ms;
+    if (r->state == REQUEST_UPSTREAM && r->relay.out.len == r->relay.out_off &&
+        clock_mono() - r->up.t_attempt > (double)first_ms / 1000.0) {
+        /* Pings, or an event that never ends, are no answer: the first event is due within
+         * first_byte_timeout_ms like a first byte. */
+        snprintf(r->up.fail_detail, sizeof r->up.fail_detail, "no stream event within %ld ms",
+                 first_ms);
+        return TG_ERR_BACKEND_TIMEOUT;
+    }
     if (r->relay.out.len > r->relay.out_off) {
         if (r->state == REQUEST_UPSTREAM) {
             r->state = REQUEST_STREAM; /* the first event: from here on, no failover */
@@ -217,51 +321,24 @@ void request_stream_error(struct request *r, const char *fmt, ...)
     }
 }
 
-/* A node's usage object larger than this is replaced whole, not parsed and edited. */
-#define RELAY_USAGE_MAX (16u << 10)
-
-/* The answer with the settled usage spliced in over the node's, in the bytes: the answer is
- * never parsed into a tree (a hostile one of tens of MiB in small tokens would cost hundreds
- * of MiB), only its usage object, which keeps the node's other fields (token details) when
- * it is of a sane size. */
-static char *request_clamped_answer(struct request *r, size_t *len)
+/* The stream's time is up while the caller reads slower than the node writes: what it has not
+ * read yet is dropped, so the error event comes next rather than after the backlog. */
+void request_stream_late(struct request *r, const char *fmt, ...)
 {
-    const struct answer_scan *sc = &r->relay.scan;
-    size_t start = sc->usage_start, end = sc->usage_end;
-    if (!(start < end && end <= r->relay.resp.len))
-        return NULL; /* clamped means reported: the scan saw the usage object */
-    json_t *usage = NULL;
-    if (end - start <= RELAY_USAGE_MAX)
-        usage = json_loadb(r->relay.resp.data + start, end - start, 0, NULL);
-    if (!json_is_object(usage)) {
-        json_decref(usage);
-        usage = json_object();
+    char msg[400];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    /* Whole events only: the one the connection is in the middle of is finished first. */
+    struct buf *out = &r->relay.out;
+    size_t from = r->relay.out_off ? r->relay.out_off - 1 : 0;
+    const char *end = out->len > from ? memmem(out->data + from, out->len - from, "\n\n", 2) : NULL;
+    if (end) {
+        out->len = (size_t)(end - out->data) + 2;
+        out->data[out->len] = '\0';
     }
-    if (!usage)
-        return NULL;
-    request_write_usage(r, usage, false);
-    char *u = json_dumps(usage, JSON_COMPACT);
-    json_decref(usage);
-    if (!u)
-        return NULL;
-    size_t ulen = strlen(u), n;
-    char *text = buf_steal(&r->relay.resp, &n);
-    size_t out = n - (end - start) + ulen;
-    if (out > n) {
-        char *grown = realloc(text, out + 1);
-        if (!grown) {
-            free(text);
-            free(u);
-            return NULL;
-        }
-        text = grown;
-    }
-    memmove(text + start + ulen, text + end, n - end);
-    memcpy(text + start, u, ulen);
-    text[out] = '\0';
-    free(u);
-    *len = out;
-    return text;
+    request_stream_error(r, "%s", msg);
 }
 
 /* Scanned as it arrived; a clamped usage is spliced into the bytes (never a parse). */
@@ -271,10 +348,21 @@ void request_whole_answer(struct request *r)
     request_settle_usage(r);
     char *text = NULL;
     size_t len = 0;
-    if (r->usage.clamped)
-        text = request_clamped_answer(r, &len);
-    else
+    /* The caller sees what it is billed: clamped numbers, or estimates in place of a usage
+     * object the node filled with something else than token counts. */
+    const struct answer_scan *sc = &r->relay.scan;
+    if (r->usage.clamped || (!r->usage.reported && sc->usage_end)) {
+        char *usage =
+            request_settled_usage(r, r->relay.resp.data, sc->usage_start, sc->usage_end, false);
+        if (usage) {
+            size_t n;
+            char *whole = buf_steal(&r->relay.resp, &n);
+            text = request_splice(whole, n, sc->usage_start, sc->usage_end, usage, &len);
+        }
+        free(usage);
+    } else {
         text = buf_steal(&r->relay.resp, &len);
+    }
     if (!text) {
         request_set_error(r, TG_ERR_NOMEM, NULL, "out of memory");
         return;
@@ -290,8 +378,6 @@ void request_whole_answer(struct request *r)
         request_flight_land(r, NULL, 0, 0);
     request_set_reply(r, (unsigned)r->up.status, text, len, "application/json");
 }
-
-/* ---- streaming to the caller --------------------------------------------------------------- */
 
 /* ---- streaming to the caller --------------------------------------------------------------- */
 
@@ -336,6 +422,13 @@ enum MHD_Result request_queue_stream(struct request *r)
     MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
     MHD_add_response_header(resp, "X-Accel-Buffering", "no");
     request_headers(r, resp);
+    /* The kernel's send buffer is a backlog too: left to autotuning it grows to MiBs for a
+     * slow reader on a fast link, which it then reads long after the stream's time is up. */
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(r->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+    int sndbuf = REQUEST_STREAM_SNDBUF;
+    if (ci)
+        setsockopt(ci->connect_fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof sndbuf);
     if (!r->t_queued)
         r->t_queued = clock_mono();
     enum MHD_Result ok = MHD_queue_response(r->conn, 200, resp);

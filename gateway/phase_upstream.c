@@ -238,10 +238,16 @@ static void request_on_done(void *ctx, int result, long status, const char *deta
         /* The caller has bytes already: no failover, an honest end. */
         if (!result && !r->relay.saw_done)
             request_stream_error(r, "backend %s ended the stream without [DONE]", backend);
+        else if (result == TG_ERR_BACKEND_TIMEOUT && r->relay.up_paused)
+            request_stream_late(r, "backend %s timed out: %s", backend, detail);
+        else if (result == TG_ERR_BACKEND_TIMEOUT)
+            request_stream_error(r, "backend %s timed out: %s", backend, detail);
         else if (result)
             request_stream_error(r, "backend %s broke the stream: %s", backend, detail);
         bool ok = !result && r->relay.saw_done;
-        if (!ok)
+        /* Out of time while a slow reader held the transfer paused: not the node's fault. */
+        bool reader = result == TG_ERR_BACKEND_TIMEOUT && r->relay.up_paused;
+        if (!ok && !reader)
             backend_record_failure(bs, &r->cfg->health, false, clock_mono_ms());
         else
             backend_record_success(bs, r->up.ttfb, now - r->up.t_attempt);
@@ -281,7 +287,14 @@ static void request_on_done(void *ctx, int result, long status, const char *deta
     } else if (r->up.status / 100 == 2) {
         bool json_ok =
             r->relay.scanning && answer_scan_finish(&r->relay.scan) == 0 && r->relay.scan.object;
-        if (!json_ok || r->relay.scan.has_error) {
+        /* Chat and completions answers carry what was generated in choices: none is a broken
+         * answer, never relayed (or billed) as a success. */
+        bool no_choice = r->ep->route != OPENAI_EMBEDDINGS && r->relay.scan.choices_len == 0;
+        if (json_ok && !r->relay.scan.has_error && no_choice && !r->oreq.stream) {
+            request_note_attempt(r, METRICS_OUTCOME_BROKEN, now);
+            request_attempt_failed(r, TG_ERR_BAD_BACKEND_RESPONSE, true, false,
+                                   "Backend %s answered without any choice", backend);
+        } else if (!json_ok || r->relay.scan.has_error) {
             request_note_attempt(r, METRICS_OUTCOME_BROKEN, now);
             request_attempt_failed(r, TG_ERR_BAD_BACKEND_RESPONSE, true, false,
                                    json_ok ? "Backend %s answered 2xx with an error object"

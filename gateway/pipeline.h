@@ -284,6 +284,9 @@ void request_cancel_attempt(struct request *r);
 int request_relay_data(void *ctx, const char *data, size_t len);
 void request_stream_error(struct request *r, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
+/* The same when the stream's time is up while the caller lags: its unsent backlog goes. */
+void request_stream_late(struct request *r, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
 /* A whole 2xx answer: settle usage, store it if it may be, and set the reply. */
 void request_whole_answer(struct request *r);
 enum MHD_Result request_queue_stream(struct request *r);

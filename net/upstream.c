@@ -28,6 +28,8 @@ struct upstream_xfer {
     void *ctx;
     ev_timer deadline; /* first byte, then idle gap between body bytes */
     double idle_s;
+    ev_timer total; /* the whole transfer, paused or not (curl's own ignores a paused one) */
+    double total_s;
     ev_tstamp started;
     bool got_data;
     bool paused;
@@ -152,6 +154,7 @@ static void xfer_release(struct upstream_xfer *x)
 {
     struct upstream *u = x->u;
     ev_timer_stop(u->loop, &x->deadline);
+    ev_timer_stop(u->loop, &x->total);
     curl_multi_remove_handle(u->multi, x->easy);
     list_unlink(&x->node);
     if (u->n_free < UPSTREAM_MAX_POOLED_HANDLES) {
@@ -225,6 +228,17 @@ static void xfer_deadline_cb(struct ev_loop *loop, ev_timer *w, int revents)
     else
         snprintf(detail, sizeof detail, "no answer within %.0f ms",
                  (ev_now(x->u->loop) - x->started) * 1000);
+    xfer_finish(x, TG_ERR_BACKEND_TIMEOUT, detail);
+}
+
+static void xfer_total_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)loop;
+    (void)revents;
+    struct upstream_xfer *x = w->data;
+    char detail[96];
+    snprintf(detail, sizeof detail, "not finished within %.0f ms%s", x->total_s * 1000,
+             x->paused ? " (paused by a slow reader)" : "");
     xfer_finish(x, TG_ERR_BACKEND_TIMEOUT, detail);
 }
 
@@ -371,6 +385,11 @@ struct upstream_xfer *upstream_start(struct upstream *u, const struct upstream_r
         ev_timer_set(&x->deadline, (double)req->first_byte_timeout_ms / 1000.0, 0.);
         ev_timer_start(u->loop, &x->deadline);
     }
+    x->total_s = req->total_timeout_ms > 0 ? (double)req->total_timeout_ms / 1000.0 : 0;
+    ev_timer_init(&x->total, xfer_total_cb, x->total_s, 0.);
+    x->total.data = x;
+    if (x->total_s > 0)
+        ev_timer_start(u->loop, &x->total);
     if (curl_multi_add_handle(u->multi, easy) != CURLM_OK) {
         xfer_release(x);
         return NULL;

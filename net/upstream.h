@@ -39,7 +39,7 @@ struct upstream_req {
     long connect_timeout_ms;
     long first_byte_timeout_ms; /* until the first body byte */
     long idle_timeout_ms;       /* between body bytes */
-    long total_timeout_ms;
+    long total_timeout_ms;      /* the whole transfer, also while paused (UPSTREAM_PAUSE) */
 };
 
 /* max_per_host: connections to one backend this upstream may hold (0 = no limit); further

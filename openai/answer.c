@@ -1,5 +1,6 @@
 #include "openai/answer.h"
 
+#include <limits.h>
 #include <stdio.h>
 #include <string.h>
 #include <yajl/yajl_parse.h>
@@ -69,9 +70,23 @@ static int on_string(void *ctx, const unsigned char *str, size_t len)
     return 1;
 }
 
-static int on_integer(void *ctx, long long v)
+/* An integer's text (already checked by yajl's lexer: '-'? digits), saturated at the ends of
+ * long long: a node claiming 10^30 tokens is absurd, not malformed. */
+static long long integer_value(const char *num, size_t len)
 {
-    struct answer_scan *s = ctx;
+    bool neg = len > 0 && num[0] == '-';
+    long long v = 0;
+    for (size_t i = neg; i < len; i++) {
+        int d = num[i] - '0';
+        if (v > (LLONG_MAX - d) / 10)
+            return neg ? LLONG_MIN : LLONG_MAX;
+        v = v * 10 + d;
+    }
+    return neg ? -v : v;
+}
+
+static void on_integer(struct answer_scan *s, long long v)
+{
     if (s->depth == 2 && key_is(s, 0, "usage") && s->frames[1].is_map) {
         if (!strcmp(s->frames[1].key, "prompt_tokens")) {
             s->prompt_tokens = v;
@@ -83,6 +98,16 @@ static int on_integer(void *ctx, long long v)
                key_is(s, 2, "index") && v >= 0 && v < 128 && (unsigned)v + 1 > s->n_choices) {
         s->n_choices = (unsigned)v + 1;
     }
+}
+
+/* Numbers come as text (yajl's number callback), so none is converted but the few billing
+ * reads, and none is an error for being out of range (yajl's integer and double callbacks
+ * fail the whole document on an overflow). */
+static int on_number(void *ctx, const char *num, size_t len)
+{
+    struct answer_scan *s = ctx;
+    if (!memchr(num, '.', len) && !memchr(num, 'e', len) && !memchr(num, 'E', len))
+        on_integer(s, integer_value(num, len));
     value_done(s);
     return 1;
 }
@@ -96,12 +121,6 @@ static int on_scalar(void *ctx)
 static int on_bool(void *ctx, int b)
 {
     (void)b;
-    return on_scalar(ctx);
-}
-
-static int on_double(void *ctx, double d)
-{
-    (void)d;
     return on_scalar(ctx);
 }
 
@@ -165,8 +184,7 @@ static int on_key(void *ctx, const unsigned char *key, size_t len)
 static const yajl_callbacks answer_callbacks = {
     .yajl_null = on_scalar,
     .yajl_boolean = on_bool,
-    .yajl_integer = on_integer,
-    .yajl_double = on_double,
+    .yajl_number = on_number,
     .yajl_string = on_string,
     .yajl_start_map = on_start_map,
     .yajl_map_key = on_key,

@@ -35,7 +35,7 @@ struct answer_scan {
     struct answer_frame frames[ANSWER_MAX_DEPTH];
     bool object;    /* the document is a JSON object */
     bool has_error; /* it has a top-level "error" object */
-    bool has_usage; /* usage.prompt_tokens was an integer */
+    bool has_usage; /* usage.prompt_tokens was an integer (saturated at the long long ends) */
     long long prompt_tokens;
     long long completion_tokens;
     size_t delivered;   /* bytes of generated text */
@@ -44,7 +44,8 @@ struct answer_scan {
     size_t choices_len; /* its length */
     size_t finished;    /* choices with a finish_reason string */
     /* Where the top-level "usage" object lies in the bytes fed ([usage_start, usage_end)), so
-     * it can be rewritten without parsing the whole answer again. Set with has_usage; a
+     * it can be rewritten without parsing the whole answer again; usage_end is 0 when there
+     * is none. Set for any usage object, has_usage or not (its numbers may be garbage); a
      * later top-level "usage" key replaces an earlier one (as JSON parsers read them). */
     size_t usage_start, usage_end;
 
