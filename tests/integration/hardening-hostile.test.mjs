@@ -52,6 +52,10 @@ const chatStream = (gw, body = {}, opts = {}) =>
   streamPost(gw.v1 + '/chat/completions', { model: 'm', messages: user('hi'), ...body, stream: true },
     { key: KEY, timeoutMs: 30000, ...opts });
 
+// Under AddressSanitizer or ThreadSanitizer (make asan, make tsan) memory and CPU are the
+// sanitizer's (shadow memory, quarantine, instrumentation): only behaviour is checked there.
+const sanitized = async (pid) => /lib(asan|tsan)/.test(await readFile(`/proc/${pid}/maps`, 'utf8'));
+
 async function memory(pid) {
   const status = await readFile(`/proc/${pid}/status`, 'utf8');
   const kb = (k) => Number(new RegExp(`${k}:\\s+(\\d+) kB`).exec(status)?.[1] ?? NaN) * 1024;
@@ -61,6 +65,7 @@ async function memory(pid) {
 // Runs fn and asserts the gateway's resident memory afterwards, and at its peak, stayed
 // within `grow` (and `peak`) bytes of what it was before.
 async function bounded(pid, { grow = 64 * MiB, peak = 192 * MiB } = {}, fn) {
+  if (await sanitized(pid)) return fn();
   const before = await memory(pid);
   const out = await fn();
   const afterwards = await memory(pid);
@@ -134,7 +139,7 @@ test('a 24 MiB answer of one string: answered, in bounded CPU and memory', async
   assert.equal(r.text.length, 24 * MiB, 'relayed byte for byte');
   assert.ok(r.json.choices[0].message.content.length > 24 * MiB - 1000);
   // Scanning is linear: a few tenths of a second here; quadratic, it was ~6 s.
-  assert.ok(cpu < 3, `the gateway spent ${cpu.toFixed(2)} s of CPU on one 24 MiB answer`);
+  if (!await sanitized(pid)) assert.ok(cpu < 3, `the gateway spent ${cpu.toFixed(2)} s of CPU on one 24 MiB answer`);
 });
 
 test('a 24 MiB answer of small numbers claiming absurd usage: clamped in the bytes, memory bounded', async () => {
@@ -152,7 +157,7 @@ test('a 24 MiB answer of small numbers claiming absurd usage: clamped in the byt
   assert.deepEqual(r.json.usage.completion_tokens_details, { reasoning_tokens: 0 }, 'the node\'s other usage fields stay');
   assert.ok(r.json.logprobs_junk.length > 11 * MiB, 'the rest of the answer is intact');
   assert.ok(Number(r.headers.get('x-tollgate-cost-usd')) < 1e-5, r.headers.get('x-tollgate-cost-usd'));
-  assert.ok(cpu < 4, `the gateway spent ${cpu.toFixed(2)} s of CPU on one 24 MiB answer`);
+  if (!await sanitized(pid)) assert.ok(cpu < 4, `the gateway spent ${cpu.toFixed(2)} s of CPU on one 24 MiB answer`);
 });
 
 test('answers over max_response_bytes, or endless, fail over (or 502) with memory bounded', async () => {
