@@ -356,6 +356,17 @@ void request_drop_mail(struct worker *w)
     w->mail = NULL;
 }
 
+/* The longest a landed answer is kept for late identical misses. */
+#define REQUEST_LINGER_MAX_MS 5000
+
+/* How long a landed answer waits for identical misses that come just after it: as long as a
+ * follower would wait, within a few seconds (it is held in memory, outside the cache). */
+static int64_t request_linger_ms(const struct request *r)
+{
+    long wait_ms = r->cfg->cache.coalesce_wait_ms;
+    return wait_ms < REQUEST_LINGER_MAX_MS ? wait_ms : REQUEST_LINGER_MAX_MS;
+}
+
 /* The leader's flight ends: with the stored answer, its followers are answered from it (a
  * hit, costing nothing); without one (the answer failed, was cut, or is not storable) they go
  * on on their own. */
@@ -364,19 +375,29 @@ void request_flight_land(struct request *r, const char *text, size_t len, double
     if (!r->cache.leads)
         return;
     r->cache.leads = false;
-    flight_land(r->cache.key, r->cache.flight_token, text, len, cost, request_post);
+    flight_land(r->cache.key, r->cache.flight_token, text, len, cost, request_post, clock_mono_ms(),
+                request_linger_ms(r));
 }
 
 /* A cacheable miss: follows the flight already answering the same request, on any worker
- * (true: park until it lands or the wait ends), or leads a new one. */
+ * (true: park until it lands or the wait ends), takes the answer such a flight landed a
+ * moment ago (the reply is set), or leads a new one. */
 bool request_coalesce(struct request *r)
 {
     long wait_ms = r->cfg->cache.coalesce_wait_ms;
     if (r->cache.result != REQUEST_CACHE_MISS || !wait_ms)
         return false;
     r->cache.flight_token = worker_random(r->w);
+    struct flight_landed landed = {0};
     switch (flight_join(r->cache.key, r->cache.flight_token, r->w, r->cache.read, r->cache.store,
-                        &r->cache.waiter)) {
+                        clock_mono_ms(), &r->cache.waiter, &landed)) {
+    case FLIGHT_LANDED:
+        /* Kept here too, for this worker's next caller. */
+        cache_put(r->w->cache, r->cache.key, landed.text, landed.len, "", landed.cost_usd,
+                  clock_mono_ms(), r->cfg->cache.ttl_s * 1000);
+        request_cache_hit(r, landed.text, landed.len, landed.cost_usd);
+        free(landed.text);
+        return false;
     case FLIGHT_LEAD:
         r->cache.leads = true;
         return false;

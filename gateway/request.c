@@ -32,6 +32,8 @@ enum MHD_Result request_proceed(struct request *r)
         case REQUEST_COALESCE:
             if (request_coalesce(r))
                 return request_park(r); /* the flight's landing or the wait's end moves it on */
+            if (r->state != REQUEST_COALESCE)
+                return request_queue_answer(r); /* an answer that landed a moment ago */
             r->state = REQUEST_LIMIT;
             break;
         case REQUEST_LIMIT:

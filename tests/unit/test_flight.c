@@ -23,6 +23,9 @@ struct posted {
     double cost;
 };
 
+/* Where a late joiner's copy would go; no test here lingers unless it says so. */
+static __thread struct flight_landed landed;
+
 static struct posted seen;
 
 static void post(void *target, uint64_t token, const char *text, size_t len, double cost)
@@ -59,14 +62,14 @@ static void test_lead_follow_land(void **state)
     key_of(k, 1);
     int w1, w2;
     struct flight_waiter a, b, c;
-    assert_int_equal(flight_join(k, 100, &w1, true, true, &a), FLIGHT_LEAD);
-    assert_int_equal(flight_join(k, 101, &w1, true, true, &b), FLIGHT_FOLLOW);
-    assert_int_equal(flight_join(k, 102, &w2, true, true, &c), FLIGHT_FOLLOW);
+    assert_int_equal(flight_join(k, 100, &w1, true, true, 0, &a, &landed), FLIGHT_LEAD);
+    assert_int_equal(flight_join(k, 101, &w1, true, true, 0, &b, &landed), FLIGHT_FOLLOW);
+    assert_int_equal(flight_join(k, 102, &w2, true, true, 0, &c, &landed), FLIGHT_FOLLOW);
     assert_int_equal(flight_waiting(), 2);
     /* Landing with someone else's token does nothing. */
-    flight_land(k, 101, "x", 1, 0, post);
+    flight_land(k, 101, "x", 1, 0, post, 0, 0);
     assert_int_equal(seen.n, 0);
-    flight_land(k, 100, "answer", 6, 0.25, post);
+    flight_land(k, 100, "answer", 6, 0.25, post, 0, 0);
     assert_int_equal(seen.n, 2);
     assert_int_equal(seen.with_text, 2);
     assert_string_equal(seen.texts[0], "answer");
@@ -78,8 +81,8 @@ static void test_lead_follow_land(void **state)
     assert_null(b.flight); /* the table no longer refers to the followers' nodes */
     assert_null(c.flight);
     /* Landed: the next one leads a new flight. */
-    assert_int_equal(flight_join(k, 103, &w1, true, true, &a), FLIGHT_LEAD);
-    flight_land(k, 103, NULL, 0, 0, post);
+    assert_int_equal(flight_join(k, 103, &w1, true, true, 0, &a, &landed), FLIGHT_LEAD);
+    flight_land(k, 103, NULL, 0, 0, post, 0, 0);
 }
 
 static void test_leave_and_failed_leader(void **state)
@@ -89,16 +92,16 @@ static void test_leave_and_failed_leader(void **state)
     key_of(k, 2);
     int w;
     struct flight_waiter lead, first, second, third;
-    assert_int_equal(flight_join(k, 200, &w, true, true, &lead), FLIGHT_LEAD);
-    assert_int_equal(flight_join(k, 201, &w, true, true, &first), FLIGHT_FOLLOW);
-    assert_int_equal(flight_join(k, 202, &w, true, true, &second), FLIGHT_FOLLOW);
-    assert_int_equal(flight_join(k, 203, &w, true, true, &third), FLIGHT_FOLLOW);
+    assert_int_equal(flight_join(k, 200, &w, true, true, 0, &lead, &landed), FLIGHT_LEAD);
+    assert_int_equal(flight_join(k, 201, &w, true, true, 0, &first, &landed), FLIGHT_FOLLOW);
+    assert_int_equal(flight_join(k, 202, &w, true, true, 0, &second, &landed), FLIGHT_FOLLOW);
+    assert_int_equal(flight_join(k, 203, &w, true, true, 0, &third, &landed), FLIGHT_FOLLOW);
     /* Leaving from the middle, the head and twice keeps the list whole. */
     flight_leave(&second);
     flight_leave(&third);
     flight_leave(&third); /* twice: harmless */
     assert_int_equal(flight_waiting(), 1);
-    flight_land(k, 200, NULL, 0, 0, post); /* the leader failed */
+    flight_land(k, 200, NULL, 0, 0, post, 0, 0); /* the leader failed */
     assert_int_equal(seen.n, 1);
     assert_int_equal(seen.tokens[0], 201);
     assert_int_equal(seen.with_text, 0);
@@ -116,14 +119,14 @@ static void test_who_may_lead_or_follow(void **state)
     int w;
     struct flight_waiter x;
     /* no-store cannot lead; no-cache cannot follow */
-    assert_int_equal(flight_join(k, 300, &w, true, false, &x), FLIGHT_ALONE);
-    assert_int_equal(flight_join(k, 301, &w, true, true, &x), FLIGHT_LEAD);
-    assert_int_equal(flight_join(k, 302, &w, false, true, &x), FLIGHT_ALONE);
+    assert_int_equal(flight_join(k, 300, &w, true, false, 0, &x, &landed), FLIGHT_ALONE);
+    assert_int_equal(flight_join(k, 301, &w, true, true, 0, &x, &landed), FLIGHT_LEAD);
+    assert_int_equal(flight_join(k, 302, &w, false, true, 0, &x, &landed), FLIGHT_ALONE);
     /* Another key in the same stripe is another flight. */
-    assert_int_equal(flight_join(other, 303, &w, true, true, &x), FLIGHT_LEAD);
-    flight_land(k, 301, "a", 1, 0, post);
+    assert_int_equal(flight_join(other, 303, &w, true, true, 0, &x, &landed), FLIGHT_LEAD);
+    flight_land(k, 301, "a", 1, 0, post, 0, 0);
     assert_int_equal(seen.n, 0);
-    flight_land(other, 303, "b", 1, 0, post);
+    flight_land(other, 303, "b", 1, 0, post, 0, 0);
     assert_int_equal(seen.n, 0);
 }
 
@@ -153,9 +156,9 @@ static void *racer(void *arg)
         key_of(k, 1000 + i % 7);
         uint64_t token = ((uint64_t)r->id << 32) | (uint64_t)i;
         struct flight_waiter w;
-        enum flight_role role = flight_join(k, token, r, true, true, &w);
+        enum flight_role role = flight_join(k, token, r, true, true, 0, &w, &landed);
         if (role == FLIGHT_LEAD)
-            flight_land(k, token, "t", 1, 0, race_post);
+            flight_land(k, token, "t", 1, 0, race_post, 0, 0);
         else if (role == FLIGHT_FOLLOW)
             flight_leave(&w); /* its node goes out of scope: it must be out of the table */
     }
@@ -178,16 +181,79 @@ static void test_threads(void **state)
         unsigned char k[32];
         key_of(k, 1000 + i);
         struct flight_waiter w;
-        if (flight_join(k, 1, NULL, false, true, &w) == FLIGHT_LEAD)
-            flight_land(k, 1, NULL, 0, 0, race_post);
+        if (flight_join(k, 1, NULL, false, true, 0, &w, &landed) == FLIGHT_LEAD)
+            flight_land(k, 1, NULL, 0, 0, race_post, 0, 0);
     }
     assert_int_equal(flight_waiting(), 0);
+}
+
+static void test_landed_answer_lingers(void **state)
+{
+    (void)state;
+    unsigned char k[32];
+    key_of(k, 9);
+    int w;
+    struct flight_waiter a, b;
+    struct flight_landed got = {0};
+    assert_int_equal(flight_join(k, 900, &w, true, true, 1000, &a, &got), FLIGHT_LEAD);
+    flight_land(k, 900, "the answer", 10, 0.5, post, 1000, 200);
+    assert_int_equal(seen.n, 0); /* nobody was waiting */
+    /* Just after the landing, an identical miss gets a copy instead of leading again. */
+    assert_int_equal(flight_join(k, 901, &w, true, true, 1100, &b, &got), FLIGHT_LANDED);
+    assert_int_equal(got.len, 10);
+    assert_memory_equal(got.text, "the answer", 10);
+    assert_float_equal(got.cost_usd, 0.5, 0);
+    free(got.text);
+    got.text = NULL;
+    /* One that may not be answered from the cache (no-cache) neither gets it nor leads. */
+    assert_int_equal(flight_join(k, 902, &w, false, true, 1150, &b, &got), FLIGHT_ALONE);
+    assert_null(got.text);
+    /* A late leader's landing cannot replace it (it leads nothing). */
+    flight_land(k, 902, "other", 5, 0, post, 1150, 200);
+    assert_int_equal(flight_join(k, 903, &w, true, true, 1199, &b, &got), FLIGHT_LANDED);
+    assert_memory_equal(got.text, "the answer", 10);
+    free(got.text);
+    got.text = NULL;
+    /* Its time is up: the next miss leads a new flight. */
+    assert_int_equal(flight_join(k, 904, &w, true, true, 1200, &b, &got), FLIGHT_LEAD);
+    flight_land(k, 904, NULL, 0, 0, post, 1200, 200); /* failed: nothing lingers */
+    assert_int_equal(flight_join(k, 905, &w, true, true, 1201, &b, &got), FLIGHT_LEAD);
+    flight_land(k, 905, NULL, 0, 0, post, 1201, 0);
+}
+
+static void test_linger_is_bounded(void **state)
+{
+    (void)state;
+    unsigned char k1[32], k2[32];
+    key_of(k1, 10);
+    key_of(k2, 11);
+    int w;
+    struct flight_waiter a;
+    struct flight_landed got = {0};
+    size_t big = FLIGHT_LINGER_MAX_BYTES / 2 + 1;
+    char *text = calloc(1, big);
+    assert_non_null(text);
+    assert_int_equal(flight_join(k1, 1000, &w, true, true, 0, &a, &got), FLIGHT_LEAD);
+    flight_land(k1, 1000, text, big, 0, post, 0, 1000);
+    assert_int_equal(flight_join(k2, 1001, &w, true, true, 0, &a, &got), FLIGHT_LEAD);
+    flight_land(k2, 1001, text, big, 0, post, 0, 1000);
+    /* The first fits and lingers; the second would pass the cap and does not. */
+    assert_int_equal(flight_join(k1, 1002, &w, true, true, 1, &a, &got), FLIGHT_LANDED);
+    free(got.text);
+    assert_int_equal(flight_join(k2, 1003, &w, true, true, 1, &a, &got), FLIGHT_LEAD);
+    flight_land(k2, 1003, NULL, 0, 0, post, 1, 0);
+    /* Expired entries are freed when their stripe is next used. */
+    assert_int_equal(flight_join(k1, 1004, &w, true, true, 5000, &a, &got), FLIGHT_LEAD);
+    flight_land(k1, 1004, NULL, 0, 0, post, 5000, 0);
+    free(text);
 }
 
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup(test_lead_follow_land, setup),
+        cmocka_unit_test_setup(test_landed_answer_lingers, setup),
+        cmocka_unit_test_setup(test_linger_is_bounded, setup),
         cmocka_unit_test_setup(test_leave_and_failed_leader, setup),
         cmocka_unit_test_setup(test_who_may_lead_or_follow, setup),
         cmocka_unit_test_setup(test_threads, setup),
