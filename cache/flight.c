@@ -17,7 +17,7 @@ struct flight {
     char *text;
     size_t len;
     double cost_usd;
-    int64_t linger_until_ms;
+    int64_t landed_ms, linger_until_ms;
 };
 
 static struct {
@@ -80,6 +80,7 @@ enum flight_role flight_join(const unsigned char key[32], uint64_t token, void *
             memcpy(landed->text, f->text, f->len);
             landed->len = f->len;
             landed->cost_usd = f->cost_usd;
+            landed->landed_ms = f->landed_ms;
             role = FLIGHT_LANDED;
         }
     } else if (*slot && may_follow) {
@@ -156,6 +157,7 @@ void flight_land(const unsigned char key[32], uint64_t leader_token, const char 
             memcpy(f->text, text, len);
             f->len = len;
             f->cost_usd = cost_usd;
+            f->landed_ms = now_ms;
             f->linger_until_ms = now_ms + linger_ms;
             f->next = flight_stripes[s].head;
             flight_stripes[s].head = f;

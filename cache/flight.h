@@ -32,6 +32,7 @@ struct flight_landed {
     char *text;
     size_t len;
     double cost_usd;
+    int64_t landed_ms; /* when it landed (for Cache-Control: max-age) */
 };
 
 struct flight;

@@ -392,6 +392,10 @@ bool request_coalesce(struct request *r)
     switch (flight_join(r->cache.key, r->cache.flight_token, r->w, r->cache.read, r->cache.store,
                         clock_mono_ms(), &r->cache.waiter, &landed)) {
     case FLIGHT_LANDED:
+        if (r->cache.max_age_ms >= 0 && clock_mono_ms() - landed.landed_ms > r->cache.max_age_ms) {
+            free(landed.text); /* older than the caller accepts: a miss of its own */
+            return false;
+        }
         /* Kept here too, for this worker's next caller. */
         cache_put(r->w->cache, r->cache.key, landed.text, landed.len, "", landed.cost_usd,
                   clock_mono_ms(), r->cfg->cache.ttl_s * 1000);

@@ -203,6 +203,7 @@ static void test_landed_answer_lingers(void **state)
     assert_int_equal(got.len, 10);
     assert_memory_equal(got.text, "the answer", 10);
     assert_float_equal(got.cost_usd, 0.5, 0);
+    assert_int_equal(got.landed_ms, 1000);
     free(got.text);
     got.text = NULL;
     /* One that may not be answered from the cache (no-cache) neither gets it nor leads. */
