@@ -90,6 +90,17 @@ export function markdown(r) {
         `dropped ${g.metrics.dropped}. \`tollgate usage\` sums ${g.cli_requests ?? 'n/a'} requests for named keys; ` +
         `the gateway logged ${g.log_auth} authenticated inference requests. Drained ${g.drain_s.toFixed(1)} s after the load stopped.`);
     L.push('');
+    if (r.redis) {
+        L.push(`Redis: the gateway counted ${r.redis.timeouts ?? '?'} commands past their deadline and ${r.redis.errors ?? '?'} failed ` +
+            `(timeouts, errors, refusals while its breaker was open), and opened its breaker ${r.redis.breaker_opens} times; ` +
+            `Redis itself logged ${r.redis.slow} commands slower than 10 ms: ${r.redis.slow_text}.`);
+        L.push('');
+    }
+    if (r.inflight_max) {
+        L.push(`Requests in the gateway at once (sampled every 5 s): at most ${r.inflight_max.warm} during the warm-up, ` +
+            `${r.inflight_max.after} after it.`);
+        L.push('');
+    }
     if (r.gateway_events.length) {
         L.push('Gateway warnings and errors (count × event): ' +
             r.gateway_events.map((e) => `${e.count} × ${e.event}`).join(', ') + '.');

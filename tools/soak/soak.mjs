@@ -88,7 +88,9 @@ const redis = {
     async start() {
         const fd = fs.openSync(this.log, 'a');
         this.proc = spawn('redis-server', ['--port', String(this.port), '--bind', HOST, '--dir', this.dir,
-            '--save', '', '--appendonly', 'yes', '--appendfsync', 'everysec', '--databases', '1'],
+            '--save', '', '--appendonly', 'yes', '--appendfsync', 'everysec', '--databases', '1',
+            // Commands slower than 10 ms are kept (SLOWLOG), read and reset with every sample.
+            '--slowlog-log-slower-than', '10000', '--slowlog-max-len', '4096'],
         { stdio: ['ignore', fd, fd] });
         fs.closeSync(fd);
         const proc = this.proc;
@@ -120,6 +122,35 @@ const redis = {
         return redisClient(this.port);
     },
 };
+// Redis's own view of slow commands, over the run (its SLOWLOG lives in memory: read every
+// sample, so a restart loses at most one interval).
+const slow = {
+    client: null, count: 0, by_cmd: {}, max_us: 0,
+    async poll() {
+        try {
+            if (!this.client) this.client = await redisClient(redis.port);
+            const rows = await this.client.call('SLOWLOG', 'GET', '4096');
+            await this.client.call('SLOWLOG', 'RESET');
+            for (const [, , us, argv] of rows) {
+                this.count++;
+                const cmd = String(argv?.[0] ?? '?').toUpperCase();
+                const e = this.by_cmd[cmd] ?? { n: 0, max_us: 0 };
+                e.n++;
+                e.max_us = Math.max(e.max_us, Number(us));
+                this.by_cmd[cmd] = e;
+                this.max_us = Math.max(this.max_us, Number(us));
+            }
+        } catch {
+            this.client?.close();
+            this.client = null; // Redis restarting: next time
+        }
+    },
+    text() {
+        return Object.entries(this.by_cmd).sort((a, b) => b[1].n - a[1].n)
+            .map(([c, e]) => `${c} ${e.n} (max ${(e.max_us / 1000).toFixed(0)} ms)`).join(', ') || 'none';
+    },
+};
+
 process.on('exit', () => {
     try {
         if (redis.proc && redis.proc.exitCode === null) redis.proc.kill('SIGKILL');
@@ -155,7 +186,7 @@ async function startNode(name, port = 0) {
 // the warm-up: a cache still filling after the warm-up is growth the RSS check would blame on
 // the gateway (with 1 MiB it took about 3 minutes: valgrind's massif showed cache_put holding
 // 1.05 MB of a 2.2 MB heap, the rest flat).
-const CACHE_BYTES = 262144;
+const CACHE_BYTES = Number(env.SOAK_CACHE_BYTES ?? 262144);
 
 const STATIC_KEY = `sk-soak-static-${randomBytes(8).toString('hex')}`;
 
@@ -244,7 +275,11 @@ function onResult(id, req, out, verdict) {
 function settleDeferred() {
     for (const [id, req, out, verdict] of deferred.splice(0)) {
         const near = glog.redis_trouble.some((t) => t >= out.t0 - 2000 && t <= out.t1 + 2000);
-        count(id, req, out, near ? { ...verdict, cls: 'expected', reason: 'bad_key: 503 key_store_unavailable while the gateway\'s Redis breaker was open' } : verdict);
+        const counted = glog.redis_trouble_spans.some(([a, b]) => out.t1 >= a && out.t0 <= b);
+        const v = near ? { ...verdict, cls: 'expected', reason: 'bad_key: 503 key_store_unavailable while the gateway\'s Redis breaker was open' }
+            : counted ? { ...verdict, cls: 'expected', reason: 'bad_key: 503 key_store_unavailable while a Redis command of the gateway timed out or failed' }
+                : verdict;
+        count(id, req, out, v);
     }
 }
 function count(id, req, out, verdict) {
@@ -279,6 +314,7 @@ const glog = {
     auth: 0, // request lines of inference paths with a key name
     by_event: new Map(), // warn/error events
     redis_trouble: [], // wall ms of the gateway's redis_disconnected and redis_breaker_open
+    redis_trouble_spans: [], // [from, to] wall ms: sample intervals in which its Redis error or timeout counters grew
     lines_by_id: new Map(), // id -> line, for requests that went wrong (bounded)
     file: null,
 };
@@ -332,6 +368,8 @@ async function scrape(admin) {
         dropped: val(/^tollgate_ledger_records_total\{outcome="dropped"\} (\S+)/m),
         spool_bytes: val(/^tollgate_ledger_spool_bytes (\S+)/m),
         inflight: val(/^tollgate_inflight_requests (\S+)/m),
+        redis_errors: val(/^tollgate_redis_errors_total (\S+)/m),
+        redis_timeouts: val(/^tollgate_redis_timeouts_total (\S+)/m),
     };
 }
 
@@ -529,7 +567,14 @@ async function main() {
                 try {
                     m = await scrape(admin);
                 } catch { /* counted next time */ }
-                const s = { t: el(), rss_kb: mem.rss_kb, hwm_kb: mem.hwm_kb, threads: mem.threads, fds: fds.total, kinds: fds.kinds, inflight: m.inflight, spool_bytes: m.spool_bytes, client_inflight: load.inflight };
+                await slow.poll();
+                const s = { t: el(), wall: Date.now(), rss_kb: mem.rss_kb, hwm_kb: mem.hwm_kb, threads: mem.threads, fds: fds.total, kinds: fds.kinds, inflight: m.inflight, spool_bytes: m.spool_bytes, client_inflight: load.inflight, redis_timeouts: m.redis_timeouts, redis_errors: m.redis_errors, slow: slow.count };
+                if (m.redis_timeouts != null) {
+                    // A Redis command of the gateway failed or timed out since the last sample.
+                    const prev = samples[samples.length - 1];
+                    if (prev && (m.redis_timeouts > (prev.redis_timeouts ?? 0) || m.redis_errors > (prev.redis_errors ?? 0)))
+                        glog.redis_trouble_spans.push([prev.wall, s.wall]);
+                }
                 samples.push(s);
                 if (!warm && s.t >= WARMUP) {
                     warm = s;
@@ -658,6 +703,15 @@ async function main() {
             metrics: metrics_end, cli_requests, log_auth: glog.auth, drain_s,
         },
         answered_401: stats.answered_401,
+        redis: {
+            slow: slow.count, slow_text: slow.text(),
+            timeouts: metrics_end.redis_timeouts, errors: metrics_end.redis_errors,
+            breaker_opens: glog.by_event.get('redis_breaker_open')?.count ?? 0,
+        },
+        inflight_max: {
+            warm: Math.max(0, ...samples.filter((x) => x.t < WARMUP).map((x) => x.inflight ?? 0)),
+            after: Math.max(0, ...samples.filter((x) => x.t >= WARMUP).map((x) => x.inflight ?? 0)),
+        },
         loadavg: `${load_start.toFixed(1)} at start, ${os.loadavg()[0].toFixed(1)} at end`,
         exit,
         gateway_events: [...glog.by_event].sort((a, b) => b[1].count - a[1].count).map(([event, e]) => ({ event, count: e.count })),
@@ -665,8 +719,9 @@ async function main() {
     };
     const { text, pass } = markdown(report);
     fs.writeFileSync(path.join(OUT_DIR, 'report.md'), text + '\n');
-    fs.writeFileSync(path.join(OUT_DIR, 'samples.csv'), 't_s,rss_kb,hwm_kb,threads,fds,gw_inflight,client_inflight,spool_bytes,fd_kinds\n' +
-        samples.map((s) => [s.t.toFixed(1), s.rss_kb, s.hwm_kb, s.threads, s.fds, s.inflight ?? '', s.client_inflight, s.spool_bytes ?? '', censusText(s.kinds)].join(',')).join('\n') + '\n');
+    fs.writeFileSync(path.join(OUT_DIR, 'samples.csv'), 't_s,rss_kb,hwm_kb,threads,fds,gw_inflight,client_inflight,spool_bytes,redis_timeouts,redis_errors,redis_slow,fd_kinds\n' +
+        samples.map((s) => [s.t.toFixed(1), s.rss_kb, s.hwm_kb, s.threads, s.fds, s.inflight ?? '', s.client_inflight, s.spool_bytes ?? '',
+            s.redis_timeouts ?? '', s.redis_errors ?? '', s.slow, censusText(s.kinds)].join(',')).join('\n') + '\n');
     const ev_text = [...glog.by_event].map(([ev, e]) => `${e.count} × ${ev}: ${e.first}`).join('\n');
     if (ev_text) fs.writeFileSync(path.join(OUT_DIR, 'gateway-events.txt'), ev_text + '\n');
     console.log('\n' + text);
@@ -688,6 +743,7 @@ try {
     console.error(`soak: ${err.stack ?? err}`);
     code = 2;
 } finally {
+    slow.client?.close();
     await redis.stop('SIGKILL').catch(() => {});
     await cleanup();
 }
