@@ -347,7 +347,7 @@ static void parse_backends(struct cfg_ctx *ctx, struct config *cfg, json_t *root
             cfg_error(ctx, pp, "must start with http:// or https://");
         }
         b->prices_refresh_s =
-            (unsigned)get_num(ctx, item, "prices_refresh_s", path, 1, 86400, 300, false, true);
+            get_num(ctx, item, "prices_refresh_s", path, 0.1, 86400, 300, false, false);
         b->ca_file = get_str(ctx, item, "ca_file", path, false);
         if (b->ca_file && !*b->ca_file) {
             free(b->ca_file);
@@ -442,14 +442,34 @@ static void parse_redis(struct cfg_ctx *ctx, struct config *cfg, json_t *root)
 
 static void parse_routing(struct cfg_ctx *ctx, struct config *cfg, json_t *root)
 {
-    static const char *const allowed[] = {"strategy",    "default_output_tokens", "retries",
-                                          "deadline_ms", "tie_tolerance",         NULL};
+    static const char *const allowed[] = {"strategy",
+                                          "default_output_tokens",
+                                          "retries",
+                                          "deadline_ms",
+                                          "tie_tolerance",
+                                          "limit_initial",
+                                          "limit_max",
+                                          "limit_backoff",
+                                          "limit_latency_factor",
+                                          "rate_limit_pause_ms",
+                                          "queue_ms",
+                                          "honesty_tolerance",
+                                          "honesty_min_samples",
+                                          NULL};
     struct config_routing *r = &cfg->routing;
     r->strategy = CONFIG_STRATEGY_CHEAPEST;
     r->default_output_tokens = 256;
     r->retries = 2;
     r->deadline_ms = 30000;
     r->tie_tolerance = 0.01;
+    r->limit_initial = 8;
+    r->limit_max = 1000;
+    r->limit_backoff = 0.9;
+    r->limit_latency_factor = 3;
+    r->rate_limit_pause_ms = 5000;
+    r->queue_ms = 1000;
+    r->honesty_tolerance = 1.5;
+    r->honesty_min_samples = 5;
     json_t *o = get_obj(ctx, root, "routing", "");
     if (!o)
         return;
@@ -466,18 +486,39 @@ static void parse_routing(struct cfg_ctx *ctx, struct config *cfg, json_t *root)
     r->deadline_ms =
         (long)get_num(ctx, o, "deadline_ms", "routing", 1, 3600000, 30000, false, true);
     r->tie_tolerance = get_num(ctx, o, "tie_tolerance", "routing", 0, 1, 0.01, false, false);
+    r->limit_initial =
+        (unsigned)get_num(ctx, o, "limit_initial", "routing", 1, 1000000, 8, false, true);
+    r->limit_max = (unsigned)get_num(ctx, o, "limit_max", "routing", 1, 1000000, 1000, false, true);
+    if (r->limit_max < r->limit_initial)
+        cfg_error(ctx, "routing.limit_max", "must be at least routing.limit_initial");
+    r->limit_backoff = get_num(ctx, o, "limit_backoff", "routing", 0.1, 0.99, 0.9, false, false);
+    r->limit_latency_factor =
+        get_num(ctx, o, "limit_latency_factor", "routing", 0, 1000, 3, false, false);
+    if (r->limit_latency_factor > 0 && r->limit_latency_factor < 1.5)
+        cfg_error(ctx, "routing.limit_latency_factor", "must be 0 (off) or at least 1.5");
+    r->rate_limit_pause_ms =
+        (long)get_num(ctx, o, "rate_limit_pause_ms", "routing", 0, 86400000, 5000, false, true);
+    r->queue_ms = (long)get_num(ctx, o, "queue_ms", "routing", 0, 3600000, 1000, false, true);
+    r->honesty_tolerance =
+        get_num(ctx, o, "honesty_tolerance", "routing", 1.05, 1000, 1.5, false, false);
+    r->honesty_min_samples =
+        (unsigned)get_num(ctx, o, "honesty_min_samples", "routing", 1, 100000, 5, false, true);
 }
 
 static void parse_health(struct cfg_ctx *ctx, struct config *cfg, json_t *root)
 {
-    static const char *const allowed[] = {"interval_ms", "timeout_ms",      "eject_after_failures",
-                                          "cooldown_ms", "max_cooldown_ms", NULL};
+    static const char *const allowed[] = {"interval_ms",  "timeout_ms",      "eject_after_failures",
+                                          "cooldown_ms",  "max_cooldown_ms", "stuck_factor",
+                                          "stuck_min_ms", "slow_start_ms",   NULL};
     struct config_health *h = &cfg->health;
     h->interval_ms = 5000;
     h->timeout_ms = 2000;
     h->eject_after_failures = 3;
     h->cooldown_ms = 10000;
     h->max_cooldown_ms = 300000;
+    h->stuck_factor = 2;
+    h->stuck_min_ms = 250;
+    h->slow_start_ms = 3000;
     json_t *o = get_obj(ctx, root, "health", "");
     if (!o)
         return;
@@ -492,6 +533,12 @@ static void parse_health(struct cfg_ctx *ctx, struct config *cfg, json_t *root)
         (long)get_num(ctx, o, "max_cooldown_ms", "health", 1, 86400000, 300000, false, true);
     if (h->max_cooldown_ms < h->cooldown_ms)
         h->max_cooldown_ms = h->cooldown_ms;
+    h->stuck_factor = get_num(ctx, o, "stuck_factor", "health", 0, 1000, 2, false, false);
+    if (h->stuck_factor > 0 && h->stuck_factor < 1)
+        cfg_error(ctx, "health.stuck_factor", "must be 0 (off) or at least 1");
+    h->stuck_min_ms = (long)get_num(ctx, o, "stuck_min_ms", "health", 1, 3600000, 250, false, true);
+    h->slow_start_ms =
+        (long)get_num(ctx, o, "slow_start_ms", "health", 0, 3600000, 3000, false, true);
 }
 
 static void parse_cache(struct cfg_ctx *ctx, struct config *cfg, json_t *root)

@@ -17,6 +17,7 @@
 
 struct backend_state;
 struct backend_price;
+struct demand;
 
 struct config_model {
     char *name;                /* what clients send */
@@ -33,7 +34,7 @@ struct config_backend {
     unsigned max_inflight; /* 0 = no limit */
     char *prices_url;      /* OpenRouter-style /models document with live prices, or NULL */
     char *ca_file;         /* PEM bundle verifying its https URLs; NULL = system store */
-    unsigned prices_refresh_s;
+    double prices_refresh_s;
     struct config_model *models;
     size_t n_models;
     /* Headers every upstream request to this backend carries (read-only, shared by workers;
@@ -57,6 +58,7 @@ struct config_target {
 struct config_route {
     char *model;
     unsigned metric_model; /* label index (metrics/metrics.h), set by backend_attach() */
+    struct demand *demand; /* learned shape of its requests (routing/demand.h) */
     struct config_target *targets;
     size_t n_targets;
 };
@@ -82,6 +84,16 @@ struct config_routing {
     unsigned retries;     /* further backends tried after a failure before the first byte */
     long deadline_ms;     /* no new attempt starts later than this after the request came */
     double tie_tolerance; /* estimates within this fraction of the cheapest are a tie */
+    /* Learned concurrency limits (routing/limiter.h). */
+    unsigned limit_initial;      /* a node's limit once it answered (before that, 1) */
+    unsigned limit_max;          /* the learned limit never grows past this */
+    double limit_backoff;        /* a 429 multiplies the limit by this */
+    double limit_latency_factor; /* slow first bytes (× the usual) shrink it; 0 = off */
+    long rate_limit_pause_ms;    /* a 429 with a retry-after this long takes the node out */
+    long queue_ms; /* with every node at its limit, a request waits this long for a slot */
+    /* Usage honesty (routing/honesty.h). */
+    double honesty_tolerance; /* flagged above this × the peers' usage ratio */
+    unsigned honesty_min_samples;
 };
 
 struct config_health {
@@ -90,6 +102,11 @@ struct config_health {
     unsigned eject_after_failures;
     long cooldown_ms; /* first ejection; doubles on each repeat */
     long max_cooldown_ms;
+    /* Stuck nodes (routing/stuck.h): no first byte after stuck_factor × the node's recent
+     * p95 time to first byte (at least stuck_min_ms) suspects it; 0 = off. */
+    double stuck_factor;
+    long stuck_min_ms;
+    long slow_start_ms; /* a node back from an ejection ramps up over this long; 0 = off */
 };
 
 enum config_cache_mode { CONFIG_CACHE_DETERMINISTIC = 0, CONFIG_CACHE_ALL, CONFIG_CACHE_OFF };

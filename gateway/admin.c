@@ -103,6 +103,41 @@ static bool admin_authorized(struct MHD_Connection *conn, const struct config *c
     return digest_equal(got, want, sizeof got);
 }
 
+/* What routing learned of a backend (routing/limiter.h, latency.h, stuck.h): its learned
+ * limit and the one it is held to now (slow start), whether it is suspected stuck. */
+static void admin_backend_routing(json_t *o, const struct config *cfg,
+                                  const struct config_backend *b, int64_t now)
+{
+    struct backend_state *s = b->state;
+    const struct limiter *l = &s->limit;
+    double share = limiter_ramp_share(l, cfg->health.slow_start_ms, now);
+    double p95 = latency_p95_s(&s->lat);
+    json_object_set_new(o, "limit", json_real(limiter_limit(l, &cfg->routing)));
+    json_object_set_new(o, "effective_limit", json_integer(backend_limit(cfg, b, now)));
+    json_object_set_new(
+        o, "limit_phase",
+        json_string(atomic_load(&l->phase) == LIMITER_PROBING ? "probing" : "steady"));
+    json_object_set_new(o, "slow_start", json_real(share));
+    json_object_set_new(o, "suspected", json_boolean(stuck_suspected(&s->stuck)));
+    json_object_set_new(o, "stuck_total", json_integer((json_int_t)atomic_load(&s->stuck.total)));
+    json_object_set_new(o, "ttfb_p95_ms", p95 > 0 ? json_real(p95 * 1000) : json_null());
+}
+
+/* Per model: its usage honesty (routing/honesty.h) and how old its live price is. */
+static void admin_model_routing(json_t *mo, const struct backend_price *p, bool live, int64_t now)
+{
+    const struct honesty *h = &p->honesty;
+    json_object_set_new(mo, "usage_samples", json_integer(atomic_load(&h->samples)));
+    json_object_set_new(mo, "usage_ratio_prompt", json_real(honesty_ratio(h, false)));
+    json_object_set_new(mo, "usage_ratio_completion", json_real(honesty_ratio(h, true)));
+    json_object_set_new(mo, "usage_inflation", json_real(honesty_inflation(h)));
+    json_object_set_new(mo, "overreporting", json_boolean(honesty_flagged(h)));
+    json_object_set_new(mo, "price_age_ms",
+                        live ? json_integer(now - atomic_load(&p->checked_ms)) : json_null());
+    json_object_set_new(mo, "price_changed_ago_ms",
+                        live ? json_integer(now - atomic_load(&p->updated_ms)) : json_null());
+}
+
 static json_t *admin_backends(const struct config *cfg)
 {
     int64_t now = clock_mono_ms();
@@ -114,11 +149,13 @@ static json_t *admin_backends(const struct config *cfg)
         for (size_t j = 0; j < b->n_models; j++) {
             const struct config_model *m = &b->models[j];
             bool live = m->price && atomic_load(&m->price->live);
-            json_array_append_new(models, json_pack("{s:s, s:s?, s:f, s:f, s:s}", "name", m->name,
-                                                    "upstream", m->upstream, "input_usd_per_mtok",
-                                                    backend_input_price(m), "output_usd_per_mtok",
-                                                    backend_output_price(m), "price_source",
-                                                    live ? "live" : "config"));
+            json_t *mo =
+                json_pack("{s:s, s:s?, s:f, s:f, s:s}", "name", m->name, "upstream", m->upstream,
+                          "input_usd_per_mtok", backend_input_price(m), "output_usd_per_mtok",
+                          backend_output_price(m), "price_source", live ? "live" : "config");
+            if (m->price)
+                admin_model_routing(mo, m->price, live, now);
+            json_array_append_new(models, mo);
         }
         int64_t until = atomic_load(&s->ejected_until_ms);
         int64_t probe = atomic_load(&s->last_probe_ms);
@@ -135,6 +172,7 @@ static json_t *admin_backends(const struct config *cfg)
                       (double)atomic_load(&s->duration_ewma_us) / 1000.0, "probe_ok",
                       !atomic_load(&s->probe_down), "last_probe_ago_ms",
                       probe ? json_integer(now - probe) : json_null(), "models", models);
+        admin_backend_routing(o, cfg, b, now);
         json_array_append_new(list, o);
     }
     return json_pack("{s:o}", "backends", list);

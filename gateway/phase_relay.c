@@ -240,7 +240,8 @@ static void request_relay_start(struct request *r)
         if (upstream_header(r->up.xfer, "retry-after", ra, sizeof ra) == 0)
             secs = strtol(ra, NULL, 10);
         r->up.retry_after_s = secs > 0 ? secs : 1;
-        backend_record_rate_limited(r->up.target->backend->state, secs * 1000, clock_mono_ms());
+        backend_record_rate_limited(r->up.target->backend->state, &r->cfg->routing, secs * 1000,
+                                    clock_mono_ms());
     }
 }
 

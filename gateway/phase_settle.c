@@ -29,11 +29,48 @@ void request_note_scan(struct request *r, const struct answer_scan *sc)
  * token counts far from overflowing. */
 #define REQUEST_MEDIA_PROMPT_MAX (1L << 21)
 
+/* The node's reported usage against the gateway's own estimate of what was sent and
+ * delivered (routing/honesty.h): a node that reports far more than its peers is billed at the
+ * peer-calibrated estimate, never more than it claimed. */
+static void request_judge_usage(struct request *r, bool clamped, long *prompt, long *completion)
+{
+    if (r->oreq.has_media)
+        return; /* no estimate to hold it to */
+    bool embeddings = r->ep->route == OPENAI_EMBEDDINGS;
+    struct honesty_sample hs = {
+        .rep_prompt = r->usage.rep_prompt,
+        .rep_completion = embeddings ? -1 : r->usage.rep_completion,
+        .est_prompt = (long)r->oreq.prompt_tokens_est,
+        .est_completion = embeddings ? 0 : (long)((r->usage.delivered + 3) / 4),
+        .impossible = clamped,
+    };
+    struct honesty_verdict v;
+    const struct config_target *t = r->up.target;
+    /* Judged on its earlier answers: the answer that flags a node is billed as before. */
+    bool was_flagged = t->model->price && honesty_flagged(&t->model->price->honesty);
+    honesty_observe(r->route, t->model, &r->cfg->routing, &hs, &v);
+    if (v.changed)
+        log_event(v.flagged ? LOG_WARN : LOG_INFO,
+                  v.flagged ? "backend_overreporting" : "backend_usage_normal",
+                  "\"backend\":\"%s\",\"model\":\"%s\",\"inflation\":%.3f,\"request_id\":\"%s\"",
+                  t->backend->name, r->model, v.inflation, r->id);
+    if (!was_flagged || !v.flagged)
+        return;
+    long prompt0 = *prompt, completion0 = *completion;
+    if (v.bill_prompt < *prompt)
+        *prompt = v.bill_prompt;
+    if (!embeddings && v.bill_completion < *completion)
+        *completion = v.bill_completion;
+    if (*prompt != prompt0 || *completion != completion0)
+        r->usage.clamped = true; /* its claim is replaced, in the answer too */
+}
+
 /* Settles what the request is billed for. Nodes are untrusted: completion tokens are capped
  * by max_tokens × n and by what was actually delivered (a token is at least one byte of
  * text); prompt tokens by the bytes the caller sent (with images or audio, by
- * REQUEST_MEDIA_PROMPT_MAX); and when a node reports nothing, both are estimated. Cost uses
- * the serving node's current price. */
+ * REQUEST_MEDIA_PROMPT_MAX); and when a node reports nothing, both are estimated. A node
+ * flagged for over-reporting is billed at its peers' rate instead. Cost uses the serving
+ * node's price in force when the attempt was sent. */
 void request_settle_usage(struct request *r)
 {
     if (r->usage.done)
@@ -62,12 +99,14 @@ void request_settle_usage(struct request *r)
         clamped = true;
     }
     r->usage.clamped = clamped && r->usage.reported;
+    if (r->usage.reported)
+        request_judge_usage(r, clamped, &prompt, &completion);
     r->usage.prompt_tokens = prompt;
     r->usage.completion_tokens = completion;
-    const struct config_model *m = r->up.target->model;
-    r->usage.cost_usd =
-        ((double)prompt * backend_input_price(m) + (double)completion * backend_output_price(m)) /
-        1e6;
+    /* At the price in force when the attempt was sent. */
+    double price_in, price_out;
+    backend_billed_price(r->up.target->model, &r->up.price, &price_in, &price_out);
+    r->usage.cost_usd = ((double)prompt * price_in + (double)completion * price_out) / 1e6;
     if (!r->cfg->metrics_enabled)
         return; /* what routing saved only feeds the metrics */
     /* What routing saved: the same usage at the priciest backend that could have served it. */

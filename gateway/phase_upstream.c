@@ -7,6 +7,7 @@
 #include "gateway/pipeline.h"
 #include "net/upstream.h"
 #include "routing/backend.h"
+#include "routing/demand.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -110,15 +111,72 @@ static void request_no_target(struct request *r, const struct router_outcome *wh
                           wait_s);
 }
 
+static void request_stuck_cb(struct ev_loop *loop, ev_timer *t, int revents);
+static void request_enqueue(struct request *r);
+static void request_retries_exhausted(struct request *r);
+
+/* The attempt no longer waits for its first byte (it came, or the attempt ended). */
+static void request_end_wait(struct request *r, bool answered)
+{
+    ev_timer_stop(r->w->loop, &r->up.stuck_timer);
+    if (!r->up.waiting)
+        return;
+    r->up.waiting = false;
+    struct backend_state *s = r->up.target->backend->state;
+    if (!answered) {
+        backend_attempt_end(s);
+        return;
+    }
+    bool stream = r->relay.stream_mode && r->up.status == 200;
+    bool was = stuck_suspected(&s->stuck);
+    backend_first_byte(s, r->up.started_us, clock_mono() - r->up.t_attempt, stream,
+                       clock_mono_ms());
+    if (was && !stuck_suspected(&s->stuck))
+        log_event(LOG_INFO, "backend_unsuspected",
+                  "\"backend\":\"%s\",\"detail\":\"a request was answered\"",
+                  r->up.target->backend->name);
+}
+
+/* When the attempt's first byte is overdue, and the least it waits on a suspected node. */
+static void request_stuck_estimate(struct request *r)
+{
+    const struct config_health *h = &r->cfg->health;
+    long out = (long)r->up.rreq.output_tokens;
+    r->up.stuck_after = stuck_after_target(r->route, r->up.target, h, r->oreq.stream, out);
+    r->up.stuck_least =
+        r->oreq.stream ? r->up.stuck_after : stuck_after_target(r->route, r->up.target, h, true, 0);
+}
+
+/* How often a waiting attempt looks at its node: often enough to leave a stuck node soon
+ * after it is suspected, rarely enough to cost nothing (seconds). */
+static double request_stuck_period(double after)
+{
+    double p = after > 0 ? after / 4 : 0.25;
+    return p < 0.05 ? 0.05 : p > 0.5 ? 0.5 : p;
+}
+
+/* How often a request waiting for a free slot looks again (seconds). */
+#define REQUEST_QUEUE_POLL 0.01
+
 /* Picks the next backend and starts the transfer: 0 when started, 1 when no backend is
- * eligible (*why says why), or a negative tg_error. */
+ * eligible (*why says why), 2 when every one is at its learned limit and the request may
+ * wait for a slot (routing.queue_ms, within its deadline), or a negative tg_error. */
 static int request_start_attempt(struct request *r, struct router_outcome *why)
 {
+    double now = clock_mono();
+    long queue_ms = r->cfg->routing.queue_ms;
     r->up.rreq.now_ms = clock_mono_ms();
     r->up.rreq.random = worker_random(r->w);
+    r->up.rreq.cfg = r->cfg;
+    r->up.rreq.output_fill = demand_output_fill(r->route->demand);
+    double waited = r->up.queued_at ? now - r->up.queued_at : 0;
+    r->up.rreq.free_only = queue_ms > 0 && now < r->up.deadline && !worker_draining(r->w) &&
+                           waited < (double)queue_ms / 1000.0;
+    r->up.rreq.wait_probation = r->up.rreq.free_only && waited < ROUTER_PROBATION_WAIT_S;
     const struct config_target *t = router_pick(r->route, &r->up.rreq, r->up.skip, why);
     if (!t)
-        return 1;
+        return r->up.rreq.free_only && why->full ? 2 : 1;
+    r->up.queued_at = 0;
     const char *body;
     size_t body_len;
     int rc = request_upstream_body(r, t, &body, &body_len);
@@ -146,8 +204,16 @@ static int request_start_attempt(struct request *r, struct router_outcome *why)
     r->up.xfer = upstream_start(r->w->upstream, &req, &request_upstream_ops, r);
     if (!r->up.xfer)
         return TG_ERR_NOMEM;
-    atomic_fetch_add_explicit(&b->state->inflight, 1, memory_order_relaxed);
-    atomic_fetch_add_explicit(&b->state->requests, 1, memory_order_relaxed);
+    /* Billed at the price in force now, whatever the feed says by the time it ends. */
+    backend_capture_price(t->model, clock_mono_ms(), &r->up.price);
+    r->up.inflight_at_send = backend_attempt_begin(b->state);
+    r->up.started_us = (int64_t)(r->up.t_attempt * 1e6);
+    r->up.waiting = true;
+    request_stuck_estimate(r);
+    double period = request_stuck_period(r->up.stuck_after);
+    ev_timer_init(&r->up.stuck_timer, request_stuck_cb, period, period);
+    r->up.stuck_timer.data = r;
+    ev_timer_start(r->w->loop, &r->up.stuck_timer);
     r->state = REQUEST_UPSTREAM;
     return 0;
 }
@@ -180,20 +246,77 @@ static void request_attempt_failed(struct request *r, enum tg_error err, bool bl
                   r->id, r->up.target->backend->name, r->up.attempts,
                   log_escape(esc, sizeof esc, r->up.last_msg));
     }
-    if (r->up.attempts <= r->cfg->routing.retries && clock_mono() < r->up.deadline &&
-        !worker_draining(r->w)) {
+    /* A 429 is a full node, not a failure: moving on from it uses up no retry (each node is
+     * still tried at most once). */
+    if (r->up.attempts - r->up.rate_limited <= r->cfg->routing.retries &&
+        clock_mono() < r->up.deadline && !worker_draining(r->w)) {
         struct router_outcome why;
-        if (request_start_attempt(r, &why) == 0) {
+        int rc = request_start_attempt(r, &why);
+        if (rc == 0) {
             if (r->cfg->metrics_enabled)
                 METRICS_ADD(r->w->metrics->retries, 1);
             return; /* still suspended; the next backend is working */
         }
+        if (rc == 2) {
+            request_enqueue(r);
+            return; /* still suspended; waiting for a free slot */
+        }
     }
+    request_retries_exhausted(r);
+}
+
+/* Nothing more to try after a failed attempt: the caller gets the last failure. */
+static void request_retries_exhausted(struct request *r)
+{
     request_set_error(r, r->up.last_err, NULL, "%s", r->up.last_msg);
     if (r->up.last_err == TG_ERR_BACKEND_RATE_LIMITED)
         r->reply.retry_after_s = r->up.rate_limit_wait_s;
     r->reply.no_retry = true; /* the gateway already retried: the SDK should not multiply it */
     request_resume(r);
+}
+
+/* A request waiting for a free slot looks again. */
+static void request_queue_cb(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    (void)revents;
+    struct request *r = t->data;
+    if (worker_draining(r->w)) {
+        ev_timer_stop(loop, t);
+        request_set_error(r, TG_ERR_SHUTTING_DOWN, NULL,
+                          "The gateway is shutting down; retry the request.");
+        request_resume(r);
+        return;
+    }
+    struct router_outcome why;
+    int rc = request_start_attempt(r, &why);
+    if (rc == 2)
+        return; /* still every node at its limit */
+    ev_timer_stop(loop, t);
+    r->up.queued_at = 0;
+    if (rc == 0) {
+        if (r->up.attempts > 1 && r->cfg->metrics_enabled)
+            METRICS_ADD(r->w->metrics->retries, 1);
+        return;
+    }
+    if (rc == 1 && r->up.attempts) {
+        request_retries_exhausted(r);
+        return;
+    }
+    if (rc == 1)
+        request_no_target(r, &why);
+    else
+        request_set_error(r, rc, NULL, "cannot start the upstream transfer");
+    request_resume(r);
+}
+
+static void request_enqueue(struct request *r)
+{
+    if (!r->up.queued_at)
+        r->up.queued_at = clock_mono();
+    r->state = REQUEST_UPSTREAM; /* suspended, nothing sent: as while a backend works */
+    ev_timer_init(&r->up.queue_timer, request_queue_cb, REQUEST_QUEUE_POLL, REQUEST_QUEUE_POLL);
+    r->up.queue_timer.data = r;
+    ev_timer_start(r->w->loop, &r->up.queue_timer);
 }
 
 static const char *request_upstream_message(const struct request *r, char *out, size_t n)
@@ -219,6 +342,55 @@ static void request_note_attempt(struct request *r, enum metrics_outcome outcome
                             now - r->up.t_attempt);
 }
 
+/* A waiting attempt's check: when its node is suspected stuck (by this attempt being
+ * overdue, or by another one) and nothing sent since this attempt began was answered, the
+ * attempt gives up and the request moves on. */
+static void request_stuck_cb(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    (void)revents;
+    struct request *r = t->data;
+    if (!r->up.xfer || !r->up.waiting || r->state != REQUEST_UPSTREAM) {
+        ev_timer_stop(loop, t);
+        return;
+    }
+    const struct config_backend *b = r->up.target->backend;
+    struct backend_state *s = b->state;
+    if (r->up.stuck_after <= 0) /* the node's latency may be known by now */
+        request_stuck_estimate(r);
+    double now = clock_mono();
+    double waited = now - r->up.t_attempt;
+    bool suspected_now;
+    enum stuck_verdict v =
+        stuck_check(&s->stuck, r->up.started_us, waited, r->up.stuck_after, r->up.stuck_least,
+                    stuck_world_answered_us(), clock_mono_ms(), &suspected_now);
+    if (suspected_now)
+        log_event(LOG_WARN, "backend_suspected",
+                  "\"backend\":\"%s\",\"request_id\":\"%s\",\"waited_ms\":%.0f,"
+                  "\"expected_ms\":%.0f,\"waiting\":%d",
+                  b->name, r->id, waited * 1000, r->up.stuck_after * 1000,
+                  atomic_load_explicit(&s->stuck.waiting, memory_order_relaxed));
+    if (v != STUCK_GIVE_UP)
+        return;
+    request_cancel_attempt(r);
+    r->up.wait += now - r->up.t_attempt;
+    request_note_attempt(r, METRICS_OUTCOME_TIMEOUT, now);
+    request_attempt_failed(r, TG_ERR_BACKEND_TIMEOUT, false, false,
+                           "Backend %s is suspected stuck: no first byte in %.0f ms", b->name,
+                           waited * 1000);
+}
+
+/* upstream_ops.on_data: the relay takes the bytes; the first answer (a whole answer's first
+ * byte, a stream's first event, an error status) ends the wait for it. */
+static int request_upstream_data(void *ctx, const char *data, size_t len)
+{
+    struct request *r = ctx;
+    int rc = request_relay_data(ctx, data, len);
+    if (r->up.waiting && r->up.got_headers &&
+        (!r->relay.stream_mode || r->state != REQUEST_UPSTREAM))
+        request_end_wait(r, true);
+    return rc;
+}
+
 static void request_on_done(void *ctx, int result, long status, const char *detail)
 {
     struct request *r = ctx;
@@ -226,6 +398,8 @@ static void request_on_done(void *ctx, int result, long status, const char *deta
         r->up.status = status; /* an answer with no body */
     const char *backend = r->up.target->backend->name;
     struct backend_state *bs = r->up.target->backend->state;
+    /* An answer with no body (or only a stream's pings) still says the node answers. */
+    request_end_wait(r, status > 0 && !(r->relay.stream_mode && r->state == REQUEST_UPSTREAM));
     r->up.xfer = NULL;
     request_release_backend(r);
     if (result && r->up.fail_detail[0])
@@ -249,8 +423,13 @@ static void request_on_done(void *ctx, int result, long status, const char *deta
         bool reader = result == TG_ERR_BACKEND_TIMEOUT && r->relay.up_paused;
         if (!ok && !reader)
             backend_record_failure(bs, &r->cfg->health, false, clock_mono_ms());
-        else
-            backend_record_success(bs, r->up.ttfb, now - r->up.t_attempt);
+        else {
+            backend_record_served(bs, &r->cfg->routing, r->up.inflight_at_send, r->up.ttfb,
+                                  now - r->up.t_attempt, (long)((r->usage.delivered + 3) / 4),
+                                  clock_mono_ms());
+            demand_note_output(r->route->demand, (long)r->up.rreq.output_tokens,
+                               (long)((r->usage.delivered + 3) / 4));
+        }
         request_note_attempt(r, ok ? METRICS_OUTCOME_SUCCESS : METRICS_OUTCOME_BROKEN, now);
         r->relay.stream_ended = true;
         if (r->relay.reader_waiting)
@@ -278,6 +457,7 @@ static void request_on_done(void *ctx, int result, long status, const char *deta
                                "Backend %s ended the stream before sending any event", backend);
     } else if (r->up.status == 429) {
         char m[300];
+        r->up.rate_limited++;
         request_note_attempt(r, METRICS_OUTCOME_RATE_LIMITED, now);
         if (!r->up.rate_limit_wait_s || r->up.retry_after_s < r->up.rate_limit_wait_s)
             r->up.rate_limit_wait_s = r->up.retry_after_s;
@@ -306,12 +486,17 @@ static void request_on_done(void *ctx, int result, long status, const char *deta
                                    "Backend %s answered a streaming request without a stream",
                                    backend);
         } else {
-            backend_record_success(bs, r->up.ttfb, now - r->up.t_attempt);
             request_note_attempt(r, METRICS_OUTCOME_SUCCESS, now);
             if (r->cfg->metrics_enabled)
                 metrics_observe_ttft(r->w->metrics, r->ep->metric, r->route->metric_model,
                                      now - r->t_start, 0);
             request_whole_answer(r);
+            /* After the answer's scan: what it delivered is known now. */
+            backend_record_served(bs, &r->cfg->routing, r->up.inflight_at_send, 0,
+                                  now - r->up.t_attempt, (long)((r->usage.delivered + 3) / 4),
+                                  clock_mono_ms());
+            demand_note_output(r->route->demand, (long)r->up.rreq.output_tokens,
+                               (long)((r->usage.delivered + 3) / 4));
             request_resume(r);
         }
     } else if (r->up.status >= 500 || r->up.status < 400) {
@@ -342,7 +527,7 @@ static void request_on_done(void *ctx, int result, long status, const char *deta
 }
 
 static const struct upstream_ops request_upstream_ops = {
-    .on_data = request_relay_data,
+    .on_data = request_upstream_data,
     .on_done = request_on_done,
 };
 
@@ -354,7 +539,9 @@ enum MHD_Result request_route(struct request *r)
         request_no_target(r, &why);
         return request_queue_reply(r);
     }
-    if (rc)
+    if (rc == 2)
+        request_enqueue(r);
+    else if (rc)
         return REQUEST_FAIL_NOW(r, rc, NULL, "cannot start the upstream transfer");
     request_suspend(r);
     return MHD_YES;
@@ -362,8 +549,10 @@ enum MHD_Result request_route(struct request *r)
 
 void request_cancel_attempt(struct request *r)
 {
+    ev_timer_stop(r->w->loop, &r->up.queue_timer);
     if (!r->up.xfer)
         return;
+    request_end_wait(r, false);
     upstream_cancel(r->up.xfer);
     r->up.xfer = NULL;
     request_release_backend(r);

@@ -29,6 +29,7 @@
 #include "openai/answer.h"
 #include "openai/openai.h"
 #include "openai/sse.h"
+#include "routing/backend.h"
 #include "routing/router.h"
 #include "tenancy/budget.h"
 #include "tenancy/keyauth.h"
@@ -134,6 +135,17 @@ struct request_attempts {
     bool got_headers;
     long status;
     char fail_detail[160]; /* why the data callback aborted the transfer */
+    /* Routing's view of the current attempt (routing/limiter.h, stuck.h). */
+    unsigned rate_limited;              /* attempts answered 429: moves that use up no retry */
+    int inflight_at_send;               /* the backend's in-flight count with this attempt */
+    int64_t started_us;                 /* t_attempt in µs */
+    bool waiting;                       /* counted as waiting for the first byte */
+    struct backend_price_capture price; /* the price in force when it was sent */
+    double stuck_after;   /* seconds before a missing first byte is overdue; 0 unknown */
+    double stuck_least;   /* the same for a stream: the least wait before giving up */
+    ev_timer stuck_timer; /* checks on a first byte that is late */
+    double queued_at;     /* waiting for a free slot since (clock_mono); 0 = not */
+    ev_timer queue_timer; /* looks for a free slot again */
 };
 
 /* The answer on its way to the caller (phase_relay.c). */

@@ -11,6 +11,7 @@
 #include <ev.h>
 #include <pthread.h>
 #include <stdbool.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,9 +27,22 @@ struct check {
     struct config *cfg;
     size_t backend;
     enum check_kind kind;
+    int64_t started_ms;
+    struct upstream_xfer *xfer;
+    struct curl_slist *headers; /* a feed read's own: the backend's and If-None-Match */
+    bool got_data;
+    char etag[160]; /* the feed's ETag for this answer */
     struct buf body;
     char url[1024];
     struct list node; /* on the thread's live checks */
+};
+
+/* A backend's price feed: read on its own schedule, with the ETag of what was last applied
+ * so an unchanged document costs a 304. */
+struct feed {
+    int64_t due_ms; /* next read */
+    bool busy;      /* a read is in flight */
+    char etag[160];
 };
 
 struct health {
@@ -44,15 +58,15 @@ struct health {
     bool stop;
     struct config *cfg; /* the health thread's own snapshot */
     unsigned *busy;     /* per backend of cfg: a probe is in flight */
-    unsigned *price_busy;
-    int64_t *prices_due; /* per backend: next price fetch (ms) */
-    struct list checks;  /* every probe and price fetch in flight */
+    struct feed *feeds; /* per backend of cfg */
+    struct list checks; /* every probe and price fetch in flight */
 };
 
 static void check_free(struct check *c)
 {
     list_unlink(&c->node);
     buf_free(&c->body);
+    curl_slist_free_all(c->headers);
     config_unref(c->cfg);
     free(c);
 }
@@ -62,8 +76,15 @@ static int check_on_data(void *ctx, const char *data, size_t len)
     struct check *c = ctx;
     if (c->kind == CHECK_PROBE)
         return 0; /* only the status matters */
+    if (!c->got_data) {
+        c->got_data = true;
+        if (c->xfer && upstream_header(c->xfer, "etag", c->etag, sizeof c->etag))
+            c->etag[0] = '\0';
+    }
     return buf_append(&c->body, data, len) ? TG_ERR_BAD_BACKEND_RESPONSE : 0;
 }
+
+static void prices_arm(struct health *h);
 
 /* A per-token USD price: OpenRouter sends strings ("0.0000002"), numbers are accepted too.
  * Anything else, negative, or above a dollar a token is refused. */
@@ -124,7 +145,10 @@ static void check_on_done(void *ctx, int result, long status, const char *detail
     if (c->kind == CHECK_PROBE) {
         bool ok = result == 0 && status >= 200 && status < 300;
         bool was_down = atomic_load(&b->state->probe_down);
-        backend_record_probe(b->state, &c->cfg->health, ok, now);
+        bool was_suspected = stuck_suspected(&b->state->stuck);
+        if (ok)
+            stuck_world_probe_ok(c->started_ms * 1000);
+        backend_record_probe(b->state, &c->cfg->health, ok, c->started_ms, now);
         bool is_down = atomic_load(&b->state->probe_down);
         if (was_down != is_down) {
             char esc[300];
@@ -132,8 +156,20 @@ static void check_on_done(void *ctx, int result, long status, const char *detail
                       "\"backend\":\"%s\",\"detail\":\"%s\"", b->name,
                       log_escape(esc, sizeof esc, ok ? "probe answered" : detail));
         }
+        if (was_suspected && !stuck_suspected(&b->state->stuck))
+            log_event(LOG_INFO, "backend_unsuspected",
+                      "\"backend\":\"%s\",\"detail\":\"a probe answered\"", b->name);
         if (current)
             h->busy[c->backend] = 0;
+    } else if (result == 0 && status == 304) {
+        /* Unchanged since the ETag we sent: the prices in force are confirmed. */
+        for (size_t m = 0; m < b->n_models; m++)
+            if (b->models[m].price && atomic_load(&b->models[m].price->live))
+                backend_confirm_price(b->models[m].price, now);
+        if (current) {
+            h->feeds[c->backend].busy = false;
+            prices_arm(h);
+        }
     } else {
         json_t *doc = NULL;
         if (result == 0 && status == 200)
@@ -148,8 +184,13 @@ static void check_on_done(void *ctx, int result, long status, const char *detail
         else
             log_event(LOG_DEBUG, "prices_updated", "\"backend\":\"%s\",\"models\":%d", b->name,
                       priced);
-        if (current)
-            h->price_busy[c->backend] = 0;
+        if (current) {
+            struct feed *f = &h->feeds[c->backend];
+            /* Only a document that was applied may be answered with a 304 next time. */
+            snprintf(f->etag, sizeof f->etag, "%s", priced >= 0 ? c->etag : "");
+            f->busy = false;
+            prices_arm(h);
+        }
     }
     check_free(c);
 }
@@ -185,6 +226,7 @@ static void check_start(struct health *h, size_t i, enum check_kind kind)
     list_push_head(&h->checks, &c->node);
     c->backend = i;
     c->kind = kind;
+    c->started_ms = clock_mono_ms();
     buf_init(&c->body, HEALTH_MAX_PRICES_BYTES);
     if (kind == CHECK_PROBE)
         snprintf(c->url, sizeof c->url, "%s/models", b->url);
@@ -193,9 +235,26 @@ static void check_start(struct health *h, size_t i, enum check_kind kind)
     long timeout = h->cfg->health.timeout_ms;
     /* A feed elsewhere (a public price list) gets neither the backend's key nor its CA. */
     bool own = kind == CHECK_PROBE || same_origin(b->url, b->prices_url);
+    struct curl_slist *headers = own ? b->headers : &foreign_feed_headers;
+    const char *etag = kind == CHECK_PRICES ? h->feeds[i].etag : "";
+    if (etag[0]) {
+        /* The feed's headers plus If-None-Match: a list of the check's own. */
+        char inm[200];
+        snprintf(inm, sizeof inm, "If-None-Match: %s", etag);
+        for (struct curl_slist *l = headers; l; l = l->next) {
+            struct curl_slist *next = curl_slist_append(c->headers, l->data);
+            if (!next)
+                goto fail;
+            c->headers = next;
+        }
+        struct curl_slist *next = curl_slist_append(c->headers, inm);
+        if (!next)
+            goto fail;
+        c->headers = headers = next;
+    }
     struct upstream_req req = {
         .url = c->url,
-        .headers = own ? b->headers : &foreign_feed_headers,
+        .headers = headers,
         .ca_file = own ? b->ca_file : NULL,
         .request_id = kind == CHECK_PROBE ? "tollgate-health-probe" : "tollgate-prices",
         .connect_timeout_ms = timeout,
@@ -203,14 +262,16 @@ static void check_start(struct health *h, size_t i, enum check_kind kind)
         .idle_timeout_ms = timeout,
         .total_timeout_ms = kind == CHECK_PROBE ? timeout : timeout * 5,
     };
-    if (!upstream_start(h->upstream, &req, &check_ops, c)) {
-        check_free(c);
-        return;
-    }
+    c->xfer = upstream_start(h->upstream, &req, &check_ops, c);
+    if (!c->xfer)
+        goto fail;
     if (kind == CHECK_PROBE)
         h->busy[i] = 1;
     else
-        h->price_busy[i] = 1;
+        h->feeds[i].busy = true;
+    return;
+fail:
+    check_free(c);
 }
 
 static void probe_cb(struct ev_loop *loop, ev_timer *t, int revents)
@@ -223,6 +284,23 @@ static void probe_cb(struct ev_loop *loop, ev_timer *t, int revents)
             check_start(h, i, CHECK_PROBE);
 }
 
+/* Sets the feed timer to the next read that is due, to the millisecond (never on a coarser
+ * tick: a price a second late routes and bills a second wrong). */
+static void prices_arm(struct health *h)
+{
+    int64_t next = INT64_MAX;
+    for (size_t i = 0; i < h->cfg->n_backends; i++)
+        if (h->cfg->backends[i].prices_url && !h->feeds[i].busy && h->feeds[i].due_ms < next)
+            next = h->feeds[i].due_ms;
+    ev_timer_stop(h->loop, &h->prices_timer);
+    if (next == INT64_MAX)
+        return;
+    int64_t wait = next - clock_mono_ms();
+    ev_now_update(h->loop);
+    ev_timer_set(&h->prices_timer, wait > 0 ? (double)wait / 1000.0 : 0., 0.);
+    ev_timer_start(h->loop, &h->prices_timer);
+}
+
 static void prices_cb(struct ev_loop *loop, ev_timer *t, int revents)
 {
     (void)loop;
@@ -231,11 +309,18 @@ static void prices_cb(struct ev_loop *loop, ev_timer *t, int revents)
     int64_t now = clock_mono_ms();
     for (size_t i = 0; i < h->cfg->n_backends; i++) {
         const struct config_backend *b = &h->cfg->backends[i];
-        if (!b->prices_url || h->price_busy[i] || now < h->prices_due[i])
+        struct feed *f = &h->feeds[i];
+        if (!b->prices_url || f->busy || now < f->due_ms)
             continue;
-        h->prices_due[i] = now + (int64_t)b->prices_refresh_s * 1000;
+        /* On the feed's own cadence, from when this read was due (not when it ran), unless
+         * it fell a whole period behind. */
+        int64_t period = (int64_t)(b->prices_refresh_s * 1000.0);
+        if (period < 1)
+            period = 1;
+        f->due_ms = f->due_ms && now - f->due_ms < period ? f->due_ms + period : now + period;
         check_start(h, i, CHECK_PRICES);
     }
+    prices_arm(h);
 }
 
 /* Makes `cfg` the thread's snapshot: per-backend bookkeeping starts afresh (a check still in
@@ -244,28 +329,22 @@ static int health_use(struct health *h, struct config *cfg)
 {
     size_t n = cfg->n_backends;
     unsigned *busy = calloc(n + 1, sizeof *busy);
-    unsigned *price_busy = calloc(n + 1, sizeof *price_busy);
-    int64_t *due = calloc(n + 1, sizeof *due);
-    if (!busy || !price_busy || !due) {
+    struct feed *feeds = calloc(n + 1, sizeof *feeds);
+    if (!busy || !feeds) {
         free(busy);
-        free(price_busy);
-        free(due);
+        free(feeds);
         return -1;
     }
     free(h->busy);
-    free(h->price_busy);
-    free(h->prices_due);
+    free(h->feeds);
     h->busy = busy;
-    h->price_busy = price_busy;
-    h->prices_due = due;
+    h->feeds = feeds;
     config_unref(h->cfg);
     h->cfg = config_ref(cfg);
     ev_timer_stop(h->loop, &h->probe_timer);
     ev_timer_set(&h->probe_timer, 0., (double)cfg->health.interval_ms / 1000.0);
     ev_timer_start(h->loop, &h->probe_timer);
-    ev_timer_stop(h->loop, &h->prices_timer);
-    ev_timer_set(&h->prices_timer, 0., 1.0);
-    ev_timer_start(h->loop, &h->prices_timer);
+    prices_arm(h); /* every feed is due at once */
     return 0;
 }
 
@@ -306,7 +385,7 @@ struct health *health_start(struct config *cfg)
         goto err;
     ev_timer_init(&h->probe_timer, probe_cb, 0., 1.);
     h->probe_timer.data = h;
-    ev_timer_init(&h->prices_timer, prices_cb, 0., 1.);
+    ev_timer_init(&h->prices_timer, prices_cb, 0., 0.);
     h->prices_timer.data = h;
     ev_async_init(&h->wakeup, wakeup_cb);
     h->wakeup.data = h;
@@ -322,8 +401,7 @@ err:
         ev_loop_destroy(h->loop);
     config_unref(h->cfg);
     free(h->busy);
-    free(h->price_busy);
-    free(h->prices_due);
+    free(h->feeds);
     free(h);
     return NULL;
 }
@@ -356,8 +434,7 @@ void health_stop(struct health *h)
     config_unref(h->cfg);
     config_unref(h->next);
     free(h->busy);
-    free(h->price_busy);
-    free(h->prices_due);
+    free(h->feeds);
     pthread_mutex_destroy(&h->lock);
     free(h);
 }

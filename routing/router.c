@@ -2,6 +2,7 @@
 
 #include "routing/backend.h"
 
+#include <limits.h>
 #include <math.h>
 
 #define ROUTER_MAX_CANDIDATES 256
@@ -13,10 +14,23 @@ double router_estimate(const struct config_target *t, const struct router_reques
            1e6;
 }
 
+double router_effective_estimate(const struct config_target *t, const struct router_request *req)
+{
+    const struct honesty *h = t->model->price ? &t->model->price->honesty : NULL;
+    double fin = h ? honesty_price_factor(h, false) : 1;
+    double fout = h ? honesty_price_factor(h, true) : 1;
+    double out = (double)req->output_tokens * (req->output_fill > 0 ? req->output_fill : 1);
+    return ((double)req->prompt_tokens * backend_input_price(t->model) * fin +
+            out * backend_output_price(t->model) * fout) /
+           1e6;
+}
+
 struct candidate {
     const struct config_target *t;
-    double cost;
+    double cost; /* at the effective price */
     int inflight;
+    int limit;      /* learned, slow start included */
+    bool probation; /* never answered: more than its one request only as a last resort */
     uint64_t ttfb_us;
 };
 
@@ -60,6 +74,21 @@ static const struct config_target *pick_weighted(const struct candidate *c, size
     return c[n - 1].t;
 }
 
+/* Every candidate is at its learned limit: the one least over it (relative to its limit),
+ * the cheaper of equals. */
+static const struct config_target *pick_overflow(const struct candidate *c, size_t n)
+{
+    const struct candidate *best = &c[0];
+    for (size_t i = 1; i < n; i++) {
+        double a = (double)(c[i].inflight + 1) / c[i].limit;
+        double b = (double)(best->inflight + 1) / best->limit;
+        if ((best->probation && !c[i].probation) ||
+            (best->probation == c[i].probation && (a < b || (a == b && c[i].cost < best->cost))))
+            best = &c[i];
+    }
+    return best->t;
+}
+
 static const struct config_target *pick_latency(const struct candidate *c, size_t n)
 {
     const struct candidate *best = &c[0];
@@ -76,7 +105,7 @@ const struct config_target *router_pick(const struct config_route *route,
 {
     struct candidate c[ROUTER_MAX_CANDIDATES];
     struct router_outcome out = {.cheapest_usd = -1};
-    size_t n = 0;
+    size_t n = 0, n_free = 0;
     for (size_t i = 0; i < route->n_targets && n < ROUTER_MAX_CANDIDATES; i++) {
         if (skip && skip[i])
             continue;
@@ -101,17 +130,55 @@ const struct config_target *router_pick(const struct config_route *route,
                 out.cheapest_usd = cost;
             continue;
         }
-        c[n++] = (struct candidate){
+        int limit = req->cfg ? (int)backend_limit(req->cfg, t->backend, req->now_ms) : INT_MAX;
+        struct candidate cand = {
             .t = t,
-            .cost = cost,
+            .cost = router_effective_estimate(t, req),
             .inflight = inflight,
+            .limit = limit,
+            .probation = req->cfg && limiter_on_probation(&s->limit),
             .ttfb_us = atomic_load_explicit(&s->ttfb_ewma_us, memory_order_relaxed),
         };
+        if (inflight >= limit) {
+            out.full++;
+            c[n++] = cand; /* kept after the free ones, as the last resort */
+            continue;
+        }
+        /* Free ones first, in target order: the first full one (if any) moves to the end. */
+        if (n != n_free)
+            c[n] = c[n_free];
+        n++;
+        c[n_free++] = cand;
     }
     if (why)
         *why = out;
     if (n == 0)
         return NULL;
+    if (n_free == 0)
+        return req->free_only ? NULL : pick_overflow(c, n);
+    /* The cheapest full ones, when every free one is far dearer: worth a try (or a wait, for
+     * one on probation, until the request may wait no longer). */
+    const struct candidate *full = NULL, *probation = NULL;
+    double free_min = c[0].cost;
+    for (size_t i = 1; i < n_free; i++)
+        if (c[i].cost < free_min)
+            free_min = c[i].cost;
+    for (size_t i = n_free; i < n; i++) {
+        const struct candidate **slot = c[i].probation ? &probation : &full;
+        if (!*slot || c[i].cost < (*slot)->cost)
+            *slot = &c[i];
+    }
+    if (req->strategy == CONFIG_STRATEGY_CHEAPEST) {
+        if (full && free_min > ROUTER_OVERFLOW_FACTOR * full->cost)
+            return full->t;
+        if (probation && free_min > ROUTER_OVERFLOW_FACTOR * probation->cost)
+            return req->free_only ? NULL : probation->t;
+        /* A cheaper node busy with its first request answers soon: worth a short wait. */
+        if (probation && req->wait_probation &&
+            free_min > ROUTER_PROBATION_WAIT_FACTOR * probation->cost)
+            return NULL;
+    }
+    n = n_free;
     switch (req->strategy) {
     case CONFIG_STRATEGY_PRICE_WEIGHTED:
         return pick_weighted(c, n, req->random);

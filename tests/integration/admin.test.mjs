@@ -70,7 +70,16 @@ describe('GET /admin/backends and /metrics', () => {
       'consecutive_failures', 'ejected_for_ms', 'ttfb_ms', 'duration_ms', 'probe_ok', 'last_probe_ago_ms', 'models'];
     for (const b of list) {
       for (const f of fields) assert.ok(f in b, `${b.name} lacks ${f}: ${JSON.stringify(b)}`);
-      assert.ok(['up', 'ejected', 'rate_limited', 'down'].includes(b.health), b.health);
+      assert.ok(['up', 'ejected', 'rate_limited', 'down', 'suspected'].includes(b.health), b.health);
+      // What routing learned of it (README "Routing, health and failover").
+      assert.ok(Number.isInteger(b.effective_limit) && b.effective_limit >= 1, JSON.stringify(b));
+      assert.ok(typeof b.limit === 'number' && b.limit >= 1, JSON.stringify(b));
+      assert.ok(['probing', 'steady'].includes(b.limit_phase), b.limit_phase);
+      assert.equal(typeof b.suspected, 'boolean');
+      for (const m of b.models) {
+        assert.equal(typeof m.overreporting, 'boolean');
+        assert.ok(typeof m.usage_inflation === 'number' && Number.isInteger(m.usage_samples), JSON.stringify(m));
+      }
       for (const f of ['inflight', 'max_inflight', 'requests', 'failures', 'ejections', 'consecutive_failures',
         'ejected_for_ms', 'last_probe_ago_ms']) {
         assert.ok(Number.isInteger(b[f]) && b[f] >= 0, `${b.name}.${f} = ${b[f]}`);
@@ -87,10 +96,13 @@ describe('GET /admin/backends and /metrics', () => {
     assert.equal(n.failures, 0);
     assert.equal(n.probe_ok, true);
     assert.ok(n.ttfb_ms > 0, 'a time to first byte was measured');
-    assert.deepEqual(n.models, [
+    const priced = ({ name, upstream, input_usd_per_mtok, output_usd_per_mtok, price_source }) =>
+      ({ name, upstream, input_usd_per_mtok, output_usd_per_mtok, price_source });
+    assert.deepEqual(n.models.map(priced), [
       { name: 'm', upstream: 'm-up', input_usd_per_mtok: 0.25, output_usd_per_mtok: 0.5, price_source: 'config' },
       { name: 'e', upstream: null, input_usd_per_mtok: 0.1, output_usd_per_mtok: 0, price_source: 'config' },
     ]);
+    assert.equal(n.models[0].price_age_ms, null, 'a config price has no age');
     assert.equal(s.max_inflight, 0, '0 = unlimited');
     assert.equal(s.requests, 1);
     assert.equal(s.failures, 1);

@@ -226,6 +226,9 @@ test('max_inflight: a saturated cheap node spills concurrent requests to the nex
     { ...backendFor(cheap, { prices: [0.5, 0.5] }), max_inflight: 2 },
     backendFor(next, { prices: [1, 1] }),
   ] });
+  // Each node answers once first: a node that never answered takes one request at a time.
+  await Promise.all([0, 1].map((i) => chat(gw, { model: 'm', messages: user(`warm${i}`) })));
+  await Promise.all([cheap.reset(), next.reset()]);
   const pending = Array.from({ length: 6 }, (_, i) => chat(gw, { model: 'm', messages: user(`c${i}`) }));
   // While they run (the cheap node takes 600 ms) the admin view shows it full.
   const during = await waitFor(async () => {
@@ -334,8 +337,12 @@ test('near-ties (routing.tie_tolerance) are shared by requests in flight; tie_to
     assert.ok(rs.every((r) => r.status === 200), rs.map((r) => r.text).join('\n'));
     return chatCounts(a, b);
   };
+  // Each node answers once first: a node that never answered takes one request at a time.
+  const warm = (gw) => Promise.all([0, 1].map((i) => chat(gw, { model: 'm', messages: user(`warm${i}`) })));
   const tolerant = await startGateway({ keys, workers: 1, backends });
+  await warm(tolerant);
   assert.deepEqual(await burst(tolerant), { 'tie-a': 2, 'tie-b': 2 }, 'a tie goes to the node with fewer requests in flight');
   const strict = await startGateway({ keys, workers: 1, routing: { tie_tolerance: 0 }, backends });
+  await warm(strict);
   assert.deepEqual(await burst(strict), { 'tie-a': 4, 'tie-b': 0 });
 });

@@ -38,6 +38,17 @@ static const struct config_health health3 = {
     .max_cooldown_ms = 8000,
 };
 
+/* Routing's settings as the config's defaults set them. */
+static const struct config_routing routing = {
+    .limit_initial = 8,
+    .limit_max = 1000,
+    .limit_backoff = 0.9,
+    .limit_latency_factor = 3,
+    .rate_limit_pause_ms = 5000,
+    .honesty_tolerance = 1.5,
+    .honesty_min_samples = 5,
+};
+
 static struct backend_state *state_new(void)
 {
     struct backend_state *s = calloc(1, sizeof *s);
@@ -188,9 +199,9 @@ static void test_rate_limited_pause(void **state)
     (void)state;
     struct backend_state *s = state_new();
     /* At least a second, whatever retry-after said. */
-    backend_record_rate_limited(s, 500, T0);
+    backend_record_rate_limited(s, &routing, 500, T0);
     assert_int_equal(until_of(s), T0 + 1000);
-    backend_record_rate_limited(s, 0, T0 + 1);
+    backend_record_rate_limited(s, &routing, 0, T0 + 1);
     assert_int_equal(until_of(s), T0 + 1001);
     assert_int_equal(reason_of(s), BACKEND_EJECT_RATE_LIMITED);
     assert_string_equal(backend_health_name(s, T0), "rate_limited");
@@ -201,9 +212,9 @@ static void test_rate_limited_pause(void **state)
     assert_int_equal(atomic_load(&s->ejections), 0);
     assert_int_equal(atomic_load(&s->eject_streak), 0);
     /* A longer retry-after extends it; a shorter one later does not shorten it. */
-    backend_record_rate_limited(s, 30000, T0);
+    backend_record_rate_limited(s, &routing, 30000, T0);
     assert_int_equal(until_of(s), T0 + 30000);
-    backend_record_rate_limited(s, 5000, T0 + 10);
+    backend_record_rate_limited(s, &routing, 5000, T0 + 10);
     assert_int_equal(until_of(s), T0 + 30000);
     /* Failures during the pause do not count towards an ejection. */
     fail_n(s, &health3, 5, false, T0 + 20);
@@ -215,10 +226,10 @@ static void test_rate_limited_pause(void **state)
     /* During a longer ejection a 429 changes nothing; past its end it becomes a pause. */
     s = state_new();
     fail_n(s, &health3, 3, false, T0);
-    backend_record_rate_limited(s, 1000, T0);
+    backend_record_rate_limited(s, &routing, 1000, T0);
     assert_int_equal(until_of(s), T0 + 1000);
     assert_int_equal(reason_of(s), BACKEND_EJECT_FAILING);
-    backend_record_rate_limited(s, 5000, T0);
+    backend_record_rate_limited(s, &routing, 5000, T0);
     assert_int_equal(until_of(s), T0 + 5000);
     assert_int_equal(reason_of(s), BACKEND_EJECT_RATE_LIMITED);
     free(s);
@@ -230,11 +241,11 @@ static void test_probes_take_down_and_bring_back(void **state)
 {
     (void)state;
     struct backend_state *s = state_new();
-    backend_record_probe(s, &health3, false, T0);
-    backend_record_probe(s, &health3, false, T0 + 1);
+    backend_record_probe(s, &health3, false, T0, T0);
+    backend_record_probe(s, &health3, false, T0 + 1, T0 + 1);
     assert_false(atomic_load(&s->probe_down));
     assert_true(backend_available(s, T0 + 1, NULL));
-    backend_record_probe(s, &health3, false, T0 + 2);
+    backend_record_probe(s, &health3, false, T0 + 2, T0 + 2);
     assert_true(atomic_load(&s->probe_down));
     assert_int_equal(atomic_load(&s->last_probe_ms), T0 + 2);
     /* Down has no known end: back_ms 0, and no ejection behind it. */
@@ -247,24 +258,25 @@ static void test_probes_take_down_and_bring_back(void **state)
     assert_int_equal(atomic_load(&s->consecutive_failures), 0);
     assert_int_equal(atomic_load(&s->ejections), 0);
     /* One good probe brings it back and restarts the count. */
-    backend_record_probe(s, &health3, true, T0 + 3);
+    backend_record_probe(s, &health3, true, T0 + 3, T0 + 3);
     assert_false(atomic_load(&s->probe_down));
     assert_int_equal(atomic_load(&s->probe_failures), 0);
     assert_true(backend_available(s, T0 + 3, NULL));
-    backend_record_probe(s, &health3, false, T0 + 4);
+    backend_record_probe(s, &health3, false, T0 + 4, T0 + 4);
     assert_false(atomic_load(&s->probe_down));
     free(s);
 }
 
-/* A good probe ends an ejection for being unreachable at once, but not one for failing
- * answers nor a rate-limit pause. The streak stays: the next failure ejects at once. */
+/* A good probe ends an ejection for being unreachable at once, one for failing answers when
+ * its probes failed during it (now they answer again: news) and the node is not a repeat
+ * offender, never a rate-limit pause. The streak stays: the next failure ejects at once. */
 static void test_good_probe_readmits_unreachable(void **state)
 {
     (void)state;
     struct backend_state *s = state_new();
     fail_n(s, &health3, 3, true, T0);
     assert_false(backend_available(s, T0 + 10, NULL));
-    backend_record_probe(s, &health3, true, T0 + 10);
+    backend_record_probe(s, &health3, true, T0 + 10, T0 + 10);
     assert_true(backend_available(s, T0 + 10, NULL));
     assert_int_equal(until_of(s), 0);
     assert_int_equal(reason_of(s), BACKEND_EJECT_NONE);
@@ -273,17 +285,48 @@ static void test_good_probe_readmits_unreachable(void **state)
     assert_int_equal(until_of(s), T0 + 20 + 2000);
     free(s);
 
+    /* Failing answers while the probes answer all along: a good probe is no news. */
     s = state_new();
     fail_n(s, &health3, 3, false, T0);
-    backend_record_probe(s, &health3, true, T0 + 10);
+    backend_record_probe(s, &health3, true, T0 + 10, T0 + 10);
     assert_int_equal(until_of(s), T0 + 1000);
     assert_int_equal(reason_of(s), BACKEND_EJECT_FAILING);
+    assert_false(backend_available(s, T0 + 10, NULL));
+    /* Its probes fail too, then answer again: a good probe sent after the ejection ends it. */
+    backend_record_probe(s, &health3, false, T0 + 20, T0 + 20);
+    backend_record_probe(s, &health3, true, T0 + 21, T0 + 25);
+    assert_true(backend_available(s, T0 + 25, NULL));
+    assert_int_equal(reason_of(s), BACKEND_EJECT_NONE);
+    assert_int_equal(atomic_load(&s->limit.ramp_from_ms), T0 + 25);
+    /* On trial: failing again ejects at once (streak 2), and a probe may end that too, once
+     * its probes failed and came back... */
+    backend_record_failure(s, &health3, false, T0 + 30);
+    assert_int_equal(atomic_load(&s->eject_streak), 2);
+    backend_record_probe(s, &health3, true, T0 + 40, T0 + 40);
+    assert_false(backend_available(s, T0 + 40, NULL));
+    backend_record_probe(s, &health3, false, T0 + 45, T0 + 45);
+    backend_record_probe(s, &health3, true, T0 + 46, T0 + 46);
+    assert_true(backend_available(s, T0 + 46, NULL));
+    /* ... but not the third time in a row: its cooldown runs its course. */
+    backend_record_failure(s, &health3, false, T0 + 50);
+    assert_int_equal(atomic_load(&s->eject_streak), 3);
+    backend_record_probe(s, &health3, false, T0 + 55, T0 + 55);
+    backend_record_probe(s, &health3, true, T0 + 60, T0 + 60);
+    assert_false(backend_available(s, T0 + 60, NULL));
+    assert_int_equal(until_of(s), T0 + 50 + 4000);
+    free(s);
+
+    /* A good probe sent before the ejection began says nothing either. */
+    s = state_new();
+    fail_n(s, &health3, 3, false, T0);
+    backend_record_probe(s, &health3, false, T0 + 5, T0 + 5);
+    backend_record_probe(s, &health3, true, T0 - 5, T0 + 10);
     assert_false(backend_available(s, T0 + 10, NULL));
     free(s);
 
     s = state_new();
-    backend_record_rate_limited(s, 4000, T0);
-    backend_record_probe(s, &health3, true, T0 + 10);
+    backend_record_rate_limited(s, &routing, 4000, T0);
+    backend_record_probe(s, &health3, true, T0 + 10, T0 + 10);
     assert_int_equal(until_of(s), T0 + 4000);
     assert_false(backend_available(s, T0 + 10, NULL));
     free(s);
@@ -291,7 +334,7 @@ static void test_good_probe_readmits_unreachable(void **state)
     /* An unreachable ejection already over is left as it was. */
     s = state_new();
     fail_n(s, &health3, 3, true, T0);
-    backend_record_probe(s, &health3, true, T0 + 1000);
+    backend_record_probe(s, &health3, true, T0 + 1000, T0 + 1000);
     assert_int_equal(until_of(s), T0 + 1000);
     assert_int_equal(reason_of(s), BACKEND_EJECT_UNREACHABLE);
     free(s);

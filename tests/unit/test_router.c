@@ -31,6 +31,11 @@ static struct config *load(const char *yaml)
         atomic_store(&s->eject_reason, BACKEND_EJECT_NONE);
         atomic_store(&s->probe_down, false);
         atomic_store(&s->ttfb_ewma_us, 0);
+        memset(&s->limit, 0, sizeof s->limit);
+        memset(&s->stuck, 0, sizeof s->stuck);
+        for (size_t j = 0; j < cfg->backends[i].n_models; j++)
+            memset(&cfg->backends[i].models[j].price->honesty, 0,
+                   sizeof cfg->backends[i].models[j].price->honesty);
     }
     return cfg;
 }
@@ -535,7 +540,7 @@ static void test_outcome_back_ms(void **state)
     int64_t now = q.now_ms;
     atomic_store(&state_of(cfg, "ob-a")->ejected_until_ms, now + 9000);
     atomic_store(&state_of(cfg, "ob-b")->probe_down, true);
-    backend_record_rate_limited(state_of(cfg, "ob-c"), 4000, now);
+    backend_record_rate_limited(state_of(cfg, "ob-c"), &cfg->routing, 4000, now);
     atomic_store(&state_of(cfg, "ob-d")->ejected_until_ms, now + 7000);
     static const enum config_strategy all[] = {
         CONFIG_STRATEGY_CHEAPEST, CONFIG_STRATEGY_PRICE_WEIGHTED, CONFIG_STRATEGY_LATENCY};
@@ -564,6 +569,153 @@ static void test_outcome_back_ms(void **state)
     config_unref(cfg);
 }
 
+/* Learned limits: a node at its learned limit spills to the next cheapest; when every node is
+ * at its limit the request goes to the one least over it (it may take it, or say 429), never
+ * to none; max_inflight stays a hard cap; a node in slow start takes a share of its limit. */
+static void test_learned_limits(void **state)
+{
+    (void)state;
+    struct config *cfg = load("backends:\n" BACKEND("ll-cheap", 1, 1)
+                                  BACKEND("ll-mid", 2, 2) "  - name: ll-capped\n"
+                                                          "    url: http://127.0.0.1:9000/capped\n"
+                                                          "    max_inflight: 2\n"
+                                                          "    models:\n"
+                                                          "      - name: m\n"
+                                                          "        input_usd_per_mtok: 3\n"
+                                                          "        output_usd_per_mtok: 3\n");
+    const struct config_route *r = route(cfg, "m");
+    struct router_request q = req(1000, 100);
+    q.cfg = cfg;
+    /* A node that never answered is on probation: one request at a time. */
+    assert_int_equal(backend_limit(cfg, &cfg->backends[0], q.now_ms), 1);
+    set_inflight(cfg, "ll-cheap", 1);
+    assert_string_equal(picked(r, &q, NULL), "ll-mid");
+    /* Once each has answered: routing.limit_initial (8); twice that while it never refused. */
+    for (size_t i = 0; i < 3; i++)
+        atomic_store(&cfg->backends[i].state->limit.successes, 1);
+    assert_int_equal(backend_limit(cfg, &cfg->backends[0], q.now_ms), 16);
+    atomic_store(&state_of(cfg, "ll-cheap")->limit.phase, LIMITER_STEADY);
+    atomic_store(&state_of(cfg, "ll-mid")->limit.phase, LIMITER_STEADY);
+    assert_int_equal(backend_limit(cfg, &cfg->backends[0], q.now_ms), 8);
+    set_inflight(cfg, "ll-cheap", 7);
+    assert_string_equal(picked(r, &q, NULL), "ll-cheap");
+    set_inflight(cfg, "ll-cheap", 8);
+    struct router_outcome why;
+    assert_string_equal(router_pick(r, &q, NULL, &why)->backend->name, "ll-mid");
+    assert_int_equal(why.full, 1);
+    /* A 429 with 3 others in flight: the limit comes down to 3. */
+    set_inflight(cfg, "ll-cheap", 4);
+    assert_false(
+        backend_record_rate_limited(state_of(cfg, "ll-cheap"), &cfg->routing, 0, q.now_ms));
+    assert_true(backend_available(state_of(cfg, "ll-cheap"), q.now_ms, NULL));
+    assert_int_equal(backend_limit(cfg, &cfg->backends[0], q.now_ms), 3);
+    set_inflight(cfg, "ll-cheap", 3);
+    assert_string_equal(picked(r, &q, NULL), "ll-mid");
+    /* Everyone at the limit (the capped one at its hard cap): the least over its own limit
+     * (cheap 4/3, mid 9/8), never "no backend". */
+    set_inflight(cfg, "ll-mid", 8);
+    set_inflight(cfg, "ll-capped", 2);
+    assert_string_equal(router_pick(r, &q, NULL, &why)->backend->name, "ll-mid");
+    assert_int_equal(why.full, 2);
+    assert_int_equal(why.saturated, 1);
+    set_inflight(cfg, "ll-mid", 12);
+    assert_string_equal(picked(r, &q, NULL), "ll-cheap");
+    /* Waiting for a slot is the caller's choice: with free_only, nothing rather than a node
+     * at its limit. */
+    q.free_only = true;
+    assert_null(router_pick(r, &q, NULL, &why));
+    assert_int_equal(why.full, 2);
+    q.free_only = false;
+    /* Without learned limits (no config in the request), only the hard cap counts. */
+    q.cfg = NULL;
+    assert_string_equal(picked(r, &q, NULL), "ll-cheap");
+    q.cfg = cfg;
+    /* Slow start: back in service now, the mid node (limit 8) takes 10% of it: one. */
+    set_inflight(cfg, "ll-cheap", 3);
+    set_inflight(cfg, "ll-mid", 0);
+    limiter_ramp(&state_of(cfg, "ll-mid")->limit, q.now_ms);
+    assert_int_equal(backend_limit(cfg, &cfg->backends[1], q.now_ms), 1);
+    assert_string_equal(picked(r, &q, NULL), "ll-mid");
+    set_inflight(cfg, "ll-mid", 1);
+    set_inflight(cfg, "ll-capped", 0);
+    assert_string_equal(picked(r, &q, NULL), "ll-capped");
+    q.now_ms += cfg->health.slow_start_ms;
+    assert_int_equal(backend_limit(cfg, &cfg->backends[1], q.now_ms), 8);
+    assert_string_equal(picked(r, &q, NULL), "ll-mid");
+    config_unref(cfg);
+}
+
+/* A node at its learned limit is still tried before a free one that costs more than
+ * ROUTER_OVERFLOW_FACTOR times as much (its limit is a guess; a 429 costs a round trip). */
+static void test_overflow_to_much_cheaper(void **state)
+{
+    (void)state;
+    struct config *cfg = load("backends:\n" BACKEND("of-cheap", 1, 1) BACKEND("of-dear", 5, 5)
+                                  BACKEND("of-mid", 3, 3));
+    const struct config_route *r = route(cfg, "m");
+    struct router_request q = req(1000, 100);
+    q.cfg = cfg;
+    /* Never answered: on probation, its one request is all it gets while the request may
+     * wait; a node under 4x it is taken instead... */
+    set_inflight(cfg, "of-cheap", 1);
+    q.free_only = true;
+    assert_string_equal(picked(r, &q, NULL), "of-mid");
+    /* ... one dearer is not: the request waits for a slot (briefly, as wait_probation says,
+     * for one dearer than 1.25x)... */
+    atomic_store(&state_of(cfg, "of-mid")->ejected_until_ms, q.now_ms + 10000);
+    assert_null(picked(r, &q, NULL));
+    q.free_only = false;
+    assert_string_equal(picked(r, &q, NULL), "of-cheap"); /* ... until it may wait no longer */
+    atomic_store(&state_of(cfg, "of-mid")->ejected_until_ms, 0);
+    q.wait_probation = q.free_only = true;
+    assert_null(picked(r, &q, NULL)); /* mid is 3x */
+    q.wait_probation = q.free_only = false;
+    for (size_t i = 0; i < 3; i++) {
+        atomic_store(&cfg->backends[i].state->limit.successes, 1);
+        atomic_store(&cfg->backends[i].state->limit.phase, LIMITER_STEADY);
+    }
+    set_inflight(cfg, "of-cheap", 8);
+    assert_string_equal(picked(r, &q, NULL), "of-mid"); /* 3 < 4 x 1 */
+    atomic_store(&state_of(cfg, "of-mid")->ejected_until_ms, q.now_ms + 10000);
+    assert_string_equal(picked(r, &q, NULL), "of-cheap"); /* 5 > 4 x 1 */
+    q.strategy = CONFIG_STRATEGY_LATENCY;                 /* cost is not what latency is about */
+    assert_string_equal(picked(r, &q, NULL), "of-dear");
+    q.strategy = CONFIG_STRATEGY_CHEAPEST;
+    bool skip[3] = {true, false, false};
+    assert_string_equal(picked(r, &q, skip), "of-dear");
+    config_unref(cfg);
+}
+
+/* A node flagged for over-reporting usage is ranked at its listed price x its inflation: it
+ * wins only where it is cheapest at what it claims. The price ceiling is on the listed
+ * estimate (what the caller is billed). */
+static void test_effective_price(void **state)
+{
+    (void)state;
+    struct config *cfg = load("backends:\n" BACKEND("ep-liar", 1, 1) BACKEND("ep-honest", 2, 2)
+                                  BACKEND("ep-dear", 5, 5));
+    const struct config_route *r = route(cfg, "m");
+    struct router_request q = req(1000, 100);
+    assert_string_equal(picked(r, &q, NULL), "ep-liar");
+    /* Four times the usage the gateway estimates, with no peer to compare with. */
+    struct honesty_sample s = {
+        .rep_prompt = 4000, .rep_completion = 400, .est_prompt = 1000, .est_completion = 100};
+    struct honesty_verdict v;
+    for (int i = 0; i < 5; i++)
+        honesty_observe(r, &cfg->backends[0].models[0], &cfg->routing, &s, &v);
+    assert_true(v.flagged);
+    assert_float_equal(router_effective_estimate(&r->targets[0], &q),
+                       4 * router_estimate(&r->targets[0], &q), 1e-12);
+    assert_string_equal(picked(r, &q, NULL), "ep-honest");
+    /* Still the pick where it is cheapest even at x4. */
+    set_inflight(cfg, "ep-honest", 0);
+    atomic_store(&state_of(cfg, "ep-honest")->ejected_until_ms, q.now_ms + 10000);
+    assert_string_equal(picked(r, &q, NULL), "ep-liar");
+    q.max_price_usd = router_estimate(&r->targets[0], &q);
+    assert_string_equal(picked(r, &q, NULL), "ep-liar");
+    config_unref(cfg);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -584,6 +736,9 @@ int main(void)
         cmocka_unit_test(test_latency_ties_and_filters),
         cmocka_unit_test(test_price_weighted_draw),
         cmocka_unit_test(test_outcome_back_ms),
+        cmocka_unit_test(test_learned_limits),
+        cmocka_unit_test(test_overflow_to_much_cheaper),
+        cmocka_unit_test(test_effective_price),
     };
     return cmocka_run_group_tests_name("router", tests, NULL, NULL);
 }
