@@ -68,8 +68,8 @@ void stuck_attempt_end(struct stuck *s);
  * sent a moment ago is not thrown away on a suspicion that may not last). world_us is
  * stuck_world_answered_us(): a node is suspected only while some node answers what was sent
  * after this attempt (a request or a probe), so a stall of the gateway itself (or of the
- * network, or of a host running every node) suspects no one. *suspected_now is set when this call
- * suspected it. */
+ * network, or of a host running every node) suspects no one. *suspected_now is set when
+ * this call suspected it. */
 enum stuck_verdict stuck_check(struct stuck *s, int64_t started_us, double waited_s, double after_s,
                                double least_s, int64_t world_us, int64_t now_ms,
                                bool *suspected_now);
