@@ -241,7 +241,7 @@ static void request_relay_start(struct request *r)
             secs = strtol(ra, NULL, 10);
         r->up.retry_after_s = secs > 0 ? secs : 1;
         backend_record_rate_limited(r->up.target->backend->state, &r->cfg->routing, secs * 1000,
-                                    clock_mono_ms());
+                                    r->up.started_us, clock_mono_ms());
     }
 }
 

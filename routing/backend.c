@@ -191,12 +191,19 @@ void backend_record_failure(struct backend_state *s, const struct config_health 
                       now_ms);
 }
 
+/* Backoffs are at least this far apart (µs): a 429 answers in a moment, a slot frees in an
+ * answer's time. */
+#define BACKEND_BACKOFF_ROUND_MIN_US 100000
+
 bool backend_record_rate_limited(struct backend_state *s, const struct config_routing *rc,
-                                 long retry_after_ms, int64_t now_ms)
+                                 long retry_after_ms, int64_t started_us, int64_t now_ms)
 {
     /* This attempt still holds its slot: the others are what the node held besides. */
     int others = atomic_load_explicit(&s->inflight, RELAXED) - 1;
-    limiter_on_rate_limited(&s->limit, rc, others);
+    int64_t round = (int64_t)atomic_load_explicit(&s->duration_ewma_us, RELAXED);
+    if (round < BACKEND_BACKOFF_ROUND_MIN_US)
+        round = BACKEND_BACKOFF_ROUND_MIN_US;
+    limiter_on_rate_limited(&s->limit, rc, others, started_us, now_ms * 1000, round);
     if (others > 0 && retry_after_ms < rc->rate_limit_pause_ms)
         return false; /* full right now: the limit says so, the node stays in */
     if (retry_after_ms < 1000)

@@ -123,12 +123,13 @@ void backend_record_success(struct backend_state *s, double ttfb_s, double total
 /* A failure the backend caused (connect error, timeout, 5xx, garbage). */
 void backend_record_failure(struct backend_state *s, const struct config_health *h,
                             bool unreachable, int64_t now_ms);
-/* A 429 while the attempt is still counted in flight. It lowers the learned limit (a full
- * node, not a failing one); the backend is paused for retry_after_ms (at least a second)
- * only when that is at least routing.rate_limit_pause_ms or nothing else was in flight there.
- * True when it paused the backend. */
+/* A 429 to the attempt sent at started_us (clock_mono µs), while it is still counted in
+ * flight. It lowers the learned limit (a full node, not a failing one; once per episode); the
+ * backend is paused for retry_after_ms (at least a second) only when that is at least
+ * routing.rate_limit_pause_ms or nothing else was in flight there. True when it paused the backend.
+ */
 bool backend_record_rate_limited(struct backend_state *s, const struct config_routing *rc,
-                                 long retry_after_ms, int64_t now_ms);
+                                 long retry_after_ms, int64_t started_us, int64_t now_ms);
 /* A probe that started at started_ms finished: good probes bring a node back (probes down,
  * an unreachable ejection, a failing one whose probes failed too and now answer again unless
  * it is a repeat offender, a stuck suspicion), with a slow start. */

@@ -135,12 +135,24 @@ void limiter_on_success(struct limiter *l, const struct config_routing *rc, int 
         update(l, rc, grow_slowly, NULL);
 }
 
-void limiter_on_rate_limited(struct limiter *l, const struct config_routing *rc, int others)
+static double cap_to_others(double limit, const void *arg)
+{
+    const struct cut *c = arg;
+    return (double)c->others < limit ? (double)c->others : limit;
+}
+
+void limiter_on_rate_limited(struct limiter *l, const struct config_routing *rc, int others,
+                             int64_t started_us, int64_t now_us, int64_t round_us)
 {
     struct cut c = {.ratio = rc->limit_backoff, .others = others < 1 ? 1 : others};
-    update(l, rc, cut_to_others, &c);
+    int64_t last = atomic_load_explicit(&l->backoff_us, RELAXED);
+    bool fresh =
+        started_us >= last && now_us - last >= round_us &&
+        atomic_compare_exchange_strong_explicit(&l->backoff_us, &last, now_us, RELAXED, RELAXED);
+    update(l, rc, fresh ? cut_to_others : cap_to_others, &c);
     atomic_store_explicit(&l->phase, LIMITER_STEADY, RELAXED);
-    atomic_fetch_add_explicit(&l->cuts, 1, RELAXED);
+    if (fresh)
+        atomic_fetch_add_explicit(&l->cuts, 1, RELAXED);
 }
 
 void limiter_ramp(struct limiter *l, int64_t from_ms)

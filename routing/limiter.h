@@ -10,10 +10,11 @@
  * - probation: until it has answered once, a node gets one request at a time (what a new
  *   node is worth, and whether it bills honestly, is not known yet; a request that finds every
  *   node busy waits for a slot, routing.queue_ms);
- * - a 429 means "full right now": the limit becomes limit × routing.limit_backoff, and never
- *   more than the requests the gateway still has in flight there (what the node held when it
- *   said no), and the phase becomes LIMITER_STEADY, where a success at the limit adds
- *   1 / limit (one per round trip);
+ * - a 429 means "full right now": the limit becomes limit × routing.limit_backoff (once per
+ *   congestion episode: 429s to attempts sent before that decrease, or within one round of
+ *   it, do not multiply it again), and never more than the requests the gateway still has in
+ *   flight there (what the node held when it said no), and the phase becomes LIMITER_STEADY,
+ *   where a success at the limit adds 1 / limit (one per round trip);
  * - latency: while the node's recent first byte is routing.limit_latency_factor times its
  *   baseline (routing/latency.h) or more, the limit does not grow; at twice that with the
  *   limit in use, the node is queueing instead of refusing, and the limit is cut by the same
@@ -50,6 +51,7 @@ struct limiter {
     _Atomic int64_t cut_ms;       /* the last latency cut */
     _Atomic uint64_t cuts;        /* times the limit was lowered (429s and latency) */
     _Atomic uint64_t successes;   /* answers: a node that answered may be probed above */
+    _Atomic int64_t backoff_us;   /* the last multiplicative decrease (clock_mono µs) */
 };
 
 /* The learned limit (fractional). */
@@ -67,8 +69,12 @@ double limiter_ramp_share(const struct limiter *l, long slow_start_ms, int64_t n
  * slowdown is latency_slowdown() of the node (0 = unknown). */
 void limiter_on_success(struct limiter *l, const struct config_routing *rc, int inflight_at_send,
                         double slowdown, int64_t now_ms);
-/* A 429 while `others` other requests were in flight there. */
-void limiter_on_rate_limited(struct limiter *l, const struct config_routing *rc, int others);
+/* A 429 for an attempt sent at started_us, while `others` other requests were in flight
+ * there. One congestion episode backs off once: the limit is multiplied down only by a 429
+ * to an attempt sent after the last decrease, and at most once per round_us (about one of the
+ * node's answers); any 429 still brings the limit down to `others`. Times in µs. */
+void limiter_on_rate_limited(struct limiter *l, const struct config_routing *rc, int others,
+                             int64_t started_us, int64_t now_us, int64_t round_us);
 /* The node is back in service from `from_ms` on (a slow start begins then). */
 void limiter_ramp(struct limiter *l, int64_t from_ms);
 

@@ -164,6 +164,8 @@ const struct config_target *router_pick(const struct config_route *route,
         if (c[i].cost < free_min)
             free_min = c[i].cost;
     for (size_t i = n_free; i < n; i++) {
+        if (!c[i].probation && c[i].inflight > c[i].limit)
+            continue; /* already tried above its limit: one such request at a time */
         const struct candidate **slot = c[i].probation ? &probation : &full;
         if (!*slot || c[i].cost < (*slot)->cost)
             *slot = &c[i];

@@ -9,7 +9,8 @@
  * under their learned concurrency limit (routing/limiter.h) are preferred. For `cheapest`, a
  * node at its limit still gets the request when every free one would cost more than
  * ROUTER_OVERFLOW_FACTOR times as much (a learned limit is a guess, and a 429 costs one round
- * trip: the node either takes it and the limit grows, or the request moves on), and when every
+ * trip: the node either takes it and the limit grows, or the request moves on), one such
+ * request above its limit at a time, and when every
  * node is at its limit the request goes to the one least over it (unless free_only). A node on
  * probation (it never answered: one request at a time) gets no second one while the request
  * may still wait (free_only) for it or for another node: a request waits rather than take a

@@ -199,9 +199,9 @@ static void test_rate_limited_pause(void **state)
     (void)state;
     struct backend_state *s = state_new();
     /* At least a second, whatever retry-after said. */
-    backend_record_rate_limited(s, &routing, 500, T0);
+    backend_record_rate_limited(s, &routing, 500, (int64_t)(T0)*1000, T0);
     assert_int_equal(until_of(s), T0 + 1000);
-    backend_record_rate_limited(s, &routing, 0, T0 + 1);
+    backend_record_rate_limited(s, &routing, 0, (int64_t)(T0 + 1) * 1000, T0 + 1);
     assert_int_equal(until_of(s), T0 + 1001);
     assert_int_equal(reason_of(s), BACKEND_EJECT_RATE_LIMITED);
     assert_string_equal(backend_health_name(s, T0), "rate_limited");
@@ -212,9 +212,9 @@ static void test_rate_limited_pause(void **state)
     assert_int_equal(atomic_load(&s->ejections), 0);
     assert_int_equal(atomic_load(&s->eject_streak), 0);
     /* A longer retry-after extends it; a shorter one later does not shorten it. */
-    backend_record_rate_limited(s, &routing, 30000, T0);
+    backend_record_rate_limited(s, &routing, 30000, (int64_t)(T0)*1000, T0);
     assert_int_equal(until_of(s), T0 + 30000);
-    backend_record_rate_limited(s, &routing, 5000, T0 + 10);
+    backend_record_rate_limited(s, &routing, 5000, (int64_t)(T0 + 10) * 1000, T0 + 10);
     assert_int_equal(until_of(s), T0 + 30000);
     /* Failures during the pause do not count towards an ejection. */
     fail_n(s, &health3, 5, false, T0 + 20);
@@ -226,10 +226,10 @@ static void test_rate_limited_pause(void **state)
     /* During a longer ejection a 429 changes nothing; past its end it becomes a pause. */
     s = state_new();
     fail_n(s, &health3, 3, false, T0);
-    backend_record_rate_limited(s, &routing, 1000, T0);
+    backend_record_rate_limited(s, &routing, 1000, (int64_t)(T0)*1000, T0);
     assert_int_equal(until_of(s), T0 + 1000);
     assert_int_equal(reason_of(s), BACKEND_EJECT_FAILING);
-    backend_record_rate_limited(s, &routing, 5000, T0);
+    backend_record_rate_limited(s, &routing, 5000, (int64_t)(T0)*1000, T0);
     assert_int_equal(until_of(s), T0 + 5000);
     assert_int_equal(reason_of(s), BACKEND_EJECT_RATE_LIMITED);
     free(s);
@@ -325,7 +325,7 @@ static void test_good_probe_readmits_unreachable(void **state)
     free(s);
 
     s = state_new();
-    backend_record_rate_limited(s, &routing, 4000, T0);
+    backend_record_rate_limited(s, &routing, 4000, (int64_t)(T0)*1000, T0);
     backend_record_probe(s, &health3, true, T0 + 10, T0 + 10);
     assert_int_equal(until_of(s), T0 + 4000);
     assert_false(backend_available(s, T0 + 10, NULL));

@@ -27,6 +27,14 @@ static double limit_of(const struct limiter *l)
     return limiter_limit(l, &rc);
 }
 
+/* A 429 to an attempt sent just now, each in an episode of its own. */
+static void rate_limited(struct limiter *l, int others)
+{
+    static int64_t now_us = 1000000;
+    now_us += 1000000;
+    limiter_on_rate_limited(l, &rc, others, now_us, now_us, 100000);
+}
+
 /* Before anything is learned: limit_initial; every success at the limit adds one. */
 static void test_probing_grows_by_one(void **state)
 {
@@ -53,7 +61,7 @@ static void test_probing_grows_by_one(void **state)
     assert_float_equal(limit_of(&l), 100, 1e-9);
     assert_int_equal(limiter_effective(&l, &rc, 3000, 0, T0), 100);
     /* Once it refused, the limit is what it is. */
-    limiter_on_rate_limited(&l, &rc, 95);
+    rate_limited(&l, 95);
     assert_int_equal(limiter_effective(&l, &rc, 3000, 0, T0), 90);
 }
 
@@ -66,20 +74,20 @@ static void test_rate_limited_backs_off(void **state)
     for (int i = 0; i < 12; i++)
         limiter_on_success(&l, &rc, 100, 0, T0); /* 20 */
     assert_float_equal(limit_of(&l), 20, 1e-9);
-    limiter_on_rate_limited(&l, &rc, 19); /* 20 × 0.9 = 18 < 19 others */
+    rate_limited(&l, 19); /* 20 × 0.9 = 18 < 19 others */
     assert_float_equal(limit_of(&l), 18, 1e-9);
     assert_int_equal(atomic_load(&l.phase), LIMITER_STEADY);
     assert_int_equal(atomic_load(&l.cuts), 1);
     /* The node held fewer than that: down to what it held. */
-    limiter_on_rate_limited(&l, &rc, 6);
+    rate_limited(&l, 6);
     assert_float_equal(limit_of(&l), 6, 1e-9);
     /* Small limits still move by one. */
-    limiter_on_rate_limited(&l, &rc, 100);
+    rate_limited(&l, 100);
     assert_float_equal(limit_of(&l), 5, 1e-9);
     /* Nothing else in flight: the floor is one. */
-    limiter_on_rate_limited(&l, &rc, 0);
+    rate_limited(&l, 0);
     assert_float_equal(limit_of(&l), 1, 1e-9);
-    limiter_on_rate_limited(&l, &rc, 0);
+    rate_limited(&l, 0);
     assert_float_equal(limit_of(&l), 1, 1e-9);
     /* Steady: +1/limit per success at the limit. */
     limiter_on_success(&l, &rc, 1, 0, T0);
@@ -90,11 +98,38 @@ static void test_rate_limited_backs_off(void **state)
     assert_float_equal(limit_of(&l), 2.5, 1e-3);
     /* About one per round trip: from 7, seven successes at the limit make nearly 8. */
     struct limiter m = {0};
-    limiter_on_rate_limited(&m, &rc, 10); /* 8 × 0.9 = 7.2, but at least one less */
+    rate_limited(&m, 10); /* 8 × 0.9 = 7.2, but at least one less */
     assert_float_equal(limit_of(&m), 7, 1e-3);
     for (int i = 0; i < 7; i++)
         limiter_on_success(&m, &rc, 7, 0, T0);
     assert_true(limit_of(&m) > 7.9 && limit_of(&m) < 8);
+}
+
+/* One congestion episode backs off once: 429s to attempts sent before the decrease, or within
+ * a round of it, only bring the limit down to what was in flight. */
+static void test_backoff_once_per_episode(void **state)
+{
+    (void)state;
+    struct limiter l = {0};
+    for (int i = 0; i < 12; i++)
+        limiter_on_success(&l, &rc, 100, 0, T0); /* 20 */
+    int64_t t = 5000000;
+    limiter_on_rate_limited(&l, &rc, 19, t - 1000, t, 100000);
+    assert_float_equal(limit_of(&l), 18, 1e-9);
+    /* Sent before that decrease: the same episode. */
+    limiter_on_rate_limited(&l, &rc, 19, t - 500, t + 2000, 100000);
+    assert_float_equal(limit_of(&l), 18, 1e-9);
+    /* ... but it says what the node held: never more than that. */
+    limiter_on_rate_limited(&l, &rc, 15, t - 400, t + 3000, 100000);
+    assert_float_equal(limit_of(&l), 15, 1e-9);
+    /* Sent after, but within a round: still the same episode. */
+    limiter_on_rate_limited(&l, &rc, 19, t + 10000, t + 50000, 100000);
+    assert_float_equal(limit_of(&l), 15, 1e-9);
+    assert_int_equal(atomic_load(&l.cuts), 1);
+    /* A round later, sent after: a new episode. */
+    limiter_on_rate_limited(&l, &rc, 19, t + 60000, t + 100000, 100000);
+    assert_float_equal(limit_of(&l), 13.5, 1e-9);
+    assert_int_equal(atomic_load(&l.cuts), 2);
 }
 
 /* The first byte slower than limit_latency_factor × the baseline: no growth; twice that while
@@ -148,7 +183,7 @@ static void test_slow_start_ramp(void **state)
     /* A small limit starts at one request. */
     struct limiter s = {0};
     limiter_on_success(&s, &rc, 1, 0, T0);
-    limiter_on_rate_limited(&s, &rc, 3);
+    rate_limited(&s, 3);
     limiter_ramp(&s, T0);
     assert_int_equal(limiter_effective(&s, &rc, 3000, 0, T0), 1);
     /* During a ramp the limit is not in use when the ramp holds the node back: no growth. */
@@ -162,6 +197,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_probing_grows_by_one),
         cmocka_unit_test(test_rate_limited_backs_off),
+        cmocka_unit_test(test_backoff_once_per_episode),
         cmocka_unit_test(test_latency_cut),
         cmocka_unit_test(test_slow_start_ramp),
     };

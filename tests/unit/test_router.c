@@ -540,7 +540,7 @@ static void test_outcome_back_ms(void **state)
     int64_t now = q.now_ms;
     atomic_store(&state_of(cfg, "ob-a")->ejected_until_ms, now + 9000);
     atomic_store(&state_of(cfg, "ob-b")->probe_down, true);
-    backend_record_rate_limited(state_of(cfg, "ob-c"), &cfg->routing, 4000, now);
+    backend_record_rate_limited(state_of(cfg, "ob-c"), &cfg->routing, 4000, now * 1000, now);
     atomic_store(&state_of(cfg, "ob-d")->ejected_until_ms, now + 7000);
     static const enum config_strategy all[] = {
         CONFIG_STRATEGY_CHEAPEST, CONFIG_STRATEGY_PRICE_WEIGHTED, CONFIG_STRATEGY_LATENCY};
@@ -605,8 +605,8 @@ static void test_learned_limits(void **state)
     assert_int_equal(why.full, 1);
     /* A 429 with 3 others in flight: the limit comes down to 3. */
     set_inflight(cfg, "ll-cheap", 4);
-    assert_false(
-        backend_record_rate_limited(state_of(cfg, "ll-cheap"), &cfg->routing, 0, q.now_ms));
+    assert_false(backend_record_rate_limited(state_of(cfg, "ll-cheap"), &cfg->routing, 0,
+                                             q.now_ms * 1000, q.now_ms));
     assert_true(backend_available(state_of(cfg, "ll-cheap"), q.now_ms, NULL));
     assert_int_equal(backend_limit(cfg, &cfg->backends[0], q.now_ms), 3);
     set_inflight(cfg, "ll-cheap", 3);
