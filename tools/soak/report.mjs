@@ -34,7 +34,7 @@ export function markdown(r) {
     L.push(`## ${r.date} — ${r.seconds} s soak: ${pass ? 'PASS' : 'FAIL'}`);
     L.push('');
     L.push(`Commit ${r.commit}${r.dirty ? ` (working tree with uncommitted changes: ${r.dirty})` : ''}; ` +
-        `binaries in ${r.build} (tollgate built ${r.built} UTC); machine ${r.machine}.`);
+        `tollgate built ${r.built} UTC; machine ${r.machine}.`);
     L.push(`Gateway: ${r.workers} workers, Redis (AOF), 3 mocknodes, cache deterministic (${r.cache_bytes / 1024} KiB), ` +
         `open-loop load at ${r.rate} req/s (seed ${r.seed}), client timeouts ${r.timeouts}. ` +
         `Machine load average (1 min): ${r.loadavg}.`);
