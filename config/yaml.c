@@ -1,34 +1,15 @@
 #include "config/yaml.h"
 
+#include "config/schema.h"
+
 #include <ctype.h>
 #include <errno.h>
 #include <math.h>
-#include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <yaml.h>
-
-/* Where the problems go: the caller's error text, one "where: problem" line each. */
-struct yaml_ctx {
-    struct buf *errors;
-    unsigned n_errors;
-};
-
-static void yaml_error(struct yaml_ctx *ctx, const char *where, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void yaml_error(struct yaml_ctx *ctx, const char *where, const char *fmt, ...)
-{
-    char msg[512];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
-    buf_printf(ctx->errors, "%s: %s\n", where, msg);
-    ctx->n_errors++;
-}
 
 static json_t *yaml_scalar(const yaml_event_t *ev)
 {
@@ -55,19 +36,21 @@ static json_t *yaml_scalar(const yaml_event_t *ev)
     return json_stringn(v, n);
 }
 
-static json_t *yaml_node(yaml_parser_t *p, yaml_event_t *ev, int depth, struct yaml_ctx *ctx);
+static json_t *yaml_node(yaml_parser_t *p, yaml_event_t *ev, int depth,
+                         struct config_problems *ctx);
 
-static int yaml_next(yaml_parser_t *p, yaml_event_t *ev, struct yaml_ctx *ctx)
+static int yaml_next(yaml_parser_t *p, yaml_event_t *ev, struct config_problems *ctx)
 {
     if (yaml_parser_parse(p, ev))
         return 0;
     char where[64];
     snprintf(where, sizeof where, "line %zu", p->problem_mark.line + 1);
-    yaml_error(ctx, where, "YAML syntax error: %s", p->problem ? p->problem : "unknown");
+    config_problem(ctx, where, "YAML syntax error: %s", p->problem ? p->problem : "unknown");
     return -1;
 }
 
-static json_t *yaml_collection(yaml_parser_t *p, bool mapping, int depth, struct yaml_ctx *ctx)
+static json_t *yaml_collection(yaml_parser_t *p, bool mapping, int depth,
+                               struct config_problems *ctx)
 {
     json_t *out = mapping ? json_object() : json_array();
     yaml_event_t ev;
@@ -88,7 +71,7 @@ static json_t *yaml_collection(yaml_parser_t *p, bool mapping, int depth, struct
         if (ev.type != YAML_SCALAR_EVENT) {
             char where[64];
             snprintf(where, sizeof where, "line %zu", ev.start_mark.line + 1);
-            yaml_error(ctx, where, "mapping keys must be plain strings");
+            config_problem(ctx, where, "mapping keys must be plain strings");
             yaml_event_delete(&ev);
             goto err;
         }
@@ -107,7 +90,7 @@ static json_t *yaml_collection(yaml_parser_t *p, bool mapping, int depth, struct
         if (json_object_get(out, key)) {
             char where[64];
             snprintf(where, sizeof where, "line %zu", line);
-            yaml_error(ctx, where, "duplicate key \"%s\"", key);
+            config_problem(ctx, where, "duplicate key \"%s\"", key);
         }
         json_object_set_new(out, key, val);
         free(key);
@@ -118,13 +101,13 @@ err:
 }
 
 /* Consumes `ev` (and the events of the whole node). */
-static json_t *yaml_node(yaml_parser_t *p, yaml_event_t *ev, int depth, struct yaml_ctx *ctx)
+static json_t *yaml_node(yaml_parser_t *p, yaml_event_t *ev, int depth, struct config_problems *ctx)
 {
     json_t *out = NULL;
     char where[64];
     snprintf(where, sizeof where, "line %zu", ev->start_mark.line + 1);
     if (depth > CONFIG_YAML_MAX_DEPTH) {
-        yaml_error(ctx, where, "nesting too deep");
+        config_problem(ctx, where, "nesting too deep");
         yaml_event_delete(ev);
         return NULL;
     }
@@ -132,7 +115,7 @@ static json_t *yaml_node(yaml_parser_t *p, yaml_event_t *ev, int depth, struct y
     case YAML_SCALAR_EVENT:
         out = yaml_scalar(ev);
         if (!out)
-            yaml_error(ctx, where, "invalid UTF-8 in scalar");
+            config_problem(ctx, where, "invalid UTF-8 in scalar");
         yaml_event_delete(ev);
         return out;
     case YAML_SEQUENCE_START_EVENT:
@@ -142,20 +125,19 @@ static json_t *yaml_node(yaml_parser_t *p, yaml_event_t *ev, int depth, struct y
         return yaml_collection(p, mapping, depth, ctx);
     }
     case YAML_ALIAS_EVENT:
-        yaml_error(ctx, where, "YAML aliases are not supported");
+        config_problem(ctx, where, "YAML aliases are not supported");
         break;
     default:
-        yaml_error(ctx, where, "unexpected YAML event");
+        config_problem(ctx, where, "unexpected YAML event");
         break;
     }
     yaml_event_delete(ev);
     return NULL;
 }
 
-json_t *config_yaml_to_json(const char *text, size_t len, struct buf *errors, unsigned *n_errors)
+json_t *config_yaml_to_json(const char *text, size_t len, struct config_problems *ctx)
 {
-    struct yaml_ctx c = {.errors = errors, .n_errors = 0};
-    struct yaml_ctx *ctx = &c;
+    unsigned before = ctx->count;
     yaml_parser_t p;
     yaml_event_t ev;
     json_t *root = NULL;
@@ -175,7 +157,7 @@ json_t *config_yaml_to_json(const char *text, size_t len, struct buf *errors, un
             continue;
         }
         if (root) {
-            yaml_error(ctx, "(root)", "only one YAML document is allowed");
+            config_problem(ctx, "(root)", "only one YAML document is allowed");
             yaml_event_delete(&ev);
             break;
         }
@@ -184,8 +166,7 @@ json_t *config_yaml_to_json(const char *text, size_t len, struct buf *errors, un
             break;
     }
     yaml_parser_delete(&p);
-    *n_errors += ctx->n_errors;
-    if (ctx->n_errors) {
+    if (ctx->count != before) {
         json_decref(root);
         return NULL;
     }

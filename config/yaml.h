@@ -8,17 +8,16 @@
 #ifndef TOLLGATE_CONFIG_YAML_H
 #define TOLLGATE_CONFIG_YAML_H
 
-#include "base/buf.h"
-
 #include <jansson.h>
 #include <stddef.h>
 
 #define CONFIG_YAML_MAX_DEPTH 32
 
+struct config_problems;
+
 /* Parse `text` (`len` bytes). Returns a new reference the caller owns (an empty document gives
- * an empty object). On failure returns NULL, appends one "line N: problem\n" line per problem to
- * `errors` (or "(root): ...") and adds their count to *n_errors; NULL with no problem counted
- * means out of memory. */
-json_t *config_yaml_to_json(const char *text, size_t len, struct buf *errors, unsigned *n_errors);
+ * an empty object). On failure returns NULL and adds one "line N: problem" (or "(root): ...")
+ * to `problems` per problem (config/schema.h); NULL with no problem added means out of memory. */
+json_t *config_yaml_to_json(const char *text, size_t len, struct config_problems *problems);
 
 #endif

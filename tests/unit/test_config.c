@@ -9,6 +9,7 @@
 
 #include "config/config.h"
 #include "config/expand.h"
+#include "config/schema.h"
 #include "config/yaml.h"
 
 #include <openssl/sha.h>
@@ -532,10 +533,10 @@ static void test_yaml_to_json_scalars(void **state)
                        "list: [1, two]\n";
     struct buf errors;
     buf_init(&errors, 1 << 16);
-    unsigned n_errors = 0;
-    json_t *root = config_yaml_to_json(yaml, strlen(yaml), &errors, &n_errors);
+    struct config_problems problems = {.text = &errors, .count = 0};
+    json_t *root = config_yaml_to_json(yaml, strlen(yaml), &problems);
     assert_non_null(root);
-    assert_int_equal(n_errors, 0);
+    assert_int_equal(problems.count, 0);
     assert_int_equal(errors.len, 0);
     assert_true(json_is_integer(json_object_get(root, "i")));
     assert_int_equal(json_integer_value(json_object_get(root, "i")), 42);
@@ -558,12 +559,12 @@ static void test_yaml_to_json_scalars(void **state)
     json_decref(root);
 
     /* An empty document is an empty mapping. */
-    root = config_yaml_to_json("", 0, &errors, &n_errors);
+    root = config_yaml_to_json("", 0, &problems);
     assert_non_null(root);
     assert_true(json_is_object(root));
     assert_int_equal(json_object_size(root), 0);
     json_decref(root);
-    assert_int_equal(n_errors, 0);
+    assert_int_equal(problems.count, 0);
     buf_free(&errors);
 }
 
@@ -574,33 +575,33 @@ static void test_yaml_to_json_errors(void **state)
     struct buf errors;
     buf_init(&errors, 1 << 16);
     buf_append_str(&errors, "earlier: kept\n");
-    unsigned n_errors = 1;
+    struct config_problems problems = {.text = &errors, .count = 1};
     const char *yaml = "a: 1\nb: 2\na: 3\nb: 4\n";
-    assert_null(config_yaml_to_json(yaml, strlen(yaml), &errors, &n_errors));
-    assert_int_equal(n_errors, 3);
+    assert_null(config_yaml_to_json(yaml, strlen(yaml), &problems));
+    assert_int_equal(problems.count, 3);
     assert_string_equal(errors.data, "earlier: kept\n"
                                      "line 3: duplicate key \"a\"\n"
                                      "line 4: duplicate key \"b\"\n");
     buf_reset(&errors);
 
-    n_errors = 0;
+    problems.count = 0;
     yaml = "base: &b {x: 1}\nother: *b\n";
-    assert_null(config_yaml_to_json(yaml, strlen(yaml), &errors, &n_errors));
-    assert_int_equal(n_errors, 1);
+    assert_null(config_yaml_to_json(yaml, strlen(yaml), &problems));
+    assert_int_equal(problems.count, 1);
     assert_string_equal(errors.data, "line 2: YAML aliases are not supported\n");
     buf_reset(&errors);
 
-    n_errors = 0;
+    problems.count = 0;
     yaml = "? [a]\n: 1\n";
-    assert_null(config_yaml_to_json(yaml, strlen(yaml), &errors, &n_errors));
-    assert_int_equal(n_errors, 1);
+    assert_null(config_yaml_to_json(yaml, strlen(yaml), &problems));
+    assert_int_equal(problems.count, 1);
     assert_string_equal(errors.data, "line 1: mapping keys must be plain strings\n");
     buf_reset(&errors);
 
-    n_errors = 0;
+    problems.count = 0;
     yaml = "a: 1\n---\nb: 2\n";
-    assert_null(config_yaml_to_json(yaml, strlen(yaml), &errors, &n_errors));
-    assert_int_equal(n_errors, 1);
+    assert_null(config_yaml_to_json(yaml, strlen(yaml), &problems));
+    assert_int_equal(problems.count, 1);
     assert_string_equal(errors.data, "(root): only one YAML document is allowed\n");
     buf_reset(&errors);
 
@@ -614,15 +615,15 @@ static void test_yaml_to_json_errors(void **state)
         deep[n++] = '1';
         for (int i = 0; i < depth; i++)
             deep[n++] = ']';
-        n_errors = 0;
-        json_t *root = config_yaml_to_json(deep, n, &errors, &n_errors);
+        problems.count = 0;
+        json_t *root = config_yaml_to_json(deep, n, &problems);
         if (extra == 0) {
             assert_non_null(root);
-            assert_int_equal(n_errors, 0);
+            assert_int_equal(problems.count, 0);
             json_decref(root);
         } else {
             assert_null(root);
-            assert_int_equal(n_errors, 1);
+            assert_int_equal(problems.count, 1);
             assert_string_equal(errors.data, "line 1: nesting too deep\n");
         }
     }
