@@ -1,4 +1,4 @@
-#include "tenancy/ledger.h"
+#include "tenancy/ledger-int.h"
 
 #include "base/buf.h"
 #include "base/clock.h"
@@ -7,9 +7,7 @@
 #include "redis/keyspace.h"
 #include "redis/redis.h"
 
-#include <dirent.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <hiredis/hiredis.h>
 #include <jansson.h>
 #include <math.h>
@@ -18,14 +16,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/file.h>
 #include <sys/random.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
-#define LEDGER_READ_CHUNK 65536        /* spool bytes read per replay round, at most */
-#define LEDGER_COMPACT_MIN (1ll << 20) /* replayed bytes before the spool is rewritten */
-#define LEDGER_DROP_LOG_INTERVAL_S 10.0
 #define LEDGER_FLUSH_RETRIES 3 /* ticks a flush tries again after a failed command */
 
 /* ---- pure parts ------------------------------------------------------------------------------ */
@@ -272,215 +265,6 @@ void ledger_script_args(const struct ledger_record *r, struct ledger_args *out)
 
 /* ---- the write side -------------------------------------------------------------------------- */
 
-/* A record that neither Redis nor the spool took (the spool's disk is full or failing), held
- * in memory until one of them does. */
-struct ledger_held {
-    struct list link; /* on l->held, or on l->held_sent while Redis is asked */
-    size_t len;
-    char line[]; /* its spool line, '\n' included */
-};
-
-/* Where a record awaiting Redis's answer comes from. */
-enum ledger_origin {
-    LEDGER_LIVE,   /* ledger_record() */
-    LEDGER_REPLAY, /* a line of the spool */
-    LEDGER_HELD,   /* a record held in memory */
-};
-
-/* A record awaiting Redis's answer. */
-struct ledger_slot {
-    struct ledger *l;
-    struct list link; /* on l->slots */
-    enum ledger_origin origin;
-    bool spooled;             /* live, and written to the spool by ledger_free() already */
-    struct ledger_held *held; /* LEDGER_HELD: its entry; NULL once ledger_free() took it back */
-    struct ledger_record rec;
-};
-
-struct ledger {
-    struct ev_loop *loop;
-    struct redis_client *redis;
-    const struct redis_script *script;
-    char *path;
-    int fd;          /* the spool, O_RDWR | O_APPEND; -1 once closed */
-    int lock_fd;     /* <spool>.lock, flock()ed for the ledger's life: one writer a spool */
-    off_t size;      /* the spool's length: this ledger is its only writer */
-    off_t done;      /* bytes at its start already replayed (or skipped as corrupt) */
-    off_t batch_end; /* where the replay batch in flight ends */
-    unsigned batch_pending;
-    bool batch_failed;
-    bool closing; /* ledger_free() was called; the memory waits for the last answer */
-    ev_timer timer;
-    struct list slots; /* every slot awaiting an answer, the newest first */
-    unsigned live;     /* live slots among them */
-    uint64_t uid_prefix, uid_seq;
-    double last_drop_log;
-    bool spooling; /* since the last "ledger_spooling" log line */
-    /* Records the spool did not take: in memory, at most held_max bytes (entry and line). */
-    struct list held;      /* struct ledger_held not sent to Redis, the oldest first */
-    struct list held_sent; /* those sent, awaiting the answer */
-    size_t held_bytes, held_max;
-    off_t spool_max;        /* the spool's own cap (ledger_set_limits()) */
-    unsigned n_held;        /* entries on both lists */
-    unsigned held_inflight; /* slots of held records awaiting an answer */
-    bool holding;           /* since the last "ledger_holding" log line */
-    /* ledger_flush(): whom to tell, and whether a command failed since it was asked. */
-    void (*flush_done)(void *ctx);
-    void *flush_ctx;
-    bool flush_failed;
-    unsigned flush_retries; /* ticks that tried again after a failure */
-    char no_spool[160];     /* why the ledger has no spool (ledger_no_spool()); "" if it has */
-    _Atomic uint64_t written, duplicates, spooled, replayed, dropped, inflight, spool_bytes;
-    _Atomic uint64_t held_records, held_memory;
-};
-
-static void ledger_count(_Atomic uint64_t *a)
-{
-    atomic_fetch_add_explicit(a, 1, memory_order_relaxed);
-}
-
-static void ledger_publish_size(struct ledger *l)
-{
-    atomic_store_explicit(&l->spool_bytes, (uint64_t)(l->size - l->done), memory_order_relaxed);
-}
-
-static void ledger_publish_held(struct ledger *l)
-{
-    atomic_store_explicit(&l->held_records, l->n_held, memory_order_relaxed);
-    atomic_store_explicit(&l->held_memory, l->held_bytes, memory_order_relaxed);
-}
-
-static void ledger_drop(struct ledger *l, const struct ledger_record *r, const char *why)
-{
-    ledger_count(&l->dropped);
-    double now = clock_mono();
-    if (now - l->last_drop_log < LEDGER_DROP_LOG_INTERVAL_S)
-        return;
-    l->last_drop_log = now;
-    char id[2 * LEDGER_FIELD_MAX], path[512], msg[400];
-    log_event(LOG_ERROR, "ledger_dropped",
-              "\"request_id\":\"%s\",\"spool\":\"%s\",\"message\":\"%s\",\"dropped\":%llu",
-              log_escape(id, sizeof id, r ? r->id : ""), log_escape(path, sizeof path, l->path),
-              log_escape(msg, sizeof msg, why), (unsigned long long)atomic_load(&l->dropped));
-}
-
-/* The spool did not take r (why): it waits in memory for the disk or Redis, within held_max;
- * beyond that it is dropped. */
-static void ledger_hold(struct ledger *l, const struct ledger_record *r, const char *line, size_t n,
-                        const char *why)
-{
-    size_t cost = sizeof(struct ledger_held) + n;
-    char msg[300];
-    if (l->held_bytes + cost > l->held_max) {
-        snprintf(msg, sizeof msg, "%s; spool_memory_bytes (%zu) is full", why, l->held_max);
-        ledger_drop(l, r, msg);
-        return;
-    }
-    struct ledger_held *h = malloc(cost);
-    if (!h) {
-        snprintf(msg, sizeof msg, "%s; out of memory", why);
-        ledger_drop(l, r, msg);
-        return;
-    }
-    h->len = n;
-    memcpy(h->line, line, n);
-    list_push_tail(&l->held, &h->link);
-    l->held_bytes += cost;
-    l->n_held++;
-    ledger_publish_held(l);
-    if (!l->holding) {
-        l->holding = true;
-        char path[512];
-        log_event(LOG_ERROR, "ledger_holding",
-                  "\"spool\":\"%s\",\"reason\":\"%s\",\"max_bytes\":%zu,\"message\":\"the spool "
-                  "cannot take usage records: they are held in memory until the disk or Redis "
-                  "takes them (lost if the process stops first); beyond spool_memory_bytes they "
-                  "are dropped\"",
-                  log_escape(path, sizeof path, l->path), log_escape(msg, sizeof msg, why),
-                  l->held_max);
-    }
-}
-
-/* Frees a held entry that reached the spool or Redis. */
-static void ledger_unhold(struct ledger *l, struct ledger_held *h)
-{
-    list_unlink(&h->link);
-    l->held_bytes -= sizeof *h + h->len;
-    l->n_held--;
-    free(h);
-    ledger_publish_held(l);
-    if (l->holding && l->n_held == 0) {
-        l->holding = false;
-        char path[512];
-        log_event(LOG_INFO, "ledger_released",
-                  "\"spool\":\"%s\",\"message\":\"no usage record is held in memory any more\"",
-                  log_escape(path, sizeof path, l->path));
-    }
-}
-
-/* Appends one line to the spool as one write(2); a partial write is undone, so the file only
- * ever holds whole lines. 0, or -1 with the reason in why. */
-static int ledger_append(struct ledger *l, const char *line, size_t n, char *why, size_t why_len)
-{
-    if (l->fd == -1) {
-        snprintf(why, why_len, "%s", l->no_spool[0] ? l->no_spool : "spool closed");
-        return -1;
-    }
-    if (l->size + (off_t)n > l->spool_max) {
-        snprintf(why, why_len, "spool full (spool_max_bytes: %lld)", (long long)l->spool_max);
-        return -1;
-    }
-    ssize_t w = write(l->fd, line, n);
-    if (w != (ssize_t)n) {
-        int saved = errno;
-        if (w > 0 && ftruncate(l->fd, l->size) == -1)
-            saved = errno;
-        snprintf(why, why_len, "spool write failed: %s", w < 0 ? strerror(saved) : "short write");
-        return -1;
-    }
-    l->size += (off_t)n;
-    ledger_publish_size(l);
-    ledger_count(&l->spooled);
-    return 0;
-}
-
-/* Spools r: Redis did not take it (cause: why, for the log; NULL logs nothing). When the
- * spool cannot take it either, it is held in memory. */
-static void ledger_spool(struct ledger *l, const struct ledger_record *r, const char *cause)
-{
-    char line[LEDGER_LINE_MAX + 1], why[200];
-    int n = ledger_format_line(r, line, sizeof line);
-    if (n < 0) {
-        ledger_drop(l, r, "record too long for the spool");
-        return;
-    }
-    if (ledger_append(l, line, (size_t)n, why, sizeof why)) {
-        ledger_hold(l, r, line, (size_t)n, why);
-        return;
-    }
-    if (!l->spooling && cause) {
-        l->spooling = true;
-        char path[512];
-        log_event(LOG_WARN, "ledger_spooling",
-                  "\"spool\":\"%s\",\"message\":\"%s: usage records go to the spool and are "
-                  "replayed when Redis takes them\"",
-                  log_escape(path, sizeof path, l->path), cause);
-    }
-}
-
-/* Held records go to the spool while it takes them (the disk has room again). */
-static void ledger_spool_held(struct ledger *l)
-{
-    struct list *node;
-    char why[200];
-    while ((node = list_first(&l->held))) {
-        struct ledger_held *h = LIST_ENTRY(node, struct ledger_held, link);
-        if (ledger_append(l, h->line, h->len, why, sizeof why))
-            break;
-        ledger_unhold(l, h);
-    }
-}
-
 static void ledger_link(struct ledger *l, struct ledger_slot *s)
 {
     s->l = l;
@@ -494,41 +278,6 @@ static void ledger_destroy(struct ledger *l)
 }
 
 static void ledger_replay(struct ledger *l);
-
-/* Rewrites the spool without its replayed head, once that head is large and most of the
- * file; the tail (records spooled while replaying) is copied. On any failure the file stays
- * as it is (replay goes on from `done`). */
-static void ledger_compact(struct ledger *l)
-{
-    if (l->done < LEDGER_COMPACT_MIN || l->size - l->done > l->done)
-        return;
-    char tmp[4200];
-    if ((size_t)snprintf(tmp, sizeof tmp, "%s.tmp", l->path) >= sizeof tmp)
-        return;
-    int fd = open(tmp, O_RDWR | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0600);
-    if (fd == -1)
-        return;
-    char *buf = malloc(LEDGER_READ_CHUNK);
-    off_t at = l->done;
-    bool ok = buf != NULL;
-    while (ok && at < l->size) {
-        size_t want = (size_t)(l->size - at < LEDGER_READ_CHUNK ? l->size - at : LEDGER_READ_CHUNK);
-        ssize_t got = pread(l->fd, buf, want, at);
-        ok = got > 0 && write(fd, buf, (size_t)got) == got;
-        at += got > 0 ? got : 0;
-    }
-    free(buf);
-    if (!ok || rename(tmp, l->path) == -1) {
-        close(fd);
-        unlink(tmp);
-        return;
-    }
-    close(l->fd);
-    l->fd = fd;
-    l->size -= l->done;
-    l->done = 0;
-    ledger_publish_size(l);
-}
 
 /* Every answer of a replay batch is in: move on when all were acknowledged, and send the
  * next batch at once when `chain` (else the timer does). */
@@ -752,152 +501,6 @@ static void ledger_timer_cb(struct ev_loop *loop, ev_timer *t, int revents)
     ledger_check_flush(l);
 }
 
-/* Appends the whole lines of the spool at `from` to this ledger's spool. 0, or -1 when it
- * could not all be copied (the orphan then stays for a later run). */
-static int ledger_copy_lines(struct ledger *l, int from, off_t *copied)
-{
-    char *buf = malloc(LEDGER_READ_CHUNK);
-    if (!buf)
-        return -1;
-    off_t at = 0;
-    int rc = 0;
-    for (;;) {
-        ssize_t got = pread(from, buf, LEDGER_READ_CHUNK, at);
-        if (got < 0) {
-            rc = -1;
-            break;
-        }
-        if (got == 0)
-            break;
-        /* Up to the last line end in the chunk: a line cut by a crash is left behind. */
-        size_t n = (size_t)got;
-        while (n && buf[n - 1] != '\n')
-            n--;
-        if (!n) {
-            if (got == LEDGER_READ_CHUNK) {
-                at += got; /* a "line" longer than any record: corrupt, skipped */
-                continue;
-            }
-            break;
-        }
-        if (l->size + (off_t)n > LEDGER_SPOOL_MAX || write(l->fd, buf, n) != (ssize_t)n) {
-            rc = -1;
-            break;
-        }
-        l->size += (off_t)n;
-        *copied += (off_t)n;
-        at += (off_t)n;
-    }
-    free(buf);
-    return rc;
-}
-
-/* Spools nobody holds any more, next to this one: their records are replayed here. */
-static void ledger_adopt(struct ledger *l)
-{
-    const char *slash = strrchr(l->path, '/');
-    char dir[4096];
-    if ((size_t)snprintf(dir, sizeof dir, "%.*s", slash ? (int)(slash - l->path) : 1,
-                         slash ? l->path : ".") >= sizeof dir)
-        return;
-    if (!*dir)
-        snprintf(dir, sizeof dir, "/");
-    DIR *d = opendir(dir);
-    if (!d)
-        return;
-    const size_t pre = strlen(LEDGER_SPOOL_PREFIX), suf = strlen(LEDGER_SPOOL_SUFFIX);
-    struct dirent *e;
-    while ((e = readdir(d))) {
-        size_t n = strlen(e->d_name);
-        if (n <= pre + suf || strncmp(e->d_name, LEDGER_SPOOL_PREFIX, pre) ||
-            strcmp(e->d_name + n - suf, LEDGER_SPOOL_SUFFIX))
-            continue;
-        char path[4400], lock_path[4400];
-        if ((size_t)snprintf(path, sizeof path, "%s/%s", dir, e->d_name) >= sizeof path - 8 ||
-            !strcmp(path, l->path))
-            continue;
-        memcpy(lock_path, path, strlen(path));
-        memcpy(lock_path + strlen(path), ".lock", 6);
-        int lock_fd = open(lock_path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-        if (lock_fd == -1)
-            continue;
-        if (flock(lock_fd, LOCK_EX | LOCK_NB) == -1) {
-            close(lock_fd); /* a live ledger's spool */
-            continue;
-        }
-        int fd = open(path, O_RDONLY | O_CLOEXEC);
-        off_t copied = 0;
-        if (fd != -1 && ledger_copy_lines(l, fd, &copied) == 0) {
-            unlink(path);
-            unlink(lock_path);
-            if (copied) {
-                char from[600], to[600];
-                log_event(LOG_INFO, "ledger_spool_adopted",
-                          "\"from\":\"%s\",\"spool\":\"%s\",\"bytes\":%lld",
-                          log_escape(from, sizeof from, path), log_escape(to, sizeof to, l->path),
-                          (long long)copied);
-            }
-        }
-        if (fd != -1)
-            close(fd);
-        close(lock_fd);
-    }
-    closedir(d);
-}
-
-/* Locks and opens l->path. 0, or -1 with errno set and *step saying which step failed. */
-static int ledger_open_spool(struct ledger *l, const char **step)
-{
-    char lock_path[4200];
-    *step = "lock";
-    if ((size_t)snprintf(lock_path, sizeof lock_path, "%s.lock", l->path) >= sizeof lock_path) {
-        errno = ENAMETOOLONG;
-        return -1;
-    }
-    /* Two writers would replay and truncate each other's records: refuse a spool in use.
-     * Another ledger may hold it for a moment while adopting it (ledger_adopt): retry. */
-    if ((l->lock_fd = open(lock_path, O_RDWR | O_CREAT | O_CLOEXEC, 0600)) == -1)
-        return -1;
-    for (int tries = 0; flock(l->lock_fd, LOCK_EX | LOCK_NB) == -1; tries++) {
-        if (errno != EWOULDBLOCK || tries == 50)
-            return -1;
-        usleep(10000);
-    }
-    *step = "open";
-    if ((l->fd = open(l->path, O_RDWR | O_APPEND | O_CREAT | O_CLOEXEC, 0600)) == -1)
-        return -1;
-    struct stat st;
-    if (fstat(l->fd, &st) == -1)
-        return -1;
-    l->size = st.st_size;
-    /* A line cut short by a crash is ended, so it stays one (corrupt) line on its own. */
-    char last;
-    if (l->size > 0 && pread(l->fd, &last, 1, l->size - 1) == 1 && last != '\n' &&
-        write(l->fd, "\n", 1) == 1)
-        l->size++;
-    return 0;
-}
-
-/* The spool cannot be used (a directory not writable, a spool another process holds): the
- * ledger goes on without one, and what Redis does not take is held in memory. */
-static void ledger_no_spool(struct ledger *l, const char *step, int err)
-{
-    if (l->fd != -1)
-        close(l->fd);
-    if (l->lock_fd != -1)
-        close(l->lock_fd);
-    l->fd = l->lock_fd = -1;
-    l->size = l->done = 0;
-    snprintf(l->no_spool, sizeof l->no_spool, "no spool (%s: %s)", step,
-             err == EWOULDBLOCK ? "held by another process" : strerror(err));
-    char path[512], msg[200];
-    log_event(LOG_ERROR, "ledger_no_spool",
-              "\"spool\":\"%s\",\"error\":\"%s\",\"message\":\"the usage spool cannot be used: "
-              "records Redis does not take are held in memory (spool_memory_bytes), then "
-              "dropped\"",
-              log_escape(path, sizeof path, l->path), log_escape(msg, sizeof msg, l->no_spool));
-}
-
 struct ledger *ledger_new(struct ev_loop *loop, struct redis_client *redis, const char *spool_path)
 {
     if (!loop || !redis || !spool_path || !*spool_path) {
@@ -1057,26 +660,7 @@ void ledger_free(struct ledger *l)
                   "nor the spool took were held in memory and are lost: the worker stopped\"",
                   path, lost);
     ev_timer_stop(l->loop, &l->timer);
-    if (l->fd != -1) {
-        if (l->size == l->done && !l->batch_pending) {
-            /* Nothing waits for Redis: no file left behind (removed while still locked). */
-            char lock_path[4200];
-            snprintf(lock_path, sizeof lock_path, "%s.lock", l->path);
-            unlink(l->path);
-            unlink(lock_path);
-        } else {
-            log_event(LOG_WARN, "ledger_spool_kept",
-                      "\"spool\":\"%s\",\"bytes\":%lld,\"message\":\"usage records wait in the "
-                      "spool for Redis; the next start with this spool_dir replays them\"",
-                      path, (long long)(l->size - l->done));
-        }
-        close(l->fd);
-        l->fd = -1;
-    }
-    if (l->lock_fd != -1) {
-        close(l->lock_fd); /* the spool is free for the next process */
-        l->lock_fd = -1;
-    }
+    ledger_spool_close(l, path);
     l->closing = true;
     if (list_empty(&l->slots))
         ledger_destroy(l);
