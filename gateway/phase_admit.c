@@ -215,7 +215,7 @@ bool request_admit_body(struct request *r, enum MHD_Result *res)
     if (rc)
         return ANSWERED(REQUEST_FAIL_NOW(r, rc, where[0] ? where : NULL, "%s", msg));
     const char *param;
-    rc = openai_validate(r->ep->route, r->json, &r->oreq, &param, msg, sizeof msg);
+    rc = r->ep->validate(r->ep->route, r->json, &r->oreq, &param, msg, sizeof msg);
     if (rc)
         return ANSWERED(REQUEST_FAIL_NOW(r, rc, param, "%s", msg));
     r->relay.caller_usage = r->oreq.include_usage;

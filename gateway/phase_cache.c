@@ -51,7 +51,7 @@ static bool request_cache_hit_stream(struct request *r, const char *body, size_t
         return false;
     }
     bool chat = r->ep->route == OPENAI_CHAT;
-    const char *object = chat ? "chat.completion.chunk" : "text_completion";
+    const char *object = r->ep->chunk_object;
     buf_init(&r->relay.out, REQUEST_STREAM_HIGH_WATER + 2 * REQUEST_STREAM_MAX_EVENT + len * 2);
     r->relay.out_off = 0;
     int rc = 0;
@@ -437,8 +437,7 @@ bool request_cache_lookup(struct request *r)
     const struct config_cache *cc = &r->cfg->cache;
     if (!r->w->cache || cc->mode == CONFIG_CACHE_OFF)
         return false;
-    if (cc->mode == CONFIG_CACHE_DETERMINISTIC && r->ep->route != OPENAI_EMBEDDINGS &&
-        !cache_deterministic(r->json))
+    if (cc->mode == CONFIG_CACHE_DETERMINISTIC && r->ep->generates && !cache_deterministic(r->json))
         return false;
     const char *ctl =
         MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CACHE_CONTROL);

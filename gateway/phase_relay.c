@@ -26,10 +26,8 @@ static int request_emit_estimated_usage(struct request *r)
     request_settle_usage(r);
     json_t *usage = json_object();
     request_write_usage(r, usage, true);
-    json_t *chunk =
-        json_pack("{s:s, s:s, s:[], s:o}", "id", r->id, "object",
-                  r->ep->route == OPENAI_CHAT ? "chat.completion.chunk" : "text_completion",
-                  "choices", "usage", usage);
+    json_t *chunk = json_pack("{s:s, s:s, s:[], s:o}", "id", r->id, "object", r->ep->chunk_object,
+                              "choices", "usage", usage);
     if (!chunk)
         return TG_ERR_NOMEM;
     int rc = request_emit_event(r, chunk);
@@ -156,7 +154,7 @@ static int request_on_event(void *ctx, const struct sse_event *ev)
      * at once, so a long stream neither grows the request's arena nor calls malloc. */
     struct answer_scan sc;
     struct arena event_arena = {0};
-    if (answer_scan_init(&sc, &event_arena)) {
+    if (answer_scan_init_kind(&sc, &event_arena, r->ep->answer)) {
         arena_release(&event_arena);
         return TG_ERR_NOMEM;
     }
@@ -231,8 +229,8 @@ static void request_relay_start(struct request *r)
     } else {
         buf_init(&r->relay.resp, r->up.status / 100 == 2 ? r->cfg->upstream.max_response_bytes
                                                          : REQUEST_ERROR_BODY_MAX);
-        r->relay.scanning =
-            r->up.status / 100 == 2 && answer_scan_init(&r->relay.scan, &r->arena) == 0;
+        r->relay.scanning = r->up.status / 100 == 2 &&
+                            answer_scan_init_kind(&r->relay.scan, &r->arena, r->ep->answer) == 0;
     }
     if (r->up.status == 429) {
         char ra[32];
@@ -369,10 +367,9 @@ void request_whole_answer(struct request *r)
         return;
     }
     /* Only complete answers are kept: every choice finished, nothing cut, no error. */
-    bool complete =
-        r->ep->route == OPENAI_EMBEDDINGS
-            ? true
-            : r->relay.scan.choices_len > 0 && r->relay.scan.finished == r->relay.scan.choices_len;
+    bool complete = !r->ep->generates ? true
+                                      : r->relay.scan.choices_len > 0 &&
+                                            r->relay.scan.finished == r->relay.scan.choices_len;
     if (r->cache.result == REQUEST_CACHE_MISS && r->cache.store && complete && r->up.status == 200)
         request_cache_store(r, text, len);
     else

@@ -36,7 +36,7 @@ static void request_judge_usage(struct request *r, bool clamped, long *prompt, l
 {
     if (r->oreq.has_media)
         return; /* no estimate to hold it to */
-    bool embeddings = r->ep->route == OPENAI_EMBEDDINGS;
+    bool embeddings = !r->ep->generates;
     struct honesty_sample hs = {
         .rep_prompt = r->usage.rep_prompt,
         .rep_completion = embeddings ? -1 : r->usage.rep_completion,
@@ -87,7 +87,7 @@ void request_settle_usage(struct request *r)
     long long asked = openai_completion_cap(&r->oreq); /* saturated: never wraps */
     if (asked >= 0 && asked < completion_cap)
         completion_cap = (long)asked;
-    if (r->ep->route == OPENAI_EMBEDDINGS)
+    if (!r->ep->generates)
         completion_cap = 0;
     bool clamped = false;
     if (prompt < 0 || prompt > prompt_cap) {

@@ -195,7 +195,13 @@ static const yajl_callbacks answer_callbacks = {
 
 int answer_scan_init(struct answer_scan *s, struct arena *a)
 {
+    return answer_scan_init_kind(s, a, ANSWER_KIND_CHOICES);
+}
+
+int answer_scan_init_kind(struct answer_scan *s, struct arena *a, enum answer_kind kind)
+{
     memset(s, 0, sizeof *s);
+    s->kind = kind;
     buf_init(&s->held, ANSWER_MAX_HELD);
     yajl_alloc_funcs funcs;
     if (a)

@@ -23,6 +23,11 @@
 
 #define ANSWER_MAX_DEPTH 16
 
+/* Which API's answers a scan reads. */
+enum answer_kind {
+    ANSWER_KIND_CHOICES = 0, /* chat completions, completions, embeddings: choices[], usage */
+};
+
 struct answer_frame {
     bool is_map;
     char key[24]; /* the current key in a map (longer keys never match anything we need) */
@@ -31,7 +36,8 @@ struct answer_frame {
 
 struct answer_scan {
     void *handle; /* yajl */
-    int depth;    /* containers open */
+    enum answer_kind kind;
+    int depth; /* containers open */
     struct answer_frame frames[ANSWER_MAX_DEPTH];
     bool object;    /* the document is a JSON object */
     bool has_error; /* it has a top-level "error" object */
@@ -60,6 +66,8 @@ struct answer_scan {
 /* 0, or -1 on OOM. The scanner's memory comes from arena a (NULL: from malloc), which must
  * outlive it. */
 int answer_scan_init(struct answer_scan *s, struct arena *a);
+/* The same for another API's answers. */
+int answer_scan_init_kind(struct answer_scan *s, struct arena *a, enum answer_kind kind);
 /* 0 while the bytes are well-formed so far (as far as they were read: see above), -1 once
  * they are not; -1 also when memory runs out. */
 int answer_scan_feed(struct answer_scan *s, const char *p, size_t n);

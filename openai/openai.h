@@ -4,6 +4,7 @@
 #define TOLLGATE_OPENAI_H
 
 #include "metrics/metrics.h"
+#include "openai/answer.h"
 
 #include <jansson.h>
 #include <stdbool.h>
@@ -20,6 +21,15 @@ enum openai_route {
     OPENAI_METRICS,
 };
 
+struct openai_request;
+
+/* Checks a parsed body for an endpoint and fills *out (see openai_validate). */
+typedef int (*openai_validate_fn)(enum openai_route route, json_t *body, struct openai_request *out,
+                                  const char **param, char *msg, size_t msg_len);
+
+/* One endpoint of the surface. The inference endpoints (upstream_path set) also say how the
+ * pipeline treats their exchange, so a new API is a row here and its wire format in a file of
+ * its own, not a copy of the pipeline. */
 struct openai_endpoint {
     enum openai_route route;
     const char *path;          /* exact path, or prefix for OPENAI_MODEL */
@@ -28,6 +38,12 @@ struct openai_endpoint {
     bool can_stream;
     bool needs_auth;
     enum metrics_route metric;
+    /* ---- inference endpoints only ---- */
+    openai_validate_fn validate; /* the body's checks, estimates included */
+    enum answer_kind answer;     /* how answers and stream events are scanned (answer.h) */
+    bool generates;              /* answers carry generated output: billed output tokens, and a 2xx
+                                    answer without any is broken (false for embeddings) */
+    const char *chunk_object;    /* "object" of the stream chunks the gateway writes itself */
 };
 
 /* Finds the endpoint for a request. Returns 0 and sets *ep, or TG_ERR_UNKNOWN_URL, or
