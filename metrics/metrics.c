@@ -1,7 +1,5 @@
 #include "metrics/metrics.h"
 
-#include "routing/backend.h"
-
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdio.h>
