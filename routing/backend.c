@@ -2,6 +2,7 @@
 
 #include "base/buf.h"
 #include "base/clock.h"
+#include "base/double_bits.h"
 #include "metrics/metrics.h"
 #include "routing/demand.h"
 
@@ -256,38 +257,24 @@ void backend_record_probe(struct backend_state *s, const struct config_health *h
         atomic_store_explicit(&s->probe_down, true, RELAXED);
 }
 
-static double bits_to_double(uint64_t bits)
-{
-    double d;
-    memcpy(&d, &bits, sizeof d);
-    return d;
-}
-
-static uint64_t double_to_bits(double d)
-{
-    uint64_t bits;
-    memcpy(&bits, &d, sizeof bits);
-    return bits;
-}
-
 double backend_input_price(const struct config_model *m)
 {
     if (m->price && atomic_load_explicit(&m->price->live, memory_order_acquire))
-        return bits_to_double(atomic_load_explicit(&m->price->input_bits, RELAXED));
+        return double_bits_load(&m->price->input_bits);
     return m->input_usd_per_mtok;
 }
 
 double backend_output_price(const struct config_model *m)
 {
     if (m->price && atomic_load_explicit(&m->price->live, memory_order_acquire))
-        return bits_to_double(atomic_load_explicit(&m->price->output_bits, RELAXED));
+        return double_bits_load(&m->price->output_bits);
     return m->output_usd_per_mtok;
 }
 
 void backend_set_price(struct backend_price *p, double input_usd_per_mtok,
                        double output_usd_per_mtok, int64_t now_ms)
 {
-    uint64_t in = double_to_bits(input_usd_per_mtok), out = double_to_bits(output_usd_per_mtok);
+    uint64_t in = double_bits_of(input_usd_per_mtok), out = double_bits_of(output_usd_per_mtok);
     bool was_live = atomic_load_explicit(&p->live, memory_order_acquire);
     uint64_t old_in = atomic_load_explicit(&p->input_bits, RELAXED);
     uint64_t old_out = atomic_load_explicit(&p->output_bits, RELAXED);
@@ -323,10 +310,10 @@ static bool price_read(const struct backend_price *p, struct price_view *v)
         uint64_t v1 = atomic_load_explicit(&p->version, memory_order_acquire);
         if (v1 & 1)
             continue;
-        v->input = bits_to_double(atomic_load_explicit(&p->input_bits, RELAXED));
-        v->output = bits_to_double(atomic_load_explicit(&p->output_bits, RELAXED));
-        v->prev_input = bits_to_double(atomic_load_explicit(&p->prev_input_bits, RELAXED));
-        v->prev_output = bits_to_double(atomic_load_explicit(&p->prev_output_bits, RELAXED));
+        v->input = double_bits_load(&p->input_bits);
+        v->output = double_bits_load(&p->output_bits);
+        v->prev_input = double_bits_load(&p->prev_input_bits);
+        v->prev_output = double_bits_load(&p->prev_output_bits);
         v->prev_checked_ms = atomic_load_explicit(&p->prev_checked_ms, RELAXED);
         v->updated_ms = atomic_load_explicit(&p->updated_ms, RELAXED);
         atomic_thread_fence(memory_order_acquire);

@@ -1,9 +1,10 @@
 #include "routing/demand.h"
 
+#include "base/double_bits.h"
+
 #include <stdlib.h>
 #include <string.h>
 
-#define RELAXED memory_order_relaxed
 /* Below this share, the estimate is kept at it: an answer always may be long. */
 #define DEMAND_FILL_MIN 0.05
 
@@ -39,21 +40,6 @@ int demand_attach(struct config *cfg)
     return result;
 }
 
-static double get(const _Atomic uint64_t *v)
-{
-    uint64_t bits = atomic_load_explicit(v, RELAXED);
-    double d;
-    memcpy(&d, &bits, sizeof d);
-    return d;
-}
-
-static void set(_Atomic uint64_t *v, double d)
-{
-    uint64_t bits;
-    memcpy(&bits, &d, sizeof bits);
-    atomic_store_explicit(v, bits, RELAXED);
-}
-
 void demand_note_output(struct demand *d, long expected, long tokens)
 {
     if (!d || expected <= 0 || tokens < 0)
@@ -61,13 +47,13 @@ void demand_note_output(struct demand *d, long expected, long tokens)
     double x = (double)tokens / (double)expected;
     if (x > 1)
         x = 1;
-    double old = get(&d->fill_bits);
-    set(&d->fill_bits, old > 0 ? old + (x - old) / 64 : x);
+    double old = double_bits_load(&d->fill_bits);
+    double_bits_store(&d->fill_bits, old > 0 ? old + (x - old) / 64 : x);
 }
 
 double demand_output_fill(const struct demand *d)
 {
-    double f = d ? get(&d->fill_bits) : 0;
+    double f = d ? double_bits_load(&d->fill_bits) : 0;
     if (f <= 0)
         return 1;
     return f < DEMAND_FILL_MIN ? DEMAND_FILL_MIN : f;

@@ -1,10 +1,10 @@
 #include "routing/honesty.h"
 
+#include "base/double_bits.h"
 #include "routing/backend.h"
 
 #include <math.h>
 #include <stdlib.h>
-#include <string.h>
 
 #define RELAXED memory_order_relaxed
 /* Sums decay by 1/64 a sample: about the last 64 answers count. */
@@ -12,30 +12,15 @@
 /* Unflagged below tolerance ÷ this (hysteresis, so a node near the line does not flap). */
 #define HONESTY_HYSTERESIS 1.2
 
-static double get(const _Atomic uint64_t *v)
-{
-    uint64_t bits = atomic_load_explicit(v, RELAXED);
-    double d;
-    memcpy(&d, &bits, sizeof d);
-    return d;
-}
-
-static void set(_Atomic uint64_t *v, double d)
-{
-    uint64_t bits;
-    memcpy(&bits, &d, sizeof bits);
-    atomic_store_explicit(v, bits, RELAXED);
-}
-
 static void decay_add(_Atomic uint64_t *v, double x)
 {
-    set(v, get(v) * HONESTY_KEEP + x);
+    double_bits_store(v, double_bits_load(v) * HONESTY_KEEP + x);
 }
 
 double honesty_ratio(const struct honesty *h, bool completion)
 {
-    double rep = get(completion ? &h->rep_completion : &h->rep_prompt);
-    double est = get(completion ? &h->est_completion : &h->est_prompt);
+    double rep = double_bits_load(completion ? &h->rep_completion : &h->rep_prompt);
+    double est = double_bits_load(completion ? &h->est_completion : &h->est_prompt);
     return est > 0 ? rep / est : 1;
 }
 
@@ -48,13 +33,13 @@ double honesty_price_factor(const struct honesty *h, bool completion)
 {
     if (!honesty_flagged(h))
         return 1;
-    double f = get(completion ? &h->inflation_out : &h->inflation_in);
+    double f = double_bits_load(completion ? &h->inflation_out : &h->inflation_in);
     return f > 1 ? f : 1;
 }
 
 double honesty_inflation(const struct honesty *h)
 {
-    double in = get(&h->inflation_in), out = get(&h->inflation_out);
+    double in = double_bits_load(&h->inflation_in), out = double_bits_load(&h->inflation_out);
     double f = in > out ? in : out;
     return f > 0 ? f : 1;
 }
@@ -78,7 +63,7 @@ static double peer_reference(const struct config_route *route, const struct hone
         const struct honesty *h = &p->honesty;
         if (atomic_load_explicit(&h->samples, RELAXED) < min_samples || honesty_flagged(h))
             continue;
-        if (get(completion ? &h->est_completion : &h->est_prompt) <= 0)
+        if (double_bits_load(completion ? &h->est_completion : &h->est_prompt) <= 0)
             continue;
         v[n++] = honesty_ratio(h, completion);
     }
@@ -118,14 +103,16 @@ void honesty_observe(const struct config_route *route, const struct config_model
     bool peers = ref_p > 0 || ref_c > 0;
     v->ref_prompt = ref_p > 0 ? ref_p : 1;
     v->ref_completion = ref_c > 0 ? ref_c : 1;
-    double infl_p = get(&h->est_prompt) > 0 ? honesty_ratio(h, false) / v->ref_prompt : 1;
-    double infl_c = get(&h->est_completion) > 0 ? honesty_ratio(h, true) / v->ref_completion : 1;
-    set(&h->inflation_in, infl_p);
-    set(&h->inflation_out, infl_c);
+    double infl_p =
+        double_bits_load(&h->est_prompt) > 0 ? honesty_ratio(h, false) / v->ref_prompt : 1;
+    double infl_c =
+        double_bits_load(&h->est_completion) > 0 ? honesty_ratio(h, true) / v->ref_completion : 1;
+    double_bits_store(&h->inflation_in, infl_p);
+    double_bits_store(&h->inflation_out, infl_c);
     v->inflation = infl_p > infl_c ? infl_p : infl_c;
 
     double threshold = rc->honesty_tolerance * (peers ? 1 : 2);
-    bool evidence = samples >= rc->honesty_min_samples || get(&h->impossible) >= 0.5;
+    bool evidence = samples >= rc->honesty_min_samples || double_bits_load(&h->impossible) >= 0.5;
     bool was = honesty_flagged(h);
     bool now = was;
     if (evidence && !was && v->inflation > threshold)
