@@ -11,9 +11,12 @@ LIBS    := -lmicrohttpd -lcurl -lssh2 -lhiredis -lev -ljansson -lyajl -lyaml -ln
 VERSION := $(shell cat VERSION 2>/dev/null || echo 0.0.0)
 
 # The layers, bottom first: a folder includes only folders before it (metrics/ only base/).
-LAYERS   := base redis config net openai metrics trace tenancy cache routing gateway
+LAYERS   := base redis config net openai metrics tenancy cache routing gateway
 CORE_SRC := $(filter-out gateway/main.c,$(foreach d,$(LAYERS),$(wildcard $(d)/*.c)))
 CORE_OBJ := $(CORE_SRC:%.c=$(BUILD)/obj/%.o)
+# The status page (gateway/status.html, gateway/status.h) is built in as a C array that xxd
+# writes, so the page stays plain HTML to edit.
+CORE_OBJ += $(BUILD)/obj/gen/status_html.o
 MAIN_OBJ := $(BUILD)/obj/gateway/main.o
 MOCK_SRC := $(wildcard tools/mocknode/*.c)
 UNIT_SRC := $(wildcard tests/unit/test_*.c)
@@ -30,6 +33,10 @@ UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 DEB_PKGS := build-essential pkg-config libmicrohttpd-dev libcurl4-gnutls-dev libssh2-1-dev \
             libhiredis-dev libev-dev libjansson-dev libyajl-dev libyaml-dev nettle-dev \
             libssl-dev openssl libcmocka-dev redis-server nginx wrk curl prometheus clang-format clang
+# xxd embeds the status page; chromium is the browser its test drives (puppeteer-core).
+DEB_PKGS += xxd chromium
+# docker-compose (1.29) validates deploy/docker-compose.yml in the deploy test.
+DEB_PKGS += docker-compose
 
 .PHONY: all deps run test unit integration bench asan tsan install clean fmt fmt-check
 
@@ -49,6 +56,16 @@ $(BUILD)/mocknode: $(MOCK_SRC) $(wildcard tools/mocknode/*.h)
 $(BUILD)/tests/%: tests/unit/%.c $(CORE_OBJ) $(HARNESS_SRC) $(wildcard tests/unit/*.h)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $< $(HARNESS_SRC) $(CORE_OBJ) -o $@ $(LDFLAGS) $(LIBS) -lcmocka -lcrypto
+
+$(BUILD)/gen/status_html.c: gateway/status.html
+	@mkdir -p $(dir $@)
+	@{ echo '#include "gateway/status.h"'; echo 'const unsigned char status_html[] = {'; \
+	  xxd -i < $<; echo '};'; echo 'const unsigned int status_html_len = sizeof status_html;'; \
+	} > $@.tmp && mv $@.tmp $@
+
+$(BUILD)/obj/gen/status_html.o: $(BUILD)/gen/status_html.c gateway/status.h
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c $< -o $@
 
 -include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)
 

@@ -6,6 +6,7 @@
 #include "base/error.h"
 #include "base/listen.h"
 #include "base/log.h"
+#include "gateway/status.h"
 #include "routing/backend.h"
 #include "tenancy/keys.h"
 #include "tenancy/ledger.h"
@@ -60,6 +61,7 @@ static enum MHD_Result admin_reply_with(struct MHD_Connection *conn, unsigned st
         return MHD_NO;
     }
     MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, ctype);
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store");
     enum MHD_Result ok = MHD_queue_response(conn, status, resp);
     MHD_destroy_response(resp);
     return ok;
@@ -334,7 +336,12 @@ static enum MHD_Result admin_handle(void *cls, struct MHD_Connection *conn, cons
     }
     struct config *cfg = admin_config(a);
     enum MHD_Result ok;
-    if (!admin_authorized(conn, cfg)) {
+    if (!strcmp(url, "/")) {
+        /* The page has no data in it: everything it shows needs the key. */
+        ok = strcmp(method, "GET") && strcmp(method, "HEAD")
+                 ? admin_error(conn, TG_ERR_METHOD, "Use GET.")
+                 : status_page(conn);
+    } else if (!admin_authorized(conn, cfg)) {
         ok = admin_error(conn, TG_ERR_AUTH, "Send the admin key as 'Authorization: Bearer KEY'.");
     } else if (!strcmp(url, "/admin/backends") || !strcmp(url, "/metrics")) {
         if (strcmp(method, "GET") && strcmp(method, "HEAD")) {
@@ -355,6 +362,12 @@ static enum MHD_Result admin_handle(void *cls, struct MHD_Connection *conn, cons
         }
     } else if (!strcmp(url, "/admin/keys") || !strncmp(url, "/admin/keys/", 12)) {
         ok = admin_keys(conn, cfg, method, url, req);
+    } else if (!strcmp(url, "/admin/status")) {
+        struct metrics_shard *shards[256];
+        size_t n = server_metrics_shards(a->server, shards, 256);
+        ok = strcmp(method, "GET") && strcmp(method, "HEAD")
+                 ? admin_error(conn, TG_ERR_METHOD, "Use GET.")
+                 : admin_json(conn, 200, status_json(cfg, shards, n));
     } else if (!strcmp(url, "/admin/usage")) {
         ok = admin_usage(conn, cfg, method);
     } else {

@@ -3,6 +3,8 @@
  *   GET /admin/backends   every backend: url, models and current prices, health, in-flight,
  *                          recent latency, failures and ejections
  *   GET /metrics          Prometheus text
+ *   GET /admin/status     totals, per-backend spend and failures, top keys by spend
+ *   GET /                 the status page (gateway/status.h), served without the key
  *   POST /admin/keys, GET /admin/keys, GET|DELETE /admin/keys/{name}
  *                          Redis-held API keys (tenancy/keys.h); bodies up to 64 KiB
  * admin_* functions are called from the main thread. */

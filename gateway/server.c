@@ -44,6 +44,14 @@ int server_render_metrics(struct server *s, struct buf *out)
     return worker_shared_render_metrics(&s->shared, out);
 }
 
+size_t server_metrics_shards(struct server *s, struct metrics_shard **out, size_t max)
+{
+    size_t n = s->shared.n_workers < max ? s->shared.n_workers : max;
+    for (size_t i = 0; i < n; i++)
+        out[i] = s->shared.workers[i].metrics;
+    return n;
+}
+
 /* ---- reload and drain ------------------------------------------------------------------- */
 
 /* The spool and memory caps of the config are for all workers together. */

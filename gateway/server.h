@@ -23,6 +23,10 @@ void server_reload(struct server *s, struct config *cfg);
 void server_drain(struct server *s);
 /* Appends the Prometheus text of all workers' counters (any thread). */
 int server_render_metrics(struct server *s, struct buf *out);
+/* The workers' metrics shards, for reading from any thread (relaxed loads): at most max of
+ * them in out; returns how many. */
+struct metrics_shard;
+size_t server_metrics_shards(struct server *s, struct metrics_shard **out, size_t max);
 /* True once every worker has left its loop (after a drain). */
 bool server_stopped(struct server *s);
 /* Waits for every worker to stop, then frees the server. */
