@@ -296,6 +296,7 @@ void harness_env_free(struct harness_env *e)
 {
     if (!e)
         return;
+    redis_client_free(e->c); /* while its loop exists */
     harness_redis_cleanup(&e->srv);
     harness_world_fini(&e->h);
     free(e);
@@ -322,6 +323,22 @@ void harness_on_reply(void *ctx, int result, const redisReply *reply)
 bool harness_reply_done(void *arg)
 {
     return ((struct harness_reply *)arg)->calls > 0;
+}
+
+int harness_env_setup(void **state, const char *name, const struct redis_options *opt)
+{
+    struct harness_env *e;
+    int rc = harness_env_new(&e, name, NULL, false);
+    *state = e;
+    if (rc == 0)
+        e->c = harness_client_new(e, opt);
+    return rc;
+}
+
+int harness_env_teardown(void **state)
+{
+    harness_env_free(*state);
+    return 0;
 }
 
 bool harness_client_available(void *arg)

@@ -101,6 +101,7 @@ struct harness_env {
     struct harness_world h;
     struct harness_redis srv;
     char url[256];
+    struct redis_client *c; /* harness_env_setup()'s client, or NULL; harness_env_free() frees it */
 };
 
 /* Allocates an env, makes its directory (/tmp/tg-<name>-XXXXXX) and loop, and starts its
@@ -110,6 +111,12 @@ int harness_env_new(struct harness_env **out, const char *name, const char *pass
 
 /* Kills the server, removes its directory, destroys the loop, frees e. NULL is fine. */
 void harness_env_free(struct harness_env *e);
+
+/* cmocka fixtures for tests of what is built on the client (rate limits, budgets, ...): *state
+ * becomes an env (no password, no unix socket) with a client connected by harness_client_new()
+ * with opt in its `c`; the teardown frees it all. */
+int harness_env_setup(void **state, const char *name, const struct redis_options *opt);
+int harness_env_teardown(void **state);
 
 /* One reply as a redis_reply_fn saw it (strings cut to 511 bytes). */
 struct harness_reply {

@@ -50,52 +50,15 @@ static void test_local_allowance(void **state)
 
 /* ---- with Redis ------------------------------------------------------------------------------ */
 
-struct world {
-    struct harness_world h;
-    struct harness_redis srv;
-    char url[128];
-    struct redis_client *c;
-};
-
-static bool is_available(void *arg)
-{
-    return redis_client_available(arg);
-}
-
+/* A loop, a throwaway redis-server and a client (tests/unit/harness.h). */
 static int setup(void **state)
 {
-    struct world *w = calloc(1, sizeof *w);
-    if (!w)
-        return -1;
-    *state = w;
-    if (harness_redis_init(&w->srv, "budget") == -1 || harness_world_init(&w->h) == -1 ||
-        harness_redis_start(&w->srv) == -1)
-        return -1;
-    harness_redis_url(&w->srv, w->url, sizeof w->url);
     /* A breaker that a few timeouts in a row do not open. */
-    struct redis_options opt = {.url = w->url, .breaker_failures = 20};
-    w->c = redis_client_new(w->h.loop, &opt);
-    if (!w->c || !harness_run_until(&w->h, is_available, w->c, 5)) {
-        fprintf(stderr, "budget: the client did not connect\n");
-        return -1;
-    }
-    return 0;
-}
-
-static int teardown(void **state)
-{
-    struct world *w = *state;
-    if (!w)
-        return 0;
-    redis_client_free(w->c);
-    harness_redis_cleanup(&w->srv);
-    harness_world_fini(&w->h);
-    free(w);
-    return 0;
+    return harness_env_setup(state, "budget", &(struct redis_options){.breaker_failures = 20});
 }
 
 /* One field of tg:budget:<key> as a number; -1 when absent. */
-static double field(struct world *w, const char *key, const char *name)
+static double field(struct harness_env *w, const char *key, const char *name)
 {
     char k[128];
     snprintf(k, sizeof k, REDIS_KEY_BUDGET_PREFIX "%s", key);
@@ -126,8 +89,8 @@ static bool answered(void *arg)
 }
 
 /* A reservation through Redis: must be PENDING, then answered once. */
-static struct answer reserve(struct world *w, struct budget *b, const char *key, double budget,
-                             double est)
+static struct answer reserve(struct harness_env *w, struct budget *b, const char *key,
+                             double budget, double est)
 {
     struct answer a = {0};
     struct budget_wait *wait = NULL;
@@ -142,7 +105,7 @@ static struct answer reserve(struct world *w, struct budget *b, const char *key,
 
 static void test_reserve_in_redis(void **state)
 {
-    struct world *w = *state;
+    struct harness_env *w = *state;
     struct budget *b = budget_new(w->c);
     assert_non_null(b);
     /* Amounts exact in binary, so the boundary is exact too. */
@@ -166,7 +129,7 @@ static void test_reserve_in_redis(void **state)
 }
 
 struct fields {
-    struct world *w;
+    struct harness_env *w;
     const char *key;
     double spent, reserved;
 };
@@ -182,7 +145,7 @@ static bool fields_are(void *arg)
 /* Settling replaces the reservation by the real cost; what was not spent is free again. */
 static void test_settle(void **state)
 {
-    struct world *w = *state;
+    struct harness_env *w = *state;
     struct budget *b = budget_new(w->c);
     assert_int_equal(reserve(w, b, "st-key", 1, 0.5).result, BUDGET_OK);
     assert_int_equal(reserve(w, b, "st-key", 1, 0.5).result, BUDGET_OK);
@@ -212,12 +175,9 @@ static void test_settle(void **state)
 /* Two replicas racing on one key: together they never pass the budget. */
 static void test_replicas_race(void **state)
 {
-    struct world *w = *state;
+    struct harness_env *w = *state;
     struct budget *b1 = budget_new(w->c);
-    struct redis_options opt = {.url = w->url};
-    struct redis_client *c2 = redis_client_new(w->h.loop, &opt);
-    assert_non_null(c2);
-    assert_true(harness_run_until(&w->h, is_available, c2, 5));
+    struct redis_client *c2 = harness_client_new(w, &(struct redis_options){0});
     struct budget *b2 = budget_new(c2);
     struct answer a[20] = {{0}};
     struct budget_wait *wait;
@@ -249,7 +209,7 @@ static void on_never(void *ctx, enum budget_result result, bool in_redis)
 /* A cancelled reservation is still made (settle releases it) but nobody is called. */
 static void test_cancel(void **state)
 {
-    struct world *w = *state;
+    struct harness_env *w = *state;
     struct budget *b = budget_new(w->c);
     int calls = 0;
     struct budget_wait *wait = NULL;
@@ -272,7 +232,7 @@ static void on_debug(void *ctx, int result, const redisReply *reply)
  * comes from the local allowance, and says it is not held in Redis. */
 static void test_slow_redis_local_allowance(void **state)
 {
-    struct world *w = *state;
+    struct harness_env *w = *state;
     struct budget *b = budget_new(w->c);
     /* Redis knows the script already (as on any busy gateway): EVALSHA runs it at once. */
     assert_int_equal(reserve(w, b, "slow-warm", 100, 1).result, BUDGET_OK);
@@ -300,7 +260,7 @@ static void test_slow_redis_local_allowance(void **state)
     struct fields f = {w, "slow-key", -1, 1.5};
     assert_true(harness_run_until(&w->h, fields_are, &f, 5));
     /* Answering in time again, Redis holds new reservations. */
-    assert_true(harness_run_until(&w->h, is_available, w->c, 5));
+    assert_true(harness_run_until(&w->h, harness_client_available, w->c, 5));
     struct answer a = reserve(w, b, "slow-key", 100, 50);
     assert_int_equal(a.result, BUDGET_OK);
     assert_true(a.in_redis);
@@ -311,7 +271,7 @@ static void test_slow_redis_local_allowance(void **state)
 /* Redis gone: the local allowance at once, nothing pending; settling does nothing. */
 static void test_redis_down(void **state)
 {
-    struct world *w = *state;
+    struct harness_env *w = *state;
     struct budget *b = budget_new(w->c);
     harness_redis_kill(&w->srv);
     harness_run_for(&w->h, 0.1);
@@ -332,12 +292,13 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_local_allowance),
-        cmocka_unit_test_setup_teardown(test_reserve_in_redis, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_settle, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_replicas_race, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_cancel, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_slow_redis_local_allowance, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_redis_down, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_reserve_in_redis, setup, harness_env_teardown),
+        cmocka_unit_test_setup_teardown(test_settle, setup, harness_env_teardown),
+        cmocka_unit_test_setup_teardown(test_replicas_race, setup, harness_env_teardown),
+        cmocka_unit_test_setup_teardown(test_cancel, setup, harness_env_teardown),
+        cmocka_unit_test_setup_teardown(test_slow_redis_local_allowance, setup,
+                                        harness_env_teardown),
+        cmocka_unit_test_setup_teardown(test_redis_down, setup, harness_env_teardown),
     };
     return cmocka_run_group_tests_name("budget", tests, NULL, NULL);
 }

@@ -205,17 +205,10 @@ static void test_revoked(void **state)
 /* ---- from Redis -------------------------------------------------------------------------- */
 
 struct world {
-    struct harness_world h;
-    struct harness_redis srv;
-    char url[128];
+    struct harness_env *env; /* a loop and a throwaway redis-server */
     struct redis_client *c;
     struct keycache *cache;
 };
-
-static bool is_available(void *arg)
-{
-    return redis_client_available(arg);
-}
 
 static int setup(void **state)
 {
@@ -223,16 +216,11 @@ static int setup(void **state)
     if (!w)
         return -1;
     *state = w;
-    if (harness_redis_init(&w->srv, "keyauth") == -1 || harness_world_init(&w->h) == -1 ||
-        harness_redis_start(&w->srv) == -1)
+    if (harness_env_new(&w->env, "keyauth", NULL, false) == -1)
         return -1;
-    harness_redis_url(&w->srv, w->url, sizeof w->url);
-    struct redis_options opt = {.url = w->url};
-    w->c = redis_client_new(w->h.loop, &opt);
+    w->c = harness_client_new(w->env, &(struct redis_options){0});
     w->cache = keycache_new(16, TTL_MS, NEGATIVE_TTL_MS);
-    if (!w->c || !w->cache || !harness_run_until(&w->h, is_available, w->c, 5))
-        return -1;
-    return 0;
+    return w->cache ? 0 : -1;
 }
 
 static int teardown(void **state)
@@ -242,8 +230,7 @@ static int teardown(void **state)
         return 0;
     redis_client_free(w->c);
     keycache_free(w->cache);
-    harness_redis_cleanup(&w->srv);
-    harness_world_fini(&w->h);
+    harness_env_free(w->env);
     free(w);
     return 0;
 }
@@ -257,7 +244,7 @@ static void store(struct world *w, unsigned char tag, ...)
     memcpy(key, REDIS_KEY_KEY_PREFIX, sizeof REDIS_KEY_KEY_PREFIX - 1);
     hex_of(d, key + sizeof REDIS_KEY_KEY_PREFIX - 1);
     const char *argv[32] = {"DEL", key};
-    redisReply *r = harness_redis_command(&w->srv, 2, argv);
+    redisReply *r = harness_redis_command(&w->env->srv, 2, argv);
     assert_non_null(r);
     freeReplyObject(r);
     argv[0] = "HSET";
@@ -269,7 +256,7 @@ static void store(struct world *w, unsigned char tag, ...)
     va_end(ap);
     if (argc == 2)
         return; /* DEL only */
-    r = harness_redis_command(&w->srv, argc, argv);
+    r = harness_redis_command(&w->env->srv, argc, argv);
     assert_non_null(r);
     assert_int_equal(r->type, REDIS_REPLY_INTEGER);
     freeReplyObject(r);
@@ -293,8 +280,8 @@ static struct answer resolve_later(struct world *w, unsigned char tag)
     assert_non_null(pending);
     assert_null(e);
     assert_int_equal(a.calls, 0);
-    assert_true(harness_run_until(&w->h, answered, &a, 5));
-    harness_run_for(&w->h, 0.01);
+    assert_true(harness_run_until(&w->env->h, answered, &a, 5));
+    harness_run_for(&w->env->h, 0.01);
     assert_int_equal(a.calls, 1);
     return a;
 }
@@ -415,7 +402,7 @@ static void test_cancel(void **state)
                      KEYAUTH_PENDING);
     keyauth_cancel(pending);
     keyauth_cancel(NULL);
-    harness_run_for(&w->h, 0.1);
+    harness_run_for(&w->env->h, 0.1);
     assert_int_equal(calls, 0);
     assert_int_equal(resolve_now(w->cache, w->c, 12, &e), KEYAUTH_OK);
     assert_string_equal(e->name, "eve");
@@ -431,7 +418,7 @@ static void test_stale_entry_when_the_lookup_fails(void **state)
     put(w->cache, 15, true, "stale-but-good", 0, TTL_MS + 1);
     put(w->cache, 16, true, "stale-expired", (int64_t)time(NULL) - 1, TTL_MS + 1);
     put(w->cache, 17, false, "", 0, NEGATIVE_TTL_MS + 1);
-    harness_redis_kill(&w->srv);
+    harness_redis_kill(&w->env->srv);
     assert_true(redis_client_available(w->c)); /* the loop has not run since */
     struct answer a = resolve_later(w, 15);
     assert_int_equal(a.result, KEYAUTH_OK);
@@ -449,8 +436,8 @@ static void test_redis_down(void **state)
 {
     struct world *w = *state;
     put(w->cache, 13, true, "stale", 0, TTL_MS + 1);
-    harness_redis_kill(&w->srv);
-    harness_run_for(&w->h, 0.1);
+    harness_redis_kill(&w->env->srv);
+    harness_run_for(&w->env->h, 0.1);
     assert_false(redis_client_available(w->c));
     const struct keycache_entry *e;
     assert_int_equal(resolve_now(w->cache, w->c, 13, &e), KEYAUTH_OK);

@@ -157,59 +157,18 @@ static void test_alone_settle(void **state)
 /* ---- with Redis -------------------------------------------------------------------------------
  */
 
-struct world {
-    struct harness_world h;
-    struct harness_redis srv;
-    char url[128];
-    struct redis_client *c;
-};
+/* A breaker that a few timeouts in a row do not open. */
+static const struct redis_options patient = {.breaker_failures = 20};
 
-static bool is_available(void *arg)
-{
-    return redis_client_available(arg);
-}
-
-static struct redis_client *client_new(struct world *w)
-{
-    /* A breaker that a few timeouts in a row do not open. */
-    struct redis_options opt = {.url = w->url, .breaker_failures = 20};
-    struct redis_client *c = redis_client_new(w->h.loop, &opt);
-    if (c && !harness_run_until(&w->h, is_available, c, 5)) {
-        redis_client_free(c);
-        c = NULL;
-    }
-    return c;
-}
-
+/* A loop, a throwaway redis-server and a client (tests/unit/harness.h). */
 static int setup(void **state)
 {
     fresh_window();
-    struct world *w = calloc(1, sizeof *w);
-    if (!w)
-        return -1;
-    *state = w;
-    if (harness_redis_init(&w->srv, "ratelimit") == -1 || harness_world_init(&w->h) == -1 ||
-        harness_redis_start(&w->srv) == -1)
-        return -1;
-    harness_redis_url(&w->srv, w->url, sizeof w->url);
-    w->c = client_new(w);
-    return w->c ? 0 : -1;
-}
-
-static int teardown(void **state)
-{
-    struct world *w = *state;
-    if (!w)
-        return 0;
-    redis_client_free(w->c);
-    harness_redis_cleanup(&w->srv);
-    harness_world_fini(&w->h);
-    free(w);
-    return 0;
+    return harness_env_setup(state, "ratelimit", &patient);
 }
 
 /* tg:rl:<key>:<this minute>, field r or t; 0 when absent. */
-static long leased(struct world *w, const char *key, const char *field)
+static long leased(struct harness_env *w, const char *key, const char *field)
 {
     char k[160];
     snprintf(k, sizeof k, REDIS_KEY_RATELIMIT_PREFIX "%s:%lld", key,
@@ -244,8 +203,8 @@ static bool answered(void *arg)
 }
 
 /* A request that must wait for Redis; returns its verdict once answered. */
-static struct verdict admit_later(struct world *w, struct ratelimit *rl, const char *key, long rpm,
-                                  long tpm, long tokens)
+static struct verdict admit_later(struct harness_env *w, struct ratelimit *rl, const char *key,
+                                  long rpm, long tpm, long tokens)
 {
     struct verdict v = {0};
     struct ratelimit_wait *wait = NULL;
@@ -262,7 +221,7 @@ static struct verdict admit_later(struct world *w, struct ratelimit *rl, const c
 /* A limit of 100 leases 5 requests at a time: one round trip per 5 requests. */
 static void test_lease_slices(void **state)
 {
-    struct world *w = *state;
+    struct harness_env *w = *state;
     struct ratelimit *rl = ratelimit_new(w->c, 1);
     struct verdict v = admit_later(w, rl, "ls-key", 100, 0, 1);
     assert_int_equal(v.result, RATELIMIT_ADMIT);
@@ -296,8 +255,8 @@ static void test_lease_slices(void **state)
 /* A small limit leases one request at a time, so replicas together admit exactly the limit. */
 static void test_small_limit_exact_across_replicas(void **state)
 {
-    struct world *w = *state;
-    struct redis_client *c2 = client_new(w);
+    struct harness_env *w = *state;
+    struct redis_client *c2 = harness_client_new(w, &patient);
     assert_non_null(c2);
     struct ratelimit *rl[2] = {ratelimit_new(w->c, 1), ratelimit_new(c2, 1)};
     static const enum ratelimit_result want[] = {RATELIMIT_ADMIT, RATELIMIT_ADMIT, RATELIMIT_ADMIT,
@@ -315,7 +274,7 @@ static void test_small_limit_exact_across_replicas(void **state)
 
 static void test_tokens_in_redis(void **state)
 {
-    struct world *w = *state;
+    struct harness_env *w = *state;
     struct ratelimit *rl = ratelimit_new(w->c, 1);
     /* A lease covers at least the request's own estimate. */
     struct verdict v = admit_later(w, rl, "tk-key", 0, 1000, 400);
@@ -340,7 +299,7 @@ static void test_tokens_in_redis(void **state)
 /* Both limits: a minute out of requests is denied at once, and leases no more tokens. */
 static void test_both_limits_in_redis(void **state)
 {
-    struct world *w = *state;
+    struct harness_env *w = *state;
     struct ratelimit *rl = ratelimit_new(w->c, 1);
     struct verdict v = admit_later(w, rl, "bl-key", 1, 1000, 10);
     assert_int_equal(v.result, RATELIMIT_ADMIT);
@@ -360,7 +319,7 @@ static void test_both_limits_in_redis(void **state)
  * serve it at once. */
 static void test_waiters_keep_their_turn(void **state)
 {
-    struct world *w = *state;
+    struct harness_env *w = *state;
     struct ratelimit *rl = ratelimit_new(w->c, 1);
     assert_int_equal(admit_later(w, rl, "turn-key", 0, 1000, 100).result, RATELIMIT_ADMIT);
     ratelimit_settle(rl, "turn-key", 100, 0); /* 100 tokens back in the lease */
@@ -383,7 +342,7 @@ static void test_waiters_keep_their_turn(void **state)
  * serves them all. */
 static void test_queue_one_grant(void **state)
 {
-    struct world *w = *state;
+    struct harness_env *w = *state;
     struct ratelimit *rl = ratelimit_new(w->c, 1);
     struct verdict v[3] = {{0}};
     struct ratelimit_wait *wait;
@@ -412,7 +371,7 @@ static void on_never(void *ctx, enum ratelimit_result result, const struct ratel
 /* A cancelled request is never answered and takes nothing from the lease. */
 static void test_cancel(void **state)
 {
-    struct world *w = *state;
+    struct harness_env *w = *state;
     struct ratelimit *rl = ratelimit_new(w->c, 1);
     int calls = 0;
     struct ratelimit_wait *wait = NULL;
@@ -442,7 +401,7 @@ static void on_debug(void *ctx, int result, const redisReply *reply)
 /* Redis too slow to answer: the waiting requests get this worker's share instead. */
 static void test_slow_redis(void **state)
 {
-    struct world *w = *state;
+    struct harness_env *w = *state;
     struct ratelimit *rl = ratelimit_new(w->c, 2);
     int slept = 0;
     const char *argv[] = {"DEBUG", "SLEEP", "0.3"};
@@ -465,7 +424,7 @@ static void test_slow_redis(void **state)
 /* Redis gone: answers at once, from this worker's share. */
 static void test_redis_down(void **state)
 {
-    struct world *w = *state;
+    struct harness_env *w = *state;
     struct ratelimit *rl = ratelimit_new(w->c, 2);
     harness_redis_kill(&w->srv);
     harness_run_for(&w->h, 0.1);
@@ -484,15 +443,16 @@ int main(void)
         cmocka_unit_test(test_alone_split_over_workers),
         cmocka_unit_test(test_alone_tokens),
         cmocka_unit_test(test_alone_settle),
-        cmocka_unit_test_setup_teardown(test_lease_slices, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_small_limit_exact_across_replicas, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_tokens_in_redis, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_both_limits_in_redis, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_waiters_keep_their_turn, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_queue_one_grant, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_cancel, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_slow_redis, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_redis_down, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_lease_slices, setup, harness_env_teardown),
+        cmocka_unit_test_setup_teardown(test_small_limit_exact_across_replicas, setup,
+                                        harness_env_teardown),
+        cmocka_unit_test_setup_teardown(test_tokens_in_redis, setup, harness_env_teardown),
+        cmocka_unit_test_setup_teardown(test_both_limits_in_redis, setup, harness_env_teardown),
+        cmocka_unit_test_setup_teardown(test_waiters_keep_their_turn, setup, harness_env_teardown),
+        cmocka_unit_test_setup_teardown(test_queue_one_grant, setup, harness_env_teardown),
+        cmocka_unit_test_setup_teardown(test_cancel, setup, harness_env_teardown),
+        cmocka_unit_test_setup_teardown(test_slow_redis, setup, harness_env_teardown),
+        cmocka_unit_test_setup_teardown(test_redis_down, setup, harness_env_teardown),
     };
     return cmocka_run_group_tests_name("ratelimit", tests, NULL, NULL);
 }
