@@ -197,8 +197,8 @@ static void status_text(unsigned i, char out[8])
         snprintf(out, 8, "%uxx", i - (unsigned)STATUS_NAMED + 1);
 }
 
-static const char *const route_names[METRICS_ROUTE_COUNT] = {"chat_completions", "completions",
-                                                             "embeddings", "models", "other"};
+static const char *const route_names[METRICS_ROUTE_COUNT] = {
+    "chat_completions", "completions", "embeddings", "responses", "models", "other"};
 static const char *const genai_op_names[METRICS_GENAI_OPS] = {"chat", "text_completion",
                                                               "embeddings"};
 static const char *const outcome_names[METRICS_OUTCOME_COUNT] = {
@@ -215,6 +215,7 @@ int metrics_genai_op(enum metrics_route route)
 {
     switch (route) {
     case METRICS_ROUTE_CHAT:
+    case METRICS_ROUTE_RESPONSES: /* a chat operation in OpenTelemetry's terms */
         return 0;
     case METRICS_ROUTE_COMPLETIONS:
         return 1;

@@ -1,5 +1,7 @@
 #include "openai/answer.h"
 
+#include "openai/responses.h"
+
 #include <limits.h>
 #include <stdio.h>
 #include <string.h>
@@ -50,6 +52,11 @@ static int on_string(void *ctx, const unsigned char *str, size_t len)
 {
     (void)str;
     struct answer_scan *s = ctx;
+    if (s->kind == ANSWER_KIND_RESPONSES) {
+        responses_scan_string(s, str, len);
+        value_done(s);
+        return 1;
+    }
     bool text = false;
     if (s->depth == 4 && in_choice_message(s))
         text = key_is(s, 3, "content") || key_is(s, 3, "reasoning_content") ||
@@ -87,6 +94,10 @@ static long long integer_value(const char *num, size_t len)
 
 static void on_integer(struct answer_scan *s, long long v)
 {
+    if (s->kind == ANSWER_KIND_RESPONSES) {
+        responses_scan_integer(s, v);
+        return;
+    }
     if (s->depth == 2 && key_is(s, 0, "usage") && s->frames[1].is_map) {
         if (!strcmp(s->frames[1].key, "prompt_tokens")) {
             s->prompt_tokens = v;
@@ -126,6 +137,8 @@ static int on_bool(void *ctx, int b)
 
 static int on_open(struct answer_scan *s, bool is_map)
 {
+    if (s->kind == ANSWER_KIND_RESPONSES)
+        responses_scan_open(s, is_map);
     if (s->depth == 0)
         s->object = is_map;
     else if (s->depth == 1 && is_map && key_is(s, 0, "error"))
@@ -153,6 +166,8 @@ static int on_start_array(void *ctx)
 static int on_close(void *ctx)
 {
     struct answer_scan *s = ctx;
+    if (s->kind == ANSWER_KIND_RESPONSES)
+        responses_scan_close(s);
     if (s->depth == 2 && array_at(s, 1) && key_is(s, 0, "choices"))
         s->choices_len = s->frames[1].count;
     else if (s->depth == 2 && s->frames[1].is_map && key_is(s, 0, "usage"))

@@ -26,6 +26,7 @@
 /* Which API's answers a scan reads. */
 enum answer_kind {
     ANSWER_KIND_CHOICES = 0, /* chat completions, completions, embeddings: choices[], usage */
+    ANSWER_KIND_RESPONSES,   /* the Responses API: output[], status, usage (responses.h) */
 };
 
 struct answer_frame {
@@ -54,6 +55,11 @@ struct answer_scan {
      * is none. Set for any usage object, has_usage or not (its numbers may be garbage); a
      * later top-level "usage" key replaces an earlier one (as JSON parsers read them). */
     size_t usage_start, usage_end;
+    /* ANSWER_KIND_RESPONSES only (choices_len counts output items, finished is 1 for a
+     * "completed" status): */
+    long long cached_tokens; /* usage.input_tokens_details.cached_tokens */
+    char event_type[48];     /* a stream event's "type" */
+    char response_id[128];   /* the response's "id" (a whole answer's, or an event's response) */
 
     /* Internal: the token cut at the end of what was fed (see above). */
     struct buf held; /* bytes not handed to yajl yet */

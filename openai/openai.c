@@ -1,6 +1,7 @@
 #include "openai/openai.h"
 
 #include "base/error.h"
+#include "openai/responses.h"
 
 #include <limits.h>
 #include <stdio.h>
@@ -39,6 +40,17 @@ static const struct openai_endpoint openai_endpoints[] = {
      .metric = METRICS_ROUTE_EMBEDDINGS,
      .validate = openai_validate,
      .answer = ANSWER_KIND_CHOICES},
+    {.route = OPENAI_RESPONSES,
+     .path = "/v1/responses",
+     .method = "POST",
+     .upstream_path = "/responses",
+     .can_stream = true,
+     .needs_auth = true,
+     .metric = METRICS_ROUTE_RESPONSES,
+     .validate = responses_validate,
+     .answer = ANSWER_KIND_RESPONSES,
+     .generates = true,
+     .chunk_object = "response"},
     {.route = OPENAI_MODELS,
      .path = "/v1/models",
      .method = "GET",

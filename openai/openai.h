@@ -14,6 +14,8 @@ enum openai_route {
     OPENAI_CHAT = 0,
     OPENAI_COMPLETIONS,
     OPENAI_EMBEDDINGS,
+    OPENAI_RESPONSES, /* POST /v1/responses (openai/responses.h) */
+    OPENAI_RESPONSE,  /* GET, DELETE /v1/responses/{id}[/input_items]: the node that holds it */
     OPENAI_MODELS,
     OPENAI_MODEL, /* /v1/models/{id} */
     OPENAI_HEALTHZ,

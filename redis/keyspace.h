@@ -56,4 +56,11 @@
  * expires after cache.ttl_s. */
 #define REDIS_KEY_CACHE_PREFIX "tg:cache:"
 
+/* ---- the Responses API (routing/affinity.c) ------------------------------------------------- */
+
+/* STRING tg:resp:<response id> = "<backend name>\n<model>": the node that answered the
+ * response, so follow-ups (previous_response_id, GET and DELETE by id) reach the node that
+ * holds it from any replica; expires after AFFINITY_TTL_S, deleted with the response. */
+#define REDIS_KEY_RESPONSE_PREFIX "tg:resp:"
+
 #endif

@@ -47,6 +47,11 @@ static void test_match_every_endpoint(void **state)
     assert_true(ep->needs_auth);
     assert_int_equal(ep->metric, METRICS_ROUTE_COMPLETIONS);
 
+    ep = match_ok("POST", "/v1/responses", OPENAI_RESPONSES);
+    assert_string_equal(ep->upstream_path, "/responses");
+    assert_true(ep->can_stream);
+    assert_true(ep->generates);
+    assert_int_equal(ep->answer, ANSWER_KIND_RESPONSES);
     ep = match_ok("POST", "/v1/embeddings", OPENAI_EMBEDDINGS);
     assert_string_equal(ep->upstream_path, "/embeddings");
     assert_false(ep->can_stream);
@@ -136,7 +141,7 @@ static void test_match_unknown_url(void **state)
         "/v1/modelsX",
         "/v1/embedding",
         "/healthz/",
-        "/v1/responses",
+        "/v1/responsesX",
         "/v1/images/generations",
     };
     for (size_t i = 0; i < sizeof urls / sizeof urls[0]; i++) {
