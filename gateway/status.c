@@ -13,7 +13,7 @@
 
 /* ---- the page and its Content-Security-Policy ------------------------------------------- */
 
-#define STATUS_CSP_MAX 1024
+#define STATUS_CSP_MAX 1280 /* the policy's text and two 511-byte hash lists */
 
 static pthread_once_t status_csp_once = PTHREAD_ONCE_INIT;
 static char status_csp_text[STATUS_CSP_MAX];
@@ -124,9 +124,13 @@ const char *status_health_reason(const struct config *cfg, const struct config_b
             snprintf(buf, len, "unreachable (connect errors or timeouts): back in %ld s",
                      status_secs(until - now_ms));
         else
-            snprintf(buf, len,
-                     "ejected after %u failures in a row (5xx or bad answers): back in %ld s",
-                     fails, status_secs(until - now_ms));
+            snprintf(buf, len, "failing (5xx, timeouts or bad answers): back in %ld s",
+                     status_secs(until - now_ms));
+        if (atomic_load(&s->eject_streak) > 1) {
+            size_t used = strlen(buf);
+            snprintf(buf + used, len - used, "; ejected %u times in a row",
+                     atomic_load(&s->eject_streak));
+        }
         break;
     case BACKEND_RATE_LIMITED:
         snprintf(buf, len, "rate limited (429): paused for %ld s", status_secs(until - now_ms));

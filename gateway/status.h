@@ -39,8 +39,9 @@ const char *status_csp(void);
 #define STATUS_TOP_KEYS 10
 json_t *status_json(const struct config *cfg, struct metrics_shard *const *shards, size_t n);
 
-/* Why a backend is in its health state, in a few words for people ("probes failing (3 in a
- * row)", "ejected after 5 failures: back in 12 s"). Writes into buf and returns it. */
+/* Why a backend is in its health state, in a few words for people ("health probes failing
+ * (3 in a row)", "failing (5xx, timeouts or bad answers): back in 12 s"). Writes into buf (cut
+ * at len) and returns it. */
 const char *status_health_reason(const struct config *cfg, const struct config_backend *b,
                                  int64_t now_ms, char *buf, size_t len);
 

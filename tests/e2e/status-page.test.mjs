@@ -291,6 +291,7 @@ describe('the status page in headless Chromium', () => {
       assert.deepEqual((await rows(page)).filter((r) => r.name !== 'node-b').map((r) => r.health), ['up', 'up']);
       assert.deepEqual(loads, [], 'updated in place');
       assert.deepEqual(await page.problems(), []);
+      await page.screenshot({ path: path.join(out, 'status-page-node-down.png'), fullPage: true });
     } finally {
       await context.close();
     }
