@@ -33,6 +33,8 @@ UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 DEB_PKGS := build-essential pkg-config libmicrohttpd-dev libcurl4-gnutls-dev libssh2-1-dev \
             libhiredis-dev libev-dev libjansson-dev libyajl-dev libyaml-dev nettle-dev \
             libssl-dev openssl libcmocka-dev redis-server nginx wrk curl prometheus clang-format clang
+# docker-compose (1.29) validates deploy/docker-compose.yml in the deploy test.
+DEB_PKGS += docker-compose
 # xxd embeds the status page; chromium is the browser its test drives (puppeteer-core).
 DEB_PKGS += xxd chromium
 # docker-compose (1.29) validates deploy/docker-compose.yml in the deploy test.
