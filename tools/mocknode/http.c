@@ -13,6 +13,7 @@
 #include "node.h"
 #include "reply.h"
 #include "req.h"
+#include "responses.h"
 #include "runtime.h"
 #include "send.h"
 #include "stats.h"
@@ -64,6 +65,10 @@ static enum ep classify(const char *url)
             return EP_COMPLETIONS;
         if (strcmp(url, "/v1/embeddings") == 0)
             return EP_EMBEDDINGS;
+        if (strcmp(url, "/v1/responses") == 0)
+            return EP_RESPONSES;
+        if (strncmp(url, "/v1/responses/", 14) == 0 && url[14] != '\0')
+            return EP_RESPONSE_ID;
         if (strcmp(url, "/v1/models") == 0)
             return EP_MODELS;
         if (strncmp(url, "/v1/models/", 11) == 0 && url[11] != '\0')
@@ -88,8 +93,11 @@ static const char *allowed_methods(enum ep ep)
     case EP_CHAT:
     case EP_COMPLETIONS:
     case EP_EMBEDDINGS:
+    case EP_RESPONSES:
     case EP_RESET:
         return "POST";
+    case EP_RESPONSE_ID:
+        return "GET, DELETE";
     case EP_MODELS:
     case EP_MODEL:
     case EP_HEALTHZ:
@@ -135,6 +143,10 @@ static enum MHD_Result dispatch(struct mock_req *req, const char *method, const 
     case EP_COMPLETIONS:
     case EP_EMBEDDINGS:
         return inference_reply(req);
+    case EP_RESPONSES:
+        return responses_reply(req);
+    case EP_RESPONSE_ID:
+        return responses_by_id(req, method, url);
     case EP_MODELS:
         return reply_cached(conn, models_resp);
     case EP_MODEL:
@@ -170,6 +182,7 @@ static void req_free(struct mock_req *req)
     buf_free(&req->body);
     buf_free(&req->out);
     buf_free(&req->prefix);
+    responses_free(req);
     free(req->model);
     free(req);
 }
@@ -212,7 +225,7 @@ enum MHD_Result http_on_request(void *cls, struct MHD_Connection *conn, const ch
     case PHASE_BODY:
         return dispatch(req, method, url);
     case PHASE_DELAY:
-        return send_answer(req);
+        return req->ep == EP_RESPONSES ? responses_send(req) : send_answer(req);
     case PHASE_HANG:
         /* Resumed because the client left or the node stops: drop the connection. */
         return MHD_NO;

@@ -28,6 +28,8 @@ enum ep {
     EP_CHAT,
     EP_COMPLETIONS,
     EP_EMBEDDINGS,
+    EP_RESPONSES,   /* POST /v1/responses (responses.c) */
+    EP_RESPONSE_ID, /* GET, DELETE /v1/responses/{id}[/input_items] */
     EP_MODELS,
     EP_MODEL,
     EP_V1_OTHER,
@@ -83,6 +85,7 @@ struct mock_req {
     uint64_t next_due_ns;
 
     struct wake_hang hang;
+    struct resp_plan *resp; /* EP_RESPONSES: the planned answer (responses.c) */
 };
 
 #endif
