@@ -14,8 +14,9 @@ VERSION := $(shell cat VERSION 2>/dev/null || echo 0.0.0)
 LAYERS   := base redis config net openai metrics trace tenancy cache routing gateway
 CORE_SRC := $(filter-out gateway/main.c,$(foreach d,$(LAYERS),$(wildcard $(d)/*.c)))
 CORE_OBJ := $(CORE_SRC:%.c=$(BUILD)/obj/%.o)
-# The status page (gateway/status.html, gateway/status.h) is built in as a C array that xxd
-# writes, so the page stays plain HTML to edit.
+# The status page (gateway/status.html, gateway/status.h) is built in as a C array that od
+# and sed write (essential packages: nothing to install, in the Dockerfile's build stage
+# too), so the page stays plain HTML to edit.
 CORE_OBJ += $(BUILD)/obj/gen/status_html.o
 MAIN_OBJ := $(BUILD)/obj/gateway/main.o
 MOCK_SRC := $(wildcard tools/mocknode/*.c)
@@ -33,10 +34,8 @@ UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 DEB_PKGS := build-essential pkg-config libmicrohttpd-dev libcurl4-gnutls-dev libssh2-1-dev \
             libhiredis-dev libev-dev libjansson-dev libyajl-dev libyaml-dev nettle-dev \
             libssl-dev openssl libcmocka-dev redis-server nginx wrk curl prometheus clang-format clang
-# docker-compose (1.29) validates deploy/docker-compose.yml in the deploy test.
-DEB_PKGS += docker-compose
-# xxd embeds the status page; chromium is the browser its test drives (puppeteer-core).
-DEB_PKGS += xxd chromium
+# chromium: the browser the status page's test drives (puppeteer-core).
+DEB_PKGS += chromium
 # docker-compose (1.29) validates deploy/docker-compose.yml in the deploy test.
 DEB_PKGS += docker-compose
 
@@ -62,8 +61,8 @@ $(BUILD)/tests/%: tests/unit/%.c $(CORE_OBJ) $(HARNESS_SRC) $(wildcard tests/uni
 $(BUILD)/gen/status_html.c: gateway/status.html
 	@mkdir -p $(dir $@)
 	@{ echo '#include "gateway/status.h"'; echo 'const unsigned char status_html[] = {'; \
-	  xxd -i < $<; echo '};'; echo 'const unsigned int status_html_len = sizeof status_html;'; \
-	} > $@.tmp && mv $@.tmp $@
+	  od -An -v -tx1 $< | sed 's/ \([0-9a-f][0-9a-f]\)/0x\1,/g'; echo '};'; \
+	  echo 'const unsigned int status_html_len = sizeof status_html;'; } > $@.tmp && mv $@.tmp $@
 
 $(BUILD)/obj/gen/status_html.o: $(BUILD)/gen/status_html.c gateway/status.h
 	@mkdir -p $(dir $@)
