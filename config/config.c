@@ -415,6 +415,7 @@ static void config_free(struct config *cfg)
         free(cfg->routes[i].targets);
     }
     free(cfg->routes);
+    config_free_tracing(cfg);
     free(cfg);
 }
 
@@ -442,6 +443,7 @@ static struct config *config_build(json_t *root, struct config_problems *ctx)
                                           "spool_memory_bytes",
                                           "cache",
                                           "metrics",
+                                          "tracing",
                                           NULL};
     struct config *cfg = calloc(1, sizeof *cfg);
     if (!cfg)
@@ -502,6 +504,7 @@ static struct config *config_build(json_t *root, struct config_problems *ctx)
     parse_health(ctx, cfg, root);
     parse_cache(ctx, cfg, root);
     parse_metrics(ctx, cfg, root);
+    config_parse_tracing(ctx, cfg, root);
     cfg->spool_dir = config_get_str(ctx, root, "spool_dir", "", false);
     if (!cfg->spool_dir || !*cfg->spool_dir) {
         free(cfg->spool_dir);

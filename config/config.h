@@ -120,6 +120,19 @@ struct config_cache {
     long coalesce_wait_ms; /* identical misses wait this long for the first; 0 = never */
 };
 
+/* Traces over OTLP/HTTP (config/tracing.c). */
+struct config_tracing {
+    char *otlp_endpoint; /* NULL: no spans (a caller's traceparent is still passed on) */
+    char **headers;      /* "Name: value" lines sent to the collector; NULL-terminated */
+    size_t n_headers;
+    double sample_ratio; /* of new traces; a caller's sampled flag decides for its trace */
+    char *service_name;
+    /* Resource attributes: name, value, name, value...; NULL-terminated. */
+    char **resource;
+    size_t n_resource; /* pairs */
+    long timeout_ms;   /* one export to the collector */
+};
+
 struct config {
     char *listen;
     unsigned workers; /* resolved: never 0 */
@@ -140,6 +153,7 @@ struct config {
     struct config_routing routing;
     struct config_health health;
     struct config_cache cache;
+    struct config_tracing tracing;
     bool metrics_enabled; /* metrics.enabled: false leaves the counters alone */
     char *admin_listen;   /* NULL: no admin listener */
     char *admin_key;      /* Bearer token for the admin listener */

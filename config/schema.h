@@ -51,4 +51,8 @@ int config_hex_to_bytes(const char *hex, unsigned char *out, size_t n);
 /* The `backends` list with their models (config/backends.c). */
 void config_parse_backends(struct config_problems *ctx, struct config *cfg, json_t *root);
 
+/* The `tracing` section (tracing.c). */
+void config_parse_tracing(struct config_problems *ctx, struct config *cfg, json_t *root);
+void config_free_tracing(struct config *cfg);
+
 #endif

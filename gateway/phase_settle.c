@@ -174,13 +174,13 @@ static void request_log(const struct request *r, double seconds)
     static const char *const cache[] = {[REQUEST_CACHE_BYPASS] = "bypass",
                                         [REQUEST_CACHE_MISS] = "miss",
                                         [REQUEST_CACHE_HIT] = "hit"};
-    char model[160], key[160], backend[160];
+    char trace[96], model[160], key[160], backend[160];
     bool billed = r->usage.done && r->route;
     log_event(LOG_INFO, "request",
               "\"request_id\":\"%s\",\"method\":\"%s\",\"path\":\"%s\",\"key\":\"%s\","
               "\"model\":\"%s\",\"backend\":\"%s\",\"status\":%u,\"stream\":%s,"
               "\"duration_ms\":%.3f,\"attempts\":%u,\"prompt_tokens\":%ld,"
-              "\"completion_tokens\":%ld,\"cost_usd\":%.10f,\"cache\":\"%s\"",
+              "\"completion_tokens\":%ld,\"cost_usd\":%.10f,\"cache\":\"%s\"%s",
               r->id /* request_id_ok(): nothing to escape */, r->method, r->ep ? r->ep->path : "-",
               log_escape(key, sizeof key, r->adm.key_name ? r->adm.key_name : ""),
               log_escape(model, sizeof model, r->model ? r->model : ""),
@@ -188,7 +188,8 @@ static void request_log(const struct request *r, double seconds)
                          r->up.target && r->up.status ? r->up.target->backend->name : ""),
               r->status, r->oreq.stream ? "true" : "false", seconds * 1000, r->up.attempts,
               billed ? r->usage.prompt_tokens : 0, billed ? r->usage.completion_tokens : 0,
-              billed ? r->usage.cost_usd : 0, r->route ? cache[r->cache.result] : "bypass");
+              billed ? r->usage.cost_usd : 0, r->route ? cache[r->cache.result] : "bypass",
+              tracing_log_members(r, trace, sizeof trace));
 }
 
 void request_settle(struct request *r, double seconds)
@@ -203,6 +204,7 @@ void request_settle(struct request *r, double seconds)
     if (r->cfg->metrics_enabled)
         request_observe(r, seconds);
     request_log(r, seconds);
+    tracing_request_end(r, seconds);
     /* Exactly one usage record per authenticated inference request, answered or not. A
      * caller the gateway could not authenticate (401, or 503 with the key store out) leaves
      * none, so anonymous traffic cannot write to Redis; it is counted in the metrics and

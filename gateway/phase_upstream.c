@@ -193,7 +193,7 @@ static int request_start_attempt(struct request *r, struct router_outcome *why)
         .url = r->up.url,
         .body = body,
         .body_len = body_len,
-        .headers = b->headers,
+        .headers = tracing_attempt_headers(r, b->headers),
         .ca_file = b->ca_file,
         .request_id = r->id,
         .connect_timeout_ms = uc->connect_timeout_ms,
@@ -334,6 +334,7 @@ static const char *request_upstream_message(const struct request *r, char *out, 
 /* One upstream attempt ended: counted by backend, model and outcome. */
 static void request_note_attempt(struct request *r, enum metrics_outcome outcome, double now)
 {
+    tracing_attempt_end(r, outcome, now);
     if (!r->cfg->metrics_enabled)
         return;
     const struct config_target *t = r->up.target;

@@ -25,6 +25,7 @@
 #include "base/list.h"
 #include "cache/cache.h"
 #include "cache/flight.h"
+#include "gateway/tracing.h"
 #include "gateway/worker.h"
 #include "openai/answer.h"
 #include "openai/openai.h"
@@ -219,6 +220,7 @@ struct request {
     struct request_relay relay;
     struct request_usage usage;
     struct request_reply reply;
+    struct request_tracing trace; /* spans and trace context (tracing.c) */
 };
 
 /* ---- the driver (request.c) ---- */

@@ -158,6 +158,7 @@ enum MHD_Result request_handle(void *cls, struct MHD_Connection *conn, const cha
         *con_cls = r;
         r->first_call = true;
         enum MHD_Result ok = request_start(r, url, method, version);
+        tracing_begin(r);
         r->first_call = false;
         return ok;
     }

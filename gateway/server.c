@@ -6,6 +6,7 @@
 #include "base/log.h"
 #include "cache/cache.h"
 #include "gateway/request.h"
+#include "gateway/tracing.h"
 #include "gateway/worker.h"
 #include "metrics/metrics.h"
 #include "net/httpd.h"
@@ -16,6 +17,7 @@
 #include "tenancy/keycache.h"
 #include "tenancy/ledger.h"
 #include "tenancy/ratelimit.h"
+#include "trace/exporter.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -343,6 +345,8 @@ struct server *server_start(struct config *cfg, char *err, size_t err_len)
     sh->workers = calloc(sh->n_workers, sizeof *sh->workers);
     if (!sh->workers)
         goto err;
+    sh->trace = trace_exporter_new(sh->n_workers); /* NULL: requests go untraced */
+    tracing_configure(sh->trace, cfg);
     int port = -1;
     unsigned started = 0;
     for (unsigned i = 0; i < sh->n_workers; i++) {
@@ -386,6 +390,7 @@ err_workers:
     for (unsigned i = 0; i < sh->n_workers; i++)
         worker_destroy(&sh->workers[i]);
 err:
+    trace_exporter_free(sh->trace);
     config_unref(sh->cfg);
     free(sh->workers);
     free(s);
@@ -401,6 +406,7 @@ void server_reload(struct server *s, struct config *cfg)
     sh->cfg_gen++;
     pthread_mutex_unlock(&sh->cfg_lock);
     config_unref(old);
+    tracing_configure(sh->trace, cfg);
     for (unsigned i = 0; i < sh->n_workers; i++)
         ev_async_send(sh->workers[i].loop, &sh->workers[i].wakeup);
 }
@@ -425,6 +431,7 @@ void server_wait(struct server *s)
         pthread_join(sh->workers[i].thread, NULL);
     for (unsigned i = 0; i < sh->n_workers; i++)
         worker_destroy(&sh->workers[i]);
+    trace_exporter_free(sh->trace); /* the spans still queued go out, within a bound */
     config_unref(sh->cfg);
     pthread_mutex_destroy(&sh->cfg_lock);
     free(sh->workers);

@@ -3,6 +3,7 @@
 #include "metrics/metrics.h"
 #include "routing/backend.h"
 #include "tenancy/ledger.h"
+#include "trace/exporter.h"
 
 void worker_kick(struct worker *w)
 {
@@ -43,6 +44,8 @@ int worker_shared_render_metrics(struct worker_shared *sh, struct buf *out)
         rc = metrics_render_build_info(out);
     if (!rc)
         rc = backend_render_metrics(out, cfg);
+    if (!rc)
+        rc = trace_exporter_render(sh->trace, out);
     config_unref(cfg);
     return rc;
 }

@@ -27,6 +27,7 @@ struct redis_client;
 struct request;
 struct worker_mail;
 struct worker;
+struct trace_exporter;
 
 /* What the workers need of the server that runs them: gateway/server.c fills it before the
  * first worker starts, and every worker points to it (so worker.c needs nothing of server.c).
@@ -43,6 +44,9 @@ struct worker_shared {
     unsigned cfg_gen;   /* bumped by every reload */
     atomic_bool draining;
     atomic_uint n_stopped; /* workers that have left their loop */
+    /* Spans go to its ring `id` of each worker (trace/exporter.h); NULL when it could not
+     * start. Created before the workers, freed after them. */
+    struct trace_exporter *trace;
 };
 
 struct worker {

@@ -61,6 +61,10 @@ struct trace_exporter {
     pthread_cond_t wake;
     struct trace_conf *conf;
     bool stop;
+    /* Set with stop: an export in flight gives up (a hung collector must not hold the
+     * shutdown), except the final flush's, which has its own short timeout. */
+    atomic_bool stopping;
+    bool final; /* the sender's own: the final flush runs */
     _Atomic uint64_t exported, failed, discarded, exports, export_failures;
     struct buf body;
     struct otlp_span_ref batch[TRACE_BATCH_MAX];
@@ -118,6 +122,17 @@ static size_t trace_discard_cb(char *data, size_t size, size_t nmemb, void *user
     (void)data;
     (void)userp;
     return size * nmemb; /* an ExportTraceServiceResponse: nothing we act on */
+}
+
+static int trace_progress_cb(void *userp, curl_off_t dltotal, curl_off_t dlnow, curl_off_t ultotal,
+                             curl_off_t ulnow)
+{
+    (void)dltotal;
+    (void)dlnow;
+    (void)ultotal;
+    (void)ulnow;
+    const struct trace_exporter *e = userp;
+    return atomic_load_explicit(&e->stopping, memory_order_relaxed) && !e->final;
 }
 
 /* Posts the body: true when the collector took it (2xx). */
@@ -214,6 +229,9 @@ static void *trace_sender_main(void *arg)
         curl_easy_setopt(easy, CURLOPT_FOLLOWLOCATION, 0L);
         curl_easy_setopt(easy, CURLOPT_PROTOCOLS_STR, "http,https");
         curl_easy_setopt(easy, CURLOPT_TCP_NODELAY, 1L);
+        curl_easy_setopt(easy, CURLOPT_XFERINFOFUNCTION, trace_progress_cb);
+        curl_easy_setopt(easy, CURLOPT_XFERINFODATA, e);
+        curl_easy_setopt(easy, CURLOPT_NOPROGRESS, 0L);
     }
     long wait_ms = TRACE_POLL_MS, backoff_ms = 0;
     pthread_mutex_lock(&e->lock);
@@ -228,6 +246,7 @@ static void *trace_sender_main(void *arg)
         bool stop = e->stop;
         pthread_mutex_unlock(&e->lock);
         long timeout = c ? c->timeout_ms : 0;
+        e->final = stop;
         if (stop && timeout > TRACE_FINAL_TIMEOUT_MS)
             timeout = TRACE_FINAL_TIMEOUT_MS;
         bool ok = easy ? trace_export_all(e, easy, c, timeout) : false;
@@ -291,6 +310,7 @@ void trace_exporter_free(struct trace_exporter *e)
 {
     if (!e)
         return;
+    atomic_store(&e->stopping, true);
     pthread_mutex_lock(&e->lock);
     e->stop = true;
     pthread_cond_signal(&e->wake);
