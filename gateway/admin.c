@@ -6,6 +6,7 @@
 #include "base/error.h"
 #include "base/listen.h"
 #include "base/log.h"
+#include "base/usd.h"
 #include "gateway/status.h"
 #include "routing/backend.h"
 #include "tenancy/keys.h"
@@ -85,7 +86,7 @@ static enum MHD_Result admin_error(struct MHD_Connection *conn, enum tg_error er
 /* Takes doc (NULL means out of memory). */
 static enum MHD_Result admin_json(struct MHD_Connection *conn, unsigned status, json_t *doc)
 {
-    char *text = doc ? json_dumps(doc, JSON_COMPACT) : NULL;
+    char *text = doc ? usd_json_dumps(doc, JSON_COMPACT) : NULL; /* prices, spend: no float noise */
     json_decref(doc);
     if (!text)
         return admin_error(conn, TG_ERR_NOMEM, "out of memory");
@@ -220,7 +221,7 @@ static enum MHD_Result admin_keys_create(struct MHD_Connection *conn, const stru
     json_t *doc = keys_created_json(&r, key);
     explicit_bzero(key, sizeof key);
     keys_record_clear(&r);
-    char *text = doc ? json_dumps(doc, JSON_COMPACT) : NULL;
+    char *text = doc ? usd_json_dumps(doc, JSON_COMPACT) : NULL;
     json_decref(doc);
     if (!text)
         return admin_error(conn, TG_ERR_NOMEM, "out of memory");

@@ -1,4 +1,5 @@
 /* tollgate: an OpenAI-compatible inference gateway. Entry point: options, config, signals. */
+#include "base/buf.h"
 #include "base/listen.h"
 #include "base/log.h"
 #include "config/config.h"
@@ -11,6 +12,7 @@
 
 #include <curl/curl.h>
 #include <getopt.h>
+#include <jansson.h>
 #include <libssh2.h>
 #include <malloc.h>
 #include <netdb.h>
@@ -99,17 +101,65 @@ static void tune_malloc(void)
     mallopt(M_TRIM_THRESHOLD, 4 << 20);
 }
 
-static struct config *load(const char *path)
+/* The problems of a config that failed to load ("path: problem" lines), as the members of a
+ * JSON log line: a "problems" array of every line that fits in one log line (PIPE_BUF), and
+ * "problems_omitted" when some did not. */
+static void log_reload_failed(const char *errors)
+{
+    json_t *list = json_array();
+    size_t used = 0, omitted = 0;
+    for (const char *p = errors ? errors : "out of memory"; *p;) {
+        size_t n = strcspn(p, "\n");
+        /* A problem may quote the file, which need not be UTF-8: other bytes become '?'. */
+        char line[512];
+        size_t o = 0;
+        for (size_t i = 0; i < n && o + 4 < sizeof line;) {
+            size_t len = buf_utf8_len((const unsigned char *)p + i, n - i);
+            if (len)
+                memcpy(line + o, p + i, len);
+            else
+                line[o] = '?';
+            o += len ? len : 1;
+            i += len ? len : 1;
+        }
+        json_t *s = n ? json_stringn(line, o) : NULL;
+        char *text = s ? json_dumps(s, JSON_ENCODE_ANY) : NULL;
+        if (text && used + strlen(text) < 2048 && !json_array_append(list, s))
+            used += strlen(text) + 1;
+        else if (n)
+            omitted++;
+        free(text);
+        json_decref(s);
+        p += n + (p[n] == '\n');
+    }
+    char *problems = json_dumps(list, JSON_COMPACT);
+    log_event(LOG_ERROR, "reload_failed",
+              "\"message\":\"the new config is invalid; keeping the old one\","
+              "\"problems\":%s,\"problems_omitted\":%zu",
+              problems ? problems : "[]", omitted);
+    free(problems);
+    json_decref(list);
+}
+
+/* `reloading`: the problems of an invalid config are logged as one JSON line (the old config
+ * stays); at start they go to stderr, where whoever started the process looks. */
+static struct config *load(const char *path, bool reloading)
 {
     char *errors = NULL;
     struct config *cfg = config_load(path, &errors);
     if (!cfg) {
-        fprintf(stderr, "%s", errors ? errors : "out of memory\n");
+        if (reloading)
+            log_reload_failed(errors);
+        else
+            fprintf(stderr, "%s", errors ? errors : "out of memory\n");
         free(errors);
         return NULL;
     }
     if (backend_attach(cfg)) {
-        fprintf(stderr, "out of memory\n");
+        if (reloading)
+            log_reload_failed(NULL);
+        else
+            fprintf(stderr, "out of memory\n");
         config_unref(cfg);
         return NULL;
     }
@@ -163,7 +213,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "cannot initialise libcurl\n");
         return 1;
     }
-    struct config *cfg = load(path);
+    struct config *cfg = load(path, false);
     if (!cfg)
         return 1;
     if (keys_cmd) {
@@ -240,12 +290,9 @@ int main(int argc, char **argv)
         if (sigwait(&set, &sig))
             continue;
         if (sig == SIGHUP) {
-            struct config *next = load(path);
-            if (!next) {
-                log_event(LOG_ERROR, "reload_failed",
-                          "\"message\":\"the new config is invalid; keeping the old one\"");
-                continue;
-            }
+            struct config *next = load(path, true);
+            if (!next)
+                continue; /* logged by load() */
             if (strcmp(next->listen, listen) || next->workers != workers ||
                 (next->redis_url != NULL) != redis_configured)
                 log_event(LOG_WARN, "reload_partial",

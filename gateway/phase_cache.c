@@ -101,7 +101,7 @@ static bool request_cache_hit_stream(struct request *r, const char *body, size_t
         json_object_set_new(usage, "cost", json_real(0)); /* a hit costs nothing */
         json_t *u = json_pack("{s:O?, s:s, s:[], s:o}", "id", json_object_get(doc, "id"), "object",
                               object, "choices", "usage", usage);
-        rc = u ? request_emit_event(r, u) : TG_ERR_NOMEM;
+        rc = u ? request_emit_usage_event(r, u) : TG_ERR_NOMEM;
         json_decref(u);
     }
     json_decref(doc);

@@ -3,6 +3,7 @@
  * the upstream paused above a high-water mark and resumed as the caller reads), ended
  * honestly with an SSE error event when it breaks. Owns r->relay. */
 #include "base/clock.h"
+#include "base/usd.h"
 #include "gateway/pipeline.h"
 #include "net/upstream.h"
 #include "routing/backend.h"
@@ -30,7 +31,7 @@ static int request_emit_estimated_usage(struct request *r)
                               "choices", "usage", usage);
     if (!chunk)
         return TG_ERR_NOMEM;
-    int rc = request_emit_event(r, chunk);
+    int rc = request_emit_usage_event(r, chunk);
     json_decref(chunk);
     return rc;
 }
@@ -71,7 +72,7 @@ static char *request_settled_usage(struct request *r, const char *doc, size_t st
     if (!usage)
         return NULL;
     request_write_usage(r, usage, with_cost);
-    char *text = json_dumps(usage, JSON_COMPACT);
+    char *text = usd_json_dumps(usage, JSON_COMPACT);
     json_decref(usage);
     return text;
 }

@@ -4,6 +4,7 @@
  * ledger record. Owns r->usage. */
 #include "base/clock.h"
 #include "base/log.h"
+#include "base/usd.h"
 #include "gateway/pipeline.h"
 #include "routing/backend.h"
 #include "tenancy/ledger.h"
@@ -174,21 +175,22 @@ static void request_log(const struct request *r, double seconds)
     static const char *const cache[] = {[REQUEST_CACHE_BYPASS] = "bypass",
                                         [REQUEST_CACHE_MISS] = "miss",
                                         [REQUEST_CACHE_HIT] = "hit"};
-    char trace[96], model[160], key[160], backend[160];
+    char trace[96], model[160], key[160], backend[160], cost[USD_TEXT_MAX];
     bool billed = r->usage.done && r->route;
+    usd_format(cost, sizeof cost, billed ? r->usage.cost_usd : 0);
     log_event(LOG_INFO, "request",
               "\"request_id\":\"%s\",\"method\":\"%s\",\"path\":\"%s\",\"key\":\"%s\","
               "\"model\":\"%s\",\"backend\":\"%s\",\"status\":%u,\"stream\":%s,"
               "\"duration_ms\":%.3f,\"attempts\":%u,\"prompt_tokens\":%ld,"
-              "\"completion_tokens\":%ld,\"cost_usd\":%.10f,\"cache\":\"%s\"%s",
+              "\"completion_tokens\":%ld,\"cost_usd\":%s,\"cache\":\"%s\"%s",
               r->id /* request_id_ok(): nothing to escape */, r->method, r->ep ? r->ep->path : "-",
               log_escape(key, sizeof key, r->adm.key_name ? r->adm.key_name : ""),
               log_escape(model, sizeof model, r->model ? r->model : ""),
               log_escape(backend, sizeof backend,
                          r->up.target && r->up.status ? r->up.target->backend->name : ""),
               r->status, r->oreq.stream ? "true" : "false", seconds * 1000, r->up.attempts,
-              billed ? r->usage.prompt_tokens : 0, billed ? r->usage.completion_tokens : 0,
-              billed ? r->usage.cost_usd : 0, r->route ? cache[r->cache.result] : "bypass",
+              billed ? r->usage.prompt_tokens : 0, billed ? r->usage.completion_tokens : 0, cost,
+              r->route ? cache[r->cache.result] : "bypass",
               tracing_log_members(r, trace, sizeof trace));
 }
 

@@ -251,6 +251,8 @@ enum MHD_Result request_reply_early(struct request *r);
 enum MHD_Result request_reply_json(struct request *r, unsigned status, json_t *doc);
 /* Appends one SSE data event to the stream buffer. 0 or TG_ERR_NOMEM. */
 int request_emit_event(struct request *r, json_t *chunk);
+/* The same for a chunk the gateway wrote (usage and cost): reals as base/usd.h prints them. */
+int request_emit_usage_event(struct request *r, json_t *chunk);
 
 /* From inside MHD's handler: answer with an error now (or on the next call, see above). */
 #define REQUEST_FAIL_NOW(r, err, param, ...)                                                       \

@@ -2,6 +2,7 @@
  * headers every answer carries, whole replies queued to MHD (streams are queued by
  * phase_relay.c) and SSE events written for a stream. */
 #include "base/clock.h"
+#include "base/usd.h"
 #include "gateway/pipeline.h"
 #include "routing/backend.h"
 
@@ -94,32 +95,11 @@ static void ratelimit_headers(struct MHD_Response *resp, const char *what, long 
     MHD_add_response_header(resp, name, value);
 }
 
-/* 10 decimals, trailing zeros dropped. The digits of usual amounts by integer arithmetic, as
- * printf's float conversion is several times slower. */
+/* base/usd.h: at most 10 decimals, trailing zeros dropped, as in every other place a cost is
+ * printed. */
 void request_format_usd(char *out, size_t n, double usd)
 {
-    if (!(usd >= 0 && usd < 1e5) || n < 21) { /* below 1e5, units fit in 53 bits */
-        snprintf(out, n, "%.10f", usd);
-    } else {
-        unsigned long long units = (unsigned long long)(usd * 1e10 + 0.5);
-        char tmp[24];
-        int i = sizeof tmp;
-        for (int d = 0; d < 10; d++, units /= 10)
-            tmp[--i] = (char)('0' + units % 10);
-        tmp[--i] = '.';
-        do {
-            tmp[--i] = (char)('0' + units % 10);
-            units /= 10;
-        } while (units);
-        memcpy(out, tmp + i, sizeof tmp - (size_t)i);
-        out[sizeof tmp - (size_t)i] = '\0';
-    }
-    char *dot = strchr(out, '.');
-    if (!dot)
-        return;
-    char *end = out + strlen(out) - 1;
-    while (end > dot + 1 && *end == '0')
-        *end-- = '\0';
+    usd_format(out, n, usd);
 }
 
 void request_headers(struct request *r, struct MHD_Response *resp)
@@ -234,12 +214,24 @@ enum MHD_Result request_reply_json(struct request *r, unsigned status, json_t *d
     return request_reply_early(r);
 }
 
-int request_emit_event(struct request *r, json_t *chunk)
+/* `own`: a chunk the gateway wrote (usage, cost), whose reals go through usd_json_dumps(); a
+ * node's chunk keeps its numbers as jansson reads them. */
+static int request_emit(struct request *r, json_t *chunk, bool own)
 {
-    char *text = json_dumps(chunk, JSON_COMPACT);
+    char *text = own ? usd_json_dumps(chunk, JSON_COMPACT) : json_dumps(chunk, JSON_COMPACT);
     if (!text)
         return TG_ERR_NOMEM;
     int rc = buf_printf(&r->relay.out, "data: %s\n\n", text);
     free(text);
     return rc ? TG_ERR_NOMEM : 0;
+}
+
+int request_emit_event(struct request *r, json_t *chunk)
+{
+    return request_emit(r, chunk, false);
+}
+
+int request_emit_usage_event(struct request *r, json_t *chunk)
+{
+    return request_emit(r, chunk, true);
 }

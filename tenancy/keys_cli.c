@@ -1,6 +1,8 @@
 /* `tollgate keys ...`: the command line over tenancy/keys.h's operations (see keys_cli()). */
 #include "tenancy/keys.h"
 
+#include "base/usd.h"
+
 #include <errno.h>
 #include <getopt.h>
 #include <jansson.h>
@@ -50,7 +52,7 @@ static int keys_cli_fail(const struct keys_error *err)
 
 static int keys_cli_print_json(json_t *doc)
 {
-    char *text = doc ? json_dumps(doc, JSON_COMPACT) : NULL;
+    char *text = doc ? usd_json_dumps(doc, JSON_COMPACT) : NULL; /* budget_usd */
     json_decref(doc);
     if (!text) {
         fprintf(stderr, "tollgate keys: out of memory\n");

@@ -4,6 +4,7 @@
 #include "base/clock.h"
 #include "base/list.h"
 #include "base/log.h"
+#include "base/usd.h"
 #include "redis/keyspace.h"
 #include "redis/redis.h"
 
@@ -47,19 +48,10 @@ static void ledger_copy_text(char out[LEDGER_FIELD_MAX + 1], const char *src)
 
 void ledger_format_decimal(double x, char *out, size_t n)
 {
-    if (x == 0)
-        x = 0; /* -0 */
-    for (int d = 0; d <= 12; d++) {
-        snprintf(out, n, "%.*f", d, x);
-        if (strtod(out, NULL) == x)
-            return;
-    }
-    char *dot = strchr(out, '.');
+    usd_format(out, n, x);
     size_t len = strlen(out);
-    while (dot && len > 0 && out[len - 1] == '0')
-        out[--len] = '\0';
-    if (len > 0 && out[len - 1] == '.')
-        out[--len] = '\0';
+    if (len > 2 && !strcmp(out + len - 2, ".0"))
+        memset(out + len - 2, 0, 2); /* "0", "12": what the Lua script compares with '0' */
 }
 
 void ledger_record_from_entry(struct ledger_record *r, const struct ledger_entry *e,

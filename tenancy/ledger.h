@@ -104,8 +104,8 @@ int ledger_format_line(const struct ledger_record *r, char *out, size_t n);
  * not a valid record. */
 int ledger_parse_line(const char *line, size_t len, struct ledger_record *r);
 
-/* The shortest fixed-point text (at most 12 decimals, never an exponent) that reads back as
- * x, into out[n]. */
+/* x as base/usd.h prints amounts (at most 10 decimals, never an exponent, no float noise),
+ * without a trailing ".0" ("0", "12.5"), into out[n]. */
 void ledger_format_decimal(double x, char *out, size_t n);
 
 /* The Lua script (EVALSHA sha 4 seen stream sum keyset  maxlen ttl uid id key model backend

@@ -3,6 +3,7 @@
  * side is ledger.c. */
 #include "tenancy/ledger.h"
 
+#include "base/usd.h"
 #include "redis/keyspace.h"
 #include "redis/sync.h"
 
@@ -254,8 +255,8 @@ char *ledger_usage_json(const struct ledger_usage_row *rows, size_t n, size_t *l
             return NULL;
         }
     }
-    /* 15 significant digits: a sum of cents prints as 0.3, not 0.30000000000000004. */
-    char *text = json_dumps(doc, JSON_COMPACT | JSON_REAL_PRECISION(15));
+    /* As every amount is printed (base/usd.h): a sum of cents is 0.3, not 0.30000000000000004. */
+    char *text = usd_json_dumps(doc, JSON_COMPACT);
     json_decref(doc);
     if (text && len)
         *len = strlen(text);
@@ -334,7 +335,7 @@ int ledger_cli(const struct config *cfg, int argc, char **argv)
         printf("%-24s %-32s %10s %14s %18s %14s\n", "KEY", "MODEL", "REQUESTS", "PROMPT_TOKENS",
                "COMPLETION_TOKENS", "COST_USD");
         for (size_t i = 0; i < n; i++) {
-            /* Redis sums in long double and prints 17 decimals; 12 are plenty for dollars. */
+            /* Redis sums in long double and prints 17 decimals; 10 are plenty for dollars. */
             char cost[64];
             ledger_format_decimal(strtod(rows[i].cost_usd, NULL), cost, sizeof cost);
             printf("%-24s %-32s %10lld %14lld %18lld %14s\n", rows[i].key[0] ? rows[i].key : "-",
