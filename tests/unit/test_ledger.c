@@ -35,6 +35,9 @@ static void test_line_round_trip(void **state)
     e.backend = "n\xc3\xa9ud";    /* é */
     e.cache = "bad\xff\xfe utf8"; /* invalid bytes become '?' */
     struct ledger_record r, back;
+    /* The whole struct is compared with what parsing gives (which starts from zeroes): the
+     * bytes past each field's NUL must be zeroes here too, not what the stack held. */
+    memset(&r, 0, sizeof r);
     ledger_record_from_entry(&r, &e, "0123456789abcdef0123456789abcdef");
     assert_string_equal(r.cache, "bad?? utf8");
     assert_string_equal(r.cost_usd, "0.000123");

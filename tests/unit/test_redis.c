@@ -448,6 +448,12 @@ static void test_unix_socket(void **state)
 
 static void test_host_name_lookup(void **state)
 {
+#ifdef __SANITIZE_THREAD__
+    /* glibc starts getaddrinfo_a()'s helper thread from inside libc, where ThreadSanitizer's
+     * pthread_create interceptor does not see it: the thread has no TSan state and its first
+     * malloc (in getaddrinfo) crashes. The other builds run this case. */
+    skip();
+#endif
     struct harness_env *w = *state;
     char url[300];
     /* "localhost" goes through getaddrinfo_a(); it may give ::1 first, where nothing
