@@ -180,6 +180,8 @@ enum MHD_Result request_begin(struct request *r, const char *url, const char *me
         return MHD_YES;
     }
 
+    if (r->ep->route == OPENAI_RESPONSE && request_responses_begin(r, url))
+        return request_reply_early(r);
     const char *cl =
         MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
     if (cl && strtoull(cl, NULL, 10) > r->cfg->max_body_bytes)
@@ -207,6 +209,8 @@ bool request_admit_body(struct request *r, enum MHD_Result *res)
         return ANSWERED(REQUEST_FAIL_NOW(r, TG_ERR_SHUTTING_DOWN, NULL,
                                          "The gateway is shutting down; retry the request."));
     }
+    if (r->ep->route == OPENAI_RESPONSE)
+        return request_responses_admit(r, res); /* no body: the node that holds the id */
     char where[256], msg[400];
     arena_enter(&r->arena);
     int rc = openai_parse_body(r->body.data, r->body.len, r->cfg->max_body_bytes, &r->json, where,
@@ -263,6 +267,8 @@ bool request_admit_body(struct request *r, enum MHD_Result *res)
     if (!r->up.skip)
         return ANSWERED(REQUEST_FAIL_NOW(r, TG_ERR_NOMEM, NULL, "out of memory"));
     r->up.deadline = r->t_start + (double)rc_cfg->deadline_ms / 1000.0;
+    if (r->ep->route == OPENAI_RESPONSES)
+        return request_responses_admit(r, res); /* previous_response_id: its node only */
     return false;
 }
 

@@ -124,6 +124,8 @@ static bool request_cache_hit_stream(struct request *r, const char *body, size_t
 
 bool request_cache_hit(struct request *r, const char *body, size_t len, double saved_usd)
 {
+    if (r->oreq.stream && r->ep->answer == ANSWER_KIND_RESPONSES)
+        return request_responses_cache_stream(r, body, len, saved_usd);
     if (r->oreq.stream)
         return request_cache_hit_stream(r, body, len, saved_usd);
     char *copy = malloc(len + 1);

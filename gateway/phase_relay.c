@@ -124,6 +124,8 @@ static int request_emit_spliced(struct request *r, const struct sse_event *ev,
 static int request_on_event(void *ctx, const struct sse_event *ev)
 {
     struct request *r = ctx;
+    if (r->ep->answer == ANSWER_KIND_RESPONSES)
+        return request_responses_event(r, ev);
     if (r->relay.saw_done)
         return 0; /* nothing after [DONE] is relayed */
     if (!ev->has_data) {
@@ -312,6 +314,10 @@ void request_stream_error(struct request *r, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
+    if (r->ep->answer == ANSWER_KIND_RESPONSES) {
+        request_responses_error_event(r, msg);
+        return;
+    }
     char *body = error_body(TG_ERR_STREAM, msg, NULL, NULL, NULL);
     if (body) {
         /* The error event must get out even when the buffer is at its cap. */
@@ -344,6 +350,10 @@ void request_stream_late(struct request *r, const char *fmt, ...)
 /* Scanned as it arrived; a clamped usage is spliced into the bytes (never a parse). */
 void request_whole_answer(struct request *r)
 {
+    if (r->ep->route == OPENAI_RESPONSE) {
+        request_responses_whole(r); /* passed through as the node answered */
+        return;
+    }
     request_note_scan(r, &r->relay.scan);
     request_settle_usage(r);
     char *text = NULL;
@@ -376,6 +386,8 @@ void request_whole_answer(struct request *r)
     else
         request_flight_land(r, NULL, 0, 0);
     request_set_reply(r, (unsigned)r->up.status, text, len, "application/json");
+    if (r->ep->answer == ANSWER_KIND_RESPONSES)
+        request_responses_whole(r); /* its node, for the follow-ups */
 }
 
 /* ---- streaming to the caller --------------------------------------------------------------- */

@@ -129,6 +129,10 @@ void request_settle_usage(struct request *r)
 /* Writes the settled numbers into a usage object (and the cost, for stream chunks). */
 void request_write_usage(struct request *r, json_t *usage, bool with_cost)
 {
+    if (r->ep->answer == ANSWER_KIND_RESPONSES) {
+        request_responses_write_usage(r, usage, with_cost);
+        return;
+    }
     json_object_set_new(usage, "prompt_tokens", json_integer(r->usage.prompt_tokens));
     json_object_set_new(usage, "completion_tokens", json_integer(r->usage.completion_tokens));
     json_object_set_new(usage, "total_tokens",

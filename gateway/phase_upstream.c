@@ -50,6 +50,11 @@ static void request_reset_attempt(struct request *r)
 static int request_upstream_body(struct request *r, const struct config_target *t,
                                  const char **body, size_t *len)
 {
+    if (!r->json) { /* a request by id (GET, DELETE): none */
+        *body = NULL;
+        *len = 0;
+        return 0;
+    }
     const char *want = t->model->upstream ? t->model->upstream : r->model;
     const char *sent = json_string_value(json_object_get(r->json, "model"));
     bool rename = !sent || strcmp(want, sent);
@@ -187,12 +192,14 @@ static int request_start_attempt(struct request *r, struct router_outcome *why)
     r->up.attempts++;
     r->up.t_attempt = clock_mono();
     const struct config_backend *b = t->backend;
-    snprintf(r->up.url, sizeof r->up.url, "%s%s", b->url, r->ep->upstream_path);
+    snprintf(r->up.url, sizeof r->up.url, "%s%s", b->url,
+             r->resp.path[0] ? r->resp.path : r->ep->upstream_path);
     const struct config_upstream *uc = &r->cfg->upstream;
     struct upstream_req req = {
         .url = r->up.url,
         .body = body,
         .body_len = body_len,
+        .method = !strcmp(r->method, "DELETE") ? "DELETE" : NULL,
         .headers = tracing_attempt_headers(r, b->headers),
         .ca_file = b->ca_file,
         .request_id = r->id,

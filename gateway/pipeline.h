@@ -29,7 +29,9 @@
 #include "gateway/worker.h"
 #include "openai/answer.h"
 #include "openai/openai.h"
+#include "openai/responses.h"
 #include "openai/sse.h"
+#include "routing/affinity.h"
 #include "routing/backend.h"
 #include "routing/router.h"
 #include "tenancy/budget.h"
@@ -53,6 +55,7 @@
 enum request_state {
     REQUEST_BODY,        /* reading the body; a key lookup may run alongside (adm.key_pending) */
     REQUEST_KEY_WAIT,    /* the body is in, the key lookup is not */
+    REQUEST_PIN_WAIT,    /* the node holding a response is looked up (responses.c) */
     REQUEST_CACHE,       /* next: look in the cache */
     REQUEST_CACHE_WAIT,  /* the shared store (Redis) is asked */
     REQUEST_COALESCE,    /* next: join or lead the flight of identical requests */
@@ -180,6 +183,15 @@ struct request_usage {
     double routing_saved_usd; /* the priciest healthy alternative's cost minus ours */
 };
 
+/* The Responses API (responses.c): a follow-up pinned to the node that holds its response. */
+struct request_responses {
+    char id[RESPONSES_ID_MAX + 1];    /* the response a follow-up names */
+    char path[RESPONSES_ID_MAX + 32]; /* by id: the upstream path, "/responses/{id}[/...]" */
+    struct affinity_ask *ask;         /* a Redis lookup in flight */
+    bool pinned;                      /* only the node that holds it may serve the request */
+    unsigned events;                  /* stream events relayed: the next sequence_number */
+};
+
 /* The reply to queue when MHD calls back (reply.c). */
 struct request_reply {
     unsigned status;
@@ -221,6 +233,7 @@ struct request {
     struct request_usage usage;
     struct request_reply reply;
     struct request_tracing trace; /* spans and trace context (tracing.c) */
+    struct request_responses resp;
 };
 
 /* ---- the driver (request.c) ---- */
@@ -306,6 +319,28 @@ void request_stream_late(struct request *r, const char *fmt, ...)
 /* A whole 2xx answer: settle usage, store it if it may be, and set the reply. */
 void request_whole_answer(struct request *r);
 enum MHD_Result request_queue_stream(struct request *r);
+
+/* ---- the Responses API (responses.c) ---- */
+/* MHD's first call for /v1/responses/{id}[/input_items]: keeps the id; true with the error
+ * set when the path is not one. */
+bool request_responses_begin(struct request *r, const char *url);
+/* The body is in: a follow-up (previous_response_id, or a request by id) is pinned to the
+ * node that holds its response, looked up first if need be (REQUEST_PIN_WAIT). True with *res
+ * set when answered or parked; false to go on with the cache. */
+bool request_responses_admit(struct request *r, enum MHD_Result *res);
+/* The request ends: its lookup, if any, answers nobody. */
+void request_responses_forget(struct request *r);
+/* request_on_event for a Responses stream. */
+int request_responses_event(struct request *r, const struct sse_event *ev);
+/* The stream breaks after its first byte: OpenAI's "error" event. */
+void request_responses_error_event(struct request *r, const char *msg);
+/* A whole 2xx answer: remembers its node (a request by id is passed through, unbilled). */
+void request_responses_whole(struct request *r);
+/* Settled usage in the Responses API's names. */
+void request_responses_write_usage(struct request *r, json_t *usage, bool with_cost);
+/* A cached response replayed to a streaming caller as typed events. */
+bool request_responses_cache_stream(struct request *r, const char *body, size_t len,
+                                    double saved_usd);
 
 /* ---- usage, cost and records (phase_settle.c) ---- */
 void request_note_scan(struct request *r, const struct answer_scan *sc);

@@ -52,6 +52,7 @@ enum MHD_Result request_proceed(struct request *r)
                 return res;
             return request_route(r);
         case REQUEST_KEY_WAIT:
+        case REQUEST_PIN_WAIT:
         case REQUEST_CACHE_WAIT:
         case REQUEST_FOLLOW:
         case REQUEST_LIMIT_WAIT:
@@ -222,6 +223,7 @@ void request_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
         return;
     *con_cls = NULL;
     keyauth_cancel(r->adm.lookup);
+    request_responses_forget(r);
     request_cache_forget(r);
     ratelimit_cancel(r->adm.limit_wait);
     budget_cancel(r->adm.budget_wait);

@@ -357,6 +357,7 @@ struct upstream_xfer *upstream_start(struct upstream *u, const struct upstream_r
     } else {
         curl_easy_setopt(easy, CURLOPT_HTTPGET, 1L);
     }
+    curl_easy_setopt(easy, CURLOPT_CUSTOMREQUEST, req->method); /* NULL: as set above */
     if (!upstream_set_ca(x, req->ca_file)) {
         xfer_release(x);
         return NULL;

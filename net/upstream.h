@@ -31,7 +31,8 @@ struct upstream_ops {
 
 struct upstream_req {
     const char *url;
-    const char *body; /* must stay valid until on_done or cancel */
+    const char *body;   /* must stay valid until on_done or cancel */
+    const char *method; /* NULL: POST with a body, GET without; else this method */
     size_t body_len;
     struct curl_slist *headers; /* shared, read-only; must outlive the transfer */
     const char *ca_file;        /* CA bundle for https, NULL = curl's default (the system's) */

@@ -55,8 +55,8 @@ struct answer_scan {
      * is none. Set for any usage object, has_usage or not (its numbers may be garbage); a
      * later top-level "usage" key replaces an earlier one (as JSON parsers read them). */
     size_t usage_start, usage_end;
-    /* ANSWER_KIND_RESPONSES only (choices_len counts output items, finished is 1 for a
-     * "completed" status): */
+    /* ANSWER_KIND_RESPONSES only (choices_len counts output items, all of them finished when
+     * the status is "completed"): */
     long long cached_tokens; /* usage.input_tokens_details.cached_tokens */
     char event_type[48];     /* a stream event's "type" */
     char response_id[128];   /* the response's "id" (a whole answer's, or an event's response) */

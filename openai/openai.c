@@ -51,6 +51,22 @@ static const struct openai_endpoint openai_endpoints[] = {
      .answer = ANSWER_KIND_RESPONSES,
      .generates = true,
      .chunk_object = "response"},
+    /* A stored response, its input items, its deletion: at the node that holds it, unbilled
+     * (gateway/responses.c). */
+    {.route = OPENAI_RESPONSE,
+     .path = "/v1/responses/",
+     .method = "GET",
+     .upstream_path = "/responses/",
+     .needs_auth = true,
+     .metric = METRICS_ROUTE_RESPONSES,
+     .answer = ANSWER_KIND_RESPONSES},
+    {.route = OPENAI_RESPONSE,
+     .path = "/v1/responses/",
+     .method = "DELETE",
+     .upstream_path = "/responses/",
+     .needs_auth = true,
+     .metric = METRICS_ROUTE_RESPONSES,
+     .answer = ANSWER_KIND_RESPONSES},
     {.route = OPENAI_MODELS,
      .path = "/v1/models",
      .method = "GET",
@@ -69,21 +85,24 @@ static const struct openai_endpoint openai_endpoints[] = {
 int openai_match(const char *method, const char *url, const struct openai_endpoint **ep)
 {
     size_t n = sizeof openai_endpoints / sizeof openai_endpoints[0];
+    const struct openai_endpoint *other = NULL; /* the path's, for another method */
     for (size_t i = 0; i < n; i++) {
         const struct openai_endpoint *e = &openai_endpoints[i];
-        bool hit = e->route == OPENAI_MODEL
-                       ? !strncmp(url, e->path, strlen(e->path)) && url[strlen(e->path)]
-                       : !strcmp(url, e->path);
+        bool prefix = e->route == OPENAI_MODEL || e->route == OPENAI_RESPONSE;
+        bool hit = prefix ? !strncmp(url, e->path, strlen(e->path)) && url[strlen(e->path)]
+                          : !strcmp(url, e->path);
         if (!hit)
             continue;
-        *ep = e;
         /* HEAD is answered like GET by HTTP/1.1 servers (no body is sent). */
-        if (!strcmp(method, e->method) || (!strcmp(e->method, "GET") && !strcmp(method, "HEAD")))
+        if (!strcmp(method, e->method) || (!strcmp(e->method, "GET") && !strcmp(method, "HEAD"))) {
+            *ep = e;
             return 0;
-        return TG_ERR_METHOD;
+        }
+        if (!other)
+            other = e;
     }
-    *ep = NULL;
-    return TG_ERR_UNKNOWN_URL;
+    *ep = other;
+    return other ? TG_ERR_METHOD : TG_ERR_UNKNOWN_URL;
 }
 
 /* ---- parsing a body: a count first, then the tree ------------------------------------------ */

@@ -225,6 +225,8 @@ void responses_scan_close(struct answer_scan *s)
         s->choices_len = s->frames[b + 1].count;
         if (s->choices_len && !s->n_choices)
             s->n_choices = 1;
+        if (s->finished)
+            s->finished = s->choices_len; /* a completed response finished every item */
     }
 }
 
@@ -249,7 +251,7 @@ void responses_scan_string(struct answer_scan *s, const unsigned char *str, size
     if (s->depth == b + 1 && key_is(s, b, "id"))
         copy_string(s->response_id, sizeof s->response_id, str, len);
     if (s->depth == b + 1 && key_is(s, b, "status") && len == 9 && !memcmp(str, "completed", 9))
-        s->finished = 1;
+        s->finished = s->choices_len ? s->choices_len : 1;
     /* Output text of a whole answer (in a stream, the deltas counted it already). */
     if (b == 0 && key_is(s, 0, "output") && array_at(s, 1)) {
         if (s->depth == 3)

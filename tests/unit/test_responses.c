@@ -173,7 +173,7 @@ static void test_scan_whole(void **state)
         assert_true(s.has_choices);
         assert_int_equal(s.choices_len, 3);
         assert_int_equal(s.n_choices, 1);
-        assert_int_equal(s.finished, 1);
+        assert_int_equal(s.finished, 3); /* completed: every output item */
         assert_string_equal(s.response_id, "resp_42");
         const char *u = strstr(whole, "\"usage\":") + 8;
         assert_int_equal(s.usage_start, (size_t)(u - whole));
