@@ -33,6 +33,8 @@ enum tg_error {
     TG_ERR_MODEL_NOT_ALLOWED = -22,    /* 403 the key may not use the model */
     TG_ERR_INSUFFICIENT_QUOTA = -23,   /* 429 the key's budget is spent */
     TG_ERR_KEY_UNAVAILABLE = -24,      /* 503 the key cannot be checked now (Redis is out) */
+    TG_ERR_CAPABILITY = -30,           /* 400 no model serving it supports what it uses */
+    TG_ERR_CONTEXT_LENGTH = -31,       /* 400 the prompt is longer than any model's context */
 };
 
 /* HTTP status for an error (500 for unknown codes). */

@@ -9,8 +9,14 @@
 static void parse_models(struct config_problems *ctx, struct config_backend *b, json_t *item,
                          const char *bpath)
 {
-    static const char *const allowed[] = {"name", "upstream", "input_usd_per_mtok",
-                                          "output_usd_per_mtok", NULL};
+    static const char *const allowed[] = {"name",
+                                          "upstream",
+                                          "input_usd_per_mtok",
+                                          "output_usd_per_mtok",
+                                          "cached_input_usd_per_mtok",
+                                          "capabilities",
+                                          "context_length",
+                                          NULL};
     char path[128];
     snprintf(path, sizeof path, "%s.models", bpath);
     json_t *arr = config_get_arr(ctx, item, "models", bpath);
@@ -39,6 +45,7 @@ static void parse_models(struct config_problems *ctx, struct config_backend *b, 
             config_get_num(ctx, m, "input_usd_per_mtok", mpath, 0, 1e15, 0, true, false);
         cm->output_usd_per_mtok =
             config_get_num(ctx, m, "output_usd_per_mtok", mpath, 0, 1e15, 0, true, false);
+        config_parse_model_extras(ctx, cm, m, mpath);
         if (cm->name && !*cm->name) {
             char p[200];
             snprintf(p, sizeof p, "%s.name", mpath);

@@ -415,6 +415,7 @@ static void config_free(struct config *cfg)
         free(cfg->routes[i].targets);
     }
     free(cfg->routes);
+    config_free_groups(cfg);
     config_free_tracing(cfg);
     free(cfg);
 }
@@ -433,6 +434,7 @@ static struct config *config_build(json_t *root, struct config_problems *ctx)
                                           "upstream",
                                           "keys",
                                           "backends",
+                                          "model_groups",
                                           "redis",
                                           "routing",
                                           "health",
@@ -499,6 +501,7 @@ static struct config *config_build(json_t *root, struct config_problems *ctx)
     parse_upstream(ctx, cfg, root);
     parse_keys(ctx, cfg, root);
     config_parse_backends(ctx, cfg, root);
+    config_parse_groups(ctx, cfg, root);
     parse_redis(ctx, cfg, root);
     parse_routing(ctx, cfg, root);
     parse_health(ctx, cfg, root);
@@ -556,7 +559,8 @@ struct config *config_load_string(const char *text, size_t len, const char *name
         cfg = config_build(root, &ctx);
         json_decref(root);
     }
-    if (cfg && !ctx.count && (build_routes(cfg) || build_headers(cfg)))
+    if (cfg && !ctx.count &&
+        (build_routes(cfg) || config_build_groups(&ctx, cfg) || build_headers(cfg)))
         config_problem(&ctx, "(root)", "out of memory");
     if (cfg && !ctx.count)
         cfg->source = strdup(name ? name : "-");

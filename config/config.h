@@ -18,13 +18,23 @@
 struct backend_state;
 struct backend_price;
 struct demand;
+struct config_route;
+
+/* Capabilities of a backend model (config/caps.h): CONFIG_CAP_* bits. */
+struct config_caps {
+    unsigned known;               /* the bits the config declares, supported or not */
+    unsigned supported;           /* of those, the supported ones */
+    unsigned long context_length; /* tokens; 0 = unknown */
+};
 
 struct config_model {
     char *name;                /* what clients send */
     char *upstream;            /* what the backend is sent; NULL = same as name */
     double input_usd_per_mtok; /* static prices; live ones (prices_url) override */
     double output_usd_per_mtok;
-    struct backend_price *price; /* live price slot, outlives reloads (routing/backend.h) */
+    double cached_input_usd_per_mtok; /* cached prompt tokens; < 0: at the input price */
+    struct config_caps caps;          /* what it is declared to support (config/caps.h) */
+    struct backend_price *price;      /* live price slot, outlives reloads (routing/backend.h) */
 };
 
 struct config_backend {
@@ -53,14 +63,24 @@ struct config_key {
 struct config_target {
     struct config_backend *backend;
     struct config_model *model;
+    unsigned tier; /* a model group's position of its model (0 first); 0 in a model's route */
+    const struct config_route *origin; /* the route of the model itself (t->model->name) */
 };
 
 struct config_route {
     char *model;
-    unsigned metric_model; /* label index (metrics/metrics.h), set by backend_attach() */
-    struct demand *demand; /* learned shape of its requests (routing/demand.h) */
-    struct config_target *targets;
+    unsigned metric_model;         /* label index (metrics/metrics.h), set by backend_attach() */
+    struct demand *demand;         /* learned shape of its requests (routing/demand.h) */
+    struct config_target *targets; /* a model group's: by tier (config/groups.h) */
     size_t n_targets;
+    unsigned n_tiers; /* models in a group's chain; 0 or 1 for a plain model */
+};
+
+/* model_groups: a public name and its ordered chain of model names. */
+struct config_group {
+    char *name;
+    char **models;
+    size_t n_models;
 };
 
 struct config_upstream {
@@ -148,8 +168,10 @@ struct config {
     size_t n_keys;
     struct config_backend *backends;
     size_t n_backends;
-    struct config_route *routes; /* sorted by model name */
+    struct config_route *routes; /* sorted by model name; model groups included */
     size_t n_routes;
+    struct config_group *groups; /* model_groups as written (config/groups.h) */
+    size_t n_groups;
     struct config_routing routing;
     struct config_health health;
     struct config_cache cache;

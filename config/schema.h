@@ -51,6 +51,16 @@ int config_hex_to_bytes(const char *hex, unsigned char *out, size_t n);
 /* The `backends` list with their models (config/backends.c). */
 void config_parse_backends(struct config_problems *ctx, struct config *cfg, json_t *root);
 
+/* A backend model's capabilities, context_length and cached_input_usd_per_mtok (caps.c). */
+void config_parse_model_extras(struct config_problems *ctx, struct config_model *cm, json_t *m,
+                               const char *mpath);
+
+/* `model_groups` as written (groups.c); config_build_groups() adds their routes once the
+ * models' routes are built (0, or -1 on OOM; unknown members are problems). */
+void config_parse_groups(struct config_problems *ctx, struct config *cfg, json_t *root);
+int config_build_groups(struct config_problems *ctx, struct config *cfg);
+void config_free_groups(struct config *cfg);
+
 /* The `tracing` section (tracing.c). */
 void config_parse_tracing(struct config_problems *ctx, struct config *cfg, json_t *root);
 void config_free_tracing(struct config *cfg);

@@ -226,6 +226,8 @@ struct request {
     const char *model;  /* the route's model name (config-owned) */
     struct arena arena; /* the parsed body's nodes and the scans' state (base/arena.h) */
 
+    struct config_route chain; /* a request's own `models` chain (chain.c); targets malloc'd */
+
     struct request_admission adm;
     struct request_caching cache;
     struct request_attempts up;
@@ -341,6 +343,25 @@ void request_responses_write_usage(struct request *r, json_t *usage, bool with_c
 /* A cached response replayed to a streaming caller as typed events. */
 bool request_responses_cache_stream(struct request *r, const char *body, size_t len,
                                     double saved_usd);
+
+/* ---- model chains and capabilities (chain.c) ---- */
+/* A body's `models` list (OpenRouter's fallback models): r->route becomes the chain of
+ * `model` then those. True with *res set when the list is refused. */
+bool request_chain_admit(struct request *r, enum MHD_Result *res);
+/* The capabilities the body uses, and x-tollgate-require-parameters. True with *res set when
+ * the header is refused. */
+bool request_caps_admit(struct request *r, enum MHD_Result *res);
+/* No target at all can take what the request uses: sets that 400 and returns true. */
+bool request_no_capable_target(struct request *r, const struct router_outcome *why);
+/* The backend's 4xx says the prompt is over its context, and another target may take it. */
+bool request_context_retry(struct request *r);
+/* The model that served the request (a chain's member), else the one it asked for; its route
+ * (metrics, honesty) and that route's metric label. */
+const char *request_served_model(const struct request *r);
+const struct config_route *request_served_route(const struct request *r);
+/* The body for a backend as JSON text (malloc'd; NULL on OOM): without a `models` list,
+ * integers of any size as they came. */
+char *request_dump_upstream(struct request *r);
 
 /* ---- usage, cost and records (phase_settle.c) ---- */
 void request_note_scan(struct request *r, const struct answer_scan *sc);

@@ -1,6 +1,7 @@
 #include "openai/openai.h"
 
 #include "base/error.h"
+#include "openai/bignum.h"
 #include "openai/responses.h"
 
 #include <limits.h>
@@ -349,6 +350,8 @@ int openai_parse_body(const char *data, size_t len, size_t max_body_bytes, json_
     *out = json_loadb(len ? data : "", len, JSON_REJECT_DUPLICATES, &jerr);
     if (*out)
         return 0;
+    if (json_error_code(&jerr) == json_error_numeric_overflow)
+        return openai_parse_bignums(data, len, out, msg, msg_len); /* openai/bignum.h */
     char key[72];
     if (json_error_code(&jerr) == json_error_duplicate_key && jerr.position > 0 &&
         (size_t)jerr.position <= len &&

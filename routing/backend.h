@@ -13,6 +13,7 @@
 #define TOLLGATE_BACKEND_H
 
 #include "config/config.h"
+#include "routing/capability.h"
 #include "routing/honesty.h"
 #include "routing/latency.h"
 #include "routing/limiter.h"
@@ -52,10 +53,11 @@ struct backend_price {
     _Atomic uint64_t prev_output_bits;
     _Atomic int64_t prev_checked_ms; /* the previous price was last confirmed then; 0 = never */
     atomic_bool live;
-    _Atomic int64_t updated_ms; /* last changed */
-    _Atomic int64_t checked_ms; /* last confirmed by the feed (a 200 or a 304) */
-    struct honesty honesty;     /* the usage this node reports for this model */
-    unsigned metric_pair;       /* (backend, model) label index (metrics/metrics.h) */
+    _Atomic int64_t updated_ms;  /* last changed */
+    _Atomic int64_t checked_ms;  /* last confirmed by the feed (a 200 or a 304) */
+    struct honesty honesty;      /* the usage this node reports for this model */
+    struct capability_feed feed; /* capabilities, context length, cached price from the feed */
+    unsigned metric_pair;        /* (backend, model) label index (metrics/metrics.h) */
     struct backend_price *next;
 };
 

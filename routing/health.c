@@ -121,6 +121,8 @@ int health_apply_prices(const struct config_backend *b, json_t *doc, long long n
             const char *id = json_string_value(json_object_get(item, "id"));
             if (!id || strcmp(id, want))
                 continue;
+            if (model->price)
+                capability_apply_feed(&model->price->feed, item);
             json_t *pricing = json_object_get(item, "pricing");
             double in, out;
             if (price_value(json_object_get(pricing, "prompt"), &in) ||

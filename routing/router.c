@@ -1,6 +1,7 @@
 #include "routing/router.h"
 
 #include "routing/backend.h"
+#include "routing/capability.h"
 
 #include <limits.h>
 #include <math.h>
@@ -23,6 +24,46 @@ double router_effective_estimate(const struct config_target *t, const struct rou
     return ((double)req->prompt_tokens * backend_input_price(t->model) * fin +
             out * backend_output_price(t->model) * fout) /
            1e6;
+}
+
+/* Whether the target lacks what the request needs (counted in *out). */
+static bool router_capable(const struct config_target *t, const struct router_request *req,
+                           struct router_outcome *out)
+{
+    unsigned lacking = 0;
+    unsigned long context = 0;
+    switch (capability_check(t->model, req->caps_needed, req->caps_declared, req->prompt_tokens,
+                             &lacking, &context)) {
+    case CAPABILITY_LACKS:
+        out->incapable++;
+        out->lacking |= lacking;
+        return true;
+    case CAPABILITY_TOO_LONG:
+        out->too_long++;
+        if (context > out->max_context)
+            out->max_context = context;
+        return true;
+    default:
+        return false;
+    }
+}
+
+/* Sums the reasons of two tiers. */
+static void router_outcome_add(struct router_outcome *a, const struct router_outcome *b)
+{
+    a->unavailable += b->unavailable;
+    a->saturated += b->saturated;
+    a->full += b->full;
+    a->over_price += b->over_price;
+    if (b->back_ms > 0 && (a->back_ms == 0 || b->back_ms < a->back_ms))
+        a->back_ms = b->back_ms;
+    if (b->cheapest_usd >= 0 && (a->cheapest_usd < 0 || b->cheapest_usd < a->cheapest_usd))
+        a->cheapest_usd = b->cheapest_usd;
+    a->incapable += b->incapable;
+    a->lacking |= b->lacking;
+    a->too_long += b->too_long;
+    if (b->max_context > a->max_context)
+        a->max_context = b->max_context;
 }
 
 struct candidate {
@@ -99,17 +140,23 @@ static const struct config_target *pick_latency(const struct candidate *c, size_
     return best->t;
 }
 
-const struct config_target *router_pick(const struct config_route *route,
-                                        const struct router_request *req, const bool *skip,
-                                        struct router_outcome *why)
+/* One tier of a route (every target when !tiered); *waits: it has candidates, but the
+ * request is to wait for one. */
+static const struct config_target *pick_tier(const struct config_route *route,
+                                             const struct router_request *req, const bool *skip,
+                                             struct router_outcome *why, bool tiered, unsigned tier,
+                                             bool *waits)
 {
     struct candidate c[ROUTER_MAX_CANDIDATES];
     struct router_outcome out = {.cheapest_usd = -1};
     size_t n = 0, n_free = 0;
+    *waits = false;
     for (size_t i = 0; i < route->n_targets && n < ROUTER_MAX_CANDIDATES; i++) {
-        if (skip && skip[i])
+        if ((skip && skip[i]) || (tiered && route->targets[i].tier != tier))
             continue;
         const struct config_target *t = &route->targets[i];
+        if (router_capable(t, req, &out))
+            continue;
         struct backend_state *s = t->backend->state;
         int64_t back = 0;
         if (!backend_available(s, req->now_ms, &back)) {
@@ -154,6 +201,7 @@ const struct config_target *router_pick(const struct config_route *route,
         *why = out;
     if (n == 0)
         return NULL;
+    *waits = true; /* unless one is picked below */
     if (n_free == 0)
         return req->free_only ? NULL : pick_overflow(c, n);
     /* The cheapest full ones, when every free one is far dearer: worth a try (or a wait, for
@@ -189,4 +237,24 @@ const struct config_target *router_pick(const struct config_route *route,
     default:
         return pick_cheapest(c, n, req->tie_tolerance);
     }
+}
+
+const struct config_target *router_pick(const struct config_route *route,
+                                        const struct router_request *req, const bool *skip,
+                                        struct router_outcome *why)
+{
+    bool waits;
+    if (route->n_tiers <= 1)
+        return pick_tier(route, req, skip, why, false, 0, &waits);
+    struct router_outcome all = {.cheapest_usd = -1}, one;
+    const struct config_target *t = NULL;
+    for (unsigned tier = 0; tier < route->n_tiers && !t; tier++) {
+        t = pick_tier(route, req, skip, &one, true, tier, &waits);
+        router_outcome_add(&all, &one);
+        if (waits)
+            break;
+    }
+    if (why)
+        *why = all;
+    return t;
 }

@@ -59,6 +59,10 @@ struct router_request {
     /* The share of output_tokens answers use (routing/demand.h): ranking weighs output by it;
      * 0 = all of it. */
     double output_fill;
+    /* Capabilities the request uses (config/caps.h): only models not declared without them
+     * (routing/capability.h); caps_declared: only models declared with them. */
+    unsigned caps_needed;
+    bool caps_declared;
 };
 
 /* Why nothing could be picked (for a clear error). */
@@ -69,6 +73,10 @@ struct router_outcome {
     unsigned over_price;  /* estimate above the ceiling */
     int64_t back_ms;      /* soonest an unavailable candidate returns; 0 if unknown */
     double cheapest_usd;  /* lowest estimate among those over the ceiling */
+    unsigned incapable;   /* lacking a capability the request needs (`lacking` has them) */
+    unsigned lacking;
+    unsigned too_long;         /* the estimated prompt is over their context length */
+    unsigned long max_context; /* the longest of those contexts */
 };
 
 /* Estimated USD cost of a request on a target, at its listed price. */
@@ -78,7 +86,10 @@ double router_estimate(const struct config_target *t, const struct router_reques
 double router_effective_estimate(const struct config_target *t, const struct router_request *req);
 
 /* The target to use, skipping those marked in `skip` (one flag per route target; may be
- * NULL); NULL when none is eligible, with the reasons in *why (may be NULL). */
+ * NULL); NULL when none is eligible, with the reasons in *why (may be NULL). A model group's
+ * route (config/groups.h) is tried tier by tier: the first tier with an eligible target
+ * decides (or makes the request wait for one of its full nodes), the next only when none of
+ * its targets is eligible. */
 const struct config_target *router_pick(const struct config_route *route,
                                         const struct router_request *req, const bool *skip,
                                         struct router_outcome *why);
