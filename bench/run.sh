@@ -4,7 +4,9 @@
 # gateway's RSS. Prints a table and appends it to bench/RESULTS.md.
 # On the static upstream it also measures the cost of the gateway's metrics (the gateway
 # with metrics on and with `metrics.enabled: false`, alternated) and the gateway answering
-# from its response cache (every request a hit), against nginx serving the static answer.
+# from its response cache (every request a hit), against nginx serving the static answer,
+# and the cost of tracing (sample_ratio 1.0 with the OTLP collector down, alternated with
+# the gateway without tracing).
 # The "MHD+curl floor" row is bench/floor.c: the gateway's engine (libev, libmicrohttpd with
 # suspend/resume, a curl multi) relaying bodies and nothing else, the most any proxy built
 # on these libraries this way can do.
@@ -13,7 +15,8 @@
 #
 # Env: BENCH_SECONDS (default 10)       length of each measured wrk run
 #      BENCH_UPSTREAMS (default "static mock")  which upstreams to run, in order
-#      BENCH_AB_ROUNDS (default 2)      metrics on/off: alternated throughput runs of each
+#      BENCH_AB_ROUNDS (default 2)      metrics on/off, tracing on/off: alternated throughput
+#                                       runs of each
 #      BENCH_KEEP=1                     keep the temp dir (configs, logs, wrk output)
 #      BENCH_NO_RESULTS=1               do not append to bench/RESULTS.md
 #      BENCH_GATEWAY, BENCH_MOCKNODE, BENCH_FLOOR   binaries to use instead of build/tollgate,
@@ -675,6 +678,23 @@ for up in $UPSTREAMS; do
         check_alive "$nm_pid" "$up-nometrics"
         gateway_log_problems "$up-nometrics" "$nm_log_from"
         stop_pid "$nm_pid"
+        # Tracing cost: every request traced (sample_ratio 1.0) to a collector that is down
+        # (a port nothing listens on), runs alternated with the gateway without tracing.
+        dead_port="$(free_port)"
+        start_gateway "$up-tracing" "$up_port" 0 "\"tracing\": {\"otlp_endpoint\": \"http://127.0.0.1:$dead_port/v1/traces\", \"sample_ratio\": 1.0}"
+        tr_pid=$LAST_PID
+        tr_port=$GW_PORT
+        preflight "gateway (tracing, collector down)" "http://127.0.0.1:$tr_port/v1/chat/completions" 200
+        tr_log_from=$(line_count "$TMP/gateway-$up-tracing.log")
+        measure_ab "$up" "gateway (tracing off)" "http://127.0.0.1:$gw_port/v1/chat/completions" \
+            "gateway (tracing, collector down)" "http://127.0.0.1:$tr_port/v1/chat/completions" "$TMP/post.lua"
+        # The spans were made and given up on: the exporter counted them.
+        tr_lost=$(($(metric_sum "$tr_port" tollgate_trace_spans_dropped_total) + $(metric_sum "$tr_port" tollgate_trace_spans_failed_total)))
+        [[ "$tr_lost" -gt 0 ]] || die "gateway (tracing, collector down): no span counted as dropped or failed"
+        TRACING_LOST=$tr_lost
+        check_alive "$tr_pid" "$up-tracing"
+        gateway_log_problems "$up-tracing" "$tr_log_from"
+        stop_pid "$tr_pid"
     else
         measure "$up" "gateway" "http://127.0.0.1:$gw_port/v1/chat/completions" "$TMP/post.lua"
     fi
@@ -788,6 +808,11 @@ report() {
         echo "side by side, their throughput runs alternated (on, off, on, off, ...); their req/s is"
         echo "the median of $AB_ROUNDS runs each, their latency from one run each."
     fi
+    if [[ -n "${rpsof["static/gateway (tracing, collector down)"]:-}" ]]; then
+        echo "\"gateway (tracing off)\" is the \"gateway\" process measured again beside \"gateway (tracing,"
+        echo "collector down)\" (\`tracing: {otlp_endpoint: <a closed port>, sample_ratio: 1.0}\`), their"
+        echo "throughput runs alternated; req/s the median of $AB_ROUNDS runs each."
+    fi
     if [[ -n "${rpsof["static/gateway cache hit"]:-}" ]]; then
         echo "\"gateway cache hit\": \`cache.mode: all\` and always the same request, so every answer comes"
         echo "from the gateway's cache; its added latency is over nginx returning the same answer"
@@ -813,6 +838,14 @@ report() {
         fi
         if [[ -n "${rpsof["$up/gateway+auth"]:-}" ]]; then
             echo "- $up upstream: gateway+auth rps / gateway rps = $(ratio "${rpsof["$up/gateway+auth"]}" "$gr" "" "")"
+        fi
+        if [[ -n "${rpsof["$up/gateway (tracing, collector down)"]:-}" ]]; then
+            local toff=${rpsof["$up/gateway (tracing off)"]:--} ton=${rpsof["$up/gateway (tracing, collector down)"]}
+            inval=""
+            [[ "${okof["$up/gateway (tracing off)"]:-0}" == 1 && "${okof["$up/gateway (tracing, collector down)"]:-0}" == 1 ]] \
+                || inval=" (from an INVALID run)"
+            echo "- $up upstream: gateway rps with tracing (sample_ratio 1.0, collector down) / tracing off = $(ratio "$ton" "$toff" ">=" 0.95)$inval"
+            echo "  (medians of $AB_ROUNDS alternated runs each; req/s with: $(fmt_runs "${M_RUNS["$up/gateway (tracing, collector down)"]:-}"), without: $(fmt_runs "${M_RUNS["$up/gateway (tracing off)"]:-}"); ${TRACING_LOST:-0} spans counted dropped or failed)"
         fi
         if [[ -n "${rpsof["$up/gateway (metrics off)"]:-}" ]]; then
             inval=""
@@ -888,6 +921,7 @@ if [[ "${BENCH_NO_RESULTS:-0}" != 1 ]]; then
     fi
     env_prefix="BENCH_SECONDS=$SECS"
     if [[ "$UPSTREAMS" != "static mock" ]]; then env_prefix+=" BENCH_UPSTREAMS=\"$UPSTREAMS\""; fi
+    if [[ "$AB_ROUNDS" != 2 ]]; then env_prefix+=" BENCH_AB_ROUNDS=$AB_ROUNDS"; fi
     cpu_model="$(awk -F': *' '/^model name/ { print $2; exit }' /proc/cpuinfo)"
     gw_version="$("$GATEWAY" --version 2>/dev/null | head -n 1 || true)"
     git_rev="$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo "no commit")"

@@ -144,6 +144,7 @@ struct curl_slist *tracing_attempt_headers(struct request *r, struct curl_slist 
         t->att_target = r->up.target;
         t->att_no = r->up.attempts;
         t->att_status = 0;
+        t->att_cancelled = false;
     } else if (t->has_parent) {
         memcpy(c.span_id, t->parent_id, sizeof c.span_id); /* off: the caller's, as it came */
     } else {
@@ -281,7 +282,9 @@ static void tracing_queue_attempt(struct request *r, bool serving)
     if (t->att_status > 0)
         otlp_attr_int(&s, "http.response.status_code", t->att_status);
     char buf[24];
-    const char *err = tracing_error_type(t->att_outcome, t->att_status, buf, sizeof buf);
+    const char *err = t->att_cancelled
+                          ? "cancelled"
+                          : tracing_error_type(t->att_outcome, t->att_status, buf, sizeof buf);
     if (err)
         otlp_attr_str(&s, "error.type", err);
     if (serving && !err)
@@ -297,13 +300,15 @@ void tracing_request_end(struct request *r, double seconds)
     if (!t->recording)
         return;
     double now = clock_mono();
-    if (t->att_open) /* the caller left, or the gateway stopped, while a node worked */
+    if (t->att_open) { /* the caller left, or the gateway stopped, while a node worked */
         tracing_attempt_end(r, METRICS_OUTCOME_BROKEN, now);
+        t->att_cancelled = true;
+    }
     bool served = t->att_pending && t->att_outcome == METRICS_OUTCOME_SUCCESS;
     char buf[24];
     const char *last_err =
         t->att_pending ? tracing_error_type(t->att_outcome, t->att_status, buf, sizeof buf) : NULL;
-    if (t->att_pending && r->status == 499 && t->att_outcome == METRICS_OUTCOME_BROKEN)
+    if (t->att_cancelled)
         last_err = "cancelled";
     if (t->att_pending)
         tracing_queue_attempt(r, served);

@@ -40,6 +40,7 @@ struct request_tracing {
     /* The current (or last) attempt's client span: open while the attempt runs, pending once
      * it ended until it is queued (at the next attempt, or with the server span). */
     bool att_open, att_pending;
+    bool att_cancelled; /* still running when the request ended (the caller left) */
     uint8_t att_id[TRACE_SPAN_ID_LEN];
     double att_start, att_end; /* clock_mono() */
     enum metrics_outcome att_outcome;

@@ -246,6 +246,34 @@ test('a streamed answer: the server span carries the usage; errors and cache hit
   await collector.close();
 });
 
+test('a caller that leaves mid-stream: the attempt is cancelled, the request is a 499', async () => {
+  const collector = await startCollector();
+  const node = await startMocknode({ name: 'slow', models: ['m1'], tokens: 40, tokenMs: 100 });
+  const gw = await startGateway({
+    backends: [backendFor(node)],
+    tracing: { otlp_endpoint: collector.endpoint },
+  });
+  const ac = new AbortController();
+  const res = await fetch(gw.v1 + '/chat/completions', {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', 'x-request-id': 'trace-left' },
+    body: JSON.stringify(chat('m1', { stream: true })),
+    signal: ac.signal,
+  });
+  const reader = res.body.getReader();
+  await reader.read(); // the first event is in: the stream began
+  ac.abort();
+  const byId = () => collector.spans.find((s) => s.attributes['tollgate.request_id'] === 'trace-left');
+  await waitFor(byId, { timeoutMs: 10000, what: 'the abandoned request span' });
+  const server = byId();
+  assert.equal(server.attributes['http.response.status_code'], 499);
+  const attempt = collector.spans.find((s) => s.parentSpanId === server.spanId);
+  assert.equal(attempt.attributes['error.type'], 'cancelled');
+  assert.equal(attempt.status.code, StatusCode.STATUS_CODE_ERROR);
+  await gw.stop();
+  await collector.close();
+});
+
 test('sample_ratio 0 exports nothing of new traces, but honours a sampled caller', async () => {
   const collector = await startCollector();
   const node = await recordingNode();
