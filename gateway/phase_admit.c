@@ -223,7 +223,10 @@ bool request_admit_body(struct request *r, enum MHD_Result *res)
     if (rc)
         return ANSWERED(REQUEST_FAIL_NOW(r, rc, param, "%s", msg));
     r->relay.caller_usage = r->oreq.include_usage;
-    r->route = config_find_route(r->cfg, r->oreq.model);
+    if (request_chain_admit(r, res)) /* chain.c: a `models` list */
+        return true;
+    if (!r->route)
+        r->route = config_find_route(r->cfg, r->oreq.model);
     if (!r->route) {
         char esc[200];
         return ANSWERED(REQUEST_FAIL_NOW(r, TG_ERR_MODEL_NOT_FOUND, "model",
@@ -263,6 +266,8 @@ bool request_admit_body(struct request *r, enum MHD_Result *res)
                                  "x-tollgate-max-price-usd must be a number of USD >= 0."));
         r->up.rreq.max_price_usd = v;
     }
+    if (request_caps_admit(r, res)) /* chain.c: capabilities the request uses */
+        return true;
     r->up.skip = calloc(r->route->n_targets, sizeof *r->up.skip);
     if (!r->up.skip)
         return ANSWERED(REQUEST_FAIL_NOW(r, TG_ERR_NOMEM, NULL, "out of memory"));

@@ -49,12 +49,12 @@ static void request_judge_usage(struct request *r, bool clamped, long *prompt, l
     const struct config_target *t = r->up.target;
     /* Judged on its earlier answers: the answer that flags a node is billed as before. */
     bool was_flagged = t->model->price && honesty_flagged(&t->model->price->honesty);
-    honesty_observe(r->route, t->model, &r->cfg->routing, &hs, &v);
+    honesty_observe(request_served_route(r), t->model, &r->cfg->routing, &hs, &v);
     if (v.changed)
         log_event(v.flagged ? LOG_WARN : LOG_INFO,
                   v.flagged ? "backend_overreporting" : "backend_usage_normal",
                   "\"backend\":\"%s\",\"model\":\"%s\",\"inflation\":%.3f,\"request_id\":\"%s\"",
-                  t->backend->name, r->model, v.inflation, r->id);
+                  t->backend->name, t->model->name, v.inflation, r->id);
     if (!was_flagged || !v.flagged)
         return;
     long prompt0 = *prompt, completion0 = *completion;
@@ -189,7 +189,7 @@ static void request_log(const struct request *r, double seconds)
               "\"completion_tokens\":%ld,\"cost_usd\":%s,\"cache\":\"%s\"%s",
               r->id /* request_id_ok(): nothing to escape */, r->method, r->ep ? r->ep->path : "-",
               log_escape(key, sizeof key, r->adm.key_name ? r->adm.key_name : ""),
-              log_escape(model, sizeof model, r->model ? r->model : ""),
+              log_escape(model, sizeof model, r->model ? request_served_model(r) : ""),
               log_escape(backend, sizeof backend,
                          r->up.target && r->up.status ? r->up.target->backend->name : ""),
               r->status, r->oreq.stream ? "true" : "false", seconds * 1000, r->up.attempts,
@@ -220,7 +220,7 @@ void request_settle(struct request *r, double seconds)
     struct ledger_entry e = {
         .request_id = r->id,
         .key = r->adm.key_name ? r->adm.key_name : "",
-        .model = r->model ? r->model : "",
+        .model = r->model ? request_served_model(r) : "", /* a chain's: what served */
         .backend = r->up.target && r->up.status ? r->up.target->backend->name : "",
         .cache = r->cache.result == REQUEST_CACHE_HIT    ? "hit"
                  : r->cache.result == REQUEST_CACHE_MISS ? "miss"

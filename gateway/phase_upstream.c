@@ -55,7 +55,7 @@ static int request_upstream_body(struct request *r, const struct config_target *
         *len = 0;
         return 0;
     }
-    const char *want = t->model->upstream ? t->model->upstream : r->model;
+    const char *want = t->model->upstream ? t->model->upstream : t->model->name;
     const char *sent = json_string_value(json_object_get(r->json, "model"));
     bool rename = !sent || strcmp(want, sent);
     bool ask_usage = r->oreq.stream && !r->relay.caller_usage;
@@ -76,7 +76,7 @@ static int request_upstream_body(struct request *r, const struct config_target *
             json_object_set_new(so, "include_usage", json_true());
         }
         free(r->up.body);
-        r->up.body = json_dumps(r->json, JSON_COMPACT);
+        r->up.body = request_dump_upstream(r); /* chain.c: big integers kept */
         if (!r->up.body)
             return TG_ERR_NOMEM;
     }
@@ -88,6 +88,8 @@ static int request_upstream_body(struct request *r, const struct config_target *
 /* Sets the reply for "no backend can take this request" from the router's reasons. */
 static void request_no_target(struct request *r, const struct router_outcome *why)
 {
+    if (request_no_capable_target(r, why))
+        return;
     if (why->over_price) {
         char max[48], cheapest[48];
         request_format_usd(max, sizeof max, r->up.rreq.max_price_usd);
@@ -512,6 +514,13 @@ static void request_on_done(void *ctx, int result, long status, const char *deta
         request_note_attempt(r, METRICS_OUTCOME_SERVER_ERROR, now);
         request_attempt_failed(r, TG_ERR_BAD_BACKEND_RESPONSE, true, false,
                                "Backend %s answered HTTP %ld%s", backend, r->up.status,
+                               request_upstream_message(r, m, sizeof m));
+    } else if (request_context_retry(r)) {
+        /* Over this model's context: another (a chain's next model) may take it. */
+        char m[300];
+        request_note_attempt(r, METRICS_OUTCOME_CLIENT_ERROR, now);
+        request_attempt_failed(r, TG_ERR_CONTEXT_LENGTH, false, false,
+                               "Backend %s: the prompt is over its context length%s", backend,
                                request_upstream_message(r, m, sizeof m));
     } else {
         /* A client error the backend found in the request: the caller sees it as is, and it

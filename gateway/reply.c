@@ -107,6 +107,8 @@ void request_headers(struct request *r, struct MHD_Response *resp)
     MHD_add_response_header(resp, "x-request-id", r->id);
     if (r->up.target && r->up.status > 0)
         MHD_add_response_header(resp, "x-tollgate-backend", r->up.target->backend->name);
+    if (r->up.target && r->up.status > 0)
+        MHD_add_response_header(resp, "x-tollgate-model", request_served_model(r));
     if (r->usage.done && !r->relay.stream_mode) {
         char cost[48];
         request_format_usd(cost, sizeof cost, r->usage.cost_usd);

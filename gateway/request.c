@@ -207,6 +207,7 @@ static void request_free(struct request *r)
     free(r->up.body);
     free(r->reply.body);
     free(r->up.skip);
+    free(r->chain.targets);
     free(r->adm.key_models);
     free(r->adm.local_url);
     config_unref(r->cfg);
