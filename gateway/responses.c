@@ -178,7 +178,7 @@ static void request_responses_remember(struct request *r, const char *id)
 {
     if (!responses_id_ok(id, strlen(id)) || !r->up.target)
         return;
-    affinity_remember(r->w->redis, id, r->up.target->backend->name, r->model);
+    affinity_remember(r->w->redis, id, r->up.target->backend->name, request_served_model(r));
 }
 
 void request_responses_whole(struct request *r)
