@@ -85,8 +85,9 @@ static void check_ca_file(struct config_problems *ctx, const char *path, const c
 void config_parse_backends(struct config_problems *ctx, struct config *cfg, json_t *root)
 {
     static const char *const allowed[] = {
-        "name",    "url", "api_key", "models", "max_inflight", "prices_url", "prices_refresh_s",
-        "ca_file", NULL};
+        "name",         "url",        "api_key",          "models",
+        "max_inflight", "prices_url", "prices_refresh_s", "ca_file",
+        "provider",     NULL};
     json_t *arr = config_get_arr(ctx, root, "backends", "");
     if (!arr || json_array_size(arr) == 0) {
         json_t *v = json_object_get(root, "backends");
@@ -137,6 +138,14 @@ void config_parse_backends(struct config_problems *ctx, struct config *cfg, json
         if (b->ca_file) {
             snprintf(p, sizeof p, "%s.ca_file", path);
             check_ca_file(ctx, p, b->ca_file, b->url);
+        }
+        /* A metric label value: short, and in the OpenTelemetry registry's alphabet. */
+        b->provider = config_get_str(ctx, item, "provider", path, false);
+        if (b->provider && (!*b->provider || strlen(b->provider) > 64 ||
+                            strspn(b->provider, "abcdefghijklmnopqrstuvwxyz0123456789._-") !=
+                                strlen(b->provider))) {
+            snprintf(p, sizeof p, "%s.provider", path);
+            config_problem(ctx, p, "must be 1-64 characters of a-z, 0-9, '.', '_' or '-'");
         }
         if (b->url) {
             size_t n = strlen(b->url);

@@ -397,6 +397,7 @@ static void config_free(struct config *cfg)
         free(b->name);
         free(b->url);
         free(b->ca_file);
+        free(b->provider);
         if (b->api_key) {
             explicit_bzero(b->api_key, strlen(b->api_key));
             free(b->api_key);

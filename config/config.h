@@ -44,6 +44,7 @@ struct config_backend {
     unsigned max_inflight; /* 0 = no limit */
     char *prices_url;      /* OpenRouter-style /models document with live prices, or NULL */
     char *ca_file;         /* PEM bundle verifying its https URLs; NULL = system store */
+    char *provider;        /* gen_ai.provider.name in metrics (default "openai") */
     double prices_refresh_s;
     struct config_model *models;
     size_t n_models;

@@ -295,6 +295,7 @@ int request_relay_data(void *ctx, const char *data, size_t len)
             r->state = REQUEST_STREAM; /* the first event: from here on, no failover */
             double now = clock_mono();
             r->up.wait += now - r->up.t_attempt;
+            r->relay.t_first_event = now;
             if (r->cfg->metrics_enabled)
                 metrics_observe_ttft(r->w->metrics, r->ep->metric, r->route->metric_model,
                                      now - r->t_start, 1);
@@ -314,6 +315,7 @@ void request_stream_error(struct request *r, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
+    r->reply.err = TG_ERR_STREAM;
     if (r->ep->answer == ANSWER_KIND_RESPONSES) {
         request_responses_error_event(r, msg);
         return;
@@ -401,6 +403,8 @@ static ssize_t request_stream_reader(void *cls, uint64_t pos, char *dst, size_t 
         size_t n = avail < max ? avail : max;
         memcpy(dst, r->relay.out.data + r->relay.out_off, n);
         r->relay.out_off += n;
+        if (!r->relay.t_first_out)
+            r->relay.t_first_out = clock_mono(); /* the client's time to first chunk */
         if (r->relay.out_off == r->relay.out.len) {
             buf_reset(&r->relay.out);
             r->relay.out_off = 0;

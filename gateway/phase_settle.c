@@ -5,6 +5,7 @@
 #include "base/clock.h"
 #include "base/log.h"
 #include "base/usd.h"
+#include "gateway/observe.h"
 #include "gateway/pipeline.h"
 #include "routing/backend.h"
 #include "tenancy/ledger.h"
@@ -146,8 +147,10 @@ static void request_observe(const struct request *r, double seconds)
 {
     struct metrics_shard *m = r->w->metrics;
     enum metrics_route route = r->ep ? r->ep->metric : METRICS_ROUTE_OTHER;
-    unsigned model = r->route ? r->route->metric_model : 0;
+    /* Refused before its route was set: the model asked, when it is a configured one. */
+    unsigned model = r->route ? r->route->metric_model : request_asked_metric_model(r);
     metrics_observe_request(m, route, model, r->status, seconds);
+    request_observe_genai(r, model, seconds); /* observe.c */
     if (r->t_queued)
         metrics_observe_overhead(m, r->t_queued - r->t_start - r->up.wait);
     if (!r->route)

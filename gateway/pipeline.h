@@ -167,7 +167,9 @@ struct request_relay {
     bool stream_ended;   /* nothing more will be added to `out` */
     bool reader_waiting; /* the content reader suspended the connection */
     bool up_paused;
-    bool caller_usage; /* the caller asked for the usage chunk */
+    bool caller_usage;    /* the caller asked for the usage chunk */
+    double t_first_event; /* when the node's first stream event was ready (clock_mono); 0 none */
+    double t_first_out;   /* when the stream's first bytes went to the caller; 0 none */
 };
 
 /* What the backend delivered and what it is billed for (phase_settle.c). */
@@ -201,6 +203,7 @@ struct request_reply {
     const char *allow;  /* Allow header for 405 */
     bool no_retry;      /* send x-should-retry: false */
     long retry_after_s; /* send retry-after when > 0 */
+    enum tg_error err;  /* the error answered (TG_ERR_STREAM: a stream broke); 0 none */
 };
 
 struct request {

@@ -167,6 +167,7 @@ void request_set_reply(struct request *r, unsigned status, char *body, size_t le
     r->reply.status = status;
     r->reply.body = body;
     r->reply.len = len;
+    r->reply.err = TG_OK; /* request_set_error() sets it */
     snprintf(r->reply.ctype, sizeof r->reply.ctype, "%s", ctype ? ctype : "application/json");
     r->state = REQUEST_REPLY;
 }
@@ -182,6 +183,7 @@ void request_set_error(struct request *r, enum tg_error err, const char *param, 
     size_t len = 0;
     char *body = error_body(err, msg, param, NULL, &len);
     request_set_reply(r, error_status(err), body, body ? len : 0, "application/json");
+    r->reply.err = err;
     if (!body)
         r->reply.status = 500;
 }

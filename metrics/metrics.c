@@ -1,4 +1,4 @@
-#include "metrics/metrics.h"
+#include "metrics/metrics-int.h"
 
 #include <pthread.h>
 #include <stdbool.h>
@@ -15,24 +15,11 @@
 
 /* ---- bucket bounds ------------------------------------------------------------------------- */
 
-struct metrics_bounds {
-    const double *le;
-    size_t n;
-};
-
 static const double duration_le[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
                                      0.25,   0.5,   1,      2.5,   5,    10,    30,   60};
 static const double overhead_le[] = {5e-06, 1e-05,  2.5e-05, 5e-05, 0.0001, 0.00025, 0.0005,
                                      0.001, 0.0025, 0.005,   0.01,  0.025,  0.1};
-/* The OpenTelemetry GenAI semantic conventions' advised boundaries. */
-static const double genai_duration_le[] = {0.01, 0.02, 0.04, 0.08,  0.16,  0.32,  0.64,
-                                           1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92};
-static const double genai_tokens_le[] = {
-    1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864};
-static const double genai_ttft_le[] = {0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1,
-                                       0.25,  0.5,   0.75, 1.0,  2.5,  5.0,  7.5,  10.0};
-
-#define BOUNDS(a) ((struct metrics_bounds){a, sizeof a / sizeof a[0]})
+#define BOUNDS(a) METRICS_BOUNDS(a)
 
 /* The shortest decimal that reads back as v (bucket bounds must print exactly). */
 static const char *shortest(char out[40], double v)
@@ -45,26 +32,28 @@ static const char *shortest(char out[40], double v)
     return out;
 }
 
-static void hist_observe(struct metrics_hist *h, const double *le, size_t n, double v)
+void metrics_hist_observe(struct metrics_hist *h, struct metrics_bounds bounds, double v)
 {
     size_t b = 0;
-    while (b < n && v > le[b])
+    while (b < bounds.n && v > bounds.le[b])
         b++;
     METRICS_ADD(h->bucket[b], 1);
     METRICS_ADD(h->sum, v);
 }
 
-#define OBSERVE(h, a, v) hist_observe((h), (a), sizeof(a) / sizeof((a)[0]), (v))
+#define OBSERVE(h, a, v) metrics_hist_observe((h), BOUNDS(a), (v))
 
 /* ---- labels -------------------------------------------------------------------------------- */
 
-static const size_t label_caps[METRICS_LABEL_KINDS] = {METRICS_MAX_MODELS, METRICS_MAX_BACKENDS,
-                                                       METRICS_MAX_PAIRS, METRICS_MAX_KEYS};
+static const size_t label_caps[METRICS_LABEL_KINDS] = {
+    METRICS_MAX_MODELS,    METRICS_MAX_BACKENDS,  METRICS_MAX_PAIRS,    METRICS_MAX_KEYS,
+    METRICS_MAX_PROVIDERS, METRICS_MAX_ADDRESSES, METRICS_MAX_UPSTREAMS};
+_Static_assert(METRICS_MAX_PAIRS >= METRICS_MAX_UPSTREAMS, "label_names holds every table");
 
 /* Names are stored escaped for the exposition format. A PAIR is "backend\0model". */
 static pthread_mutex_t label_lock = PTHREAD_MUTEX_INITIALIZER;
 static char *label_names[METRICS_LABEL_KINDS][METRICS_MAX_PAIRS];
-static _Atomic size_t label_count[METRICS_LABEL_KINDS] = {1, 1, 1, 1};
+static _Atomic size_t label_count[METRICS_LABEL_KINDS] = {1, 1, 1, 1, 1, 1, 1};
 
 /* Label value escaping (text format 0.0.4): backslash, double quote and line feed. */
 static size_t label_escape(char *out, const char *in)
@@ -146,7 +135,7 @@ unsigned metrics_label(enum metrics_label_kind kind, const char *name, const cha
     return found;
 }
 
-static size_t labels_in_use(enum metrics_label_kind kind)
+size_t metrics_labels_in_use(enum metrics_label_kind kind)
 {
     return atomic_load_explicit(&label_count[kind], memory_order_acquire);
 }
@@ -158,7 +147,7 @@ static const char *label_name(enum metrics_label_kind kind, size_t i)
 
 const char *metrics_label_name(enum metrics_label_kind kind, unsigned i)
 {
-    return label_name(kind, i < labels_in_use(kind) ? i : 0);
+    return label_name(kind, i < metrics_labels_in_use(kind) ? i : 0);
 }
 
 /* The model half of a pair ("other" for index 0). */
@@ -170,7 +159,7 @@ static const char *pair_model(size_t i)
 
 const char *metrics_pair_model(unsigned pair)
 {
-    return pair_model(pair < labels_in_use(METRICS_LABEL_PAIR) ? pair : 0);
+    return pair_model(pair < metrics_labels_in_use(METRICS_LABEL_PAIR) ? pair : 0);
 }
 
 /* ---- statuses, routes, operations ------------------------------------------------------------ */
@@ -205,6 +194,11 @@ static const char *const outcome_names[METRICS_OUTCOME_COUNT] = {
     "success", "client_error", "rate_limited", "server_error", "timeout", "unreachable", "broken"};
 static const char *const cache_names[3] = {"hit", "miss", "bypass"};
 static const char *const token_types[2] = {"input", "output"};
+
+const char *metrics_genai_op_name(int op)
+{
+    return op >= 0 && op < METRICS_GENAI_OPS ? genai_op_names[op] : "other";
+}
 
 const char *metrics_token_type(int output)
 {
@@ -247,7 +241,7 @@ void metrics_shard_free(struct metrics_shard *s)
         munmap(s, sizeof *s);
 }
 
-static unsigned clamp(unsigned i, unsigned cap)
+unsigned metrics_clamp(unsigned i, unsigned cap)
 {
     return i < cap ? i : 0;
 }
@@ -255,22 +249,17 @@ static unsigned clamp(unsigned i, unsigned cap)
 void metrics_observe_request(struct metrics_shard *s, enum metrics_route route, unsigned model,
                              unsigned status, double seconds)
 {
-    model = clamp(model, METRICS_MAX_MODELS);
+    model = metrics_clamp(model, METRICS_MAX_MODELS);
     METRICS_ADD(s->requests[route][model][status_index(status)], 1);
     OBSERVE(&s->duration[route], duration_le, seconds);
-    int op = metrics_genai_op(route);
-    if (op >= 0)
-        OBSERVE(&s->genai_duration[op][model], genai_duration_le, seconds);
 }
 
 void metrics_observe_ttft(struct metrics_shard *s, enum metrics_route route, unsigned model,
                           double seconds, int stream)
 {
-    model = clamp(model, METRICS_MAX_MODELS);
-    OBSERVE(&s->ttft[model], duration_le, seconds);
-    int op = metrics_genai_op(route);
-    if (stream && op >= 0)
-        OBSERVE(&s->genai_ttft[op][model], genai_ttft_le, seconds);
+    (void)route;
+    (void)stream;
+    OBSERVE(&s->ttft[metrics_clamp(model, METRICS_MAX_MODELS)], duration_le, seconds);
 }
 
 void metrics_observe_overhead(struct metrics_shard *s, double seconds)
@@ -281,43 +270,37 @@ void metrics_observe_overhead(struct metrics_shard *s, double seconds)
 void metrics_observe_attempt(struct metrics_shard *s, unsigned backend, unsigned pair,
                              enum metrics_outcome outcome, double seconds)
 {
-    METRICS_ADD(s->backend_requests[clamp(pair, METRICS_MAX_PAIRS)][outcome], 1);
-    OBSERVE(&s->backend_duration[clamp(backend, METRICS_MAX_BACKENDS)], duration_le, seconds);
+    METRICS_ADD(s->backend_requests[metrics_clamp(pair, METRICS_MAX_PAIRS)][outcome], 1);
+    OBSERVE(&s->backend_duration[metrics_clamp(backend, METRICS_MAX_BACKENDS)], duration_le,
+            seconds);
 }
 
 void metrics_observe_clamped(struct metrics_shard *s, unsigned backend)
 {
-    METRICS_ADD(s->usage_clamped[clamp(backend, METRICS_MAX_BACKENDS)], 1);
+    METRICS_ADD(s->usage_clamped[metrics_clamp(backend, METRICS_MAX_BACKENDS)], 1);
+}
+
+void metrics_observe_cached(struct metrics_shard *s, unsigned pair, long tokens)
+{
+    if (tokens > 0) /* an index past the table counts as 0, "other", as everywhere here */
+        METRICS_ADD(s->cached_tokens[pair < METRICS_MAX_PAIRS ? pair : 0], (uint64_t)tokens);
 }
 
 void metrics_observe_usage(struct metrics_shard *s, enum metrics_route route, unsigned model,
                            unsigned pair, unsigned key, long input, long output, double cost_usd)
 {
-    pair = clamp(pair, METRICS_MAX_PAIRS);
-    model = clamp(model, METRICS_MAX_MODELS);
+    (void)model; /* the pair names it */
+    pair = metrics_clamp(pair, METRICS_MAX_PAIRS);
     METRICS_ADD(s->tokens[pair][0], (uint64_t)(input > 0 ? input : 0));
     METRICS_ADD(s->tokens[pair][1], (uint64_t)(output > 0 ? output : 0));
     METRICS_ADD(s->cost[pair], cost_usd);
-    METRICS_ADD(s->key_cost[clamp(key, METRICS_MAX_KEYS)], cost_usd);
-    int op = metrics_genai_op(route);
-    if (op >= 0) {
-        OBSERVE(&s->genai_tokens[op][model][0], genai_tokens_le, (double)(input > 0 ? input : 0));
-        if (route != METRICS_ROUTE_EMBEDDINGS)
-            OBSERVE(&s->genai_tokens[op][model][1], genai_tokens_le,
-                    (double)(output > 0 ? output : 0));
-    }
+    METRICS_ADD(s->key_cost[metrics_clamp(key, METRICS_MAX_KEYS)], cost_usd);
+    metrics_genai_observe_tokens(s, route, pair, input, output);
 }
 
 /* ---- rendering ------------------------------------------------------------------------------ */
 
-struct render {
-    struct buf *out;
-    struct metrics_shard *const *shards;
-    size_t n;
-    int err;
-};
-
-static uint64_t sum_u64(const struct render *rd, size_t off)
+static uint64_t sum_u64(const struct metrics_render_ctx *rd, size_t off)
 {
     uint64_t v = 0;
     for (size_t i = 0; i < rd->n; i++)
@@ -326,7 +309,7 @@ static uint64_t sum_u64(const struct render *rd, size_t off)
     return v;
 }
 
-static double sum_f64(const struct render *rd, size_t off)
+static double sum_f64(const struct metrics_render_ctx *rd, size_t off)
 {
     double v = 0;
     for (size_t i = 0; i < rd->n; i++)
@@ -335,17 +318,16 @@ static double sum_f64(const struct render *rd, size_t off)
     return v;
 }
 
-#define OFF(field) offsetof(struct metrics_shard, field)
+#define OFF(field) METRICS_OFF(field)
 
-static void head(struct render *rd, const char *name, const char *type, const char *help)
+void metrics_head(struct metrics_render_ctx *rd, const char *name, const char *type,
+                  const char *help)
 {
     rd->err |= buf_printf(rd->out, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
 }
 
-/* One histogram series (labels without braces, "" for none); skipped when empty unless
- * `always`. */
-static void hist(struct render *rd, const char *name, const char *labels, size_t off,
-                 struct metrics_bounds bounds, bool always)
+void metrics_hist_render(struct metrics_render_ctx *rd, const char *name, const char *labels,
+                         size_t off, struct metrics_bounds bounds, bool always)
 {
     uint64_t counts[METRICS_HIST_MAX + 1] = {0};
     double sum = 0;
@@ -378,11 +360,12 @@ static void hist(struct render *rd, const char *name, const char *labels, size_t
                           close, sum, name, open, labels, close, (unsigned long long)total);
 }
 
-static void render_requests(struct render *rd)
+static void render_requests(struct metrics_render_ctx *rd)
 {
-    head(rd, "tollgate_requests_total", "counter",
-         "Requests answered, by route, model (from the config, else other) and HTTP status.");
-    size_t models = labels_in_use(METRICS_LABEL_MODEL);
+    metrics_head(
+        rd, "tollgate_requests_total", "counter",
+        "Requests answered, by route, model (from the config, else other) and HTTP status.");
+    size_t models = metrics_labels_in_use(METRICS_LABEL_MODEL);
     for (int route = 0; route < METRICS_ROUTE_COUNT; route++)
         for (size_t m = 0; m < models; m++)
             for (unsigned st = 0; st < METRICS_STATUSES; st++) {
@@ -397,35 +380,38 @@ static void render_requests(struct render *rd)
                     route_names[route], label_name(METRICS_LABEL_MODEL, m), code,
                     (unsigned long long)v);
             }
-    head(rd, "tollgate_request_duration_seconds", "histogram",
-         "Time from a request's arrival to the end of its answer.");
+    metrics_head(rd, "tollgate_request_duration_seconds", "histogram",
+                 "Time from a request's arrival to the end of its answer.");
     for (int route = 0; route < METRICS_ROUTE_COUNT; route++) {
         char labels[512];
         snprintf(labels, sizeof labels, "route=\"%s\"", route_names[route]);
-        hist(rd, "tollgate_request_duration_seconds", labels, OFF(duration[route]),
-             BOUNDS(duration_le), route != METRICS_ROUTE_OTHER);
+        metrics_hist_render(rd, "tollgate_request_duration_seconds", labels, OFF(duration[route]),
+                            BOUNDS(duration_le), route != METRICS_ROUTE_OTHER);
     }
-    head(rd, "tollgate_time_to_first_token_seconds", "histogram",
-         "Time from a request's arrival to its first content relayed (streams) or its answer "
-         "(non-streams), for answers a backend served.");
+    metrics_head(
+        rd, "tollgate_time_to_first_token_seconds", "histogram",
+        "Time from a request's arrival to its first content relayed (streams) or its answer "
+        "(non-streams), for answers a backend served.");
     for (size_t m = 0; m < models; m++) {
         char labels[512];
         snprintf(labels, sizeof labels, "model=\"%s\"", label_name(METRICS_LABEL_MODEL, m));
-        hist(rd, "tollgate_time_to_first_token_seconds", labels, OFF(ttft[m]), BOUNDS(duration_le),
-             false);
+        metrics_hist_render(rd, "tollgate_time_to_first_token_seconds", labels, OFF(ttft[m]),
+                            BOUNDS(duration_le), false);
     }
-    head(rd, "tollgate_overhead_seconds", "histogram",
-         "Time a request spent in the gateway itself: until its answer was queued, minus the "
-         "time spent waiting on backends.");
-    hist(rd, "tollgate_overhead_seconds", "", OFF(overhead), BOUNDS(overhead_le), true);
+    metrics_head(
+        rd, "tollgate_overhead_seconds", "histogram",
+        "Time a request spent in the gateway itself: until its answer was queued, minus the "
+        "time spent waiting on backends.");
+    metrics_hist_render(rd, "tollgate_overhead_seconds", "", OFF(overhead), BOUNDS(overhead_le),
+                        true);
 }
 
-static void render_backends(struct render *rd)
+static void render_backends(struct metrics_render_ctx *rd)
 {
-    size_t pairs = labels_in_use(METRICS_LABEL_PAIR);
-    size_t backends = labels_in_use(METRICS_LABEL_BACKEND);
-    head(rd, "tollgate_backend_requests_total", "counter",
-         "Upstream attempts, by backend, model and outcome.");
+    size_t pairs = metrics_labels_in_use(METRICS_LABEL_PAIR);
+    size_t backends = metrics_labels_in_use(METRICS_LABEL_BACKEND);
+    metrics_head(rd, "tollgate_backend_requests_total", "counter",
+                 "Upstream attempts, by backend, model and outcome.");
     for (size_t p = 0; p < pairs; p++)
         for (int o = 0; o < METRICS_OUTCOME_COUNT; o++) {
             uint64_t v = sum_u64(rd, OFF(backend_requests[p][o]));
@@ -436,17 +422,17 @@ static void render_backends(struct render *rd)
                                       label_name(METRICS_LABEL_PAIR, p), pair_model(p),
                                       outcome_names[o], (unsigned long long)v);
         }
-    head(rd, "tollgate_backend_duration_seconds", "histogram",
-         "Duration of one upstream attempt, by backend.");
+    metrics_head(rd, "tollgate_backend_duration_seconds", "histogram",
+                 "Duration of one upstream attempt, by backend.");
     for (size_t b = 0; b < backends; b++) {
         char labels[512];
         snprintf(labels, sizeof labels, "backend=\"%s\"", label_name(METRICS_LABEL_BACKEND, b));
-        hist(rd, "tollgate_backend_duration_seconds", labels, OFF(backend_duration[b]),
-             BOUNDS(duration_le), false);
+        metrics_hist_render(rd, "tollgate_backend_duration_seconds", labels,
+                            OFF(backend_duration[b]), BOUNDS(duration_le), false);
     }
-    head(rd, "tollgate_backend_usage_clamped_total", "counter",
-         "Answers whose reported usage was more than the backend could have produced "
-         "(more than max_tokens or the text it delivered allow); billed at the bound.");
+    metrics_head(rd, "tollgate_backend_usage_clamped_total", "counter",
+                 "Answers whose reported usage was more than the backend could have produced "
+                 "(more than max_tokens or the text it delivered allow); billed at the bound.");
     for (size_t b = 0; b < backends; b++) {
         uint64_t v = sum_u64(rd, OFF(usage_clamped[b]));
         if (v)
@@ -454,8 +440,8 @@ static void render_backends(struct render *rd)
                 buf_printf(rd->out, "tollgate_backend_usage_clamped_total{backend=\"%s\"} %llu\n",
                            label_name(METRICS_LABEL_BACKEND, b), (unsigned long long)v);
     }
-    head(rd, "tollgate_tokens_total", "counter",
-         "Tokens billed, by backend, model and type (input, output).");
+    metrics_head(rd, "tollgate_tokens_total", "counter",
+                 "Tokens billed, by backend, model and type (input, output).");
     for (size_t p = 0; p < pairs; p++)
         for (int t = 0; t < 2; t++) {
             uint64_t v = sum_u64(rd, OFF(tokens[p][t]));
@@ -466,7 +452,17 @@ static void render_backends(struct render *rd)
                                       label_name(METRICS_LABEL_PAIR, p), pair_model(p),
                                       token_types[t], (unsigned long long)v);
         }
-    head(rd, "tollgate_cost_usd_total", "counter", "USD billed, by backend and model.");
+    metrics_head(rd, "tollgate_cached_tokens_total", "counter",
+                 "Input tokens billed at the cached-input price, by backend and model (a part of "
+                 "tollgate_tokens_total{type=\"input\"}).");
+    for (size_t p = 0; p < pairs; p++) {
+        uint64_t v = sum_u64(rd, OFF(cached_tokens[p]));
+        if (v)
+            rd->err |= buf_printf(
+                rd->out, "tollgate_cached_tokens_total{backend=\"%s\",model=\"%s\"} %llu\n",
+                label_name(METRICS_LABEL_PAIR, p), pair_model(p), (unsigned long long)v);
+    }
+    metrics_head(rd, "tollgate_cost_usd_total", "counter", "USD billed, by backend and model.");
     for (size_t p = 0; p < pairs; p++) {
         double v = sum_f64(rd, OFF(cost[p]));
         if (v > 0 || sum_u64(rd, OFF(tokens[p][0])))
@@ -474,9 +470,9 @@ static void render_backends(struct render *rd)
                 buf_printf(rd->out, "tollgate_cost_usd_total{backend=\"%s\",model=\"%s\"} %.17g\n",
                            label_name(METRICS_LABEL_PAIR, p), pair_model(p), v);
     }
-    head(rd, "tollgate_key_cost_usd_total", "counter",
-         "USD billed, by caller key name (at most 255 names; the rest count as other).");
-    size_t keys = labels_in_use(METRICS_LABEL_KEY);
+    metrics_head(rd, "tollgate_key_cost_usd_total", "counter",
+                 "USD billed, by caller key name (at most 255 names; the rest count as other).");
+    size_t keys = metrics_labels_in_use(METRICS_LABEL_KEY);
     for (size_t k = 0; k < keys; k++) {
         double v = sum_f64(rd, OFF(key_cost[k]));
         if (v > 0)
@@ -485,61 +481,23 @@ static void render_backends(struct render *rd)
     }
 }
 
-static void render_genai(struct render *rd)
-{
-    size_t models = labels_in_use(METRICS_LABEL_MODEL);
-    head(rd, "gen_ai_client_operation_duration_seconds", "histogram",
-         "GenAI operation duration (OpenTelemetry gen_ai.client.operation.duration).");
-    for (int op = 0; op < METRICS_GENAI_OPS; op++)
-        for (size_t m = 0; m < models; m++) {
-            char labels[512];
-            snprintf(labels, sizeof labels,
-                     "gen_ai_operation_name=\"%s\",gen_ai_request_model=\"%s\"", genai_op_names[op],
-                     label_name(METRICS_LABEL_MODEL, m));
-            hist(rd, "gen_ai_client_operation_duration_seconds", labels, OFF(genai_duration[op][m]),
-                 BOUNDS(genai_duration_le), false);
-        }
-    head(rd, "gen_ai_client_token_usage", "histogram",
-         "Tokens per operation (OpenTelemetry gen_ai.client.token.usage).");
-    for (int op = 0; op < METRICS_GENAI_OPS; op++)
-        for (size_t m = 0; m < models; m++)
-            for (int t = 0; t < 2; t++) {
-                char labels[512];
-                snprintf(labels, sizeof labels,
-                         "gen_ai_operation_name=\"%s\",gen_ai_request_model=\"%s\","
-                         "gen_ai_token_type=\"%s\"",
-                         genai_op_names[op], label_name(METRICS_LABEL_MODEL, m), token_types[t]);
-                hist(rd, "gen_ai_client_token_usage", labels, OFF(genai_tokens[op][m][t]),
-                     BOUNDS(genai_tokens_le), false);
-            }
-    head(rd, "gen_ai_server_time_to_first_token_seconds", "histogram",
-         "Time to the first streamed token (OpenTelemetry gen_ai.server.time_to_first_token).");
-    for (int op = 0; op < METRICS_GENAI_OPS; op++)
-        for (size_t m = 0; m < models; m++) {
-            char labels[512];
-            snprintf(labels, sizeof labels,
-                     "gen_ai_operation_name=\"%s\",gen_ai_request_model=\"%s\"", genai_op_names[op],
-                     label_name(METRICS_LABEL_MODEL, m));
-            hist(rd, "gen_ai_server_time_to_first_token_seconds", labels, OFF(genai_ttft[op][m]),
-                 BOUNDS(genai_ttft_le), false);
-        }
-}
-
-static void render_scalars(struct render *rd)
+static void render_scalars(struct metrics_render_ctx *rd)
 {
     struct buf *out = rd->out;
-    head(rd, "tollgate_routing_savings_usd_total", "counter",
-         "USD saved by routing: the priciest healthy candidate's cost for the same usage minus "
-         "the cost billed.");
+    metrics_head(
+        rd, "tollgate_routing_savings_usd_total", "counter",
+        "USD saved by routing: the priciest healthy candidate's cost for the same usage minus "
+        "the cost billed.");
     rd->err |= buf_printf(out, "tollgate_routing_savings_usd_total %.17g\n",
                           sum_f64(rd, OFF(routing_savings)));
-    head(rd, "tollgate_cache_requests_total", "counter",
-         "Inference requests by cache result (hit, miss, bypass).");
+    metrics_head(rd, "tollgate_cache_requests_total", "counter",
+                 "Inference requests by cache result (hit, miss, bypass).");
     for (int c = 0; c < 3; c++)
         rd->err |= buf_printf(out, "tollgate_cache_requests_total{result=\"%s\"} %llu\n",
                               cache_names[c], (unsigned long long)sum_u64(rd, OFF(cache[c])));
-    head(rd, "tollgate_cache_savings_usd_total", "counter",
-         "USD that cache hits would have cost: what the stored answer cost when it was made.");
+    metrics_head(
+        rd, "tollgate_cache_savings_usd_total", "counter",
+        "USD that cache hits would have cost: what the stored answer cost when it was made.");
     rd->err |= buf_printf(out, "tollgate_cache_savings_usd_total %.17g\n",
                           sum_f64(rd, OFF(cache_savings)));
     int64_t inflight = 0;
@@ -564,7 +522,7 @@ static void render_scalars(struct render *rd)
                           (unsigned long long)sum_u64(rd, OFF(streams)), (long long)inflight);
 }
 
-static void render_redis(struct render *rd)
+static void render_redis(struct metrics_render_ctx *rd)
 {
     uint64_t errors = 0, timeouts = 0, reconnects = 0;
     int64_t up = 0, configured = 0;
@@ -628,11 +586,11 @@ static void render_redis(struct render *rd)
 
 int metrics_render(struct buf *out, struct metrics_shard *const *shards, size_t n_shards)
 {
-    struct render rd = {.out = out, .shards = shards, .n = n_shards};
+    struct metrics_render_ctx rd = {.out = out, .shards = shards, .n = n_shards};
     render_requests(&rd);
     render_backends(&rd);
     render_scalars(&rd);
-    render_genai(&rd);
+    metrics_render_genai(&rd);
     render_redis(&rd);
     return rd.err ? -1 : 0;
 }

@@ -51,6 +51,10 @@ enum metrics_label_kind {
     METRICS_LABEL_BACKEND,
     METRICS_LABEL_PAIR, /* (backend, model) */
     METRICS_LABEL_KEY,  /* a caller key's name */
+    /* The GenAI attributes of a pair (metrics_pair_describe()). */
+    METRICS_LABEL_PROVIDER, /* gen_ai.provider.name: what the backend is */
+    METRICS_LABEL_ADDRESS,  /* server.address: the backend URL's host */
+    METRICS_LABEL_UPSTREAM, /* gen_ai.response.model: the name the backend serves it under */
     METRICS_LABEL_KINDS,
 };
 
@@ -58,6 +62,12 @@ enum metrics_label_kind {
 #define METRICS_MAX_BACKENDS 64
 #define METRICS_MAX_PAIRS 512
 #define METRICS_MAX_KEYS 256
+#define METRICS_MAX_PROVIDERS 32
+#define METRICS_MAX_ADDRESSES 64
+#define METRICS_MAX_UPSTREAMS 512
+/* error.type of a failed inference request: 0 none, 1..24 the gateway's error codes
+ * (-enum tg_error, base/error.h), 25 "_OTHER". */
+#define METRICS_GENAI_ERRORS 26
 #define METRICS_STATUSES 29   /* 24 named codes, then 1xx..5xx for the rest */
 #define METRICS_GENAI_OPS 3   /* chat, text_completion, embeddings */
 #define METRICS_HIST_MAX 17   /* finite buckets of the widest histogram */
@@ -83,14 +93,20 @@ struct metrics_shard {
     struct metrics_hist backend_duration[METRICS_MAX_BACKENDS];
     _Atomic uint64_t usage_clamped[METRICS_MAX_BACKENDS]; /* answers claiming more than possible */
     _Atomic uint64_t tokens[METRICS_MAX_PAIRS][2];        /* input, output */
+    _Atomic uint64_t cached_tokens[METRICS_MAX_PAIRS];    /* of input: at the cached price */
     _Atomic double cost[METRICS_MAX_PAIRS];
     _Atomic double key_cost[METRICS_MAX_KEYS];
     _Atomic double routing_savings;
     _Atomic double cache_savings;
     _Atomic uint64_t cache[3];
-    struct metrics_hist genai_duration[METRICS_GENAI_OPS][METRICS_MAX_MODELS];
-    struct metrics_hist genai_tokens[METRICS_GENAI_OPS][METRICS_MAX_MODELS][2];
-    struct metrics_hist genai_ttft[METRICS_GENAI_OPS][METRICS_MAX_MODELS];
+    /* GenAI (metrics/genai.c). A request a backend answered counts by its (backend, model)
+     * pair, which carries the provider, server address and port and the response model; one
+     * answered otherwise (the cache) or failed counts by the model asked and its error. */
+    struct metrics_hist genai_duration[METRICS_GENAI_OPS][METRICS_MAX_PAIRS];
+    struct metrics_hist genai_failed[METRICS_GENAI_OPS][METRICS_MAX_MODELS][METRICS_GENAI_ERRORS];
+    struct metrics_hist genai_tokens[METRICS_GENAI_OPS][METRICS_MAX_PAIRS][2];
+    struct metrics_hist genai_ttft[METRICS_GENAI_OPS][METRICS_MAX_PAIRS];
+    struct metrics_hist genai_ttfc[METRICS_GENAI_OPS][METRICS_MAX_PAIRS];
     _Atomic uint64_t upstream_errors;
     _Atomic uint64_t retries;
     _Atomic uint64_t streams;
@@ -110,8 +126,8 @@ struct metrics_shard {
     _Atomic uint64_t ledger_held_bytes; /* their memory */
 };
 
-/* A zeroed shard: about 400 KiB of address space, of which only the pages of labels in use
- * ever become resident. */
+/* A zeroed shard: about 3 MiB of address space, of which only the pages of labels in use
+ * ever become resident (a few dozen KiB for a handful of models and backends). */
 struct metrics_shard *metrics_shard_new(void);
 void metrics_shard_free(struct metrics_shard *s);
 
@@ -123,16 +139,41 @@ void metrics_shard_free(struct metrics_shard *s);
 /* The gen_ai operation of a route (chat, text_completion, embeddings), or -1. */
 int metrics_genai_op(enum metrics_route route);
 
-/* One answered request: its count, its duration, and the gen_ai duration for inference. */
+/* One answered request: its count and its duration (the gen_ai series are
+ * metrics_observe_genai()'s). */
 void metrics_observe_request(struct metrics_shard *s, enum metrics_route route, unsigned model,
                              unsigned status, double seconds);
+/* tollgate_time_to_first_token_seconds: to the first content relayed (streams) or the answer. */
 void metrics_observe_ttft(struct metrics_shard *s, enum metrics_route route, unsigned model,
                           double seconds, int stream);
+
+/* One finished inference request in the OpenTelemetry GenAI metrics. */
+struct metrics_genai_obs {
+    enum metrics_route route; /* routes that are no GenAI operation are not counted */
+    unsigned model;           /* the model asked (METRICS_LABEL_MODEL; 0 other) */
+    unsigned pair;            /* the (backend, model) that answered; 0 when none did */
+    unsigned error;           /* metrics_genai_error(); 0 when it succeeded */
+    double seconds;           /* arrival to the end of the answer */
+    double first_token;       /* arrival to the backend stream's first event; < 0 none */
+    double first_chunk;       /* arrival to the first bytes relayed to the caller; < 0 none */
+};
+void metrics_observe_genai(struct metrics_shard *s, const struct metrics_genai_obs *o);
+/* The error.type index of a request that failed with `err` (an enum tg_error, < 0), or with
+ * only an HTTP status >= 400 (err 0): "_OTHER". 0 for a success. */
+unsigned metrics_genai_error(int err, unsigned status);
+/* The GenAI attributes of a pair: `provider` (gen_ai.provider.name), server.address and
+ * server.port from the backend's `url`, and `response_model` (gen_ai.response.model). Names
+ * past their table's cap count as other. Takes a mutex: call it when a config is attached. A
+ * reload that changes them relabels the pair's series from then on. */
+void metrics_pair_describe(unsigned pair, const char *provider, const char *url,
+                           const char *response_model);
 void metrics_observe_overhead(struct metrics_shard *s, double seconds);
 void metrics_observe_attempt(struct metrics_shard *s, unsigned backend, unsigned pair,
                              enum metrics_outcome outcome, double seconds);
 /* A backend reported more usage than it could have produced; the bill used the bound. */
 void metrics_observe_clamped(struct metrics_shard *s, unsigned backend);
+/* Of a request's billed input tokens, those billed at the cached-input price. */
+void metrics_observe_cached(struct metrics_shard *s, unsigned pair, long tokens);
 /* Billed usage of a request served by a backend. */
 void metrics_observe_usage(struct metrics_shard *s, enum metrics_route route, unsigned model,
                            unsigned pair, unsigned key, long input, long output, double cost_usd);

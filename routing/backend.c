@@ -68,9 +68,13 @@ int backend_attach(struct config *cfg)
             continue;
         }
         for (size_t j = 0; j < b->n_models; j++) {
-            b->models[j].price = backend_price_for(b->state, b->models[j].name);
-            if (!b->models[j].price)
+            struct config_model *m = &b->models[j];
+            m->price = backend_price_for(b->state, m->name);
+            if (!m->price)
                 result = -1;
+            else /* gen_ai.provider.name, server.address, gen_ai.response.model */
+                metrics_pair_describe(m->price->metric_pair, b->provider, b->url,
+                                      m->upstream ? m->upstream : m->name);
         }
     }
     if (demand_attach(cfg))

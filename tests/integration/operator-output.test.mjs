@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import fsp from 'node:fs/promises';
 import {
   startMocknode, startGateway, backendFor, cleanup, post, streamPost, parseEvents, adminListener,
-  waitFor,
+  waitFor, runTollgate, writeTempFile,
 } from '../lib/harness.mjs';
 
 after(cleanup);
@@ -101,5 +101,21 @@ describe('reload_failed', () => {
     assert.equal(gw.logs.stderr.length, stderrBefore, `nothing on stderr: ${gw.logs.stderr.slice(stderrBefore).join('\n')}`);
     const r = await post(gw.v1 + '/chat/completions', { model: 'm', messages: [{ role: 'user', content: 'x' }] }, { key: KEY });
     assert.equal(r.status, 200, r.text);
+  });
+});
+
+describe('backends[].provider (gen_ai_provider_name)', () => {
+  test('a short name in the registry alphabet, else the config is refused', async () => {
+    const cfg = (provider) => JSON.stringify({ backends: [{ name: 'b', url: 'http://127.0.0.1:9/v1', provider,
+      models: [{ name: 'm', input_usd_per_mtok: 1, output_usd_per_mtok: 1 }] }] });
+    for (const ok of ['openai', 'aws.bedrock', 'together_ai', 'x-1']) {
+      const r = await runTollgate(['--check-config', '-c', await writeTempFile('ok.json', cfg(ok))]);
+      assert.equal(r.code, 0, `${ok}: ${r.stderr}`);
+    }
+    for (const bad of ['', 'OpenAI', 'a b', 'x'.repeat(65), 'v"llm']) {
+      const r = await runTollgate(['--check-config', '-c', await writeTempFile('bad.json', cfg(bad))]);
+      assert.notEqual(r.code, 0, `${JSON.stringify(bad)} is refused`);
+      assert.match(r.stderr + r.stdout, /backends\[0\]\.provider/);
+    }
   });
 });

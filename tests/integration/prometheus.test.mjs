@@ -35,7 +35,11 @@ const KEYS = { 'team-a': 'sk-prom-team-a-0001', 'team-b': 'sk-prom-team-b-0002' 
 const N_CHAT = 5; // whole chat answers
 const M_STREAM = 3; // streamed chat answers with include_usage
 
-// The metrics spec: type and label names of each series (histograms: without `le`).
+// The GenAI attributes of a request a backend answered (metrics/genai.c).
+const GENAI_PAIR = ['gen_ai_operation_name', 'gen_ai_provider_name', 'gen_ai_request_model',
+  'gen_ai_response_model', 'server_address', 'server_port', 'tollgate_backend'];
+// The metrics spec: type and label names of each series (histograms: without `le`); a family
+// whose series carry different label sets lists each set.
 const SPEC = {
   tollgate_requests_total: ['counter', ['route', 'model', 'status']],
   tollgate_request_duration_seconds: ['histogram', ['route']],
@@ -58,9 +62,14 @@ const SPEC = {
   tollgate_streams_total: ['counter', []],
   tollgate_redis_errors_total: ['counter', []],
   tollgate_build_info: ['gauge', ['version']],
-  gen_ai_client_operation_duration_seconds: ['histogram', ['gen_ai_operation_name', 'gen_ai_request_model']],
-  gen_ai_client_token_usage: ['histogram', ['gen_ai_operation_name', 'gen_ai_request_model', 'gen_ai_token_type']],
-  gen_ai_server_time_to_first_token_seconds: ['histogram', ['gen_ai_operation_name', 'gen_ai_request_model']],
+  // Served by a backend: by its pair; answered otherwise (the cache) or failed: by the model
+  // asked, and error_type when it failed.
+  gen_ai_client_operation_duration_seconds: ['histogram', [GENAI_PAIR,
+    ['gen_ai_operation_name', 'gen_ai_request_model'],
+    ['gen_ai_operation_name', 'gen_ai_request_model', 'error_type']]],
+  gen_ai_client_token_usage: ['histogram', [...GENAI_PAIR, 'gen_ai_token_type']],
+  gen_ai_server_time_to_first_token_seconds: ['histogram', GENAI_PAIR],
+  gen_ai_client_operation_time_to_first_chunk_seconds: ['histogram', GENAI_PAIR],
   tollgate_upstream_errors_total: ['counter', []],
   tollgate_ledger_records_total: ['counter', ['outcome']],
   tollgate_ledger_spool_bytes: ['gauge', []],
@@ -169,6 +178,7 @@ const close = (got, want) => got !== null && Math.abs(got - want) <= 1e-9 * Math
 // ---------------------------------------------------------------------------
 
 let gw;
+let nodePorts; // mocknode name -> port
 let admin;
 let redis;
 let version;
@@ -258,6 +268,7 @@ before(async () => {
     startMocknode({ name: 'pm-dear', models: [X], tokens: 3, quiet: true }),
     startMocknode({ name: 'pm-broken', models: [Y], fault: '500', quiet: true }),
   ]);
+  nodePorts = Object.fromEntries(nodes.map((n) => [n.name, String(n.port)]));
   redis = await startRedis();
   admin = await adminListener();
   gw = await startGateway({
@@ -334,8 +345,11 @@ test('every series of the metrics spec is exposed with its type and exactly its 
     if (types[name] !== type) problems.push(`${name}: TYPE ${types[name] ?? 'missing'}, spec says ${type}`);
     const seen = labels[name];
     if (!seen) { problems.push(`${name}: no samples`); continue; }
-    const w = want.slice().sort().join(',');
-    for (const got of seen) if (got !== w) problems.push(`${name}: labels {${got}}, spec says {${w}}`);
+    const sets = (Array.isArray(want[0]) ? want : [want]).map((w) => w.slice().sort().join(','));
+    for (const got of seen) {
+      if (!sets.includes(got)) problems.push(`${name}: labels {${got}}, spec says {${sets.join('} or {')}}`);
+    }
+    for (const w of sets) if (!seen.has(w)) problems.push(`${name}: no series with labels {${w}}`);
   }
   assert.deepEqual(problems, []);
 });
@@ -377,6 +391,48 @@ test('requests by route, model and status are what was sent', async () => {
   assert.equal(await scalar(`sum(gen_ai_server_time_to_first_token_seconds_count{gen_ai_operation_name="chat",gen_ai_request_model="${X}"})`),
     streams, 'gen_ai time to first token: streams only');
   assert.ok((await scalar('sum(tollgate_overhead_seconds_count)')) >= served, 'the gateway overhead is measured');
+});
+
+test('gen_ai series: served by the pair that answered, failed by the model asked and error_type', async () => {
+  const b = billed();
+  const count = (f) => answers.filter(f).length;
+  // Every answer a backend served, by operation, with the backend's GenAI attributes.
+  const pair = `gen_ai_provider_name="openai",gen_ai_request_model="${X}",gen_ai_response_model="${X}",` +
+    `server_address="127.0.0.1",server_port="${nodePorts['pm-cheap']}",tollgate_backend="pm-cheap"`;
+  assert.deepEqual(await vector(`sum by (gen_ai_operation_name) (gen_ai_client_operation_duration_seconds_count{${pair}})`,
+    ['gen_ai_operation_name']), {
+    chat: b.filter((a) => a.route === 'chat_completions').length,
+    text_completion: b.filter((a) => a.route === 'completions').length,
+  });
+  assert.equal(await scalar(`sum(gen_ai_client_token_usage_count{${pair},gen_ai_token_type="input"})`), b.length);
+  assert.equal(await scalar(`sum(gen_ai_client_token_usage_sum{${pair},gen_ai_token_type="output"})`),
+    b.reduce((n, a) => n + a.usage.completion_tokens, 0), 'output tokens by pair');
+  // Nothing served is left without its backend's attributes.
+  assert.equal(await scalar('sum(gen_ai_client_operation_duration_seconds_count{gen_ai_provider_name!="",' +
+    'tollgate_backend!="pm-cheap"})'), null, 'only pm-cheap served');
+  // Answered without a backend: the cache hits, under the model asked, with no error_type.
+  const hits = count((a) => a.cache === 'hit');
+  assert.ok(hits >= 1);
+  assert.equal(await scalar(`sum(gen_ai_client_operation_duration_seconds_count{gen_ai_operation_name="chat",` +
+    `gen_ai_request_model="${X}",gen_ai_provider_name="",error_type=""})`), hits);
+  // Failed: the model asked when it is a configured one (never the name a caller sent), and
+  // the gateway's error code.
+  const failed = await vector('sum by (gen_ai_request_model, error_type) ' +
+    '(gen_ai_client_operation_duration_seconds_count{error_type!=""})', ['gen_ai_request_model', 'error_type']);
+  const ys = count((a) => a.model === Y);
+  const yFailed = Object.entries(failed).filter(([k]) => k.startsWith(`${Y}/`));
+  assert.equal(yFailed.reduce((n, [, v]) => n + v, 0), ys, JSON.stringify(failed));
+  for (const [k] of yFailed) assert.match(k, /\/(bad_backend_response|no_healthy_backend)$/, k);
+  assert.equal(failed['other/model_not_found'], count((a) => a.status === 404), JSON.stringify(failed));
+  assert.equal(failed['other/invalid_api_key'], count((a) => a.status === 401), 'refused before its body was read');
+  assert.equal(Object.keys(failed).some((k) => k.includes('pm-nope')), false, 'no label from a caller');
+  // The time to the first chunk relayed to the caller: streams only, by pair.
+  const streams = count((a) => a.stream);
+  assert.equal(await scalar(`sum(gen_ai_client_operation_time_to_first_chunk_seconds_count{${pair}})`), streams);
+  assert.equal(await scalar(`sum(gen_ai_server_time_to_first_token_seconds_count{${pair}})`), streams);
+  // Each stream's first chunk reached the caller no sooner than the node's first event.
+  assert.ok(await scalar(`sum(gen_ai_client_operation_time_to_first_chunk_seconds_sum{${pair}})`) >=
+    await scalar(`sum(gen_ai_server_time_to_first_token_seconds_sum{${pair}})`));
 });
 
 test('billed tokens and USD equal the usage and the costs the answers reported', async () => {

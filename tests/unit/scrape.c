@@ -147,7 +147,7 @@ const char *scrape_problem(const char *text, const char **where)
             return why;
         }
         /* Labels. */
-        char seen[8][64];
+        char seen[16][64];
         size_t n_seen = 0;
         bool has_le = false;
         if (*p == '{') {
@@ -160,7 +160,7 @@ const char *scrape_problem(const char *text, const char **where)
                        (*p >= '0' && *p <= '9') || *p == '_')
                     p++;
                 size_t lnl = (size_t)(p - ln);
-                if (lnl >= sizeof seen[0] || n_seen >= 8)
+                if (lnl >= sizeof seen[0] || n_seen >= sizeof seen / sizeof seen[0])
                     return "label name too long or too many labels";
                 for (size_t i = 0; i < n_seen; i++)
                     if (strlen(seen[i]) == lnl && !strncmp(seen[i], ln, lnl))

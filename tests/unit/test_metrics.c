@@ -28,12 +28,8 @@ static const double duration_le[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 
                                      0.25,   0.5,   1,      2.5,   5,    10,    30,   60};
 static const double overhead_le[] = {5e-06, 1e-05,  2.5e-05, 5e-05, 0.0001, 0.00025, 0.0005,
                                      0.001, 0.0025, 0.005,   0.01,  0.025,  0.1};
-static const double genai_duration_le[] = {0.01, 0.02, 0.04, 0.08,  0.16,  0.32,  0.64,
-                                           1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92};
 static const double genai_tokens_le[] = {
     1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864};
-static const double genai_ttft_le[] = {0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1,
-                                       0.25,  0.5,   0.75, 1.0,  2.5,  5.0,  7.5,  10.0};
 #define N(a) (sizeof(a) / sizeof((a)[0]))
 
 static const unsigned named_statuses[] = {200, 201, 204, 206, 301, 302, 304, 400,
@@ -185,15 +181,6 @@ static void test_model_labels(void **state)
     assert_int_equal(scrape_sample(text, "tollgate_requests_total{route=\"completions\","
                                          "model=\"other\",status=\"200\"}"),
                      2);
-    /* The gen_ai duration carries the same model label, by operation. */
-    assert_int_equal(
-        scrape_sample(text, "gen_ai_client_operation_duration_seconds_count{"
-                            "gen_ai_operation_name=\"chat\",gen_ai_request_model=\"model-b\"}"),
-        2);
-    assert_int_equal(scrape_sample(text, "gen_ai_client_operation_duration_seconds_count{"
-                                         "gen_ai_operation_name=\"text_completion\","
-                                         "gen_ai_request_model=\"other\"}"),
-                     2);
     free(text);
     metrics_shard_free(s[0]);
 }
@@ -219,11 +206,6 @@ static void test_request_duration_histogram(void **state)
     char *text = scrape_render(s, 3);
     scrape_check_hist(text, "tollgate_request_duration_seconds", "route=\"completions\"",
                       duration_le, N(duration_le), obs, n);
-    /* The gen_ai duration has its own (OpenTelemetry) bounds, from the same observations. */
-    scrape_check_hist(
-        text, "gen_ai_client_operation_duration_seconds",
-        "gen_ai_operation_name=\"text_completion\",gen_ai_request_model=\"duration-model\"",
-        genai_duration_le, N(genai_duration_le), obs, n);
     /* Inference routes and models always have a histogram, empty ones included; other only
      * when used. */
     scrape_check_hist(text, "tollgate_request_duration_seconds", "route=\"chat_completions\"",
@@ -233,13 +215,9 @@ static void test_request_duration_histogram(void **state)
     scrape_check_hist(text, "tollgate_request_duration_seconds", "route=\"models\"", duration_le,
                       N(duration_le), NULL, 0);
     assert_false(scrape_has_line(text, "tollgate_request_duration_seconds_bucket{route=\"other\""));
-    /* No gen_ai series for an operation nobody ran. */
-    assert_false(scrape_has_line(text, "gen_ai_client_operation_duration_seconds_bucket{"
-                                       "gen_ai_operation_name=\"chat\","
-                                       "gen_ai_request_model=\"duration-model\""));
     free(text);
 
-    /* The models route has no gen_ai operation. */
+    /* The models route and other: their own duration series. */
     struct metrics_shard *t[1] = {scrape_shard()};
     metrics_observe_request(t[0], METRICS_ROUTE_MODELS, m, 200, 0.2);
     metrics_observe_request(t[0], METRICS_ROUTE_OTHER, m, 404, 0.3);
@@ -275,16 +253,6 @@ static void test_le_labels_exact(void **state)
          N(duration_le)},
         {"tollgate_time_to_first_token_seconds", "model=\"le-model\"", duration_le, N(duration_le)},
         {"tollgate_overhead_seconds", "", overhead_le, N(overhead_le)},
-        {"gen_ai_client_operation_duration_seconds",
-         "gen_ai_operation_name=\"chat\",gen_ai_request_model=\"le-model\"", genai_duration_le,
-         N(genai_duration_le)},
-        {"gen_ai_server_time_to_first_token_seconds",
-         "gen_ai_operation_name=\"chat\",gen_ai_request_model=\"le-model\"", genai_ttft_le,
-         N(genai_ttft_le)},
-        {"gen_ai_client_token_usage",
-         "gen_ai_operation_name=\"chat\",gen_ai_request_model=\"le-model\","
-         "gen_ai_token_type=\"input\"",
-         genai_tokens_le, N(genai_tokens_le)},
     };
     for (size_t i = 0; i < N(hists); i++) {
         struct scrape_hist h;
@@ -344,10 +312,6 @@ static void test_ttft(void **state)
     double all[] = {0.001, 0.05, 0.3, 12, 0.02, 2};
     scrape_check_hist(text, "tollgate_time_to_first_token_seconds", "model=\"ttft-model\"",
                       duration_le, N(duration_le), all, N(all));
-    /* gen_ai time to first token: streams only. */
-    scrape_check_hist(text, "gen_ai_server_time_to_first_token_seconds",
-                      "gen_ai_operation_name=\"chat\",gen_ai_request_model=\"ttft-model\"",
-                      genai_ttft_le, N(genai_ttft_le), streamed, N(streamed));
     free(text);
     metrics_shard_free(s[0]);
     metrics_shard_free(s[1]);
@@ -443,11 +407,6 @@ static void test_label_escaping(void **state)
                      1);
     assert_int_equal(scrape_sample(text, "tollgate_time_to_first_token_seconds_count{"
                                          "model=\"esc-\\\"q\\\"\\\\b\\\\\\nl\tx/é\"}"),
-                     1);
-    assert_int_equal(scrape_sample(text,
-                                   "gen_ai_client_operation_duration_seconds_count{"
-                                   "gen_ai_operation_name=\"chat\","
-                                   "gen_ai_request_model=\"esc-\\\"q\\\"\\\\b\\\\\\nl\tx/é\"}"),
                      1);
     assert_int_equal(scrape_sample(text, "tollgate_backend_duration_seconds_count{"
                                          "backend=\"esc-\\\\back\"}"),
@@ -637,6 +596,9 @@ static void test_usage(void **state)
     unsigned pe = scrape_label(METRICS_LABEL_PAIR, "usage-b1", "usage-embed");
     unsigned k1 = scrape_label(METRICS_LABEL_KEY, "usage-key-1", NULL);
     unsigned k2 = scrape_label(METRICS_LABEL_KEY, "usage-key-2", NULL);
+    metrics_pair_describe(p1, "openai", "http://10.0.0.1:8001/v1", "up-1");
+    metrics_pair_describe(p2, "openai", "http://10.0.0.1:8002/v1", "up-2");
+    metrics_pair_describe(pe, "openai", "http://10.0.0.1:8001/v1", "up-e");
     struct metrics_shard *s[2] = {scrape_shard(), scrape_shard()};
     metrics_observe_usage(s[0], METRICS_ROUTE_CHAT, m, p1, k1, 100, 20, 0.5);
     metrics_observe_usage(s[1], METRICS_ROUTE_CHAT, m, p1, k2, 3000, 700, 1.25);
@@ -676,33 +638,43 @@ static void test_usage(void **state)
     assert_float_equal(scrape_sample(text, "tollgate_key_cost_usd_total{key=\"usage-key-2\"}"),
                        1.25 + 0.25 + 0.5, 1e-12);
 
-    /* gen_ai token usage: one observation per request and type, by operation and model. */
+    /* gen_ai token usage: one observation per request and type, by operation and the pair
+     * (its GenAI attributes are metrics/genai.c's, test_metrics_genai.c). */
+#define USAGE_PAIR(b, up, port)                                                                    \
+    "gen_ai_provider_name=\"openai\",gen_ai_request_model=\"usage-model\","                        \
+    "gen_ai_response_model=\"" up "\",server_address=\"10.0.0.1\",server_port=\"" port "\","       \
+    "tollgate_backend=\"" b "\""
     scrape_check_hist(text, "gen_ai_client_token_usage",
-                      "gen_ai_operation_name=\"chat\",gen_ai_request_model=\"usage-model\","
-                      "gen_ai_token_type=\"input\"",
-                      genai_tokens_le, N(genai_tokens_le), (double[]){100, 3000, 4}, 3);
+                      "gen_ai_operation_name=\"chat\"," USAGE_PAIR(
+                          "usage-b1", "up-1", "8001") ",gen_ai_token_type=\"input\"",
+                      genai_tokens_le, N(genai_tokens_le), (double[]){100, 3000}, 2);
     scrape_check_hist(text, "gen_ai_client_token_usage",
-                      "gen_ai_operation_name=\"chat\",gen_ai_request_model=\"usage-model\","
-                      "gen_ai_token_type=\"output\"",
-                      genai_tokens_le, N(genai_tokens_le), (double[]){20, 700, 1}, 3);
-    scrape_check_hist(
-        text, "gen_ai_client_token_usage",
-        "gen_ai_operation_name=\"text_completion\",gen_ai_request_model=\"usage-model\","
-        "gen_ai_token_type=\"output\"",
-        genai_tokens_le, N(genai_tokens_le), (double[]){65}, 1);
+                      "gen_ai_operation_name=\"chat\"," USAGE_PAIR(
+                          "usage-b1", "up-1", "8001") ",gen_ai_token_type=\"output\"",
+                      genai_tokens_le, N(genai_tokens_le), (double[]){20, 700}, 2);
     scrape_check_hist(text, "gen_ai_client_token_usage",
-                      "gen_ai_operation_name=\"embeddings\",gen_ai_request_model=\"usage-embed\","
-                      "gen_ai_token_type=\"input\"",
-                      genai_tokens_le, N(genai_tokens_le), (double[]){64}, 1);
-    /* Embeddings have no output series. */
-    assert_false(scrape_has_line(text, "gen_ai_client_token_usage_bucket{"
-                                       "gen_ai_operation_name=\"embeddings\","
-                                       "gen_ai_request_model=\"usage-embed\","
-                                       "gen_ai_token_type=\"output\""));
-    assert_false(scrape_has_line(text, "gen_ai_client_token_usage_count{"
-                                       "gen_ai_operation_name=\"embeddings\","
-                                       "gen_ai_request_model=\"usage-embed\","
-                                       "gen_ai_token_type=\"output\""));
+                      "gen_ai_operation_name=\"chat\"," USAGE_PAIR(
+                          "usage-b2", "up-2", "8002") ",gen_ai_token_type=\"output\"",
+                      genai_tokens_le, N(genai_tokens_le), (double[]){1}, 1);
+    scrape_check_hist(text, "gen_ai_client_token_usage",
+                      "gen_ai_operation_name=\"text_completion\"," USAGE_PAIR(
+                          "usage-b2", "up-2", "8002") ",gen_ai_token_type=\"output\"",
+                      genai_tokens_le, N(genai_tokens_le), (double[]){65}, 1);
+    const char *embed = "gen_ai_operation_name=\"embeddings\",gen_ai_provider_name=\"openai\","
+                        "gen_ai_request_model=\"usage-embed\",gen_ai_response_model=\"up-e\","
+                        "server_address=\"10.0.0.1\",server_port=\"8001\","
+                        "tollgate_backend=\"usage-b1\"";
+    char labels[512];
+    snprintf(labels, sizeof labels, "%s,gen_ai_token_type=\"input\"", embed);
+    scrape_check_hist(text, "gen_ai_client_token_usage", labels, genai_tokens_le,
+                      N(genai_tokens_le), (double[]){64}, 1);
+    /* Embeddings have no output series; the models route none at all. */
+    snprintf(labels, sizeof labels,
+             "gen_ai_client_token_usage_count{%s,gen_ai_token_type=\"output\"}", embed);
+    assert_false(scrape_has_line(text, labels));
+    assert_false(
+        scrape_has_line(text, "gen_ai_client_token_usage_count{gen_ai_operation_name=\"models\""));
+#undef USAGE_PAIR
     free(text);
     metrics_shard_free(s[0]);
     metrics_shard_free(s[1]);
