@@ -43,7 +43,8 @@ struct worker_shared {
     struct config *cfg; /* the newest snapshot; the server holds a reference */
     unsigned cfg_gen;   /* bumped by every reload */
     atomic_bool draining;
-    atomic_uint n_stopped; /* workers that have left their loop */
+    atomic_uint n_stopped;         /* workers that have left their loop */
+    _Atomic int64_t trimmed_at_ms; /* clock_mono_ms() of the last malloc_trim() by any worker */
     /* Spans go to its ring `id` of each worker (trace/exporter.h); NULL when it could not
      * start. Created before the workers, freed after them. */
     struct trace_exporter *trace;
@@ -73,6 +74,8 @@ struct worker {
     struct worker_mail *mail;
     ev_async mail_async;
     ev_timer redis_stats_timer;
+    ev_timer housekeeping;         /* pools sized to the traffic, memory given back after a burst */
+    bool trim_again;               /* a burst went by: trim on the next tick too */
     struct metrics_shard *metrics; /* read by the scraping thread (relaxed atomics) */
     struct config *cfg;            /* current snapshot; the worker holds a reference */
     unsigned cfg_gen;

@@ -357,7 +357,8 @@ static void httpd_on_connection(void *cls, struct MHD_Connection *conn, void **s
 {
     struct httpd *h = cls;
     if (code == MHD_CONNECTION_NOTIFY_STARTED) {
-        h->n_conns++;
+        if (++h->n_conns > h->peak_conns)
+            h->peak_conns = h->n_conns;
         struct httpd_conn *c = calloc(1, sizeof *c);
         const union MHD_ConnectionInfo *ci =
             MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);

@@ -65,6 +65,7 @@ struct httpd {
     struct list body_wait; /* connections reading a request's body, oldest first */
     struct list lingering; /* closed by MHD after an early answer, oldest first */
     unsigned n_conns;      /* MHD's connections */
+    unsigned peak_conns;   /* the most at once since its owner last set it to n_conns */
     unsigned n_shed;       /* of them, shut down here and not yet closed by MHD */
     unsigned n_lingering;  /* sockets in `lingering` (they hold a descriptor) */
     unsigned cap;          /* connection_limit */

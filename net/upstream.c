@@ -9,6 +9,11 @@
 #include <string.h>
 
 #define UPSTREAM_MAX_POOLED_HANDLES 256
+/* What upstream_shrink() keeps at least: recycled easy handles, and the keep-alive pool's size
+ * (CURLMOPT_MAXCONNECTS) above twice the busiest moment of the last period. */
+#define UPSTREAM_MIN_POOLED_HANDLES 16
+#define UPSTREAM_MIN_POOLED_CONNS 64
+#define UPSTREAM_MAX_POOLED_CONNS 4096
 
 struct upstream {
     struct ev_loop *loop;
@@ -18,6 +23,8 @@ struct upstream {
     struct list idle; /* recycled transfers with their easy handles, last released first */
     size_t n_free;
     struct list live; /* running transfers, for upstream_free() */
+    size_t n_live;
+    size_t peak_live; /* the most running at once since the last upstream_shrink() */
     bool pending;     /* transfers were added since the last flush */
 };
 
@@ -135,8 +142,9 @@ struct upstream *upstream_new(struct ev_loop *loop, unsigned max_per_host)
     curl_multi_setopt(u->multi, CURLMOPT_SOCKETDATA, u);
     curl_multi_setopt(u->multi, CURLMOPT_TIMERFUNCTION, upstream_timerfn);
     curl_multi_setopt(u->multi, CURLMOPT_TIMERDATA, u);
-    /* The keep-alive pool: enough idle connections for every concurrent transfer. */
-    curl_multi_setopt(u->multi, CURLMOPT_MAXCONNECTS, 4096L);
+    /* The keep-alive pool: enough idle connections for every concurrent transfer (until
+     * upstream_shrink() sizes it to the traffic). */
+    curl_multi_setopt(u->multi, CURLMOPT_MAXCONNECTS, (long)UPSTREAM_MAX_POOLED_CONNS);
     curl_multi_setopt(u->multi, CURLMOPT_MAX_HOST_CONNECTIONS, (long)max_per_host);
     return u;
 }
@@ -157,12 +165,35 @@ static void xfer_release(struct upstream_xfer *x)
     ev_timer_stop(u->loop, &x->total);
     curl_multi_remove_handle(u->multi, x->easy);
     list_unlink(&x->node);
+    u->n_live--;
     if (u->n_free < UPSTREAM_MAX_POOLED_HANDLES) {
         list_push_head(&u->idle, &x->node);
         u->n_free++;
     } else {
         xfer_destroy(x);
     }
+}
+
+size_t upstream_shrink(struct upstream *u)
+{
+    size_t keep =
+        u->peak_live > UPSTREAM_MIN_POOLED_HANDLES ? u->peak_live : UPSTREAM_MIN_POOLED_HANDLES;
+    size_t freed = 0;
+    while (u->n_free > keep) {
+        /* The least recently used: the idle list is pushed at its head. */
+        struct upstream_xfer *x = LIST_ENTRY(u->idle.prev, struct upstream_xfer, node);
+        list_unlink(&x->node);
+        u->n_free--;
+        xfer_destroy(x);
+        freed++;
+    }
+    /* curl closes the oldest idle connections beyond this as transfers give theirs back. */
+    size_t conns = 2 * u->peak_live + UPSTREAM_MIN_POOLED_CONNS;
+    if (conns > UPSTREAM_MAX_POOLED_CONNS)
+        conns = UPSTREAM_MAX_POOLED_CONNS;
+    curl_multi_setopt(u->multi, CURLMOPT_MAXCONNECTS, (long)conns);
+    u->peak_live = u->n_live;
+    return freed;
 }
 
 void upstream_free(struct upstream *u)
@@ -340,6 +371,8 @@ struct upstream_xfer *upstream_start(struct upstream *u, const struct upstream_r
     x->started = ev_now(u->loop);
     x->idle_s = req->idle_timeout_ms > 0 ? (double)req->idle_timeout_ms / 1000.0 : 0;
     list_push_head(&u->live, &x->node);
+    if (++u->n_live > u->peak_live)
+        u->peak_live = u->n_live;
 
     struct curl_slist *headers = req->headers;
     if (req->request_id) {

@@ -46,6 +46,11 @@ struct upstream_req {
 /* max_per_host: connections to one backend this upstream may hold (0 = no limit); further
  * transfers wait for a free one, so a burst of callers never floods a node with connections. */
 struct upstream *upstream_new(struct ev_loop *loop, unsigned max_per_host);
+/* Sizes the pools to the traffic: the recycled easy handles and the keep-alive connections
+ * beyond what the busiest moment since the last call needed (with headroom) are let go, so
+ * that a burst's handles and connections do not stay for good. Cheap; for a low-frequency
+ * timer (gateway/server.c: every few seconds). Returns the handles freed. */
+size_t upstream_shrink(struct upstream *u);
 /* Cancels what is still running (no callbacks) and frees everything. */
 void upstream_free(struct upstream *u);
 
