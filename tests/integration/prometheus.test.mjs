@@ -499,6 +499,21 @@ test('backend attempts, health, ejections, prices and in-flight gauges', async (
   assert.equal(await scalar('sum(tollgate_redis_errors_total)'), 0);
 });
 
+test('every series the alerting rules and the dashboard query is one the gateway exposes', async () => {
+  const families = new Set([...metricsText.matchAll(/^# TYPE (\S+) (\S+)$/gm)]
+    .flatMap(([, name, type]) => (type === 'histogram' ? [`${name}_bucket`, `${name}_sum`, `${name}_count`] : [name])));
+  const labelNames = new Set([...metricsText.matchAll(/[{,]([a-zA-Z_]\w*)="/g)].map((m) => m[1]));
+  const rules = await fsp.readFile(path.join(REPO_ROOT, 'deploy/prometheus/alerts.yml'), 'utf8');
+  const dash = await fsp.readFile(DASHBOARD, 'utf8');
+  const missing = [];
+  for (const [what, text] of [['deploy/prometheus/alerts.yml', rules], ['the dashboard', dash]]) {
+    const names = new Set(text.match(/\b(?:tollgate|gen_ai)_[a-z_]+\b/g));
+    assert.ok(names.size > 3, `${what} names the gateway's series`);
+    for (const n of names) if (!families.has(n) && !labelNames.has(n)) missing.push(`${what}: ${n}`);
+  }
+  assert.deepEqual(missing, [], 'queried but not exposed');
+});
+
 // ---------------------------------------------------------------------------
 // The Grafana dashboard
 // ---------------------------------------------------------------------------
