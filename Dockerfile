@@ -25,6 +25,7 @@ COPY tenancy tenancy
 COPY cache cache
 COPY routing routing
 COPY metrics metrics
+COPY trace trace
 COPY gateway gateway
 COPY tools/mocknode tools/mocknode
 RUN make -j"$(nproc)" all \

@@ -435,9 +435,13 @@ describe('Dockerfile', () => {
     assert.match(runtime, /TOLLGATE_CONFIG=\/etc\/tollgate\/tollgate\.yaml/);
     assert.match(runtime, /COPY --from=\S+ \S*\/mocknode \/usr\/local\/bin\/mocknode/, 'the image holds mocknode');
     // The build stage copies every source directory the Makefile compiles.
-    const dirs = new Set([...read(path.join(REPO_ROOT, 'Makefile')).matchAll(/wildcard ([^)]*)\)/g)]
+    const makefile = read(path.join(REPO_ROOT, 'Makefile'));
+    const layers = /^LAYERS\s*:=\s*(.*)$/m.exec(makefile);
+    assert.ok(layers, 'the Makefile names its LAYERS');
+    const dirs = new Set([...makefile.matchAll(/wildcard ([^)]*)\)/g)]
       .flatMap((m) => m[1].split(/\s+/)).filter((p) => /\*\.c$/.test(p) && !p.startsWith('tests/'))
       .map((p) => path.posix.dirname(p)));
+    for (const d of layers[1].trim().split(/\s+/)) dirs.add(d);
     for (const d of dirs) assert.match(stages[0], new RegExp(`^COPY\\s+${d}\\s`, 'm'), `the build stage copies ${d}`);
   });
 
