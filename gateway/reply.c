@@ -184,6 +184,8 @@ void request_set_error(struct request *r, enum tg_error err, const char *param, 
     char *body = error_body(err, msg, param, NULL, &len);
     request_set_reply(r, error_status(err), body, body ? len : 0, "application/json");
     r->reply.err = err;
+    if (err == TG_ERR_SHUTTING_DOWN && r->reply.retry_after_s <= 0)
+        r->reply.retry_after_s = 1; /* every path of a stopping gateway: another replica */
     if (!body)
         r->reply.status = 500;
 }

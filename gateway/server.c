@@ -36,6 +36,8 @@
 #define SERVER_CLIENT_LINGER_MS 5000
 #define SERVER_CLIENT_LINGER_BYTES (256u << 20)
 
+/* The housekeeping timer's period: the connection counters are published for /metrics. */
+#define SERVER_TICK_S 1.0
 /* How often a worker sizes its pools to the traffic and looks whether memory can go back. */
 #define SERVER_HOUSEKEEPING_S 10.0
 /* Without a burst, the heap is trimmed this often (by one worker for all: malloc_trim()
@@ -94,7 +96,10 @@ static void drain_timer_cb(struct ev_loop *loop, ev_timer *t, int revents)
     struct worker *w = t->data;
     if (!w->forced) {
         w->forced = true;
-        log_event(LOG_WARN, "drain_timeout", "\"worker\":%u,\"aborted\":%u", w->id, w->n_active);
+        /* What the drain still waited for: requests in flight (cut now), or, with none
+         * left, the ledger's records to Redis (what Redis has not taken goes to the spool). */
+        log_event(LOG_WARN, "drain_timeout", "\"worker\":%u,\"waited_for\":\"%s\",\"aborted\":%u",
+                  w->id, w->n_active ? "requests" : "ledger_flush", w->n_active);
         request_abort_all(w);
         /* Give the error answers a moment to be written, then stop regardless. */
         ev_timer_set(t, 0.5, 0.);
@@ -160,6 +165,14 @@ static void housekeeping_cb(struct ev_loop *loop, ev_timer *t, int revents)
     (void)revents;
     struct worker *w = t->data;
     struct httpd *h = &w->httpd;
+    atomic_store_explicit(&w->shed.at_cap, h->stats.at_cap, memory_order_relaxed);
+    atomic_store_explicit(&w->shed.at_fd_limit, h->stats.at_fd_limit, memory_order_relaxed);
+    atomic_store_explicit(&w->shed.header_timeout, h->stats.header_timeout, memory_order_relaxed);
+    atomic_store_explicit(&w->shed.body_timeout, h->stats.body_timeout, memory_order_relaxed);
+    atomic_store_explicit(&w->shed.lingered, h->stats.lingered, memory_order_relaxed);
+    atomic_store_explicit(&w->shed.conns, h->n_conns, memory_order_relaxed);
+    if (++w->ticks % (unsigned)(SERVER_HOUSEKEEPING_S / SERVER_TICK_S))
+        return;
     size_t freed = upstream_shrink(w->upstream);
     bool burst = h->peak_conns >= 2 * h->n_conns + SERVER_BURST_CONNS || freed > 0;
     h->peak_conns = h->n_conns;
@@ -248,7 +261,7 @@ static int worker_init(struct worker *w, struct config *cfg, char *err, size_t e
     ev_async_init(&w->mail_async, mail_cb);
     w->mail_async.data = w;
     ev_async_start(w->loop, &w->mail_async);
-    ev_timer_init(&w->housekeeping, housekeeping_cb, SERVER_HOUSEKEEPING_S, SERVER_HOUSEKEEPING_S);
+    ev_timer_init(&w->housekeeping, housekeeping_cb, SERVER_TICK_S, SERVER_TICK_S);
     w->housekeeping.data = w;
     ev_timer_start(w->loop, &w->housekeeping);
     return 0;

@@ -30,6 +30,42 @@ int worker_render_metrics(struct worker *w, struct buf *out)
     return worker_shared_render_metrics(w->shared, out);
 }
 
+/* The client connections of every worker's listener (net/httpd.h), as of their last second. */
+static int worker_render_connections(struct worker_shared *sh, struct buf *out)
+{
+    unsigned long at_cap = 0, fd_limit = 0, header = 0, body = 0, lingered = 0;
+    unsigned long conns = 0;
+    for (unsigned i = 0; i < sh->n_workers; i++) {
+        struct worker *w = &sh->workers[i];
+        at_cap += atomic_load_explicit(&w->shed.at_cap, memory_order_relaxed);
+        fd_limit += atomic_load_explicit(&w->shed.at_fd_limit, memory_order_relaxed);
+        header += atomic_load_explicit(&w->shed.header_timeout, memory_order_relaxed);
+        body += atomic_load_explicit(&w->shed.body_timeout, memory_order_relaxed);
+        lingered += atomic_load_explicit(&w->shed.lingered, memory_order_relaxed);
+        conns += atomic_load_explicit(&w->shed.conns, memory_order_relaxed);
+    }
+    return buf_printf(
+        out,
+        "# HELP tollgate_connections_shed_total Client connections the gateway closed before "
+        "their request was in: at_cap (room made at max_connections), fd_limit (a descriptor "
+        "freed at the process's limit), header_timeout (no complete header in "
+        "client_header_timeout_ms), body_timeout (no complete body in client_body_timeout_ms, "
+        "answered 408).\n"
+        "# TYPE tollgate_connections_shed_total counter\n"
+        "tollgate_connections_shed_total{reason=\"at_cap\"} %lu\n"
+        "tollgate_connections_shed_total{reason=\"fd_limit\"} %lu\n"
+        "tollgate_connections_shed_total{reason=\"header_timeout\"} %lu\n"
+        "tollgate_connections_shed_total{reason=\"body_timeout\"} %lu\n"
+        "# HELP tollgate_connections_lingered_total Lingering closes after an answer sent "
+        "before the request's body was read (413, 401...).\n"
+        "# TYPE tollgate_connections_lingered_total counter\n"
+        "tollgate_connections_lingered_total %lu\n"
+        "# HELP tollgate_client_connections Open client connections.\n"
+        "# TYPE tollgate_client_connections gauge\n"
+        "tollgate_client_connections %lu\n",
+        at_cap, fd_limit, header, body, lingered, conns);
+}
+
 int worker_shared_render_metrics(struct worker_shared *sh, struct buf *out)
 {
     struct metrics_shard *shards[256];
@@ -44,6 +80,8 @@ int worker_shared_render_metrics(struct worker_shared *sh, struct buf *out)
         rc = metrics_render_build_info(out);
     if (!rc)
         rc = backend_render_metrics(out, cfg);
+    if (!rc)
+        rc = worker_render_connections(sh, out);
     if (!rc)
         rc = trace_exporter_render(sh->trace, out);
     config_unref(cfg);

@@ -74,8 +74,14 @@ struct worker {
     struct worker_mail *mail;
     ev_async mail_async;
     ev_timer redis_stats_timer;
-    ev_timer housekeeping;         /* pools sized to the traffic, memory given back after a burst */
-    bool trim_again;               /* a burst went by: trim on the next tick too */
+    ev_timer housekeeping; /* pools sized to the traffic, memory given back after a burst */
+    bool trim_again;       /* a burst went by: trim on the next tick too */
+    unsigned ticks;        /* of the housekeeping timer */
+    /* httpd's connection counters (net/httpd.h), copied every second for the scraper. */
+    struct {
+        atomic_ulong at_cap, at_fd_limit, header_timeout, body_timeout, lingered;
+        atomic_uint conns;
+    } shed;
     struct metrics_shard *metrics; /* read by the scraping thread (relaxed atomics) */
     struct config *cfg;            /* current snapshot; the worker holds a reference */
     unsigned cfg_gen;
