@@ -567,6 +567,41 @@ measure_ab() {
     add_row "$up" "$tb"
 }
 
+# proc_cpu_ticks PID: the CPU time (user + system, in clock ticks) a process has used.
+proc_cpu_ticks() {
+    awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"
+}
+
+# measure_ab_cpu UP TARGET_A URL_A PID_A TARGET_B URL_B PID_B LUA: measure_ab, and each
+# target's own CPU time per answered request over its throughput runs (less moved by other
+# work on the machine than req/s), in AB_CPU_US[UP/TARGET].
+declare -A AB_CPU_US
+measure_ab_cpu() {
+    local up=$1 ta=$2 ua=$3 pa=$4 tb=$5 ub=$6 pb=$7 lua=$8 i t0 hz
+    local ticks_a=0 ticks_b=0 reqs_a=0 reqs_b=0
+    hz=$(getconf CLK_TCK)
+    note "[$up] $ta / $tb: warm-up ${WARMUP_SECS}s each, $AB_ROUNDS alternated throughput runs of ${SECS}s @64 each (with their CPU time), latency ${SECS}s @1 each"
+    warm_up "$up" "$ta" "$ua" "$lua"
+    warm_up "$up" "$tb" "$ub" "$lua"
+    for ((i = 1; i <= AB_ROUNDS; i++)); do
+        t0=$(proc_cpu_ticks "$pa")
+        throughput_run "$up" "$ta" "$ua" "$lua" "$i"
+        ticks_a=$((ticks_a + $(proc_cpu_ticks "$pa") - t0))
+        reqs_a=$(awk -v n="$reqs_a" -v r="$W_RPS" -v s="$SECS" 'BEGIN { printf "%.0f", n + r * s }')
+        t0=$(proc_cpu_ticks "$pb")
+        throughput_run "$up" "$tb" "$ub" "$lua" "$i"
+        ticks_b=$((ticks_b + $(proc_cpu_ticks "$pb") - t0))
+        reqs_b=$(awk -v n="$reqs_b" -v r="$W_RPS" -v s="$SECS" 'BEGIN { printf "%.0f", n + r * s }')
+    done
+    AB_CPU_US["$up/$ta"]=$(awk -v t="$ticks_a" -v n="$reqs_a" -v hz="$hz" 'BEGIN { printf "%.1f", (n > 0 ? t / hz / n * 1e6 : 0) }')
+    AB_CPU_US["$up/$tb"]=$(awk -v t="$ticks_b" -v n="$reqs_b" -v hz="$hz" 'BEGIN { printf "%.1f", (n > 0 ? t / hz / n * 1e6 : 0) }')
+    note "[$up] CPU per request: $ta ${AB_CPU_US["$up/$ta"]} us ($ticks_a ticks, $reqs_a requests), $tb ${AB_CPU_US["$up/$tb"]} us ($ticks_b ticks, $reqs_b requests)"
+    latency_run "$up" "$ta" "$ua" "$lua"
+    latency_run "$up" "$tb" "$ub" "$lua"
+    add_row "$up" "$ta"
+    add_row "$up" "$tb"
+}
+
 # gateway_log_problems TAG FROM_LINE: the gateway runs at log_level warn, so any line it
 # logs after FROM_LINE (i.e. under load) is a warning or an error worth reporting.
 GW_LOG_NOTES=()
@@ -686,8 +721,8 @@ for up in $UPSTREAMS; do
         tr_port=$GW_PORT
         preflight "gateway (tracing, collector down)" "http://127.0.0.1:$tr_port/v1/chat/completions" 200
         tr_log_from=$(line_count "$TMP/gateway-$up-tracing.log")
-        measure_ab "$up" "gateway (tracing off)" "http://127.0.0.1:$gw_port/v1/chat/completions" \
-            "gateway (tracing, collector down)" "http://127.0.0.1:$tr_port/v1/chat/completions" "$TMP/post.lua"
+        measure_ab_cpu "$up" "gateway (tracing off)" "http://127.0.0.1:$gw_port/v1/chat/completions" "$gw_pid" \
+            "gateway (tracing, collector down)" "http://127.0.0.1:$tr_port/v1/chat/completions" "$tr_pid" "$TMP/post.lua"
         # The spans were made and given up on: the exporter counted them.
         tr_lost=$(($(metric_sum "$tr_port" tollgate_trace_spans_dropped_total) + $(metric_sum "$tr_port" tollgate_trace_spans_failed_total)))
         [[ "$tr_lost" -gt 0 ]] || die "gateway (tracing, collector down): no span counted as dropped or failed"
@@ -846,6 +881,7 @@ report() {
                 || inval=" (from an INVALID run)"
             echo "- $up upstream: gateway rps with tracing (sample_ratio 1.0, collector down) / tracing off = $(ratio "$ton" "$toff" ">=" 0.95)$inval"
             echo "  (medians of $AB_ROUNDS alternated runs each; req/s with: $(fmt_runs "${M_RUNS["$up/gateway (tracing, collector down)"]:-}"), without: $(fmt_runs "${M_RUNS["$up/gateway (tracing off)"]:-}"); ${TRACING_LOST:-0} spans counted dropped or failed)"
+            echo "  gateway CPU time per request over those runs: with tracing ${AB_CPU_US["$up/gateway (tracing, collector down)"]:--} us, without ${AB_CPU_US["$up/gateway (tracing off)"]:--} us (ratio $(ratio "${AB_CPU_US["$up/gateway (tracing, collector down)"]:--}" "${AB_CPU_US["$up/gateway (tracing off)"]:--}" "" ""))"
         fi
         if [[ -n "${rpsof["$up/gateway (metrics off)"]:-}" ]]; then
             inval=""
