@@ -70,6 +70,18 @@ static size_t usd_string_end(const char *s, size_t i, size_t len)
     return len;
 }
 
+/* Whether a member named key[0..n) holds an amount in USD: "cost", or a name with "usd" in
+ * it (cost_usd, budget_usd, input_usd_per_mtok, spend_usd, ...). */
+static bool usd_key(const char *key, size_t n)
+{
+    if (n == 4 && !memcmp(key, "cost", 4))
+        return true;
+    for (size_t i = 0; i + 3 <= n; i++)
+        if (!memcmp(key + i, "usd", 3))
+            return true;
+    return false;
+}
+
 char *usd_json_dumps(const json_t *doc, size_t flags)
 {
     char *text = json_dumps(doc, flags);
@@ -81,13 +93,27 @@ char *usd_json_dumps(const json_t *doc, size_t flags)
     buf_init(&out, len * (USD_TEXT_MAX / 3 + 1) + 1);
     int err = 0;
     size_t i = 0, copied = 0;
+    const char *key = NULL; /* the last string, and whether a ':' followed it */
+    size_t key_len = 0;
+    bool after_key = false;
     while (i < len && !err) {
         char c = text[i];
         if (c == '"') {
-            i = usd_string_end(text, i, len);
+            size_t end = usd_string_end(text, i, len);
+            key = text + i + 1;
+            key_len = end > i + 1 ? end - i - 2 : 0;
+            after_key = false;
+            i = end;
+            continue;
+        }
+        if (c == ':') {
+            after_key = key != NULL;
+            i++;
             continue;
         }
         if (c != '-' && (c < '0' || c > '9')) {
+            if (c != ' ' && c != '\n' && c != '\t' && c != '\r')
+                after_key = false;
             i++;
             continue;
         }
@@ -97,7 +123,9 @@ char *usd_json_dumps(const json_t *doc, size_t flags)
             real |= text[i] == '.' || text[i] == 'e' || text[i] == 'E';
             i++;
         }
-        if (!real)
+        bool amount = real && after_key && usd_key(key, key_len);
+        after_key = false;
+        if (!amount)
             continue;
         char num[USD_TEXT_MAX];
         usd_format(num, sizeof num, strtod(text + start, NULL));

@@ -19,10 +19,10 @@
  * amounts under half of 1e-10; non-finite values as "0.0". */
 void usd_format(char *out, size_t n, double usd);
 
-/* json_dumps(doc, flags) with every real number written by usd_format() (integers and
- * strings as jansson writes them); still JSON numbers. malloc'd; NULL on OOM. Documents the
- * gateway builds (usage, admin JSON, usage reports) are dumped with it; a backend's answer is
- * relayed as it came. */
+/* json_dumps(doc, flags) with the real value of every member that holds an amount in USD
+ * ("cost", or a name with "usd" in it: cost_usd, budget_usd, input_usd_per_mtok) written by
+ * usd_format(); still a JSON number. Every other number and string is as jansson writes it,
+ * so a node's own numbers (logprobs, temperature) keep their digits. malloc'd; NULL on OOM. */
 char *usd_json_dumps(const json_t *doc, size_t flags);
 
 #endif

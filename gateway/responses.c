@@ -6,6 +6,7 @@
  * sends. The wire format itself is openai/responses.h. Owns r->resp. */
 #include "openai/responses.h"
 #include "base/log.h"
+#include "base/usd.h"
 #include "gateway/pipeline.h"
 #include "redis/redis.h"
 #include "routing/affinity.h"
@@ -222,7 +223,7 @@ void request_responses_write_usage(struct request *r, json_t *usage, bool with_c
 static int request_responses_emit(struct request *r, json_t *ev)
 {
     const char *type = json_string_value(json_object_get(ev, "type"));
-    char *text = json_dumps(ev, JSON_COMPACT);
+    char *text = usd_json_dumps(ev, JSON_COMPACT); /* usage.cost as every amount is printed */
     if (!text)
         return TG_ERR_NOMEM;
     int rc = buf_printf(&r->relay.out, "event: %s\ndata: %s\n\n", type ? type : "message", text);

@@ -1,5 +1,5 @@
 /* Unit tests for base/usd: amounts printed with at most 10 decimals and no float noise, and
- * JSON documents whose reals are written that way (strings and integers untouched). */
+ * JSON documents whose amounts (cost, *usd* members) are written that way, nothing else. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -59,17 +59,36 @@ static void test_format(void **state)
 static void test_json_dumps(void **state)
 {
     (void)state;
-    json_t *doc =
-        json_pack("{s:i, s:f, s:s, s:[f, f, I], s:{s:f}, s:b, s:n}", "prompt_tokens", 63, "cost",
-                  63 * 0.1 / 1e6, "note", "1.5e-6 \"2.25\" \\ 0.1", "list", 0.029999999999999999,
-                  -2.5, (json_int_t)-7, "o", "x", 1e-12, "t", 1, "z");
+    json_t *doc = json_pack("{s:i, s:f, s:s, s:[f, f, I], s:{s:f, s:f, s:f}, s:b, s:n, s:f, s:f}",
+                            "prompt_tokens", 63, "cost", 63 * 0.1 / 1e6, "note",
+                            "1.5e-6 \"cost\":2.25 \\ 0.1", "list", 0.029999999999999999, -2.5,
+                            (json_int_t)-7, "o", "budget_usd", 0.029999999999999999,
+                            "input_usd_per_mtok", 0.1 + 0.2, "logprob", -1.2345678901234567e-7, "t",
+                            1, "z", "temperature", 0.7, "spend_usd", 1e-12);
     assert_non_null(doc);
     char *text = usd_json_dumps(doc, JSON_COMPACT | JSON_SORT_KEYS);
     assert_non_null(text);
-    assert_string_equal(text, "{\"cost\":0.0000063,\"list\":[0.03,-2.5,-7],"
-                              "\"note\":\"1.5e-6 \\\"2.25\\\" \\\\ 0.1\",\"o\":{\"x\":0.0},"
-                              "\"prompt_tokens\":63,\"t\":true,\"z\":null}");
-    /* Still JSON, and the numbers read back as numbers. */
+    /* Amounts (cost, *usd*) as usd_format() writes them; every other number and every string
+     * as jansson does. */
+    char *plain = json_dumps(doc, JSON_COMPACT | JSON_SORT_KEYS);
+    assert_non_null(strstr(text, "\"cost\":0.0000063,"));
+    assert_non_null(strstr(text, "\"budget_usd\":0.03,"));
+    assert_non_null(strstr(text, "\"input_usd_per_mtok\":0.3,"));
+    assert_non_null(strstr(text, "\"spend_usd\":0.0,"));
+    assert_non_null(strstr(text, "\"note\":\"1.5e-6 \\\"cost\\\":2.25 \\\\ 0.1\""));
+    assert_non_null(strstr(plain, "\"list\":[0.029999999999999999,-2.5,-7]"));
+    assert_non_null(strstr(text, "\"list\":[0.029999999999999999,-2.5,-7]"));
+    for (size_t i = 0; i < 2; i++) { /* a node's numbers keep jansson's digits */
+        const char *member = i ? "\"temperature\":" : "\"logprob\":";
+        const char *a = strstr(text, member), *b = strstr(plain, member);
+        assert_non_null(a);
+        assert_non_null(b);
+        assert_int_equal(strcspn(a, ","), strcspn(b, ","));
+        assert_memory_equal(a, b, strcspn(b, ","));
+    }
+    assert_non_null(strstr(text, "\"prompt_tokens\":63,"));
+    assert_non_null(strstr(text, "\"t\":true,"));
+    /* Still JSON, and the amounts read back as numbers. */
     json_t *back = json_loads(text, 0, NULL);
     assert_non_null(back);
     assert_true(json_is_real(json_object_get(back, "cost")));
@@ -77,14 +96,15 @@ static void test_json_dumps(void **state)
     assert_true(json_is_integer(json_object_get(back, "prompt_tokens")));
     json_decref(back);
     free(text);
-    /* Indented output and a bare real (JSON_ENCODE_ANY) work the same way. */
+    free(plain);
+    /* Indented output works the same way; a bare real has no member name: untouched. */
     text = usd_json_dumps(doc, JSON_INDENT(2) | JSON_SORT_KEYS);
     assert_non_null(strstr(text, "\"cost\": 0.0000063"));
     free(text);
     json_decref(doc);
-    json_t *bare = json_real(6.0000000000000002e-6);
+    json_t *bare = json_real(0.5);
     text = usd_json_dumps(bare, JSON_ENCODE_ANY);
-    assert_string_equal(text, "0.000006");
+    assert_string_equal(text, "0.5");
     free(text);
     json_decref(bare);
 }
