@@ -191,3 +191,12 @@ fmt:
 
 clean:
 	rm -rf build build-asan build-tsan
+
+# The stream benchmark (bench/streams.sh): concurrent token streams through nginx, the floor
+# and the gateway, CPU and memory per stream; bench/streamgen.c is its load generator.
+$(BUILD)/streamgen: bench/streamgen.c
+	@mkdir -p $(BUILD)
+	$(CC) $(CFLAGS) $< -o $@ $(LDFLAGS)
+.PHONY: bench-streams
+bench-streams: all $(BUILD)/floor $(BUILD)/streamgen
+	@BENCH_BUILD=$(BUILD) bench/streams.sh

@@ -9,7 +9,12 @@
  * logs. Its throughput is the ceiling of any proxy built on these libraries this way, so the
  * bench can show how much of the gap to nginx is the gateway's and how much the libraries'.
  *
- *   floor PORT UPSTREAM_URL [WORKERS]
+ * With "stream" as its fourth argument it relays the upstream's body as it arrives instead
+ * (bench/streams.sh): the answer is queued at the first bytes as a chunked response whose
+ * reader hands over what came and, when nothing has, suspends the connection until the next
+ * bytes resume it, as the gateway relays a token stream, with nothing parsed.
+ *
+ *   floor PORT UPSTREAM_URL [WORKERS] [stream]
  */
 #include "base/error.h"
 #include "base/listen.h"
@@ -30,6 +35,7 @@
 
 static const char *upstream_url;
 static struct curl_slist *upstream_headers;
+static bool stream_mode;
 
 struct floor_worker {
     struct ev_loop *loop;
@@ -43,9 +49,22 @@ struct floor_req {
     struct upstream_xfer *xfer; /* while the upstream answers */
     char *in, *out;
     size_t in_len, out_len;
+    size_t out_off; /* stream mode: bytes of out already handed to MHD */
     long status;
     bool done, failed;
+    bool suspended; /* stream mode: waiting for the upstream's next bytes */
+    bool queued;    /* stream mode: the chunked response is queued */
 };
+
+/* Stream mode: bytes or the end came while the connection waits for them. */
+static void floor_wake(struct floor_req *r)
+{
+    if (!r->suspended)
+        return;
+    r->suspended = false;
+    MHD_resume_connection(r->conn);
+    httpd_kick(&r->w->httpd);
+}
 
 /* ---- the upstream transfer -------------------------------------------------------------- */
 
@@ -60,6 +79,8 @@ static int on_data(void *ctx, const char *data, size_t len)
     memcpy(p + r->out_len, data, len);
     r->out = p;
     r->out_len += len;
+    if (stream_mode)
+        floor_wake(r);
     return 0;
 }
 
@@ -71,6 +92,10 @@ static void on_done(void *ctx, int result, long status, const char *detail)
     r->failed = result != 0;
     r->status = status;
     r->done = true;
+    if (stream_mode) {
+        floor_wake(r);
+        return;
+    }
     MHD_resume_connection(r->conn);
     httpd_kick(&r->w->httpd);
 }
@@ -78,6 +103,26 @@ static void on_done(void *ctx, int result, long status, const char *detail)
 static const struct upstream_ops floor_ops = {.on_data = on_data, .on_done = on_done};
 
 /* ---- the client's request --------------------------------------------------------------- */
+
+static ssize_t stream_reader(void *cls, uint64_t pos, char *dst, size_t max)
+{
+    (void)pos;
+    struct floor_req *r = cls;
+    size_t avail = r->out_len - r->out_off;
+    if (avail) {
+        size_t n = avail < max ? avail : max;
+        memcpy(dst, r->out + r->out_off, n);
+        r->out_off += n;
+        if (r->out_off == r->out_len)
+            r->out_off = r->out_len = 0;
+        return (ssize_t)n;
+    }
+    if (r->done)
+        return r->failed ? MHD_CONTENT_READER_END_WITH_ERROR : MHD_CONTENT_READER_END_OF_STREAM;
+    r->suspended = true;
+    MHD_suspend_connection(r->conn);
+    return 0;
+}
 
 static enum MHD_Result handle(void *cls, struct MHD_Connection *conn, const char *url,
                               const char *method, const char *version, const char *upload,
@@ -109,7 +154,7 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *conn, const char
         *upload_size = 0;
         return MHD_YES;
     }
-    if (!r->done) {
+    if (!r->done && !r->xfer) {
         struct upstream_req req = {
             .url = upstream_url,
             .body = r->in ? r->in : "",
@@ -120,10 +165,22 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *conn, const char
         r->xfer = upstream_start(w->upstream, &req, &floor_ops, r);
         if (!r->xfer)
             return MHD_NO;
+        r->suspended = stream_mode;
         MHD_suspend_connection(conn);
         return MHD_YES;
     }
+    if (stream_mode && r->queued)
+        return MHD_YES;
     struct MHD_Response *resp;
+    if (stream_mode && !r->failed) {
+        /* Resumed by the first bytes (or the end of a short answer): relay as they come. */
+        resp = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16384, stream_reader, r, NULL);
+        MHD_add_response_header(resp, "Content-Type", "text/event-stream");
+        r->queued = true;
+        enum MHD_Result ok = MHD_queue_response(conn, 200, resp);
+        MHD_destroy_response(resp);
+        return ok;
+    }
     if (r->failed) {
         resp = MHD_create_response_from_buffer(0, "", MHD_RESPMEM_PERSISTENT);
         r->status = MHD_HTTP_BAD_GATEWAY;
@@ -203,6 +260,7 @@ int main(int argc, char **argv)
     }
     upstream_url = argv[2];
     unsigned n = argc > 3 ? (unsigned)atoi(argv[3]) : 2;
+    stream_mode = argc > 4 && !strcmp(argv[4], "stream");
     if (n < 1 || n > 64)
         n = 2;
     signal(SIGPIPE, SIG_IGN);
