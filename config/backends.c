@@ -14,6 +14,8 @@ static void parse_models(struct config_problems *ctx, struct config_backend *b, 
                                           "input_usd_per_mtok",
                                           "output_usd_per_mtok",
                                           "cached_input_usd_per_mtok",
+                                          "usd_per_image",
+                                          "usd_per_mchar",
                                           "capabilities",
                                           "context_length",
                                           NULL};
@@ -46,6 +48,9 @@ static void parse_models(struct config_problems *ctx, struct config_backend *b, 
         cm->output_usd_per_mtok =
             config_get_num(ctx, m, "output_usd_per_mtok", mpath, 0, 1e15, 0, true, false);
         config_parse_model_extras(ctx, cm, m, mpath);
+        cm->usd_per_image = config_get_num(ctx, m, "usd_per_image", mpath, 0, 1e9, 0, false, false);
+        cm->usd_per_mchar =
+            config_get_num(ctx, m, "usd_per_mchar", mpath, 0, 1e15, 0, false, false);
         if (cm->name && !*cm->name) {
             char p[200];
             snprintf(p, sizeof p, "%s.name", mpath);

@@ -33,6 +33,8 @@ struct config_model {
     double input_usd_per_mtok; /* static prices; live ones (prices_url) override */
     double output_usd_per_mtok;
     double cached_input_usd_per_mtok; /* cached prompt tokens; < 0: at the input price */
+    double usd_per_image;             /* images generated (/v1/images/generations) */
+    double usd_per_mchar;             /* per million characters spoken (/v1/audio/speech) */
     struct config_caps caps;          /* what it is declared to support (config/caps.h) */
     struct backend_price *price;      /* live price slot, outlives reloads (routing/backend.h) */
 };

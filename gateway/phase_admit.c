@@ -248,6 +248,8 @@ bool request_admit_body(struct request *r, enum MHD_Result *res)
         .strategy = rc_cfg->strategy,
         .max_price_usd = -1,
         .tie_tolerance = rc_cfg->tie_tolerance,
+        .images = r->ep->meter == OPENAI_METER_IMAGES ? r->oreq.units : 0,
+        .characters = r->ep->meter == OPENAI_METER_CHARACTERS ? r->oreq.units : 0,
     };
     const char *strategy =
         MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "x-tollgate-route");

@@ -232,7 +232,7 @@ static void request_relay_start(struct request *r)
     } else {
         buf_init(&r->relay.resp, r->up.status / 100 == 2 ? r->cfg->upstream.max_response_bytes
                                                          : REQUEST_ERROR_BODY_MAX);
-        r->relay.scanning = r->up.status / 100 == 2 &&
+        r->relay.scanning = r->up.status / 100 == 2 && r->ep->answer != ANSWER_KIND_NONE &&
                             answer_scan_init_kind(&r->relay.scan, &r->arena, r->ep->answer) == 0;
     }
     if (r->up.status == 429) {
@@ -354,6 +354,10 @@ void request_whole_answer(struct request *r)
 {
     if (r->ep->route == OPENAI_RESPONSE) {
         request_responses_whole(r); /* passed through as the node answered */
+        return;
+    }
+    if (r->ep->meter != OPENAI_METER_TOKENS) {
+        request_media_whole(r); /* images, audio: billed by the unit */
         return;
     }
     request_note_scan(r, &r->relay.scan);

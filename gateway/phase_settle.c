@@ -78,6 +78,10 @@ void request_settle_usage(struct request *r)
     if (r->usage.done)
         return;
     r->usage.done = true;
+    if (r->ep->meter != OPENAI_METER_TOKENS) {
+        request_media_settle(r); /* images, characters: by the unit */
+        return;
+    }
     long prompt = r->usage.reported ? r->usage.rep_prompt : (long)r->oreq.prompt_tokens_est;
     long completion =
         r->usage.reported ? r->usage.rep_completion : (long)((r->usage.delivered + 3) / 4);

@@ -476,10 +476,12 @@ static void request_on_done(void *ctx, int result, long status, const char *deta
                                request_upstream_message(r, m, sizeof m));
     } else if (r->up.status / 100 == 2) {
         bool json_ok =
-            r->relay.scanning && answer_scan_finish(&r->relay.scan) == 0 && r->relay.scan.object;
+            r->ep->answer == ANSWER_KIND_NONE || /* audio: not JSON */
+            (r->relay.scanning && answer_scan_finish(&r->relay.scan) == 0 && r->relay.scan.object);
         /* Chat and completions answers carry what was generated in choices: none is a broken
          * answer, never relayed (or billed) as a success. */
-        bool no_choice = r->ep->generates && r->relay.scan.choices_len == 0;
+        bool no_choice = r->ep->generates && r->relay.scan.choices_len == 0 &&
+                         (r->ep->answer != ANSWER_KIND_NONE || !r->relay.resp.len);
         if (json_ok && !r->relay.scan.has_error && no_choice && !r->oreq.stream) {
             request_note_attempt(r, METRICS_OUTCOME_BROKEN, now);
             request_attempt_failed(r, TG_ERR_BAD_BACKEND_RESPONSE, true, false,

@@ -347,6 +347,12 @@ void request_responses_write_usage(struct request *r, json_t *usage, bool with_c
 bool request_responses_cache_stream(struct request *r, const char *body, size_t len,
                                     double saved_usd);
 
+/* ---- metered pass-through: images, speech (media.c) ---- */
+/* A whole 2xx answer passed through as the node sent it, billed by the unit. */
+void request_media_whole(struct request *r);
+/* The cost of its units (from request_settle_usage). */
+void request_media_settle(struct request *r);
+
 /* ---- model chains and capabilities (chain.c) ---- */
 /* A body's `models` list (OpenRouter's fallback models): r->route becomes the chain of
  * `model` then those. True with *res set when the list is refused. */

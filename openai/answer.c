@@ -145,7 +145,8 @@ static int on_open(struct answer_scan *s, bool is_map)
         s->has_error = true;
     else if (s->depth == 1 && is_map && key_is(s, 0, "usage"))
         s->usage_start = at_byte(s) - 1; /* the '{' just read */
-    else if (s->depth == 1 && !is_map && key_is(s, 0, "choices"))
+    else if (s->depth == 1 && !is_map &&
+             key_is(s, 0, s->kind == ANSWER_KIND_DATA ? "data" : "choices"))
         s->has_choices = true;
     if (s->depth < ANSWER_MAX_DEPTH)
         s->frames[s->depth] = (struct answer_frame){.is_map = is_map};
@@ -168,7 +169,8 @@ static int on_close(void *ctx)
     struct answer_scan *s = ctx;
     if (s->kind == ANSWER_KIND_RESPONSES)
         responses_scan_close(s);
-    if (s->depth == 2 && array_at(s, 1) && key_is(s, 0, "choices"))
+    if (s->depth == 2 && array_at(s, 1) &&
+        key_is(s, 0, s->kind == ANSWER_KIND_DATA ? "data" : "choices"))
         s->choices_len = s->frames[1].count;
     else if (s->depth == 2 && s->frames[1].is_map && key_is(s, 0, "usage"))
         s->usage_end = at_byte(s); /* just past the '}' */

@@ -27,6 +27,8 @@
 enum answer_kind {
     ANSWER_KIND_CHOICES = 0, /* chat completions, completions, embeddings: choices[], usage */
     ANSWER_KIND_RESPONSES,   /* the Responses API: output[], status, usage (responses.h) */
+    ANSWER_KIND_DATA,        /* a list answer: data[] counted as choices (images) */
+    ANSWER_KIND_NONE,        /* not JSON (audio): not scanned at all */
 };
 
 struct answer_frame {

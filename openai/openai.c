@@ -2,6 +2,7 @@
 
 #include "base/error.h"
 #include "openai/bignum.h"
+#include "openai/media.h"
 #include "openai/responses.h"
 
 #include <limits.h>
@@ -68,6 +69,35 @@ static const struct openai_endpoint openai_endpoints[] = {
      .needs_auth = true,
      .metric = METRICS_ROUTE_RESPONSES,
      .answer = ANSWER_KIND_RESPONSES},
+    /* Metered pass-through (openai/media.h): billed per image, per character, per token. */
+    {.route = OPENAI_IMAGES,
+     .path = "/v1/images/generations",
+     .method = "POST",
+     .upstream_path = "/images/generations",
+     .needs_auth = true,
+     .metric = METRICS_ROUTE_OTHER,
+     .validate = media_validate,
+     .answer = ANSWER_KIND_DATA,
+     .generates = true,
+     .meter = OPENAI_METER_IMAGES},
+    {.route = OPENAI_SPEECH,
+     .path = "/v1/audio/speech",
+     .method = "POST",
+     .upstream_path = "/audio/speech",
+     .needs_auth = true,
+     .metric = METRICS_ROUTE_OTHER,
+     .validate = media_validate,
+     .answer = ANSWER_KIND_NONE,
+     .generates = true,
+     .meter = OPENAI_METER_CHARACTERS},
+    {.route = OPENAI_MODERATIONS,
+     .path = "/v1/moderations",
+     .method = "POST",
+     .upstream_path = "/moderations",
+     .needs_auth = true,
+     .metric = METRICS_ROUTE_OTHER,
+     .validate = media_validate,
+     .answer = ANSWER_KIND_CHOICES},
     {.route = OPENAI_MODELS,
      .path = "/v1/models",
      .method = "GET",

@@ -16,6 +16,11 @@ enum openai_route {
     OPENAI_EMBEDDINGS,
     OPENAI_RESPONSES, /* POST /v1/responses (openai/responses.h) */
     OPENAI_RESPONSE,  /* GET, DELETE /v1/responses/{id}[/input_items]: the node that holds it */
+    /* Metered pass-through (openai/media.h): /v1/images/generations, /v1/audio/speech and
+     * /v1/moderations. */
+    OPENAI_IMAGES,
+    OPENAI_SPEECH,
+    OPENAI_MODERATIONS,
     OPENAI_MODELS,
     OPENAI_MODEL, /* /v1/models/{id} */
     OPENAI_HEALTHZ,
@@ -24,6 +29,14 @@ enum openai_route {
 };
 
 struct openai_request;
+
+/* What an endpoint's answers are billed by: tokens at the model's token prices, or units at
+ * its unit prices (config_model.usd_per_image, usd_per_mchar). */
+enum openai_meter {
+    OPENAI_METER_TOKENS = 0,
+    OPENAI_METER_IMAGES,     /* images in the answer, at most `n` */
+    OPENAI_METER_CHARACTERS, /* characters of the input spoken */
+};
 
 /* Checks a parsed body for an endpoint and fills *out (see openai_validate). */
 typedef int (*openai_validate_fn)(enum openai_route route, json_t *body, struct openai_request *out,
@@ -46,6 +59,7 @@ struct openai_endpoint {
     bool generates;              /* answers carry generated output: billed output tokens, and a 2xx
                                     answer without any is broken (false for embeddings) */
     const char *chunk_object;    /* "object" of the stream chunks the gateway writes itself */
+    enum openai_meter meter;     /* what it is billed by */
 };
 
 /* Finds the endpoint for a request. Returns 0 and sets *ep, or TG_ERR_UNKNOWN_URL, or
@@ -97,6 +111,7 @@ struct openai_request {
     size_t n_items;           /* messages, prompts or inputs */
     bool has_media;           /* non-text input (images, audio): tokens not bounded by bytes */
     unsigned n_choices;       /* `n`, 1 to OPENAI_MAX_CHOICES */
+    size_t units;             /* metered endpoints: images asked for, characters to speak */
 };
 
 /* Validates a parsed body for a route. Returns 0, or a tg_error with *param naming the

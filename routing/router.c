@@ -8,11 +8,19 @@
 
 #define ROUTER_MAX_CANDIDATES 256
 
+/* What the units a metered request asks for cost on t. */
+static double router_units(const struct config_target *t, const struct router_request *req)
+{
+    return (double)req->images * t->model->usd_per_image +
+           (double)req->characters * t->model->usd_per_mchar / 1e6;
+}
+
 double router_estimate(const struct config_target *t, const struct router_request *req)
 {
     return ((double)req->prompt_tokens * backend_input_price(t->model) +
             (double)req->output_tokens * backend_output_price(t->model)) /
-           1e6;
+               1e6 +
+           router_units(t, req);
 }
 
 double router_effective_estimate(const struct config_target *t, const struct router_request *req)
@@ -23,7 +31,8 @@ double router_effective_estimate(const struct config_target *t, const struct rou
     double out = (double)req->output_tokens * (req->output_fill > 0 ? req->output_fill : 1);
     return ((double)req->prompt_tokens * backend_input_price(t->model) * fin +
             out * backend_output_price(t->model) * fout) /
-           1e6;
+               1e6 +
+           router_units(t, req);
 }
 
 /* Whether the target lacks what the request needs (counted in *out). */

@@ -63,6 +63,8 @@ struct router_request {
      * (routing/capability.h); caps_declared: only models declared with them. */
     unsigned caps_needed;
     bool caps_declared;
+    /* Metered endpoints: images asked for, characters to speak (at the models' unit prices). */
+    size_t images, characters;
 };
 
 /* Why nothing could be picked (for a clear error). */

@@ -10,6 +10,7 @@
 
 #include "buf.h"
 #include "inference.h"
+#include "media.h"
 #include "node.h"
 #include "reply.h"
 #include "req.h"
@@ -69,6 +70,12 @@ static enum ep classify(const char *url)
             return EP_RESPONSES;
         if (strncmp(url, "/v1/responses/", 14) == 0 && url[14] != '\0')
             return EP_RESPONSE_ID;
+        if (strcmp(url, "/v1/images/generations") == 0)
+            return EP_IMAGES;
+        if (strcmp(url, "/v1/audio/speech") == 0)
+            return EP_SPEECH;
+        if (strcmp(url, "/v1/moderations") == 0)
+            return EP_MODERATIONS;
         if (strcmp(url, "/v1/models") == 0)
             return EP_MODELS;
         if (strncmp(url, "/v1/models/", 11) == 0 && url[11] != '\0')
@@ -94,6 +101,9 @@ static const char *allowed_methods(enum ep ep)
     case EP_COMPLETIONS:
     case EP_EMBEDDINGS:
     case EP_RESPONSES:
+    case EP_IMAGES:
+    case EP_SPEECH:
+    case EP_MODERATIONS:
     case EP_RESET:
         return "POST";
     case EP_RESPONSE_ID:
@@ -147,6 +157,10 @@ static enum MHD_Result dispatch(struct mock_req *req, const char *method, const 
         return responses_reply(req);
     case EP_RESPONSE_ID:
         return responses_by_id(req, method, url);
+    case EP_IMAGES:
+    case EP_SPEECH:
+    case EP_MODERATIONS:
+        return media_reply(req);
     case EP_MODELS:
         return reply_cached(conn, models_resp);
     case EP_MODEL:

@@ -30,6 +30,9 @@ enum ep {
     EP_EMBEDDINGS,
     EP_RESPONSES,   /* POST /v1/responses (responses.c) */
     EP_RESPONSE_ID, /* GET, DELETE /v1/responses/{id}[/input_items] */
+    EP_IMAGES,      /* POST /v1/images/generations (media.c) */
+    EP_SPEECH,      /* POST /v1/audio/speech */
+    EP_MODERATIONS, /* POST /v1/moderations */
     EP_MODELS,
     EP_MODEL,
     EP_V1_OTHER,

@@ -14,8 +14,17 @@
 #define MAX_RECORDED_BODY (64u << 10)
 
 static const char *const v1_stat_keys[EP_V1_COUNT] = {
-    "/v1/chat/completions", "/v1/completions", "/v1/embeddings",  "/v1/responses",
-    "/v1/responses/{id}",   "/v1/models",      "/v1/models/{id}", "other",
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/embeddings",
+    "/v1/responses",
+    "/v1/responses/{id}",
+    "/v1/images/generations",
+    "/v1/audio/speech",
+    "/v1/moderations",
+    "/v1/models",
+    "/v1/models/{id}",
+    "other",
 };
 
 /* The "last" request snapshot: one allocation holding every string. */
