@@ -7,6 +7,7 @@
 #include "base/listen.h"
 #include "base/log.h"
 #include "base/usd.h"
+#include "gateway/admin_guard.h"
 #include "gateway/status.h"
 #include "routing/backend.h"
 #include "tenancy/keys.h"
@@ -22,8 +23,12 @@
 #include <time.h>
 #include <unistd.h>
 
+/* The admin listener's connection cap (operators and a Prometheus or two). */
+#define ADMIN_MAX_CONNECTIONS 256
+
 struct admin {
     struct MHD_Daemon *mhd;
+    struct admin_guard *guard; /* header and body deadlines, the connection cap */
     struct server *server;
     /* lock guards cfg: the admin threads read it, a reload replaces it. */
     pthread_mutex_t lock;
@@ -394,14 +399,30 @@ struct admin *admin_start(struct config *cfg, struct server *server, char *err, 
     pthread_mutex_init(&a->lock, NULL);
     a->server = server;
     a->cfg = config_ref(cfg);
+    /* The client listener's deadlines, and a cap with the same shedding (gateway/admin_guard.h):
+     * a slow or idle client cannot hold the operators' port. */
+    struct admin_guard_config gc = {
+        .cap = ADMIN_MAX_CONNECTIONS,
+        .header_timeout_ms = cfg->client_header_timeout_ms,
+        .body_timeout_ms = cfg->client_body_timeout_ms,
+        .handler = admin_handle,
+        .handler_cls = a,
+        .completed = admin_completed,
+    };
+    a->guard = admin_guard_new(&gc);
     /* Two threads: a key operation waits on Redis (up to its timeouts), and /metrics
      * scrapes should not wait behind it. */
-    a->mhd =
-        MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL, 0, NULL, NULL,
-                         admin_handle, a, MHD_OPTION_LISTEN_SOCKET, fd, MHD_OPTION_THREAD_POOL_SIZE,
-                         2u, MHD_OPTION_CONNECTION_LIMIT, 256u, MHD_OPTION_CONNECTION_TIMEOUT, 30u,
-                         MHD_OPTION_NOTIFY_COMPLETED, admin_completed, NULL, MHD_OPTION_END);
+    if (a->guard)
+        a->mhd = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL, 0, NULL, NULL,
+                                  admin_guard_handle, a->guard, MHD_OPTION_LISTEN_SOCKET, fd,
+                                  MHD_OPTION_THREAD_POOL_SIZE, 2u, MHD_OPTION_CONNECTION_LIMIT,
+                                  admin_guard_mhd_limit(a->guard),
+                                  MHD_OPTION_CONNECTION_MEMORY_LIMIT, cfg->connection_memory_bytes,
+                                  MHD_OPTION_CONNECTION_TIMEOUT, 30u, MHD_OPTION_NOTIFY_COMPLETED,
+                                  admin_guard_completed, a->guard, MHD_OPTION_NOTIFY_CONNECTION,
+                                  admin_guard_connection, a->guard, MHD_OPTION_END);
     if (!a->mhd) {
+        admin_guard_free(a->guard);
         snprintf(err, err_len, "admin_listen: cannot start the HTTP daemon");
         close(fd);
         config_unref(a->cfg);
@@ -425,6 +446,7 @@ void admin_stop(struct admin *a)
     if (!a)
         return;
     MHD_stop_daemon(a->mhd);
+    admin_guard_free(a->guard); /* after the daemon: its connections are closed */
     config_unref(a->cfg);
     pthread_mutex_destroy(&a->lock);
     free(a);

@@ -3,12 +3,14 @@
 //   cut when drain_timeout_ms ran out, and the identical ones waiting for them);
 // - the drain_timeout log line says what the drain still waited for: requests in flight, or
 //   only the ledger's records to Redis;
-// - the connection-shedding counters are in /metrics.
+// - the connection-shedding counters are in /metrics;
+// - the admin listener has the client listener's header and body deadlines, and a connection
+//   cap at which idle connections are shed for new ones.
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import net from 'node:net';
 import {
-  cleanup, startMocknode, startGateway, backendFor, post, get, waitFor, apiCalls,
+  cleanup, startMocknode, startGateway, backendFor, post, get, waitFor, apiCalls, adminListener,
 } from '../lib/harness.mjs';
 import { startRedis } from '../lib/redis.mjs';
 
@@ -106,4 +108,49 @@ test('/metrics counts the connections shed, by reason', async () => {
   await waitFor(async () => metric(await scrape2(), 'tollgate_client_connections') >= 1,
     { timeoutMs: 5000, what: 'open connections published' });
   for (const s of idle) s.destroy();
+});
+
+// ---- the admin listener: the client listener's deadlines and a cap with shedding ----------
+
+test('the admin listener closes a dripping header at client_header_timeout_ms', async () => {
+  const node = await startMocknode({ name: 'n3', models: ['m'], quiet: true });
+  const admin = await adminListener();
+  const gw = await startGateway({ ...admin.config, workers: 1, client_header_timeout_ms: 500, backends: [backendFor(node)] });
+  const sock = net.connect(Number(admin.url.split(':').pop()), '127.0.0.1');
+  sock.on('error', () => {});
+  const closed = new Promise((resolve) => sock.once('close', resolve));
+  await new Promise((resolve) => sock.once('connect', resolve));
+  // One byte every 100 ms: MHD's idle timeout (30 s) never fires on it.
+  const header = 'GET /admin/backends HTTP/1.1\r\nHost: x\r\nX-Pad: ' + 'a'.repeat(200);
+  let sent = 0;
+  const timer = setInterval(() => { if (sent < header.length && !sock.destroyed) sock.write(header[sent++]); }, 100);
+  await closed;
+  clearInterval(timer);
+  assert.ok(sent < header.length, `the connection stayed open for all ${sent} bytes`);
+  const r = await admin.get('/admin/backends');
+  assert.equal(r.status, 200, r.text);
+  await gw.stop();
+});
+
+test('the admin listener at its cap sheds an idle connection for a new one', async () => {
+  const node = await startMocknode({ name: 'n4', models: ['m'], quiet: true });
+  const admin = await adminListener();
+  const gw = await startGateway({ ...admin.config, workers: 1, client_header_timeout_ms: 60000, backends: [backendFor(node)] });
+  const port = Number(admin.url.split(':').pop());
+  const idle = [];
+  // More than the cap (256) and MHD's own limit (the cap and room for 16 being closed).
+  for (let i = 0; i < 280; i++) {
+    const s = net.connect(port, '127.0.0.1');
+    s.on('error', () => {});
+    s.on('close', () => { s.gone = true; });
+    s.resume();
+    idle.push(s);
+    await new Promise((resolve) => { s.once('connect', resolve); s.once('close', resolve); });
+  }
+  await new Promise((resolve) => setTimeout(resolve, 1200)); // old enough to be shed
+  const r = await admin.get('/metrics', { timeoutMs: 5000 });
+  assert.equal(r.status, 200, r.text);
+  await waitFor(() => idle.some((s) => s.gone), { timeoutMs: 3000, what: 'an idle connection shed' });
+  for (const s of idle) s.destroy();
+  await gw.stop();
 });
