@@ -18,7 +18,7 @@ const STREAM = 'tg:usage';
 
 // Reads every entry of the stream through client (tests/lib/redis.mjs redisClient), pageSize
 // at a time, calling onEntry(fields) with an object of the entry's fields. Returns the count.
-export async function readStream(client, onEntry, { pageSize = 5000, maxPages = 100000 } = {}) {
+export async function readStream(client, onEntry, { pageSize = 1000, maxPages = 1000000 } = {}) {
     let start = '-';
     let n = 0;
     for (let page = 0; page < maxPages; page++) {
