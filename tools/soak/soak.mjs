@@ -42,6 +42,7 @@ for (const f of FAULTS) {
     }
 }
 const SAMPLE_S = 5;
+const REDIS_COUNTER_LAG_MS = 1500; // the gateway's Redis counters reach /metrics once a second
 const TIMEOUT_MS = 20000; // client timeout, whole answers
 const STREAM_TIMEOUT_MS = 30000; // client timeout, streams
 const FAULT_GRACE_MS = 5000; // a failure this long after a fault ended is still the fault's
@@ -570,10 +571,12 @@ async function main() {
                 await slow.poll();
                 const s = { t: el(), wall: Date.now(), rss_kb: mem.rss_kb, hwm_kb: mem.hwm_kb, threads: mem.threads, fds: fds.total, kinds: fds.kinds, inflight: m.inflight, spool_bytes: m.spool_bytes, client_inflight: load.inflight, redis_timeouts: m.redis_timeouts, redis_errors: m.redis_errors, slow: slow.count };
                 if (m.redis_timeouts != null) {
-                    // A Redis command of the gateway failed or timed out since the last sample.
+                    // A Redis command of the gateway failed or timed out since the last sample. The
+                    // workers publish these counters once a second (gateway/server.c), so the
+                    // command may be up to a second older than the interval that shows it.
                     const prev = samples[samples.length - 1];
                     if (prev && (m.redis_timeouts > (prev.redis_timeouts ?? 0) || m.redis_errors > (prev.redis_errors ?? 0)))
-                        glog.redis_trouble_spans.push([prev.wall, s.wall]);
+                        glog.redis_trouble_spans.push([prev.wall - REDIS_COUNTER_LAG_MS, s.wall]);
                 }
                 samples.push(s);
                 if (!warm && s.t >= WARMUP) {
