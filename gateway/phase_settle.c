@@ -105,6 +105,7 @@ void request_settle_usage(struct request *r)
         clamped = true;
     }
     r->usage.clamped = clamped && r->usage.reported;
+    r->usage.estimated = !r->usage.reported;
     if (r->usage.reported)
         request_judge_usage(r, clamped, &prompt, &completion);
     r->usage.prompt_tokens = prompt;
@@ -207,6 +208,13 @@ static void request_log(const struct request *r, double seconds)
 
 void request_settle(struct request *r, double seconds)
 {
+    /* A caller that left a stream before its usage chunk came (499): the node's transfer was
+     * stopped at once, so what it generated is what was relayed until then. Billed as the
+     * prompt estimate (the one reserved) and the completion estimated from the text relayed,
+     * marked as estimated; the budget and the TPM limit settle with the same numbers. */
+    if (r->status == 499 && r->relay.stream_mode && !r->usage.done && r->up.target &&
+        r->usage.n_choices)
+        request_settle_usage(r);
     if (r->adm.budget_asked && r->adm.budget_result == BUDGET_OK && r->w->budget)
         budget_settle(r->w->budget, r->adm.key_name,
                       r->adm.budget_in_redis ? r->adm.budget_reserved : 0,
@@ -236,6 +244,7 @@ void request_settle(struct request *r, double seconds)
         .prompt_tokens = r->usage.done ? r->usage.prompt_tokens : 0,
         .completion_tokens = r->usage.done ? r->usage.completion_tokens : 0,
         .cost_usd = r->usage.done ? r->usage.cost_usd : 0,
+        .estimated = r->usage.done && r->usage.estimated,
         .saved_usd = r->cache.result == REQUEST_CACHE_HIT ? r->cache.saved_usd : 0,
         .latency_ms = seconds * 1000,
     };

@@ -179,6 +179,7 @@ struct request_usage {
     bool reported;      /* the backend sent usage */
     long rep_prompt, rep_completion;
     bool done;
+    bool estimated; /* billed on the gateway's estimates, not the node's usage */
     long prompt_tokens, completion_tokens;
     bool clamped;
     double cost_usd;

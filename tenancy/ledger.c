@@ -74,6 +74,7 @@ void ledger_record_from_entry(struct ledger_record *r, const struct ledger_entry
     double saved =
         isfinite(e->saved_usd) && e->saved_usd > 0 && e->saved_usd < 1e12 ? e->saved_usd : 0;
     ledger_format_decimal(saved, r->saved_usd, sizeof r->saved_usd);
+    memcpy(r->estimated, e->estimated ? "1" : "0", 2);
     double lat =
         isfinite(e->latency_ms) && e->latency_ms > 0 && e->latency_ms < 1e12 ? e->latency_ms : 0;
     snprintf(r->latency_ms, sizeof r->latency_ms, "%.3f", lat);
@@ -141,6 +142,7 @@ int ledger_format_line(const struct ledger_record *r, char *out, size_t n)
     sep = ",";
     LEDGER_FIELDS(LEDGER_PUT)
     LEDGER_PUT(saved_usd)
+    LEDGER_PUT(estimated)
 #undef LEDGER_PUT
     ok = ok && ledger_put_raw(out, n, &o, "}\n");
     if (!ok || o >= n || o > LEDGER_LINE_MAX)
@@ -193,11 +195,16 @@ int ledger_parse_line(const char *line, size_t len, struct ledger_record *r)
     } else {
         memcpy(r->saved_usd, "0", 2);
     }
+    if (json_object_get(doc, "estimated")) { /* nor this */
+        LEDGER_GET(estimated)
+    } else {
+        memcpy(r->estimated, "0", 2);
+    }
 #undef LEDGER_GET
     json_decref(doc);
     static const char digits[] = "0123456789";
     if (!ok || !ledger_all_of(r->uid, "0123456789abcdef", 32, 32) ||
-        !ledger_all_of(r->status, digits, 1, 10) ||
+        !ledger_all_of(r->status, digits, 1, 10) || !ledger_all_of(r->estimated, "01", 1, 1) ||
         !ledger_all_of(r->prompt_tokens, digits, 1, 19) ||
         !ledger_all_of(r->completion_tokens, digits, 1, 19) ||
         !ledger_all_of(r->ts_ms, digits, 1, 19) || !ledger_is_decimal(r->cost_usd) ||
@@ -213,7 +220,8 @@ const char ledger_lua[] =
     "redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', 'uid', ARGV[3], 'id', ARGV[4],\n"
     "  'key', ARGV[5], 'model', ARGV[6], 'backend', ARGV[7], 'cache', ARGV[8],\n"
     "  'status', ARGV[9], 'prompt_tokens', ARGV[10], 'completion_tokens', ARGV[11],\n"
-    "  'cost_usd', ARGV[12], 'latency_ms', ARGV[13], 'ts_ms', ARGV[14], 'saved_usd', ARGV[15])\n"
+    "  'cost_usd', ARGV[12], 'latency_ms', ARGV[13], 'ts_ms', ARGV[14], 'saved_usd', ARGV[15],\n"
+    "  'estimated', ARGV[16])\n"
     "local m = ARGV[6]\n"
     "redis.call('HINCRBY', KEYS[3], m .. ':requests', 1)\n"
     "redis.call('HINCRBY', KEYS[3], m .. ':prompt_tokens', ARGV[10])\n"
@@ -248,7 +256,8 @@ void ledger_script_args(const struct ledger_record *r, struct ledger_args *out)
                                   r->cost_usd,
                                   r->latency_ms,
                                   r->ts_ms,
-                                  r->saved_usd};
+                                  r->saved_usd,
+                                  r->estimated};
     for (int i = 0; i < LEDGER_ARGC; i++) {
         out->argv[i] = v[i];
         out->argvlen[i] = strlen(v[i]);
