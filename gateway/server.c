@@ -43,6 +43,8 @@
 /* Without a burst, the heap is trimmed this often (by one worker for all: malloc_trim()
  * walks every thread's arena). */
 #define SERVER_TRIM_EVERY_MS 60000
+/* A trim that took longer is logged at info. */
+#define SERVER_TRIM_SLOW_MS 20.0
 /* A burst went by when a worker held this many connections more than twice what it holds now. */
 #define SERVER_BURST_CONNS 32
 
@@ -190,11 +192,12 @@ static void housekeeping_cb(struct ev_loop *loop, ev_timer *t, int revents)
         return;
     double t0 = clock_mono();
     int released = malloc_trim(0);
-    log_event(LOG_DEBUG, "memory_trimmed",
+    double ms = (clock_mono() - t0) * 1000;
+    /* A slow trim held up the loop (and the other workers' allocations): worth a line. */
+    log_event(ms >= SERVER_TRIM_SLOW_MS ? LOG_INFO : LOG_DEBUG, "memory_trimmed",
               "\"worker\":%u,\"burst\":%s,\"handles_freed\":%zu,\"released\":%s,"
               "\"duration_ms\":%.3f",
-              w->id, burst ? "true" : "false", freed, released ? "true" : "false",
-              (clock_mono() - t0) * 1000);
+              w->id, burst ? "true" : "false", freed, released ? "true" : "false", ms);
 }
 
 static int worker_init(struct worker *w, struct config *cfg, char *err, size_t err_len)
