@@ -43,6 +43,8 @@
 /* Without a burst, the heap is trimmed this often (by one worker for all: malloc_trim()
  * walks every thread's arena). */
 #define SERVER_TRIM_EVERY_MS 60000
+/* A worker with more requests than this in flight puts its trim off. */
+#define SERVER_TRIM_BUSY 32
 /* A trim that took longer is logged at info. */
 #define SERVER_TRIM_SLOW_MS 20.0
 /* A burst went by when a worker held this many connections more than twice what it holds now. */
@@ -157,10 +159,10 @@ static void wakeup_cb(struct ev_loop *loop, ev_async *a, int revents)
  * (each with its request buffers, a curl handle and a keep-alive connection to a node) that is
  * tens of MiB held for good. Off the hot path, every few seconds: the upstream pools shrink to
  * what the traffic of the last period needed, and after a burst (or once a minute) the heap's
- * free pages go back to the kernel. malloc_trim() walks every arena's free chunks, holding
- * each arena's lock meanwhile, and a page given back costs a page fault when reused: measured
- * 0.1-3 ms in steady traffic, 60-250 ms once after a burst of 2,000 connections (on a machine
- * at load 11), against 50-60 MiB that stayed resident without it (bench/SOAK.md). */
+ * free pages go back to the kernel, once the worker is not busy. malloc_trim() walks every
+ * arena's free chunks, holding each arena's lock meanwhile, and a page given back costs a page
+ * fault when reused: 0.1-3 ms in steady traffic; after a burst of 2,000 connections, which left
+ * 50-70 MiB resident for good without it, a few hundred ms once (bench/SOAK.md). */
 static void housekeeping_cb(struct ev_loop *loop, ev_timer *t, int revents)
 {
     (void)loop;
@@ -178,14 +180,19 @@ static void housekeeping_cb(struct ev_loop *loop, ev_timer *t, int revents)
     size_t freed = upstream_shrink(w->upstream);
     bool burst = h->peak_conns >= 2 * h->n_conns + SERVER_BURST_CONNS || freed > 0;
     h->peak_conns = h->n_conns;
-    /* The burst's idle connections to the nodes close as transfers end after the shrink:
-     * their memory is given back on the next tick. */
-    bool trim = burst || w->trim_again;
-    w->trim_again = burst;
+    /* After a burst: a trim, and one more once the pools' idle connections have closed (as
+     * transfers end after the shrink). */
+    if (burst)
+        w->trim_pending = 2;
     int64_t now = clock_mono_ms();
     int64_t last = atomic_load_explicit(&w->shared->trimmed_at_ms, memory_order_relaxed);
-    if (!trim && now - last < SERVER_TRIM_EVERY_MS)
+    /* Not while the worker is busy: in the middle of a burst a trim walks a heap that is still
+     * churning (0.9-1.1 s measured, holding up every request of the loop) and gives back
+     * pages about to be faulted in again. It waits for a quieter tick. */
+    if ((!w->trim_pending && now - last < SERVER_TRIM_EVERY_MS) || w->n_active > SERVER_TRIM_BUSY)
         return;
+    if (w->trim_pending)
+        w->trim_pending--;
     /* Another worker trimmed for all a moment ago. */
     if (now - last < (int64_t)(SERVER_HOUSEKEEPING_S * 500) ||
         !atomic_compare_exchange_strong(&w->shared->trimmed_at_ms, &last, now))

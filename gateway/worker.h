@@ -75,7 +75,7 @@ struct worker {
     ev_async mail_async;
     ev_timer redis_stats_timer;
     ev_timer housekeeping; /* pools sized to the traffic, memory given back after a burst */
-    bool trim_again;       /* a burst went by: trim on the next tick too */
+    unsigned trim_pending; /* trims due after a burst (once the worker is not busy) */
     unsigned ticks;        /* of the housekeeping timer */
     /* httpd's connection counters (net/httpd.h), copied every second for the scraper. */
     struct {
