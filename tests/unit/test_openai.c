@@ -52,6 +52,16 @@ static void test_match_every_endpoint(void **state)
     assert_true(ep->can_stream);
     assert_true(ep->generates);
     assert_int_equal(ep->answer, ANSWER_KIND_RESPONSES);
+    ep = match_ok("GET", "/v1/responses/resp_1", OPENAI_RESPONSE);
+    ep = match_ok("DELETE", "/v1/responses/resp_1", OPENAI_RESPONSE);
+    assert_string_equal(ep->method, "DELETE");
+    ep = match_ok("POST", "/v1/images/generations", OPENAI_IMAGES);
+    assert_int_equal(ep->meter, OPENAI_METER_IMAGES);
+    ep = match_ok("POST", "/v1/audio/speech", OPENAI_SPEECH);
+    assert_int_equal(ep->meter, OPENAI_METER_CHARACTERS);
+    assert_int_equal(ep->answer, ANSWER_KIND_NONE);
+    ep = match_ok("POST", "/v1/moderations", OPENAI_MODERATIONS);
+    assert_int_equal(ep->meter, OPENAI_METER_TOKENS);
     ep = match_ok("POST", "/v1/embeddings", OPENAI_EMBEDDINGS);
     assert_string_equal(ep->upstream_path, "/embeddings");
     assert_false(ep->can_stream);
@@ -142,7 +152,8 @@ static void test_match_unknown_url(void **state)
         "/v1/embedding",
         "/healthz/",
         "/v1/responsesX",
-        "/v1/images/generations",
+        "/v1/images/edits",
+        "/v1/audio/transcriptions",
     };
     for (size_t i = 0; i < sizeof urls / sizeof urls[0]; i++) {
         const struct openai_endpoint *ep = (const void *)1;
