@@ -57,6 +57,49 @@ static int sse_line(struct sse_parser *p, sse_event_fn fn, void *ctx)
     return SSE_OK;
 }
 
+/* The usual event, whole in the bytes fed at *at: one "data:" line ended by LF, then a blank
+ * line (LF). It is handed over as it lies in those bytes (already normalised), with no copy of
+ * the line or the event; only its payload is copied, to end it with a NUL. *whole is false
+ * when the bytes are anything else (the general path reads them); otherwise *at moves past the
+ * event and the callback's result is returned. */
+static int sse_whole_event(struct sse_parser *p, const char **at, const char *end, sse_event_fn fn,
+                           void *ctx, bool *whole)
+{
+    const char *l = *at;
+    size_t avail = (size_t)(end - l);
+    *whole = false;
+    if (avail < 7 || memcmp(l, "data:", 5))
+        return SSE_OK;
+    const char *eol = memchr(l, '\n', avail);
+    if (!eol || eol + 1 == end || eol[1] != '\n')
+        return SSE_OK;
+    size_t n = (size_t)(eol - l);
+    if (n > p->line.max || memchr(l, '\r', n))
+        return SSE_OK; /* too big, or lines that end in CR: the general path's */
+    *whole = true;
+    const char *v = l + 5;
+    size_t vn = n - 5;
+    if (vn && *v == ' ') {
+        v++;
+        vn--;
+    }
+    buf_reset(&p->data);
+    int result = buf_append(&p->data, v, vn);
+    if (result)
+        return sse_map(result);
+    struct sse_event ev = {
+        .raw = l,
+        .raw_len = n + 2,
+        .data = p->data.data ? p->data.data : "",
+        .data_len = vn,
+        .has_data = true,
+    };
+    *at = eol + 2;
+    int rc = fn(ctx, &ev);
+    buf_reset(&p->data);
+    return rc;
+}
+
 int sse_feed(struct sse_parser *p, const char *bytes, size_t n, sse_event_fn fn, void *ctx)
 {
     if (n == 0)
@@ -66,6 +109,15 @@ int sse_feed(struct sse_parser *p, const char *bytes, size_t n, sse_event_fn fn,
         bytes++;
     p->skip_lf = false;
     while (bytes < end) {
+        if (p->line.len == 0 && p->raw.len == 0) {
+            bool whole;
+            int rc = sse_whole_event(p, &bytes, end, fn, ctx, &whole);
+            if (whole) {
+                if (rc)
+                    return rc;
+                continue;
+            }
+        }
         const char *eol = bytes;
         while (eol < end && *eol != '\n' && *eol != '\r')
             eol++;
