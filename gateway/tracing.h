@@ -29,6 +29,7 @@ void tracing_configure(struct trace_exporter *e, const struct config *cfg);
 
 /* A request's trace state (r->trace). */
 struct request_tracing {
+    bool begun;      /* tracing_begin() ran */
     bool traced;     /* an inference request: propagation and spans apply */
     bool has_parent; /* the caller sent a valid traceparent */
     bool recording;  /* tracing is on and this trace is sampled: spans are exported */

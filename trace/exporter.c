@@ -16,9 +16,13 @@
 #define TOLLGATE_VERSION "0.0.0"
 #endif
 
-/* How often the sender looks at the rings: a worker's ring (TRACE_RING_SLOTS) takes spans
- * for 2048 / 0.025 s = 80,000 spans a second before it drops one. */
+/* How often the sender looks at the rings: every TRACE_POLL_MS while a ring was found a
+ * quarter full or more (a worker's ring then takes 2048 / 0.025 s = 80,000 spans a second
+ * before it drops one), and less often, up to TRACE_POLL_MAX_MS, while traffic is light, so
+ * that a batch carries more than a few spans (2048 / 0.2 s: a burst of 10,000 spans a second
+ * from idle fits). */
 #define TRACE_POLL_MS 25
+#define TRACE_POLL_MAX_MS 200
 /* After a failed export the sender waits this long (doubling up to the max) before the next:
  * meanwhile the rings fill and the workers drop, which costs them nothing. */
 #define TRACE_BACKOFF_MS 1000
@@ -69,6 +73,7 @@ struct trace_exporter {
     struct buf body;
     struct otlp_span_ref batch[TRACE_BATCH_MAX];
     uint64_t taken[256]; /* per ring: slots in the batch (rings past 256 wait their turn) */
+    uint64_t fullest;    /* the most spans one ring held at the first look of a round */
 };
 
 static void trace_conf_unref(struct trace_conf *c)
@@ -166,6 +171,8 @@ static size_t trace_take(struct trace_exporter *e)
         uint64_t tail = atomic_load_explicit(&r->tail, memory_order_relaxed);
         uint64_t head = atomic_load_explicit(&r->head, memory_order_acquire);
         e->taken[i] = 0;
+        if (head - tail > e->fullest)
+            e->fullest = head - tail;
         if (head == tail)
             continue;
         struct trace_slot *slots = atomic_load_explicit(&r->slots, memory_order_acquire);
@@ -187,9 +194,37 @@ static void trace_release(struct trace_exporter *e)
             atomic_fetch_add_explicit(&e->rings[i].tail, e->taken[i], memory_order_release);
 }
 
-/* Sends what the rings hold, batch by batch. False when an export failed. */
+static void trace_count(struct trace_exporter *e, size_t spans, bool ok)
+{
+    atomic_fetch_add_explicit(ok ? &e->exported : &e->failed, spans, memory_order_relaxed);
+    atomic_fetch_add_explicit(ok ? &e->exports : &e->export_failures, 1, memory_order_relaxed);
+}
+
+/* Encodes spans into e->body and posts it; counts the outcome. */
+static bool trace_send(struct trace_exporter *e, CURL *easy, const struct trace_conf *c,
+                       const struct otlp_span_ref *spans, size_t n, bool release_first,
+                       long timeout_ms)
+{
+    buf_reset(&e->body);
+    int rc = otlp_encode_request(&e->body, &c->resource, "tollgate", TOLLGATE_VERSION, spans, n);
+    if (release_first)
+        trace_release(e); /* the spans are in the body now: the workers get their slots back */
+    char why[CURL_ERROR_SIZE] = "cannot encode the batch";
+    bool ok = !rc && trace_post(easy, c, &e->body, timeout_ms, why, sizeof why);
+    trace_count(e, n, ok);
+    if (!ok && log_enabled(LOG_DEBUG)) {
+        char esc[2 * CURL_ERROR_SIZE];
+        log_event(LOG_DEBUG, "trace_export_failed", "\"spans\":%zu,\"detail\":\"%s\"", n,
+                  log_escape(esc, sizeof esc, why));
+    }
+    return ok;
+}
+
+/* Sends what the rings hold, batch by batch. After a failed export (`probe`) one span goes
+ * first: while the collector is away the rest of the batch is counted as failed without
+ * being encoded. False when an export failed. */
 static bool trace_export_all(struct trace_exporter *e, CURL *easy, const struct trace_conf *c,
-                             long timeout_ms)
+                             long timeout_ms, bool probe)
 {
     size_t n;
     while ((n = trace_take(e)) > 0) {
@@ -198,22 +233,21 @@ static bool trace_export_all(struct trace_exporter *e, CURL *easy, const struct 
             atomic_fetch_add_explicit(&e->discarded, n, memory_order_relaxed);
             continue;
         }
-        buf_reset(&e->body);
-        int rc =
-            otlp_encode_request(&e->body, &c->resource, "tollgate", TOLLGATE_VERSION, e->batch, n);
-        trace_release(e); /* the spans are in the body now */
-        char why[CURL_ERROR_SIZE] = "cannot encode the batch";
-        bool ok = !rc && trace_post(easy, c, &e->body, timeout_ms, why, sizeof why);
-        atomic_fetch_add_explicit(ok ? &e->exported : &e->failed, n, memory_order_relaxed);
-        atomic_fetch_add_explicit(ok ? &e->exports : &e->export_failures, 1, memory_order_relaxed);
-        if (!ok) {
-            if (log_enabled(LOG_DEBUG)) {
-                char esc[2 * CURL_ERROR_SIZE];
-                log_event(LOG_DEBUG, "trace_export_failed", "\"spans\":%zu,\"detail\":\"%s\"", n,
-                          log_escape(esc, sizeof esc, why));
+        bool ok;
+        if (probe && n > 1) {
+            ok = trace_send(e, easy, c, e->batch, 1, false, timeout_ms);
+            if (ok) {
+                ok = trace_send(e, easy, c, e->batch + 1, n - 1, true, timeout_ms);
+            } else {
+                trace_release(e);
+                atomic_fetch_add_explicit(&e->failed, n - 1, memory_order_relaxed);
             }
-            return false;
+        } else {
+            ok = trace_send(e, easy, c, e->batch, n, true, timeout_ms);
         }
+        if (!ok)
+            return false;
+        probe = false;
     }
     return true;
 }
@@ -249,13 +283,17 @@ static void *trace_sender_main(void *arg)
         e->final = stop;
         if (stop && timeout > TRACE_FINAL_TIMEOUT_MS)
             timeout = TRACE_FINAL_TIMEOUT_MS;
-        bool ok = easy ? trace_export_all(e, easy, c, timeout) : false;
+        e->fullest = 0;
+        bool ok = easy ? trace_export_all(e, easy, c, timeout, backoff_ms > 0) : false;
         trace_conf_unref(c);
         if (stop)
             break;
         if (ok) {
             backoff_ms = 0;
-            wait_ms = TRACE_POLL_MS;
+            if (e->fullest >= TRACE_RING_SLOTS / 4)
+                wait_ms = TRACE_POLL_MS;
+            else if ((wait_ms *= 2) > TRACE_POLL_MAX_MS)
+                wait_ms = TRACE_POLL_MAX_MS;
         } else {
             backoff_ms = backoff_ms ? backoff_ms * 2 : TRACE_BACKOFF_MS;
             if (backoff_ms > TRACE_BACKOFF_MAX_MS)

@@ -89,7 +89,7 @@ test('span tree, GenAI attributes and trace context through a failover', async (
     keys: [{ name: 'team-a', key: KEY }],
     backends: [
       { name: 'flaky', url: flaky.v1, models: [model('m1', 0.5)] },
-      { name: 'good', url: good.v1, models: [{ ...model('m1', 2), upstream: 'vendor/m1-large' }] },
+      { name: 'good', url: good.v1, provider: 'vllm', models: [{ ...model('m1', 2), upstream: 'vendor/m1-large' }] },
     ],
     routing: { retries: 2 },
     tracing: {
@@ -129,7 +129,7 @@ test('span tree, GenAI attributes and trace context through a failover', async (
   assert.equal(a['gen_ai.operation.name'], 'chat');
   assert.equal(a['gen_ai.request.model'], 'm1');
   assert.equal(a['gen_ai.response.model'], 'vendor/m1-large');
-  assert.equal(a['gen_ai.provider.name'], 'openai');
+  assert.equal(a['gen_ai.provider.name'], 'vllm'); // the serving backend's
   assert.equal(a['gen_ai.usage.input_tokens'], 11);
   assert.equal(a['gen_ai.usage.output_tokens'], 3);
   assert.equal(a['http.request.method'], 'POST');
@@ -164,9 +164,11 @@ test('span tree, GenAI attributes and trace context through a failover', async (
   assert.equal(first.attributes['error.type'], '500');
   assert.equal(first.status.code, StatusCode.STATUS_CODE_ERROR);
   assert.equal(first.name, 'chat m1');
+  assert.equal(first.attributes['gen_ai.provider.name'], 'openai'); // the default
   assert.equal(second.attributes['tollgate.backend'], 'good');
   assert.equal(second.attributes['gen_ai.request.model'], 'vendor/m1-large');
   assert.equal(second.name, 'chat vendor/m1-large');
+  assert.equal(second.attributes['gen_ai.provider.name'], 'vllm');
   assert.equal(second.attributes['gen_ai.usage.input_tokens'], 11);
   assert.equal(second.attributes['gen_ai.usage.output_tokens'], 3);
   assert.equal(second.attributes['error.type'], undefined);
