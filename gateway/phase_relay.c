@@ -6,6 +6,7 @@
 #include "base/usd.h"
 #include "gateway/pipeline.h"
 #include "net/upstream.h"
+#include "openai/answer_event.h"
 #include "routing/backend.h"
 
 #include <stdarg.h>
@@ -161,8 +162,7 @@ static int request_on_event(void *ctx, const struct sse_event *ev)
         arena_release(&event_arena);
         return TG_ERR_NOMEM;
     }
-    bool ok = answer_scan_feed(&sc, ev->data, ev->data_len) == 0 && answer_scan_finish(&sc) == 0 &&
-              sc.object;
+    bool ok = answer_scan_event(&sc, ev->data, ev->data_len) == 0 && sc.object;
     answer_scan_free(&sc);
     arena_release(&event_arena);
     if (!ok) {
