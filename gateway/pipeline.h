@@ -188,11 +188,11 @@ struct request_usage {
 
 /* The Responses API (responses.c): a follow-up pinned to the node that holds its response. */
 struct request_responses {
-    char id[RESPONSES_ID_MAX + 1];    /* the response a follow-up names */
-    char path[RESPONSES_ID_MAX + 32]; /* by id: the upstream path, "/responses/{id}[/...]" */
-    struct affinity_ask *ask;         /* a Redis lookup in flight */
-    bool pinned;                      /* only the node that holds it may serve the request */
-    unsigned events;                  /* stream events relayed: the next sequence_number */
+    char id[RESPONSES_ID_MAX + 1];        /* the response a follow-up names */
+    char path[5 * RESPONSES_ID_MAX + 96]; /* by id: "/responses/{id}[/input_items?...]" */
+    struct affinity_ask *ask;             /* a Redis lookup in flight */
+    bool pinned;                          /* only the node that holds it may serve the request */
+    unsigned events;                      /* stream events relayed: the next sequence_number */
 };
 
 /* The reply to queue when MHD calls back (reply.c). */

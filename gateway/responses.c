@@ -32,8 +32,23 @@ bool request_responses_begin(struct request *r, const char *url)
     }
     memcpy(r->resp.id, rest, n);
     r->resp.id[n] = '\0';
-    snprintf(r->resp.path, sizeof r->resp.path, "/responses/%s%s", r->resp.id,
-             items ? "/input_items" : "");
+    int len = snprintf(r->resp.path, sizeof r->resp.path, "/responses/%s%s", r->resp.id,
+                       items ? "/input_items" : "");
+    /* input_items' paging goes to the node as sent: values of ids, numbers and asc/desc
+     * only, so nothing needs escaping and the path stays within its size. */
+    static const char *const paging[] = {"limit", "order", "after", "before"};
+    for (size_t i = 0; items && i < sizeof paging / sizeof paging[0]; i++) {
+        const char *v = MHD_lookup_connection_value(r->conn, MHD_GET_ARGUMENT_KIND, paging[i]);
+        if (!v)
+            continue;
+        if (!responses_id_ok(v, strlen(v))) {
+            request_set_error(r, TG_ERR_INVALID_VALUE, paging[i],
+                              "'%s' must be letters, digits, '_' or '-'.", paging[i]);
+            return true;
+        }
+        len += snprintf(r->resp.path + len, sizeof r->resp.path - (size_t)len, "%s%s=%s",
+                        len && strchr(r->resp.path, '?') ? "&" : "?", paging[i], v);
+    }
     return false;
 }
 

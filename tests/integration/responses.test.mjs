@@ -212,6 +212,11 @@ describe('follow-ups reach the node that holds the response', () => {
     r = await get(`${gw.v1}/responses/${id}/input_items`, { key: KEY });
     assert.equal(r.status, 200, r.text);
     assert.equal(r.json.data[0].content, 'keep me');
+    r = await get(`${gw.v1}/responses/${id}/input_items?limit=5&order=asc`, { key: KEY });
+    assert.equal(r.status, 200, r.text);
+    r = await get(`${gw.v1}/responses/${id}/input_items?order=a%20b`, { key: KEY });
+    assert.equal(r.status, 400, r.text);
+    assert.equal(r.json.error.param, 'order');
     r = await get(`${gw.v1}/responses/${id}`, { key: KEY, method: 'DELETE' });
     assert.equal(r.status, 200, r.text);
     assert.deepEqual(r.json, { id, object: 'response', deleted: true });
