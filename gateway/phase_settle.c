@@ -23,6 +23,7 @@ void request_note_scan(struct request *r, const struct answer_scan *sc)
         r->usage.reported = true;
         r->usage.rep_prompt = (long)sc->prompt_tokens;
         r->usage.rep_completion = (long)sc->completion_tokens;
+        r->usage.rep_cached = (long)sc->cached_tokens;
     }
 }
 
@@ -113,7 +114,15 @@ void request_settle_usage(struct request *r)
     /* At the price in force when the attempt was sent. */
     double price_in, price_out;
     backend_billed_price(r->up.target->model, &r->up.price, &price_in, &price_out);
-    r->usage.cost_usd = ((double)prompt * price_in + (double)completion * price_out) / 1e6;
+    /* Cached prompt tokens (as the node reports them, never more than the prompt billed) at
+     * the model's cached-input price (routing/capability.h). */
+    long cached = r->usage.reported && r->usage.rep_cached > 0 ? r->usage.rep_cached : 0;
+    r->usage.cached_tokens = cached < prompt ? cached : prompt;
+    double price_cached = capability_cached_price(r->up.target->model, price_in);
+    r->usage.cost_usd = ((double)(prompt - r->usage.cached_tokens) * price_in +
+                         (double)r->usage.cached_tokens * price_cached +
+                         (double)completion * price_out) /
+                        1e6;
     if (!r->cfg->metrics_enabled)
         return; /* what routing saved only feeds the metrics */
     /* What routing saved: the same usage at the priciest backend that could have served it. */
@@ -143,6 +152,9 @@ void request_write_usage(struct request *r, json_t *usage, bool with_cost)
     json_object_set_new(usage, "completion_tokens", json_integer(r->usage.completion_tokens));
     json_object_set_new(usage, "total_tokens",
                         json_integer(r->usage.prompt_tokens + r->usage.completion_tokens));
+    json_t *details = json_object_get(usage, "prompt_tokens_details");
+    if (json_is_object(details) && json_object_get(details, "cached_tokens"))
+        json_object_set_new(details, "cached_tokens", json_integer(r->usage.cached_tokens));
     if (with_cost)
         json_object_set_new(usage, "cost", json_real(r->usage.cost_usd));
 }
@@ -153,7 +165,8 @@ static void request_observe(const struct request *r, double seconds)
     struct metrics_shard *m = r->w->metrics;
     enum metrics_route route = r->ep ? r->ep->metric : METRICS_ROUTE_OTHER;
     /* Refused before its route was set: the model asked, when it is a configured one. */
-    unsigned model = r->route ? r->route->metric_model : request_asked_metric_model(r);
+    unsigned model = r->route ? request_served_route(r)->metric_model /* chain.c */
+                              : request_asked_metric_model(r);
     metrics_observe_request(m, route, model, r->status, seconds);
     request_observe_genai(r, model, seconds); /* observe.c */
     if (r->t_queued)
@@ -173,6 +186,7 @@ static void request_observe(const struct request *r, double seconds)
         metrics_observe_usage(m, route, model, cm->price ? cm->price->metric_pair : 0,
                               r->adm.metric_key, r->usage.prompt_tokens, r->usage.completion_tokens,
                               r->usage.cost_usd);
+        metrics_observe_cached(m, cm->price ? cm->price->metric_pair : 0, r->usage.cached_tokens);
         if (r->usage.clamped)
             metrics_observe_clamped(m, r->up.target->backend->state->metric_backend);
         if (r->usage.routing_saved_usd > 0)
@@ -236,6 +250,7 @@ void request_settle(struct request *r, double seconds)
         .request_id = r->id,
         .key = r->adm.key_name ? r->adm.key_name : "",
         .model = r->model ? request_served_model(r) : "", /* a chain's: what served */
+        .cached_tokens = r->usage.done ? r->usage.cached_tokens : 0,
         .backend = r->up.target && r->up.status ? r->up.target->backend->name : "",
         .cache = r->cache.result == REQUEST_CACHE_HIT    ? "hit"
                  : r->cache.result == REQUEST_CACHE_MISS ? "miss"

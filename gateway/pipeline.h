@@ -178,6 +178,8 @@ struct request_usage {
     unsigned n_choices; /* choices seen in the answer */
     bool reported;      /* the backend sent usage */
     long rep_prompt, rep_completion;
+    long rep_cached;    /* the node's cached prompt tokens (prompt_tokens_details) */
+    long cached_tokens; /* of prompt_tokens, billed at the cached-input price (clamped) */
     bool done;
     bool estimated; /* billed on the gateway's estimates, not the node's usage */
     long prompt_tokens, completion_tokens;

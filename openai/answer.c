@@ -105,6 +105,9 @@ static void on_integer(struct answer_scan *s, long long v)
         } else if (!strcmp(s->frames[1].key, "completion_tokens")) {
             s->completion_tokens = v;
         }
+    } else if (s->depth == 3 && key_is(s, 0, "usage") && key_is(s, 1, "prompt_tokens_details") &&
+               s->frames[2].is_map && !strcmp(s->frames[2].key, "cached_tokens")) {
+        s->cached_tokens = v;
     } else if (s->depth == 3 && key_is(s, 0, "choices") && array_at(s, 1) &&
                key_is(s, 2, "index") && v >= 0 && v < 128 && (unsigned)v + 1 > s->n_choices) {
         s->n_choices = (unsigned)v + 1;
@@ -191,7 +194,7 @@ static int on_key(void *ctx, const unsigned char *key, size_t len)
         if (s->depth == 1 && !strcmp(f->key, "usage")) {
             /* A repeated "usage": the last one is the one a JSON parser reads. */
             s->has_usage = false;
-            s->prompt_tokens = s->completion_tokens = 0;
+            s->prompt_tokens = s->completion_tokens = s->cached_tokens = 0;
             s->usage_start = s->usage_end = 0;
         }
     }

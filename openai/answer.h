@@ -59,7 +59,8 @@ struct answer_scan {
     size_t usage_start, usage_end;
     /* ANSWER_KIND_RESPONSES only (choices_len counts output items, all of them finished when
      * the status is "completed"): */
-    long long cached_tokens; /* usage.input_tokens_details.cached_tokens */
+    /* usage.prompt_tokens_details.cached_tokens (the Responses API's: input_tokens_details) */
+    long long cached_tokens;
     char event_type[48];     /* a stream event's "type" */
     char response_id[128];   /* the response's "id" (a whole answer's, or an event's response) */
 

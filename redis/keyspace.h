@@ -27,7 +27,7 @@
 
 /* STREAM tg:usage: one entry per request (XADD MAXLEN ~ LEDGER_STREAM_MAXLEN) with uid, id,
  * key, model, backend, cache, status, prompt_tokens, completion_tokens, cost_usd, latency_ms,
- * ts_ms, saved_usd. */
+ * ts_ms, saved_usd, cached_tokens. */
 #define REDIS_KEY_USAGE "tg:usage"
 
 /* STRING tg:usage:seen:<record uid> = "1", expiring after LEDGER_SEEN_TTL_S: the record is
@@ -35,7 +35,8 @@
 #define REDIS_KEY_USAGE_SEEN_PREFIX "tg:usage:seen:"
 
 /* HASH tg:usage:sum:<key name>: "<model>:requests", "<model>:prompt_tokens",
- * "<model>:completion_tokens", "<model>:cost_usd" (decimal), "<model>:saved_usd". */
+ * "<model>:completion_tokens", "<model>:cost_usd" (decimal), "<model>:saved_usd",
+ * "<model>:cached_tokens" (the last two once non-zero). */
 #define REDIS_KEY_USAGE_SUM_PREFIX "tg:usage:sum:"
 
 /* SET tg:usage:keys = { key names that have a tg:usage:sum: hash }. */

@@ -75,6 +75,8 @@ void ledger_record_from_entry(struct ledger_record *r, const struct ledger_entry
         isfinite(e->saved_usd) && e->saved_usd > 0 && e->saved_usd < 1e12 ? e->saved_usd : 0;
     ledger_format_decimal(saved, r->saved_usd, sizeof r->saved_usd);
     memcpy(r->estimated, e->estimated ? "1" : "0", 2);
+    snprintf(r->cached_tokens, sizeof r->cached_tokens, "%ld",
+             e->cached_tokens > 0 ? e->cached_tokens : 0);
     double lat =
         isfinite(e->latency_ms) && e->latency_ms > 0 && e->latency_ms < 1e12 ? e->latency_ms : 0;
     snprintf(r->latency_ms, sizeof r->latency_ms, "%.3f", lat);
@@ -143,6 +145,7 @@ int ledger_format_line(const struct ledger_record *r, char *out, size_t n)
     LEDGER_FIELDS(LEDGER_PUT)
     LEDGER_PUT(saved_usd)
     LEDGER_PUT(estimated)
+    LEDGER_PUT(cached_tokens)
 #undef LEDGER_PUT
     ok = ok && ledger_put_raw(out, n, &o, "}\n");
     if (!ok || o >= n || o > LEDGER_LINE_MAX)
@@ -195,6 +198,11 @@ int ledger_parse_line(const char *line, size_t len, struct ledger_record *r)
     } else {
         memcpy(r->saved_usd, "0", 2);
     }
+    if (json_object_get(doc, "cached_tokens")) { /* nor this */
+        LEDGER_GET(cached_tokens)
+    } else {
+        memcpy(r->cached_tokens, "0", 2);
+    }
     if (json_object_get(doc, "estimated")) { /* nor this */
         LEDGER_GET(estimated)
     } else {
@@ -207,6 +215,7 @@ int ledger_parse_line(const char *line, size_t len, struct ledger_record *r)
         !ledger_all_of(r->status, digits, 1, 10) || !ledger_all_of(r->estimated, "01", 1, 1) ||
         !ledger_all_of(r->prompt_tokens, digits, 1, 19) ||
         !ledger_all_of(r->completion_tokens, digits, 1, 19) ||
+        !ledger_all_of(r->cached_tokens, digits, 1, 19) ||
         !ledger_all_of(r->ts_ms, digits, 1, 19) || !ledger_is_decimal(r->cost_usd) ||
         !ledger_is_decimal(r->latency_ms) || !ledger_is_decimal(r->saved_usd))
         return -1;
@@ -221,13 +230,14 @@ const char ledger_lua[] =
     "  'key', ARGV[5], 'model', ARGV[6], 'backend', ARGV[7], 'cache', ARGV[8],\n"
     "  'status', ARGV[9], 'prompt_tokens', ARGV[10], 'completion_tokens', ARGV[11],\n"
     "  'cost_usd', ARGV[12], 'latency_ms', ARGV[13], 'ts_ms', ARGV[14], 'saved_usd', ARGV[15],\n"
-    "  'estimated', ARGV[16])\n"
+    "  'cached_tokens', ARGV[16], 'estimated', ARGV[17])\n"
     "local m = ARGV[6]\n"
     "redis.call('HINCRBY', KEYS[3], m .. ':requests', 1)\n"
     "redis.call('HINCRBY', KEYS[3], m .. ':prompt_tokens', ARGV[10])\n"
     "redis.call('HINCRBY', KEYS[3], m .. ':completion_tokens', ARGV[11])\n"
     "redis.call('HINCRBYFLOAT', KEYS[3], m .. ':cost_usd', ARGV[12])\n"
     "if ARGV[15] ~= '0' then redis.call('HINCRBYFLOAT', KEYS[3], m .. ':saved_usd', ARGV[15]) end\n"
+    "if ARGV[16] ~= '0' then redis.call('HINCRBY', KEYS[3], m .. ':cached_tokens', ARGV[16]) end\n"
     "redis.call('SADD', KEYS[4], ARGV[5])\n"
     "redis.call('SET', KEYS[1], '1', 'EX', ARGV[2])\n"
     "return 1\n";
@@ -257,6 +267,7 @@ void ledger_script_args(const struct ledger_record *r, struct ledger_args *out)
                                   r->latency_ms,
                                   r->ts_ms,
                                   r->saved_usd,
+                                  r->cached_tokens,
                                   r->estimated};
     for (int i = 0; i < LEDGER_ARGC; i++) {
         out->argv[i] = v[i];

@@ -59,6 +59,7 @@ struct ledger_entry {
     double cost_usd, latency_ms;
     double saved_usd; /* a cache hit: what the stored answer cost when it was made */
     bool estimated;   /* billed on the gateway's estimates, not the node's usage */
+    long cached_tokens; /* of prompt_tokens, those billed at the cached-input price */
     int64_t ts_ms;    /* wall clock, ms since the epoch; 0: now */
 };
 
@@ -71,6 +72,7 @@ struct ledger_record {
     char cost_usd[40];   /* fixed point, no exponent: "0.00123" */
     char saved_usd[40];  /* the same; "0" unless a cache hit */
     char estimated[2];   /* "1": billed on the gateway's estimates; else "0" */
+    char cached_tokens[24]; /* "0" unless the node reported cached prompt tokens */
     char latency_ms[40]; /* fixed point, 3 decimals */
 };
 
@@ -119,7 +121,7 @@ extern const char ledger_lua[];
  * (LEDGER_NUMKEYS): the keys (seen, stream, sum, key set), then the values. argv points into
  * r and into this struct. */
 #define LEDGER_NUMKEYS 4
-#define LEDGER_ARGC 20
+#define LEDGER_ARGC 21
 struct ledger_args {
     const char *argv[LEDGER_ARGC];
     size_t argvlen[LEDGER_ARGC];

@@ -169,7 +169,7 @@ static void test_script_dedup_and_sums(void **state)
     assert_int_equal(r->type, REDIS_REPLY_ARRAY);
     assert_int_equal(r->elements, 2);
     const redisReply *fields = r->element[0]->element[1];
-    assert_int_equal(fields->elements, 28);
+    assert_int_equal(fields->elements, 30);
     assert_string_equal(fields->element[0]->str, "uid");
     assert_string_equal(fields->element[2]->str, "id");
     assert_string_equal(fields->element[3]->str, "req-a");
@@ -177,8 +177,10 @@ static void test_script_dedup_and_sums(void **state)
     assert_string_equal(fields->element[19]->str, "0.1");
     assert_string_equal(fields->element[24]->str, "saved_usd");
     assert_string_equal(fields->element[25]->str, "0");
-    assert_string_equal(fields->element[26]->str, "estimated");
+    assert_string_equal(fields->element[26]->str, "cached_tokens");
     assert_string_equal(fields->element[27]->str, "0");
+    assert_string_equal(fields->element[28]->str, "estimated");
+    assert_string_equal(fields->element[29]->str, "0");
     freeReplyObject(r);
 }
 
