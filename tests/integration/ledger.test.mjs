@@ -35,12 +35,13 @@ let uidSeq = 0;
 const LUA = ledgerLua();
 
 // EVAL ledger_lua 4 seen stream sum keyset  maxlen ttl uid id key model backend cache status
-// prompt completion cost latency ts saved estimated (tenancy/ledger.h, ledger_script_args()).
+// prompt completion cost latency ts saved cached_tokens estimated (tenancy/ledger.h,
+// ledger_script_args()). Arguments past the script's last are ignored.
 async function record(r, { key, model, prompt = 0, completion = 0, cost = '0', saved = '0', uid } = {}) {
   uid ??= (++uidSeq).toString(16).padStart(32, '0');
   return r.call('EVAL', LUA, 4, `tg:usage:seen:${uid}`, 'tg:usage', `tg:usage:sum:${key}`,
     'tg:usage:keys', 1000000, 604800, uid, `req-${uid.slice(-6)}`, key, model, 'node-a', 'miss',
-    200, prompt, completion, cost, '12.500', Date.now(), saved, '0');
+    200, prompt, completion, cost, '12.500', Date.now(), saved, '0', '0');
 }
 
 // ---- the suite ---------------------------------------------------------------------------
