@@ -202,7 +202,7 @@ static int request_start_attempt(struct request *r, struct router_outcome *why)
         .body = body,
         .body_len = body_len,
         .method = !strcmp(r->method, "DELETE") ? "DELETE" : NULL,
-        .headers = tracing_attempt_headers(r, b->headers),
+        .headers = tracing_attempt_headers(r, request_forward_headers(r, b->headers)),
         .ca_file = b->ca_file,
         .request_id = r->id,
         .connect_timeout_ms = uc->connect_timeout_ms,

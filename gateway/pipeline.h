@@ -119,6 +119,19 @@ struct request_caching {
     struct cache_capture capture;
 };
 
+/* Caller headers passed on to the node (forward.c): its own header nodes, linked in front
+ * of the backend's shared list. */
+#define REQUEST_FORWARD_NODES 16
+#define REQUEST_FORWARD_UA_MAX 512
+#define REQUEST_FORWARD_ID_MAX 128
+struct request_forward {
+    struct curl_slist nodes[REQUEST_FORWARD_NODES];
+    unsigned n_nodes;
+    char ua[REQUEST_FORWARD_UA_MAX + 64];
+    char org[REQUEST_FORWARD_ID_MAX + 32];
+    char proj[REQUEST_FORWARD_ID_MAX + 32];
+};
+
 /* Backend attempts (phase_upstream.c). */
 struct request_attempts {
     const struct config_target *target; /* the current (or last) backend */
@@ -233,6 +246,7 @@ struct request {
     struct arena arena; /* the parsed body's nodes and the scans' state (base/arena.h) */
 
     struct config_route chain; /* a request's own `models` chain (chain.c); targets malloc'd */
+    struct request_forward fwd; /* caller headers passed on to the node (forward.c) */
 
     struct request_admission adm;
     struct request_caching cache;
@@ -374,6 +388,12 @@ const struct config_route *request_served_route(const struct request *r);
 /* The body for a backend as JSON text (malloc'd; NULL on OOM): without a `models` list,
  * integers of any size as they came. */
 char *request_dump_upstream(struct request *r);
+
+/* ---- caller headers for the node (forward.c) ---- */
+/* The header list for an attempt: the caller's User-Agent (with the gateway's as a suffix),
+ * OpenAI-Organization and OpenAI-Project in front of `base`; `base` when there are none.
+ * Valid until the next call. */
+struct curl_slist *request_forward_headers(struct request *r, struct curl_slist *base);
 
 /* ---- usage, cost and records (phase_settle.c) ---- */
 void request_note_scan(struct request *r, const struct answer_scan *sc);
