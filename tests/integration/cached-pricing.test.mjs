@@ -6,9 +6,10 @@ import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import {
   startGateway, cleanup, post, get, startRawBackend, startJsonServer, waitFor, adminListener,
+  streamPost, parseEvents, chunk,
 } from '../lib/harness.mjs';
 import { startRedis } from '../lib/redis.mjs';
-import { sendJson, chatAnswer } from '../lib/hostile.mjs';
+import { sendJson, chatAnswer, chatChunk, sse, sseHead, LAST_CHUNK } from '../lib/hostile.mjs';
 
 after(cleanup);
 
@@ -87,4 +88,25 @@ test('the cached price from the feed (pricing.input_cache_read)', async () => {
     { timeoutMs: 5000, what: 'the feed read' });
   const res = await chat(gw, { model: 'm', messages, max_tokens: 8 });
   near(usd(res), (100 * 10 + 300 * 2 + 2 * 20) / 1e6);
+});
+
+test('a stream\'s usage chunk: its cached tokens are billed at the cached price too', async () => {
+  const n = await startRawBackend((sock, req) => {
+    sock.write(sseHead());
+    sock.write(chunk(sse(chatChunk(req, { role: 'assistant', content: 'hello' }))));
+    sock.write(chunk(sse(chatChunk(req, {}, { finish: 'stop' }))));
+    sock.write(chunk(sse({ id: 'c', object: 'chat.completion.chunk', created: 1, model: 'm', choices: [],
+      usage: { prompt_tokens: 400, completion_tokens: 2, total_tokens: 402,
+        prompt_tokens_details: { cached_tokens: 300 } } })));
+    sock.end(Buffer.concat([chunk(sse('[DONE]')), LAST_CHUNK]));
+  });
+  const gw = await startGateway({ keys, backends: [{ name: 'sn', url: n.v1,
+    models: [{ name: 'm', input_usd_per_mtok: 10, output_usd_per_mtok: 20, cached_input_usd_per_mtok: 1 }] }] });
+  const r = await streamPost(gw.v1 + '/chat/completions',
+    { model: 'm', messages, max_tokens: 8, stream: true, stream_options: { include_usage: true } },
+    { key: KEY, timeoutMs: 20000 });
+  assert.equal(r.status, 200, r.raw);
+  const usage = parseEvents(r.events).map((e) => e.json?.usage).find(Boolean);
+  assert.ok(usage, r.raw);
+  near(usage.cost, (100 * 10 + 300 * 1 + 2 * 20) / 1e6);
 });
