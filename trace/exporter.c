@@ -44,6 +44,7 @@ struct trace_ring {
     _Atomic uint64_t tail; /* written by the sender */
     char pad2[56];
     _Atomic uint64_t dropped;         /* written by the worker */
+    const atomic_bool *down;          /* the exporter's: its last export failed */
     struct trace_slot *_Atomic slots; /* allocated by the worker on its first span */
     char pad3[48];
 };
@@ -70,6 +71,9 @@ struct trace_exporter {
     atomic_bool stopping;
     bool final; /* the sender's own: the final flush runs */
     _Atomic uint64_t exported, failed, discarded, exports, export_failures;
+    /* The last export failed: workers queue a span only into an empty ring (the sender's
+     * next probe), and drop the rest before encoding them. Written by the sender. */
+    atomic_bool down;
     struct buf body;
     struct otlp_span_ref batch[TRACE_BATCH_MAX];
     uint64_t taken[256]; /* per ring: slots in the batch (rings past 256 wait their turn) */
@@ -285,6 +289,7 @@ static void *trace_sender_main(void *arg)
             timeout = TRACE_FINAL_TIMEOUT_MS;
         e->fullest = 0;
         bool ok = easy ? trace_export_all(e, easy, c, timeout, backoff_ms > 0) : false;
+        atomic_store_explicit(&e->down, !ok, memory_order_relaxed);
         trace_conf_unref(c);
         if (stop)
             break;
@@ -321,6 +326,8 @@ struct trace_exporter *trace_exporter_new(unsigned n_rings)
     pthread_cond_init(&e->wake, &attr);
     pthread_condattr_destroy(&attr);
     pthread_mutex_init(&e->lock, NULL);
+    for (unsigned i = 0; e->rings && i < n_rings; i++)
+        e->rings[i].down = &e->down;
     if (!e->rings || pthread_create(&e->thread, NULL, trace_sender_main, e)) {
         pthread_cond_destroy(&e->wake);
         pthread_mutex_destroy(&e->lock);
@@ -372,6 +379,17 @@ struct trace_ring *trace_exporter_ring(struct trace_exporter *e, unsigned i)
 uint8_t *trace_ring_reserve(struct trace_ring *r)
 {
     uint64_t head = atomic_load_explicit(&r->head, memory_order_relaxed);
+    if (atomic_load_explicit(r->down, memory_order_relaxed)) {
+        /* The collector is away: one span waits for the sender's probe, the rest cost
+         * nothing but the count. */
+        r->tail_seen = atomic_load_explicit(&r->tail, memory_order_acquire);
+        if (head != r->tail_seen) {
+            atomic_store_explicit(&r->dropped,
+                                  atomic_load_explicit(&r->dropped, memory_order_relaxed) + 1,
+                                  memory_order_relaxed);
+            return NULL;
+        }
+    }
     if (head - r->tail_seen >= TRACE_RING_SLOTS) {
         r->tail_seen = atomic_load_explicit(&r->tail, memory_order_acquire);
         if (head - r->tail_seen >= TRACE_RING_SLOTS) {

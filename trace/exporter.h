@@ -51,8 +51,10 @@ void trace_exporter_free(struct trace_exporter *e);
 
 /* Worker i's ring. */
 struct trace_ring *trace_exporter_ring(struct trace_exporter *e, unsigned i);
-/* A slot of TRACE_SPAN_MAX bytes to encode one span into, or NULL when the ring is full (the
- * span is counted as dropped) or its memory cannot be had. Only the ring's worker calls it. */
+/* A slot of TRACE_SPAN_MAX bytes to encode one span into, or NULL when the ring is full or
+ * the last export failed and a span already waits in it (the span is counted as dropped,
+ * before any work is done for it), or its memory cannot be had. Only the ring's worker calls
+ * it. */
 uint8_t *trace_ring_reserve(struct trace_ring *r);
 /* The reserved slot holds a span of len bytes: hand it to the sender. */
 void trace_ring_commit(struct trace_ring *r, size_t len);

@@ -373,6 +373,16 @@ static void test_ring(void **state)
     for (int i = 0; i < 400 && counter(e, "tollgate_trace_spans_failed_total") == 0; i++)
         usleep(10000);
     assert_int_equal(counter(e, "tollgate_trace_spans_failed_total"), 1);
+    /* While it is away, one span waits for the sender's next probe and the rest are dropped
+     * before anything is done for them. */
+    unsigned long long dropped = counter(e, "tollgate_trace_spans_dropped_total");
+    int i = 0;
+    for (; i < 200 && (slot = trace_ring_reserve(r)) != NULL; i++) {
+        trace_ring_commit(r, 0);
+        usleep(5000);
+    }
+    assert_true(i < 200);
+    assert_int_equal(counter(e, "tollgate_trace_spans_dropped_total"), dropped + 1);
     trace_exporter_free(e);
 }
 
