@@ -265,7 +265,10 @@ const events = [];
 // the end, against the gateway's own log of Redis trouble (a command past its deadline opens
 // the breaker for a second on a loaded machine; meanwhile no key can be checked).
 const deferred = [];
-const KEY_UNCHECKED = /^bad_key: 503 key_store_unavailable \(wanted/;
+// Any key held in Redis that a worker has not seen yet (an unknown key, or a budget key made a
+// moment ago) gets 503 key_store_unavailable while the gateway's breaker is open: the README's
+// Redis outage policy.
+const KEY_UNCHECKED = /^\w+: 503 key_store_unavailable/;
 function onResult(id, req, out, verdict) {
     if (verdict.cls === 'unexpected' && KEY_UNCHECKED.test(verdict.reason) && deferred.length < 100000) {
         deferred.push([id, req, out, verdict]);
@@ -277,8 +280,8 @@ function settleDeferred() {
     for (const [id, req, out, verdict] of deferred.splice(0)) {
         const near = glog.redis_trouble.some((t) => t >= out.t0 - 2000 && t <= out.t1 + 2000);
         const counted = glog.redis_trouble_spans.some(([a, b]) => out.t1 >= a && out.t0 <= b);
-        const v = near ? { ...verdict, cls: 'expected', reason: 'bad_key: 503 key_store_unavailable while the gateway\'s Redis breaker was open' }
-            : counted ? { ...verdict, cls: 'expected', reason: 'bad_key: 503 key_store_unavailable while a Redis command of the gateway timed out or failed' }
+        const v = near ? { ...verdict, cls: 'expected', reason: `${req.kind}: 503 key_store_unavailable while the gateway's Redis breaker was open` }
+            : counted ? { ...verdict, cls: 'expected', reason: `${req.kind}: 503 key_store_unavailable while a Redis command of the gateway timed out or failed` }
                 : verdict;
         count(id, req, out, v);
     }
