@@ -162,7 +162,7 @@ static void wakeup_cb(struct ev_loop *loop, ev_async *a, int revents)
  * free pages go back to the kernel, once the worker is not busy. malloc_trim() walks every
  * arena's free chunks, holding each arena's lock meanwhile, and a page given back costs a page
  * fault when reused: 0.1-3 ms in steady traffic; after a burst of 2,000 connections, which left
- * 50-70 MiB resident for good without it, a few hundred ms once (bench/SOAK.md). */
+ * 50-70 MiB resident for good without it, 0.8-1.1 s once, then 0.15-0.25 s (bench/SOAK.md). */
 static void housekeeping_cb(struct ev_loop *loop, ev_timer *t, int revents)
 {
     (void)loop;
