@@ -174,7 +174,8 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *conn, const char
     struct MHD_Response *resp;
     if (stream_mode && !r->failed) {
         /* Resumed by the first bytes (or the end of a short answer): relay as they come. */
-        resp = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16384, stream_reader, r, NULL);
+        /* The block is never used for a chunked body (read into the connection's buffer). */
+        resp = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 1024, stream_reader, r, NULL);
         MHD_add_response_header(resp, "Content-Type", "text/event-stream");
         r->queued = true;
         enum MHD_Result ok = MHD_queue_response(conn, 200, resp);

@@ -19,6 +19,8 @@
 /* A stream's socket send buffer (the kernel doubles it): a slow reader's backlog in the
  * kernel stays about the size of the relay's own (REQUEST_STREAM_HIGH_WATER). */
 #define REQUEST_STREAM_SNDBUF (128 << 10)
+/* The stream response's block (see request_queue_stream). */
+#define REQUEST_STREAM_BLOCK 1024
 
 /* ---- upstream callbacks --------------------------------------------------------------------- */
 
@@ -433,8 +435,11 @@ static ssize_t request_stream_reader(void *cls, uint64_t pos, char *dst, size_t 
 
 enum MHD_Result request_queue_stream(struct request *r)
 {
-    struct MHD_Response *resp =
-        MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16384, request_stream_reader, r, NULL);
+    /* A chunked body is read into the connection's own write buffer, never into the response's
+     * block (whose size caps nothing here), so the block is kept small: it is allocated and
+     * zeroed for every stream, 16 KiB per stream when it was 16 KiB. */
+    struct MHD_Response *resp = MHD_create_response_from_callback(
+        MHD_SIZE_UNKNOWN, REQUEST_STREAM_BLOCK, request_stream_reader, r, NULL);
     if (!resp)
         return MHD_NO;
     MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "text/event-stream");
