@@ -17,20 +17,25 @@
 #                                           then run to their end, so every stream counts whole
 #      STREAMS_ROUNDS (default 2)           alternated rounds per level
 #      STREAMS_TOKENS (100), STREAMS_TOKEN_MS (50)   the node's stream
-#      STREAMS_TARGETS (default "direct nginx floor gateway")
+#      STREAMS_TARGETS (default "direct nginx floor gateway", plus "baseline" with STREAMS_BASELINE)
+#      STREAMS_BASELINE=BINARY              another tollgate (e.g. a build of an earlier commit) run
+#                                           with the same config as the "baseline" target, in the
+#                                           same rounds: a before/after measured side by side
 #      STREAMS_NO_RESULTS=1                 do not append to bench/RESULTS.md
 #      STREAMS_KEEP=1                       keep the temp dir (configs, logs, raw figures)
 #      BENCH_BUILD (default build)          where tollgate, mocknode, floor, streamgen are
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-BUILD_DIR="$ROOT/${BENCH_BUILD:-build}"
+BUILD_DIR="${BENCH_BUILD:-build}"
+[[ "$BUILD_DIR" == /* ]] || BUILD_DIR="$ROOT/$BUILD_DIR"
 CONNS_LIST="${STREAMS_CONNS:-2000 8000}"
 SECS="${STREAMS_SECONDS:-20}"
 ROUNDS="${STREAMS_ROUNDS:-2}"
 TOKENS="${STREAMS_TOKENS:-100}"
 TOKEN_MS="${STREAMS_TOKEN_MS:-50}"
-TARGETS="${STREAMS_TARGETS:-direct nginx floor gateway}"
+BASELINE="${STREAMS_BASELINE:-}"
+TARGETS="${STREAMS_TARGETS:-direct nginx floor gateway${BASELINE:+ baseline}}"
 MODEL="bench-model"
 BENCH_KEY="sk-bench-5f1c0e7a9b2d4c68"
 RESULTS="$ROOT/bench/RESULTS.md"
@@ -165,7 +170,10 @@ wait_http floor "$FLOOR_PID" "http://127.0.0.1:$FLOOR_PORT/" "$TMP/floor.log"
 
 GW_PORT=$(free_port)
 # One static key, one backend; the node's learned concurrency limit and the connection pool
-# start above the load, so the routing's slow start does not queue the first streams.
+# start above the load, so the routing's slow start does not queue the first streams. No
+# stuck-node detection: on a loaded 2-CPU machine the node's first bytes come seconds late
+# under thousands of streams, and the one node would be failed and ejected (errors that
+# measure the machine, not the relay).
 cat >"$TMP/gateway.json" <<EOF
 {
   "listen": "127.0.0.1:$GW_PORT",
@@ -175,6 +183,7 @@ cat >"$TMP/gateway.json" <<EOF
   "max_connections": 20000,
   "upstream": {"max_connections_per_backend": 20000},
   "routing": {"limit_initial": 20000, "limit_max": 20000},
+  "health": {"stuck_factor": 0},
   "keys": [{"name": "bench", "key": "$BENCH_KEY"}],
   "backends": [
     {"name": "bench-upstream", "url": "http://127.0.0.1:$UP_PORT/v1",
@@ -188,6 +197,15 @@ EOF
 GW_PID=$!
 PIDS+=("$GW_PID")
 wait_http gateway "$GW_PID" "http://127.0.0.1:$GW_PORT/healthz" "$TMP/gateway.log"
+if [[ -n "$BASELINE" ]]; then
+    [[ -x "$BASELINE" ]] || die "STREAMS_BASELINE: $BASELINE is not an executable"
+    BL_PORT=$(free_port)
+    sed "s/127.0.0.1:$GW_PORT/127.0.0.1:$BL_PORT/" "$TMP/gateway.json" >"$TMP/baseline.json"
+    "$BASELINE" -c "$TMP/baseline.json" >"$TMP/baseline.log" 2>&1 &
+    BL_PID=$!
+    PIDS+=("$BL_PID")
+    wait_http baseline "$BL_PID" "http://127.0.0.1:$BL_PORT/healthz" "$TMP/baseline.log"
+fi
 
 # Every target answers one stream before the load.
 preflight() {
@@ -202,6 +220,7 @@ url_of() {
     nginx) echo "http://127.0.0.1:$NGINX_PORT/v1/chat/completions" ;;
     floor) echo "http://127.0.0.1:$FLOOR_PORT/v1/chat/completions" ;;
     gateway) echo "http://127.0.0.1:$GW_PORT/v1/chat/completions" ;;
+    baseline) echo "http://127.0.0.1:$BL_PORT/v1/chat/completions" ;;
     esac
 }
 # pids_of TARGET: the processes whose CPU and memory count (nginx: master and workers).
@@ -211,6 +230,7 @@ pids_of() {
     nginx) echo "$NGINX_PID $(cat /proc/"$NGINX_PID"/task/*/children 2>/dev/null)" ;;
     floor) echo "$FLOOR_PID" ;;
     gateway) echo "$GW_PID" ;;
+    baseline) echo "$BL_PID" ;;
     esac
 }
 cpu_ticks() {
@@ -225,9 +245,13 @@ rss_kib() {
     for p in "$@"; do cat "/proc/$p/status" 2>/dev/null || true; done | awk '/^VmRSS:/ { r += $2 } END { print r + 0 }'
 }
 
+# Each target's RSS after its preflight, before any load: RSS per stream is the peak over it.
+declare -A IDLE_RSS
 for t in $TARGETS; do
-    [[ "$t" =~ ^(direct|nginx|floor|gateway)$ ]] || die "STREAMS_TARGETS: unknown target '$t'"
+    [[ "$t" =~ ^(direct|nginx|floor|gateway|baseline)$ ]] || die "STREAMS_TARGETS: unknown target '$t'"
     preflight "$t" "$(url_of "$t")"
+    # shellcheck disable=SC2046
+    IDLE_RSS[$t]=$(rss_kib $(pids_of "$t"))
 done
 LOAD_START="$(cut -d' ' -f1-3 /proc/loadavg)"
 note "load average before the runs: $LOAD_START ($(nproc) CPUs)"
@@ -239,15 +263,14 @@ note "load average before the runs: $LOAD_START ($(nproc) CPUs)"
 run_one() {
     local t=$1 n=$2 round=$3 pids t0 t1 idle out sampler peak ramp
     pids=$(pids_of "$t")
-    # shellcheck disable=SC2086
-    idle=$(rss_kib $pids)
+    idle=${IDLE_RSS[$t]}
     # The connections open over a second per 2,000 (a storm of connects measures the
     # listen queue, not the relay).
     ramp=$(awk -v n="$n" 'BEGIN { print n / 2000 }')
+    echo 0 >"$TMP/peak"
     # shellcheck disable=SC2086
     (peak=0; while :; do r=$(rss_kib $pids); ((r > peak)) && peak=$r && echo "$peak" >"$TMP/peak"; sleep 0.2; done) &
     sampler=$!
-    echo "$idle" >"$TMP/peak"
     # shellcheck disable=SC2086
     t0=$(cpu_ticks $pids)
     out="$("$BUILD_DIR/streamgen" -c "$n" -d "$SECS" -r "$ramp" -H "Authorization: Bearer $BENCH_KEY" -b "$BODY" "$(url_of "$t")")"
@@ -332,13 +355,16 @@ report() {
                     printf "; floor ÷ nginx CPU %.2f×, RSS %.2f×", cpu[n, "floor"] / cpu[n, "nginx"], rss[n, "floor"] / rss[n, "nginx"]
                 if (cpu[n, "floor"] > 0 && cpu[n, "gateway"] > 0)
                     printf "; gateway ÷ floor CPU %.2f×", cpu[n, "gateway"] / cpu[n, "floor"]
+                if (cpu[n, "baseline"] > 0 && cpu[n, "gateway"] > 0)
+                    printf "; gateway ÷ baseline CPU %.2f×, RSS %.2f×", cpu[n, "gateway"] / cpu[n, "baseline"], rss[n, "gateway"] / rss[n, "baseline"]
                 print ""
             }
         }' "$TMP/runs"
     echo
     echo "CPU is the proxy's own (all its processes and threads, user + system, from /proc), divided by"
-    echo "the streams (events) its callers received whole; the direct row's is the node's. Added TTFT:"
-    echo "the proxy's p99 minus the direct p99 of the same level."
+    echo "the streams (events) its callers received whole; the direct row's is the node's. RSS per stream:"
+    echo "(peak RSS - RSS before any load) / streams. Added TTFT: the proxy's p99 minus the direct p99 of"
+    echo "the same level."
     if [[ "$GW_PROBLEMS" -gt 0 ]]; then
         echo
         echo "The gateway logged $GW_PROBLEMS line(s) at warn level or above during the runs; the first:"
