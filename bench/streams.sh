@@ -114,12 +114,23 @@ wait_http() {
 
 # ---- the node, the proxies ---------------------------------------------------------------
 
-UP_PORT=$(free_port)
-"$BUILD_DIR/mocknode" --port "$UP_PORT" --host 127.0.0.1 --name bench --models "$MODEL" \
-    --ttfb-ms 0 --token-ms "$TOKEN_MS" --tokens "$TOKENS" --threads 2 --quiet >"$TMP/mocknode.log" 2>&1 &
-MOCK_PID=$!
-PIDS+=("$MOCK_PID")
-wait_http mocknode "$MOCK_PID" "http://127.0.0.1:$UP_PORT/healthz" "$TMP/mocknode.log"
+# One node per target: a node takes at most 10,000 connections, and at 8,000 streams the idle
+# keep-alive pools a proxy keeps to its node after its turn would otherwise use up the next
+# target's share of the same node (it then resets connections).
+declare -A NODE_PORT NODE_PID
+start_node() {
+    local t=$1 port
+    port=$(free_port)
+    "$BUILD_DIR/mocknode" --port "$port" --host 127.0.0.1 --name "bench-$t" --models "$MODEL" \
+        --ttfb-ms 0 --token-ms "$TOKEN_MS" --tokens "$TOKENS" --threads 2 --quiet >"$TMP/mocknode-$t.log" 2>&1 &
+    NODE_PID[$t]=$!
+    PIDS+=("${NODE_PID[$t]}")
+    wait_http "mocknode ($t)" "${NODE_PID[$t]}" "http://127.0.0.1:$port/healthz" "$TMP/mocknode-$t.log"
+    NODE_PORT[$t]=$port
+}
+for t in direct nginx floor gateway baseline; do start_node "$t"; done
+UP_PORT=${NODE_PORT[direct]}
+MOCK_PID=${NODE_PID[direct]}
 
 NGINX_PORT=$(free_port)
 mkdir -p "$TMP/nginx"
@@ -141,7 +152,7 @@ http {
     keepalive_requests 1000000;
     keepalive_timeout 65s;
     upstream node {
-        server 127.0.0.1:$UP_PORT;
+        server 127.0.0.1:${NODE_PORT[nginx]};
         keepalive 4096;
         keepalive_requests 1000000;
     }
@@ -163,7 +174,7 @@ PIDS+=("$NGINX_PID")
 wait_http nginx "$NGINX_PID" "http://127.0.0.1:$NGINX_PORT/healthz"
 
 FLOOR_PORT=$(free_port)
-"$BUILD_DIR/floor" "$FLOOR_PORT" "http://127.0.0.1:$UP_PORT/v1/chat/completions" 2 stream >"$TMP/floor.log" 2>&1 &
+"$BUILD_DIR/floor" "$FLOOR_PORT" "http://127.0.0.1:${NODE_PORT[floor]}/v1/chat/completions" 2 stream >"$TMP/floor.log" 2>&1 &
 FLOOR_PID=$!
 PIDS+=("$FLOOR_PID")
 wait_http floor "$FLOOR_PID" "http://127.0.0.1:$FLOOR_PORT/" "$TMP/floor.log"
@@ -186,7 +197,7 @@ cat >"$TMP/gateway.json" <<EOF
   "health": {"stuck_factor": 0},
   "keys": [{"name": "bench", "key": "$BENCH_KEY"}],
   "backends": [
-    {"name": "bench-upstream", "url": "http://127.0.0.1:$UP_PORT/v1",
+    {"name": "bench-upstream", "url": "http://127.0.0.1:${NODE_PORT[gateway]}/v1",
      "models": [{"name": "$MODEL", "input_usd_per_mtok": 0.05, "output_usd_per_mtok": 0.08}]}
   ]
 }
@@ -200,7 +211,8 @@ wait_http gateway "$GW_PID" "http://127.0.0.1:$GW_PORT/healthz" "$TMP/gateway.lo
 if [[ -n "$BASELINE" ]]; then
     [[ -x "$BASELINE" ]] || die "STREAMS_BASELINE: $BASELINE is not an executable"
     BL_PORT=$(free_port)
-    sed "s/127.0.0.1:$GW_PORT/127.0.0.1:$BL_PORT/" "$TMP/gateway.json" >"$TMP/baseline.json"
+    sed "s/127.0.0.1:$GW_PORT/127.0.0.1:$BL_PORT/; s/127.0.0.1:${NODE_PORT[gateway]}/127.0.0.1:${NODE_PORT[baseline]}/" \
+        "$TMP/gateway.json" >"$TMP/baseline.json"
     "$BASELINE" -c "$TMP/baseline.json" >"$TMP/baseline.log" 2>&1 &
     BL_PID=$!
     PIDS+=("$BL_PID")
