@@ -30,8 +30,9 @@ async function node(cached) {
 const usd = (res) => Number(res.headers.get('x-tollgate-cost-usd'));
 const near = (a, b) => assert.ok(Math.abs(a - b) < 1e-12, `${a} vs ${b}`);
 
-test('cached prompt tokens are billed at the cached price, in the ledger and the metrics', async () => {
+test('cached prompt tokens are billed at the cached price, in the ledger and the metrics', async (t) => {
   const redis = await startRedis();
+  t.after(() => redis.stop()); // its process would keep this file's run alive
   const n = await node(300);
   const gw = await startGateway({ keys, redis: { url: redis.url }, backends: [{ name: 'cn', url: n.v1,
     models: [{ name: 'm', input_usd_per_mtok: 10, output_usd_per_mtok: 20, cached_input_usd_per_mtok: 1 }] }] });
