@@ -42,13 +42,15 @@
 #define SERVER_HOUSEKEEPING_S 10.0
 /* Without a burst, the heap is trimmed this often (by one worker for all: malloc_trim()
  * walks every thread's arena). */
-#define SERVER_TRIM_EVERY_MS 60000
+#define SERVER_TRIM_EVERY_MS 600000
 /* A worker with more requests than this in flight puts its trim off. */
 #define SERVER_TRIM_BUSY 32
 /* A trim that took longer is logged at info. */
 #define SERVER_TRIM_SLOW_MS 20.0
-/* A burst went by when a worker held this many connections more than twice what it holds now. */
-#define SERVER_BURST_CONNS 32
+/* A burst went by when a worker held this many connections more than twice what it holds now.
+ * Not lower: in steady traffic a trim costs 20-200 ms of the loop too (a 1,800 s soak with
+ * 32 here, and any freed curl handle counted as a burst, trimmed every 10-30 s). */
+#define SERVER_BURST_CONNS 256
 
 /* The workers and what they share; the main thread owns it (gateway/worker.h says who may
  * touch which field of `shared`). */
@@ -158,7 +160,7 @@ static void wakeup_cb(struct ev_loop *loop, ev_async *a, int revents)
  * gateway/main.c) and every free page in the middle of a heap. After a burst of connections
  * (each with its request buffers, a curl handle and a keep-alive connection to a node) that is
  * tens of MiB held for good. Off the hot path, every few seconds: the upstream pools shrink to
- * what the traffic of the last period needed, and after a burst (or once a minute) the heap's
+ * what the traffic of the last period needed, and after a burst (or every 10 minutes) the heap's
  * free pages go back to the kernel, once the worker is not busy. malloc_trim() walks every
  * arena's free chunks, holding each arena's lock meanwhile, and a page given back costs a page
  * fault when reused: 0.1-3 ms in steady traffic; after a burst of 2,000 connections, which left
@@ -178,7 +180,7 @@ static void housekeeping_cb(struct ev_loop *loop, ev_timer *t, int revents)
     if (++w->ticks % (unsigned)(SERVER_HOUSEKEEPING_S / SERVER_TICK_S))
         return;
     size_t freed = upstream_shrink(w->upstream);
-    bool burst = h->peak_conns >= 2 * h->n_conns + SERVER_BURST_CONNS || freed > 0;
+    bool burst = h->peak_conns >= 2 * h->n_conns + SERVER_BURST_CONNS;
     h->peak_conns = h->n_conns;
     /* After a burst: a trim, and one more once the pools' idle connections have closed (as
      * transfers end after the shrink). */
