@@ -119,10 +119,10 @@ void request_settle_usage(struct request *r)
     long cached = r->usage.reported && r->usage.rep_cached > 0 ? r->usage.rep_cached : 0;
     r->usage.cached_tokens = cached < prompt ? cached : prompt;
     double price_cached = capability_cached_price(r->up.target->model, price_in);
-    r->usage.cost_usd = ((double)(prompt - r->usage.cached_tokens) * price_in +
-                         (double)r->usage.cached_tokens * price_cached +
-                         (double)completion * price_out) /
-                        1e6;
+    r->usage.cost_usd =
+        ((double)(prompt - r->usage.cached_tokens) * price_in +
+         (double)r->usage.cached_tokens * price_cached + (double)completion * price_out) /
+        1e6;
     if (!r->cfg->metrics_enabled)
         return; /* what routing saved only feeds the metrics */
     /* What routing saved: the same usage at the priciest backend that could have served it. */

@@ -245,7 +245,7 @@ struct request {
     const char *model;  /* the route's model name (config-owned) */
     struct arena arena; /* the parsed body's nodes and the scans' state (base/arena.h) */
 
-    struct config_route chain; /* a request's own `models` chain (chain.c); targets malloc'd */
+    struct config_route chain;  /* a request's own `models` chain (chain.c); targets malloc'd */
     struct request_forward fwd; /* caller headers passed on to the node (forward.c) */
 
     struct request_admission adm;

@@ -61,8 +61,8 @@ struct answer_scan {
      * the status is "completed"): */
     /* usage.prompt_tokens_details.cached_tokens (the Responses API's: input_tokens_details) */
     long long cached_tokens;
-    char event_type[48];     /* a stream event's "type" */
-    char response_id[128];   /* the response's "id" (a whole answer's, or an event's response) */
+    char event_type[48];   /* a stream event's "type" */
+    char response_id[128]; /* the response's "id" (a whole answer's, or an event's response) */
 
     /* Internal: the token cut at the end of what was fed (see above). */
     struct buf held; /* bytes not handed to yajl yet */

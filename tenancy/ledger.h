@@ -57,10 +57,10 @@ struct ledger_entry {
     unsigned status;
     long prompt_tokens, completion_tokens;
     double cost_usd, latency_ms;
-    double saved_usd; /* a cache hit: what the stored answer cost when it was made */
-    bool estimated;   /* billed on the gateway's estimates, not the node's usage */
+    double saved_usd;   /* a cache hit: what the stored answer cost when it was made */
+    bool estimated;     /* billed on the gateway's estimates, not the node's usage */
     long cached_tokens; /* of prompt_tokens, those billed at the cached-input price */
-    int64_t ts_ms;    /* wall clock, ms since the epoch; 0: now */
+    int64_t ts_ms;      /* wall clock, ms since the epoch; 0: now */
 };
 
 /* A record in text form, as it is sent and spooled. */
@@ -69,11 +69,11 @@ struct ledger_record {
     char id[LEDGER_FIELD_MAX + 1], key[LEDGER_FIELD_MAX + 1], model[LEDGER_FIELD_MAX + 1],
         backend[LEDGER_FIELD_MAX + 1], cache[LEDGER_FIELD_MAX + 1];
     char status[12], prompt_tokens[24], completion_tokens[24], ts_ms[24];
-    char cost_usd[40];   /* fixed point, no exponent: "0.00123" */
-    char saved_usd[40];  /* the same; "0" unless a cache hit */
-    char estimated[2];   /* "1": billed on the gateway's estimates; else "0" */
+    char cost_usd[40];      /* fixed point, no exponent: "0.00123" */
+    char saved_usd[40];     /* the same; "0" unless a cache hit */
+    char estimated[2];      /* "1": billed on the gateway's estimates; else "0" */
     char cached_tokens[24]; /* "0" unless the node reported cached prompt tokens */
-    char latency_ms[40]; /* fixed point, 3 decimals */
+    char latency_ms[40];    /* fixed point, 3 decimals */
 };
 
 /* Counters since ledger_new(). Any thread may read them (relaxed atomics). */

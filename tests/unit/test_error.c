@@ -42,6 +42,8 @@ static const struct {
     {TG_ERR_MODEL_NOT_ALLOWED, 403, "permission_error", "model_not_allowed"},
     {TG_ERR_INSUFFICIENT_QUOTA, 429, "insufficient_quota", "insufficient_quota"},
     {TG_ERR_KEY_UNAVAILABLE, 503, "api_error", "key_store_unavailable"},
+    {TG_ERR_CAPABILITY, 400, "invalid_request_error", "unsupported_parameter"},
+    {TG_ERR_CONTEXT_LENGTH, 400, "invalid_request_error", "context_length_exceeded"},
 };
 
 #define N_EXPECTED (sizeof expected / sizeof expected[0])
