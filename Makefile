@@ -11,7 +11,7 @@ LIBS    := -lmicrohttpd -lcurl -lssh2 -lhiredis -lev -ljansson -lyajl -lyaml -ln
 VERSION := $(shell cat VERSION 2>/dev/null || echo 0.0.0)
 
 # The layers, bottom first: a folder includes only folders before it (metrics/ only base/).
-LAYERS   := base redis config net openai metrics trace tenancy cache routing gateway
+LAYERS   := base redis config net metrics trace openai tenancy cache routing gateway
 CORE_SRC := $(filter-out gateway/main.c,$(foreach d,$(LAYERS),$(wildcard $(d)/*.c)))
 CORE_OBJ := $(CORE_SRC:%.c=$(BUILD)/obj/%.o)
 # The status page (gateway/status.html, gateway/status.h) is built in as a C array that od
