@@ -4,6 +4,7 @@
 #include "openai/bignum.h"
 #include "openai/media.h"
 #include "openai/responses.h"
+#include "openai/validate-int.h"
 
 #include <limits.h>
 #include <stdio.h>
@@ -503,7 +504,7 @@ void openai_estimate_prompt(enum openai_route route, json_t *body, struct openai
     out->prompt_tokens_est = (pc.bytes + 3) / 4 + overhead;
 }
 
-static int fail(const char **param, const char *name, char *msg, size_t n, int err,
+int openai_fail(const char **param, const char *name, char *msg, size_t n, int err,
                 const char *text)
 {
     *param = name;
@@ -511,43 +512,54 @@ static int fail(const char **param, const char *name, char *msg, size_t n, int e
     return err;
 }
 
+int openai_require_model(json_t *body, struct openai_request *out, const char **param, char *msg,
+                         size_t n)
+{
+    if (!json_is_object(body))
+        return openai_fail(param, NULL, msg, n, TG_ERR_INVALID_JSON,
+                           "The request body must be a JSON object.");
+    json_t *model = json_object_get(body, "model");
+    if (!model || json_is_null(model))
+        return openai_fail(param, "model", msg, n, TG_ERR_MISSING_PARAM,
+                           "You must provide a model parameter.");
+    if (!json_is_string(model))
+        return openai_fail(param, "model", msg, n, TG_ERR_INVALID_TYPE,
+                           "'model' must be a string.");
+    if (json_string_length(model) == 0)
+        return openai_fail(param, "model", msg, n, TG_ERR_INVALID_VALUE,
+                           "'model' must not be empty.");
+    out->model = json_string_value(model);
+    return 0;
+}
+
 int openai_validate(enum openai_route route, json_t *body, struct openai_request *out,
                     const char **param, char *msg, size_t n)
 {
     *out = (struct openai_request){.max_tokens = -1};
     *param = NULL;
-    if (!json_is_object(body))
-        return fail(param, NULL, msg, n, TG_ERR_INVALID_JSON,
-                    "The request body must be a JSON object.");
-    json_t *model = json_object_get(body, "model");
-    if (!model || json_is_null(model))
-        return fail(param, "model", msg, n, TG_ERR_MISSING_PARAM,
-                    "You must provide a model parameter.");
-    if (!json_is_string(model))
-        return fail(param, "model", msg, n, TG_ERR_INVALID_TYPE, "'model' must be a string.");
-    if (json_string_length(model) == 0)
-        return fail(param, "model", msg, n, TG_ERR_INVALID_VALUE, "'model' must not be empty.");
-    out->model = json_string_value(model);
+    int err = openai_require_model(body, out, param, msg, n);
+    if (err)
+        return err;
 
     json_t *stream = json_object_get(body, "stream");
     if (stream && !json_is_null(stream)) {
         if (!json_is_boolean(stream))
-            return fail(param, "stream", msg, n, TG_ERR_INVALID_TYPE,
-                        "'stream' must be a boolean.");
+            return openai_fail(param, "stream", msg, n, TG_ERR_INVALID_TYPE,
+                               "'stream' must be a boolean.");
         out->stream = json_is_true(stream);
         if (out->stream && route == OPENAI_EMBEDDINGS)
-            return fail(param, "stream", msg, n, TG_ERR_INVALID_VALUE,
-                        "Embeddings cannot be streamed.");
+            return openai_fail(param, "stream", msg, n, TG_ERR_INVALID_VALUE,
+                               "Embeddings cannot be streamed.");
     }
     json_t *so = json_object_get(body, "stream_options");
     if (so && !json_is_null(so)) {
         if (!json_is_object(so))
-            return fail(param, "stream_options", msg, n, TG_ERR_INVALID_TYPE,
-                        "'stream_options' must be an object.");
+            return openai_fail(param, "stream_options", msg, n, TG_ERR_INVALID_TYPE,
+                               "'stream_options' must be an object.");
         json_t *iu = json_object_get(so, "include_usage");
         if (iu && !json_is_null(iu) && !json_is_boolean(iu))
-            return fail(param, "stream_options.include_usage", msg, n, TG_ERR_INVALID_TYPE,
-                        "'stream_options.include_usage' must be a boolean.");
+            return openai_fail(param, "stream_options.include_usage", msg, n, TG_ERR_INVALID_TYPE,
+                               "'stream_options.include_usage' must be a boolean.");
         out->include_usage = json_is_true(iu);
     }
     static const char *const max_names[] = {"max_completion_tokens", "max_tokens"};
@@ -558,7 +570,7 @@ int openai_validate(enum openai_route route, json_t *body, struct openai_request
         if (!json_is_integer(mt) || json_integer_value(mt) < 0) {
             char text[96];
             snprintf(text, sizeof text, "'%s' must be a non-negative integer.", max_names[i]);
-            return fail(param, max_names[i], msg, n, TG_ERR_INVALID_TYPE, text);
+            return openai_fail(param, max_names[i], msg, n, TG_ERR_INVALID_TYPE, text);
         }
         if (out->max_tokens < 0)
             out->max_tokens = json_integer_value(mt);
@@ -568,21 +580,21 @@ int openai_validate(enum openai_route route, json_t *body, struct openai_request
     case OPENAI_CHAT: {
         json_t *messages = json_object_get(body, "messages");
         if (!messages || json_is_null(messages))
-            return fail(param, "messages", msg, n, TG_ERR_MISSING_PARAM,
-                        "You must provide a messages parameter.");
+            return openai_fail(param, "messages", msg, n, TG_ERR_MISSING_PARAM,
+                               "You must provide a messages parameter.");
         if (!json_is_array(messages))
-            return fail(param, "messages", msg, n, TG_ERR_INVALID_TYPE,
-                        "'messages' must be an array.");
+            return openai_fail(param, "messages", msg, n, TG_ERR_INVALID_TYPE,
+                               "'messages' must be an array.");
         if (json_array_size(messages) == 0)
-            return fail(param, "messages", msg, n, TG_ERR_INVALID_VALUE,
-                        "'messages' must contain at least one message.");
+            return openai_fail(param, "messages", msg, n, TG_ERR_INVALID_VALUE,
+                               "'messages' must contain at least one message.");
         size_t i;
         json_t *m;
         json_array_foreach (messages, i, m) {
             if (!json_is_object(m) || !json_is_string(json_object_get(m, "role"))) {
                 char text[96];
                 snprintf(text, sizeof text, "'messages[%zu]' must be an object with a role.", i);
-                return fail(param, "messages", msg, n, TG_ERR_INVALID_TYPE, text);
+                return openai_fail(param, "messages", msg, n, TG_ERR_INVALID_TYPE, text);
             }
         }
         break;
@@ -590,21 +602,21 @@ int openai_validate(enum openai_route route, json_t *body, struct openai_request
     case OPENAI_COMPLETIONS: {
         json_t *prompt = json_object_get(body, "prompt");
         if (!prompt || json_is_null(prompt))
-            return fail(param, "prompt", msg, n, TG_ERR_MISSING_PARAM,
-                        "You must provide a prompt parameter.");
+            return openai_fail(param, "prompt", msg, n, TG_ERR_MISSING_PARAM,
+                               "You must provide a prompt parameter.");
         if (!json_is_string(prompt) && !json_is_array(prompt))
-            return fail(param, "prompt", msg, n, TG_ERR_INVALID_TYPE,
-                        "'prompt' must be a string or an array.");
+            return openai_fail(param, "prompt", msg, n, TG_ERR_INVALID_TYPE,
+                               "'prompt' must be a string or an array.");
         break;
     }
     case OPENAI_EMBEDDINGS: {
         json_t *input = json_object_get(body, "input");
         if (!input || json_is_null(input))
-            return fail(param, "input", msg, n, TG_ERR_MISSING_PARAM,
-                        "You must provide an input parameter.");
+            return openai_fail(param, "input", msg, n, TG_ERR_MISSING_PARAM,
+                               "You must provide an input parameter.");
         if (!json_is_string(input) && !json_is_array(input))
-            return fail(param, "input", msg, n, TG_ERR_INVALID_TYPE,
-                        "'input' must be a string or an array.");
+            return openai_fail(param, "input", msg, n, TG_ERR_INVALID_TYPE,
+                               "'input' must be a string or an array.");
         break;
     }
     default:
@@ -615,8 +627,8 @@ int openai_validate(enum openai_route route, json_t *body, struct openai_request
     if (nv && !json_is_null(nv)) {
         if (!json_is_integer(nv) || json_integer_value(nv) < 1 ||
             json_integer_value(nv) > OPENAI_MAX_CHOICES)
-            return fail(param, "n", msg, n, TG_ERR_INVALID_VALUE,
-                        "'n' must be an integer between 1 and 128.");
+            return openai_fail(param, "n", msg, n, TG_ERR_INVALID_VALUE,
+                               "'n' must be an integer between 1 and 128.");
         out->n_choices = (unsigned)json_integer_value(nv);
     }
     openai_estimate_prompt(route, body, out);

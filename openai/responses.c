@@ -1,19 +1,12 @@
 #include "openai/responses.h"
 
 #include "base/error.h"
+#include "openai/validate-int.h"
 
 #include <stdio.h>
 #include <string.h>
 
 /* ---- validating a request -------------------------------------------------------------------- */
-
-static int fail(const char **param, const char *name, char *msg, size_t n, int err,
-                const char *text)
-{
-    *param = name;
-    snprintf(msg, n, "%s", text);
-    return err;
-}
 
 bool responses_id_ok(const char *id, size_t len)
 {
@@ -103,37 +96,28 @@ int responses_validate(enum openai_route route, json_t *body, struct openai_requ
     (void)route;
     *out = (struct openai_request){.max_tokens = -1, .n_choices = 1};
     *param = NULL;
-    if (!json_is_object(body))
-        return fail(param, NULL, msg, n, TG_ERR_INVALID_JSON,
-                    "The request body must be a JSON object.");
-    json_t *model = json_object_get(body, "model");
-    if (!model || json_is_null(model))
-        return fail(param, "model", msg, n, TG_ERR_MISSING_PARAM,
-                    "You must provide a model parameter.");
-    if (!json_is_string(model))
-        return fail(param, "model", msg, n, TG_ERR_INVALID_TYPE, "'model' must be a string.");
-    if (json_string_length(model) == 0)
-        return fail(param, "model", msg, n, TG_ERR_INVALID_VALUE, "'model' must not be empty.");
-    out->model = json_string_value(model);
+    int err = openai_require_model(body, out, param, msg, n);
+    if (err)
+        return err;
 
     json_t *prev = json_object_get(body, "previous_response_id");
     bool has_prev = prev && !json_is_null(prev);
     if (has_prev && !json_is_string(prev))
-        return fail(param, "previous_response_id", msg, n, TG_ERR_INVALID_TYPE,
-                    "'previous_response_id' must be a string.");
+        return openai_fail(param, "previous_response_id", msg, n, TG_ERR_INVALID_TYPE,
+                           "'previous_response_id' must be a string.");
     if (has_prev && !responses_id_ok(json_string_value(prev), json_string_length(prev)))
-        return fail(param, "previous_response_id", msg, n, TG_ERR_INVALID_VALUE,
-                    "'previous_response_id' is not a valid response id.");
+        return openai_fail(param, "previous_response_id", msg, n, TG_ERR_INVALID_VALUE,
+                           "'previous_response_id' is not a valid response id.");
 
     json_t *input = json_object_get(body, "input");
     json_t *prompt = json_object_get(body, "prompt");
     bool has_input = input && !json_is_null(input);
     if (!has_input && !has_prev && (!prompt || json_is_null(prompt)))
-        return fail(param, "input", msg, n, TG_ERR_MISSING_PARAM,
-                    "You must provide an input parameter.");
+        return openai_fail(param, "input", msg, n, TG_ERR_MISSING_PARAM,
+                           "You must provide an input parameter.");
     if (has_input && !json_is_string(input) && !json_is_array(input))
-        return fail(param, "input", msg, n, TG_ERR_INVALID_TYPE,
-                    "'input' must be a string or an array of input items.");
+        return openai_fail(param, "input", msg, n, TG_ERR_INVALID_TYPE,
+                           "'input' must be a string or an array of input items.");
     if (json_is_array(input)) {
         size_t i;
         json_t *item;
@@ -141,7 +125,7 @@ int responses_validate(enum openai_route route, json_t *body, struct openai_requ
             if (!json_is_object(item)) {
                 char text[96];
                 snprintf(text, sizeof text, "'input[%zu]' must be an object.", i);
-                return fail(param, "input", msg, n, TG_ERR_INVALID_TYPE, text);
+                return openai_fail(param, "input", msg, n, TG_ERR_INVALID_TYPE, text);
             }
             json_t *content = json_object_get(item, "content");
             if (content && !json_is_null(content) && !json_is_string(content) &&
@@ -149,32 +133,33 @@ int responses_validate(enum openai_route route, json_t *body, struct openai_requ
                 char text[120];
                 snprintf(text, sizeof text,
                          "'input[%zu].content' must be a string or an array of parts.", i);
-                return fail(param, "input", msg, n, TG_ERR_INVALID_TYPE, text);
+                return openai_fail(param, "input", msg, n, TG_ERR_INVALID_TYPE, text);
             }
         }
     }
     json_t *instructions = json_object_get(body, "instructions");
     if (instructions && !json_is_null(instructions) && !json_is_string(instructions))
-        return fail(param, "instructions", msg, n, TG_ERR_INVALID_TYPE,
-                    "'instructions' must be a string.");
+        return openai_fail(param, "instructions", msg, n, TG_ERR_INVALID_TYPE,
+                           "'instructions' must be a string.");
     json_t *stream = json_object_get(body, "stream");
     if (stream && !json_is_null(stream)) {
         if (!json_is_boolean(stream))
-            return fail(param, "stream", msg, n, TG_ERR_INVALID_TYPE,
-                        "'stream' must be a boolean.");
+            return openai_fail(param, "stream", msg, n, TG_ERR_INVALID_TYPE,
+                               "'stream' must be a boolean.");
         out->stream = json_is_true(stream);
     }
     out->include_usage = true; /* the terminal event always carries it */
     json_t *mt = json_object_get(body, "max_output_tokens");
     if (mt && !json_is_null(mt)) {
         if (!json_is_integer(mt) || json_integer_value(mt) < 0)
-            return fail(param, "max_output_tokens", msg, n, TG_ERR_INVALID_TYPE,
-                        "'max_output_tokens' must be a non-negative integer.");
+            return openai_fail(param, "max_output_tokens", msg, n, TG_ERR_INVALID_TYPE,
+                               "'max_output_tokens' must be a non-negative integer.");
         out->max_tokens = json_integer_value(mt);
     }
     json_t *tools = json_object_get(body, "tools");
     if (tools && !json_is_null(tools) && !json_is_array(tools))
-        return fail(param, "tools", msg, n, TG_ERR_INVALID_TYPE, "'tools' must be an array.");
+        return openai_fail(param, "tools", msg, n, TG_ERR_INVALID_TYPE,
+                           "'tools' must be an array.");
 
     struct prompt_count pc = {0};
     if (has_input)
