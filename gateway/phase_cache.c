@@ -38,6 +38,18 @@ static void request_cache_ignored(void *ctx, int result, const redisReply *reply
     (void)reply;
 }
 
+void request_cache_replay_begin(struct request *r, double saved_usd)
+{
+    r->relay.stream_mode = true;
+    r->relay.stream_ended = true;
+    sse_init(&r->relay.sse, REQUEST_STREAM_MAX_EVENT); /* freed with the request like any stream */
+    r->cache.result = REQUEST_CACHE_HIT;
+    r->usage.done = true;
+    r->usage.cost_usd = 0;
+    r->cache.saved_usd = saved_usd;
+    r->state = REQUEST_STREAM;
+}
+
 /* A stored whole answer replayed to a streaming caller: per choice one event with the whole
  * message as its delta and one with the finish reason, the usage chunk when asked for, then
  * [DONE] — what the SDKs assemble into the same answer. */
@@ -111,14 +123,7 @@ static bool request_cache_hit_stream(struct request *r, const char *body, size_t
         buf_free(&r->relay.out);
         return false;
     }
-    r->relay.stream_mode = true;
-    r->relay.stream_ended = true;
-    sse_init(&r->relay.sse, REQUEST_STREAM_MAX_EVENT); /* freed with the request like any stream */
-    r->cache.result = REQUEST_CACHE_HIT;
-    r->usage.done = true;
-    r->usage.cost_usd = 0;
-    r->cache.saved_usd = saved_usd;
-    r->state = REQUEST_STREAM;
+    request_cache_replay_begin(r, saved_usd);
     return true;
 }
 

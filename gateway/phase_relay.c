@@ -124,6 +124,27 @@ static int request_emit_spliced(struct request *r, const struct sse_event *ev,
     return rc ? TG_ERR_NOMEM : 0;
 }
 
+/* Each event's scan in an arena of its own: its block goes back to the thread's cache at once,
+ * so a long stream neither grows the request's arena nor calls malloc. What the scan keeps by
+ * value (flags, offsets, ids) is read after; nothing it allocated is. */
+int request_scan_stream_event(struct request *r, const struct sse_event *ev, enum answer_kind kind,
+                              struct answer_scan *out)
+{
+    struct arena event_arena = {0};
+    if (answer_scan_init_kind(out, &event_arena, kind)) {
+        arena_release(&event_arena);
+        return TG_ERR_NOMEM;
+    }
+    bool ok = answer_scan_event(out, ev->data, ev->data_len) == 0 && out->object;
+    answer_scan_free(out);
+    arena_release(&event_arena);
+    if (!ok) {
+        snprintf(r->up.fail_detail, sizeof r->up.fail_detail, "a stream event that is not JSON");
+        return TG_ERR_BAD_BACKEND_RESPONSE;
+    }
+    return 0;
+}
+
 static int request_on_event(void *ctx, const struct sse_event *ev)
 {
     struct request *r = ctx;
@@ -156,21 +177,10 @@ static int request_on_event(void *ctx, const struct sse_event *ev)
             request_capture_done(r);
         return buf_append(&r->relay.out, ev->raw, ev->raw_len) ? TG_ERR_NOMEM : 0;
     }
-    /* Each event's scan in an arena of its own: its block goes back to the thread's cache
-     * at once, so a long stream neither grows the request's arena nor calls malloc. */
     struct answer_scan sc;
-    struct arena event_arena = {0};
-    if (answer_scan_init_kind(&sc, &event_arena, r->ep->answer)) {
-        arena_release(&event_arena);
-        return TG_ERR_NOMEM;
-    }
-    bool ok = answer_scan_event(&sc, ev->data, ev->data_len) == 0 && sc.object;
-    answer_scan_free(&sc);
-    arena_release(&event_arena);
-    if (!ok) {
-        snprintf(r->up.fail_detail, sizeof r->up.fail_detail, "a stream event that is not JSON");
-        return TG_ERR_BAD_BACKEND_RESPONSE;
-    }
+    int scan_rc = request_scan_stream_event(r, ev, r->ep->answer, &sc);
+    if (scan_rc)
+        return scan_rc;
     if (sc.has_error) {
         /* A node reporting its own failure mid-stream: a failure, not content. */
         snprintf(r->up.fail_detail, sizeof r->up.fail_detail, "the node sent an error event");

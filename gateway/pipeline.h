@@ -288,6 +288,10 @@ enum MHD_Result request_reply_json(struct request *r, unsigned status, json_t *d
 int request_emit_event(struct request *r, json_t *chunk);
 /* The same for a chunk the gateway wrote (usage and cost): reals as base/usd.h prints them. */
 int request_emit_usage_event(struct request *r, json_t *chunk);
+/* Scan one stream event of `kind` whole into *out (its by-value facts stay readable): 0, or
+ * TG_ERR_BAD_BACKEND_RESPONSE with r->up.fail_detail set when the event is not a JSON object. */
+int request_scan_stream_event(struct request *r, const struct sse_event *ev, enum answer_kind kind,
+                              struct answer_scan *out);
 
 /* From inside MHD's handler: answer with an error now (or on the next call, see above). */
 #define REQUEST_FAIL_NOW(r, err, param, ...)                                                       \
@@ -315,6 +319,9 @@ bool request_cache_lookup(struct request *r);
 bool request_coalesce(struct request *r);
 /* A stored answer becomes the reply: false when it cannot be used. */
 bool request_cache_hit(struct request *r, const char *body, size_t len, double saved_usd);
+/* A stored answer's replay is in r->relay.out whole: the request becomes a stream that has
+ * ended (a hit that cost nothing, `saved_usd` saved), and is relayed from there. */
+void request_cache_replay_begin(struct request *r, double saved_usd);
 /* Keeps a complete answer and hands it to the requests waiting for it. */
 void request_cache_store(struct request *r, const char *text, size_t len);
 /* The leader's flight ends; text NULL: its followers go on on their own. */

@@ -308,18 +308,9 @@ int request_responses_event(struct request *r, const struct sse_event *ev)
         return buf_append(&r->relay.out, ev->raw, ev->raw_len) ? TG_ERR_NOMEM : 0;
     }
     struct answer_scan sc;
-    struct arena event_arena = {0};
-    if (answer_scan_init_kind(&sc, &event_arena, ANSWER_KIND_RESPONSES)) {
-        arena_release(&event_arena);
-        return TG_ERR_NOMEM;
-    }
-    bool ok = answer_scan_event(&sc, ev->data, ev->data_len) == 0 && sc.object;
-    answer_scan_free(&sc);
-    arena_release(&event_arena);
-    if (!ok) {
-        snprintf(r->up.fail_detail, sizeof r->up.fail_detail, "a stream event that is not JSON");
-        return TG_ERR_BAD_BACKEND_RESPONSE;
-    }
+    int scan_rc = request_scan_stream_event(r, ev, ANSWER_KIND_RESPONSES, &sc);
+    if (scan_rc)
+        return scan_rc;
     enum responses_event kind = responses_event_kind(&sc);
     if (kind == RESPONSES_EVENT_FAILED || sc.has_error) {
         snprintf(r->up.fail_detail, sizeof r->up.fail_detail, "the node sent %s event",
@@ -463,13 +454,6 @@ bool request_responses_cache_stream(struct request *r, const char *body, size_t 
         buf_free(&r->relay.out);
         return false;
     }
-    r->relay.stream_mode = true;
-    r->relay.stream_ended = true;
-    sse_init(&r->relay.sse, REQUEST_STREAM_MAX_EVENT); /* freed with the request like any stream */
-    r->cache.result = REQUEST_CACHE_HIT;
-    r->usage.done = true;
-    r->usage.cost_usd = 0;
-    r->cache.saved_usd = saved_usd;
-    r->state = REQUEST_STREAM;
+    request_cache_replay_begin(r, saved_usd);
     return true;
 }
