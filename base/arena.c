@@ -15,9 +15,10 @@
  * what jansson returns to callers (json_dumps) is freed with free() as usual. */
 #define ARENA_MAGIC 0x746f6c6c61726e61ull /* "tollarna" */
 #define ARENA_CACHE_MAX 32                /* blocks a thread keeps for its next requests */
-/* An arena that grew past this many blocks (a body of many small values) gives its memory
- * back to the system when released, not only to malloc: without it the freed blocks stay
- * resident, scattered among live allocations where malloc cannot trim them. */
+/* An arena that grew past this many blocks (a body of many small values) asks for its memory
+ * to go back to the system, not only to malloc: without it the freed blocks stay resident,
+ * scattered among live allocations where malloc cannot trim them. The trim itself is the
+ * thread's owner's to do, off the request path (arena_take_trim). */
 #define ARENA_TRIM_BLOCKS 256
 
 struct arena_block {
@@ -38,6 +39,7 @@ struct piece {
 
 static __thread struct arena *current;
 static __thread struct arena_block *cache;
+static __thread bool trim_wanted;
 static __thread unsigned n_cached;
 
 /* A thread's cached blocks are freed when it exits. */
@@ -135,7 +137,14 @@ void arena_release(struct arena *a)
     }
     a->used = 0;
     if (n > ARENA_TRIM_BLOCKS)
-        malloc_trim(0);
+        trim_wanted = true;
+}
+
+bool arena_take_trim(void)
+{
+    bool wanted = trim_wanted;
+    trim_wanted = false;
+    return wanted;
 }
 
 bool arena_owns(const struct arena *a, const void *p)

@@ -35,6 +35,12 @@ void arena_leave(void);
 /* Returns the arena's blocks to this thread's cache (or to malloc); a is empty again. */
 void arena_release(struct arena *a);
 
+/* Whether an arena released on this thread since the last call grew past ARENA_TRIM_BLOCKS,
+ * so that malloc_trim() would give pages back; clears it. Called by the thread's owner from a
+ * timer, so the trim (milliseconds, up to a second on a fragmented heap) never runs on a
+ * request's path. */
+bool arena_take_trim(void);
+
 /* yajl allocation functions taking from a (yajl's own API, no thread state). */
 void arena_yajl_funcs(struct arena *a, yajl_alloc_funcs *out);
 

@@ -1,5 +1,6 @@
 #include "gateway/server.h"
 
+#include "base/arena.h"
 #include "base/clock.h"
 #include "base/error.h"
 #include "base/listen.h"
@@ -156,6 +157,21 @@ static void wakeup_cb(struct ev_loop *loop, ev_async *a, int revents)
 
 /* ---- workers ---------------------------------------------------------------------------- */
 
+/* Free heap pages back to the kernel now, on this worker's loop (see housekeeping_cb for what it
+ * costs and when it is worth it); `why` and the curl handles the shrink freed go in the log. */
+static void server_trim(struct worker *w, const char *why, size_t handles_freed)
+{
+    atomic_store_explicit(&w->shared->trimmed_at_ms, clock_mono_ms(), memory_order_relaxed);
+    double t0 = clock_mono();
+    int released = malloc_trim(0);
+    double ms = (clock_mono() - t0) * 1000;
+    /* A slow trim held up the loop (and the other workers' allocations): worth a line. */
+    log_event(ms >= SERVER_TRIM_SLOW_MS ? LOG_INFO : LOG_DEBUG, "memory_trimmed",
+              "\"worker\":%u,\"why\":\"%s\",\"handles_freed\":%zu,\"released\":%s,"
+              "\"duration_ms\":%.3f",
+              w->id, why, handles_freed, released ? "true" : "false", ms);
+}
+
 /* glibc keeps freed memory: the free top of each thread's arena up to M_TRIM_THRESHOLD (4 MiB,
  * gateway/main.c) and every free page in the middle of a heap. After a burst of connections
  * (each with its request buffers, a curl handle and a keep-alive connection to a node) that is
@@ -177,6 +193,15 @@ static void housekeeping_cb(struct ev_loop *loop, ev_timer *t, int revents)
     atomic_store_explicit(&w->shed.body_timeout, h->stats.body_timeout, memory_order_relaxed);
     atomic_store_explicit(&w->shed.lingered, h->stats.lingered, memory_order_relaxed);
     atomic_store_explicit(&w->shed.conns, h->n_conns, memory_order_relaxed);
+    /* A request that grew its arena past ARENA_TRIM_BLOCKS (a body of many small values) left
+     * free pages scattered in the heap: they go back on the next tick this worker is not busy,
+     * never on that request's path. */
+    if (arena_take_trim())
+        w->arena_trim = true;
+    if (w->arena_trim && w->n_active <= SERVER_TRIM_BUSY) {
+        w->arena_trim = false;
+        server_trim(w, "big_request", 0);
+    }
     if (++w->ticks % (unsigned)(SERVER_HOUSEKEEPING_S / SERVER_TICK_S))
         return;
     size_t freed = upstream_shrink(w->upstream);
@@ -199,14 +224,7 @@ static void housekeeping_cb(struct ev_loop *loop, ev_timer *t, int revents)
     if (now - last < (int64_t)(SERVER_HOUSEKEEPING_S * 500) ||
         !atomic_compare_exchange_strong(&w->shared->trimmed_at_ms, &last, now))
         return;
-    double t0 = clock_mono();
-    int released = malloc_trim(0);
-    double ms = (clock_mono() - t0) * 1000;
-    /* A slow trim held up the loop (and the other workers' allocations): worth a line. */
-    log_event(ms >= SERVER_TRIM_SLOW_MS ? LOG_INFO : LOG_DEBUG, "memory_trimmed",
-              "\"worker\":%u,\"burst\":%s,\"handles_freed\":%zu,\"released\":%s,"
-              "\"duration_ms\":%.3f",
-              w->id, burst ? "true" : "false", freed, released ? "true" : "false", ms);
+    server_trim(w, burst ? "burst" : "periodic", freed);
 }
 
 static int worker_init(struct worker *w, struct config *cfg, char *err, size_t err_len)

@@ -76,6 +76,7 @@ struct worker {
     ev_timer redis_stats_timer;
     ev_timer housekeeping; /* pools sized to the traffic, memory given back after a burst */
     unsigned trim_pending; /* trims due after a burst (once the worker is not busy) */
+    bool arena_trim;       /* a trim due after a big request (base/arena.h) */
     unsigned ticks;        /* of the housekeeping timer */
     /* httpd's connection counters (net/httpd.h), copied every second for the scraper. */
     struct {

@@ -101,6 +101,34 @@ static void test_many_pieces_span_blocks(void **state)
     arena_release(&a);
 }
 
+/* A small arena asks for no trim; one grown past ARENA_TRIM_BLOCKS asks once, and the trim is
+ * left to the thread's owner (arena_take_trim), not done inside arena_release. */
+static void test_big_arena_asks_for_a_trim(void **state)
+{
+    (void)state;
+    (void)arena_take_trim();
+    struct arena a = {0};
+    arena_enter(&a);
+    json_t *arr = json_array();
+    for (int i = 0; i < 100; i++)
+        json_array_append_new(arr, json_integer(i));
+    arena_leave();
+    json_decref(arr);
+    arena_release(&a);
+    assert_false(arena_take_trim());
+
+    arena_enter(&a);
+    arr = json_array();
+    for (int i = 0; i < 100000; i++)
+        json_array_append_new(arr, json_integer(i));
+    arena_leave();
+    assert_true(arena_n_blocks(&a) > 256);
+    json_decref(arr);
+    arena_release(&a);
+    assert_true(arena_take_trim());
+    assert_false(arena_take_trim());
+}
+
 static void test_yajl_pieces(void **state)
 {
     (void)state;
@@ -155,9 +183,13 @@ static void test_scan_in_arena(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_parse_in_arena), cmocka_unit_test(test_long_strings_from_malloc),
-        cmocka_unit_test(test_blocks_reused),  cmocka_unit_test(test_many_pieces_span_blocks),
-        cmocka_unit_test(test_yajl_pieces),    cmocka_unit_test(test_scan_in_arena),
+        cmocka_unit_test(test_parse_in_arena),
+        cmocka_unit_test(test_long_strings_from_malloc),
+        cmocka_unit_test(test_blocks_reused),
+        cmocka_unit_test(test_many_pieces_span_blocks),
+        cmocka_unit_test(test_yajl_pieces),
+        cmocka_unit_test(test_scan_in_arena),
+        cmocka_unit_test(test_big_arena_asks_for_a_trim),
     };
     return cmocka_run_group_tests_name("arena", tests, NULL, NULL);
 }
