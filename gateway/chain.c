@@ -141,13 +141,6 @@ bool request_context_retry(struct request *r)
     return other;
 }
 
-const char *request_served_model(const struct request *r)
-{
-    if (r->up.target && r->up.status > 0)
-        return r->up.target->model->name;
-    return r->model;
-}
-
 const struct config_route *request_served_route(const struct request *r)
 {
     if (r->up.target && r->up.target->origin)

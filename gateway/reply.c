@@ -11,6 +11,14 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* What the answer names: the model that served (a chain's member, once a node answered). */
+const char *request_served_model(const struct request *r)
+{
+    if (r->up.target && r->up.status > 0)
+        return r->up.target->model->name;
+    return r->model;
+}
+
 /* ---- the connection ------------------------------------------------------------------------ */
 
 void request_suspend(struct request *r)
