@@ -56,24 +56,30 @@ static int on_number(void *ctx, const char *num, size_t len)
 
 static const yajl_callbacks big_callbacks = {.yajl_number = on_number};
 
-/* Counts the strings in the tree that start with the marker (keys cannot hold a NUL). */
-static void count_marks(json_t *v, size_t *marks, size_t depth)
+/* Counts the strings in the tree that start with the marker, and those holding a NUL without
+ * being one (keys cannot hold a NUL): jansson refuses a NUL in a body without big integers, so
+ * this path must too. */
+static void count_marks(json_t *v, size_t *marks, size_t *nuls, size_t depth)
 {
     if (depth > 256)
         return; /* the body's depth was checked before; this only bounds the recursion */
     if (json_is_string(v)) {
-        if (json_string_length(v) >= MARK_LEN && !memcmp(json_string_value(v), mark, MARK_LEN))
+        const char *s = json_string_value(v);
+        size_t n = json_string_length(v);
+        if (n >= MARK_LEN && !memcmp(s, mark, MARK_LEN) && !memchr(s + 1, 0, n - 1))
             (*marks)++;
+        else if (memchr(s, 0, n))
+            (*nuls)++;
     } else if (json_is_object(v)) {
         const char *key;
         json_t *item;
         json_object_foreach (v, key, item)
-            count_marks(item, marks, depth + 1);
+            count_marks(item, marks, nuls, depth + 1);
     } else if (json_is_array(v)) {
         size_t i;
         json_t *item;
         json_array_foreach (v, i, item)
-            count_marks(item, marks, depth + 1);
+            count_marks(item, marks, nuls, depth + 1);
     }
 }
 
@@ -119,8 +125,16 @@ int openai_parse_bignums(const char *data, size_t len, json_t **out, char *msg, 
                  jerr.text, jerr.line, jerr.column);
         goto out;
     }
-    size_t marks = 0;
-    count_marks(*out, &marks, 0);
+    size_t marks = 0, nuls = 0;
+    count_marks(*out, &marks, &nuls, 0);
+    if (nuls) {
+        json_decref(*out);
+        *out = NULL;
+        snprintf(msg, msg_len,
+                 "We could not parse the JSON body of your request: a string holds a NUL "
+                 "character (\\u0000), which is not accepted.");
+        goto out;
+    }
     if (marks != s.n) {
         json_decref(*out);
         *out = NULL;

@@ -75,6 +75,16 @@ test('integers of any size reach the node with their digits', async () => {
   const forged = await chat(gw, '{"model":"m","messages":[{"role":"user","content":' +
     '"\\u0000tollgate-bignum:1"}],"seed":12345678901234567890}');
   assert.equal(forged.status, 400, forged.text);
+  // A NUL in a string is refused with a big integer beside it as without one (the fuzzer's
+  // find: a NUL string beside a big integer was taken, and could not be read back).
+  const calls = node.seen.length;
+  for (const seed of ['', ',"seed":123456789012345678901234']) {
+    const nul = await chat(gw, `{"model":"m"${seed},"messages":[{"role":"user","content":"a\\u0000b"}],` +
+      '"user":"?\\u0000tollgate-bignum:u"}');
+    assert.equal(nul.status, 400, nul.text);
+    assert.equal(nul.json.error.code, 'invalid_json', nul.text);
+  }
+  assert.equal(node.seen.length, calls, 'nothing reached the node');
 });
 
 test('User-Agent (with the gateway\'s as a suffix), OpenAI-Organization and OpenAI-Project reach the node', async () => {
