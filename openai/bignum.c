@@ -164,8 +164,15 @@ char *openai_dump_body(const json_t *body)
     /* "\u0000tollgate-bignum:123" -> 123, in place: the text only shrinks. */
     const size_t ml = strlen(OPENAI_BIGNUM_MARK);
     char *w = text, *r = text, *hit;
-    while ((hit = strstr(r, OPENAI_BIGNUM_MARK))) {
-        /* A marker is always a whole string: its opening quote is just before it. */
+    char *from = r;
+    while ((hit = strstr(from, OPENAI_BIGNUM_MARK))) {
+        /* A marker is always a whole string: its opening quote is just before it. The same text
+         * elsewhere is a caller's string spelling it out ("\\u0000..." in the dump: a NUL
+         * anywhere but at the start of a marker is refused when the body is read), kept. */
+        if (hit == text || hit[-1] != '"') {
+            from = hit + 1;
+            continue;
+        }
         size_t keep = (size_t)(hit - r) - 1;
         memmove(w, r, keep);
         w += keep;
@@ -175,6 +182,7 @@ char *openai_dump_body(const json_t *body)
         memmove(w, r, digits);
         w += digits;
         r += digits + (end ? 1 : 0);
+        from = r;
     }
     memmove(w, r, strlen(r) + 1);
     return text;
