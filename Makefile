@@ -134,11 +134,11 @@ $(BUILD)/libtollgate.a: $(CORE_OBJ)
 	@rm -f $@
 	ar rcs $@ $^
 
-$(BUILD)/fuzz/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/fuzz.h $(BUILD)/libtollgate.a
+$(BUILD)/fuzz/fuzz_%: tests/fuzz/fuzz_%.c $(wildcard tests/fuzz/*.h) $(BUILD)/libtollgate.a
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $< $(BUILD)/libtollgate.a -o $@ $(LDFLAGS) $(LIBS)
 
-$(BUILD)/fuzz/replay_%: tests/fuzz/fuzz_%.c tests/fuzz/replay.c tests/fuzz/fuzz.h \
+$(BUILD)/fuzz/replay_%: tests/fuzz/fuzz_%.c tests/fuzz/replay.c $(wildcard tests/fuzz/*.h) \
                         $(BUILD)/libtollgate.a
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $< tests/fuzz/replay.c $(BUILD)/libtollgate.a -o $@ $(LDFLAGS) $(LIBS)

@@ -9,7 +9,7 @@
  * Checks: both scans accept or refuse alike and, when they accept, find the same numbers;
  * delivered text is never more bytes than the answer; at most 128 choices are counted; the
  * usage object's span holds exactly the usage a JSON parser reads. */
-#include "tests/fuzz/fuzz.h"
+#include "tests/fuzz/answer_twice.h"
 
 #include "base/arena.h"
 #include "openai/answer.h"
@@ -17,17 +17,6 @@
 #include <jansson.h>
 #include <stdbool.h>
 #include <string.h>
-
-static void check_same(const struct answer_scan *a, const struct answer_scan *b)
-{
-    FUZZ_CHECK(a->object == b->object && a->has_error == b->has_error);
-    FUZZ_CHECK(a->has_usage == b->has_usage && a->prompt_tokens == b->prompt_tokens &&
-               a->completion_tokens == b->completion_tokens);
-    FUZZ_CHECK(a->delivered == b->delivered && a->n_choices == b->n_choices);
-    FUZZ_CHECK(a->has_choices == b->has_choices && a->choices_len == b->choices_len &&
-               a->finished == b->finished);
-    FUZZ_CHECK(a->usage_start == b->usage_start && a->usage_end == b->usage_end);
-}
 
 /* The usage span (what gateway/phase_relay.c splices the settled usage over) is the bytes of
  * the top-level "usage" object a JSON parser reads, when jansson reads the document at all
@@ -53,27 +42,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     fuzz_split_init(&split, &data, &size);
     const char *bytes = size ? (const char *)data : "";
 
-    struct answer_scan whole;
-    FUZZ_CHECK(answer_scan_init(&whole, NULL) == 0);
-    bool ok_whole = answer_scan_feed(&whole, bytes, size) == 0 && answer_scan_finish(&whole) == 0;
-    answer_scan_free(&whole);
-
-    struct arena arena = {0};
-    struct answer_scan pieces;
-    FUZZ_CHECK(answer_scan_init(&pieces, &arena) == 0);
-    bool ok_pieces = true;
-    for (size_t at = 0; at < size && ok_pieces;) {
-        size_t n = fuzz_split_next(&split, size - at);
-        ok_pieces = answer_scan_feed(&pieces, bytes + at, n) == 0;
-        at += n;
-    }
-    ok_pieces = ok_pieces && answer_scan_finish(&pieces) == 0;
-    answer_scan_free(&pieces);
-    arena_release(&arena);
-
-    FUZZ_CHECK(ok_whole == ok_pieces);
-    if (ok_whole) {
-        check_same(&whole, &pieces);
+    struct answer_scan whole, pieces;
+    if (fuzz_answer_twice(ANSWER_KIND_CHOICES, bytes, size, &split, &whole, &pieces)) {
+        fuzz_answer_same(&whole, &pieces);
         FUZZ_CHECK(whole.delivered <= size);
         FUZZ_CHECK(whole.n_choices <= 128);
         FUZZ_CHECK(whole.depth == 0);
