@@ -97,6 +97,9 @@ int main(int argc, char **argv)
         flags |= MHD_USE_ERROR_LOG;
     if (ai->ai_family == AF_INET6)
         flags |= MHD_USE_IPv6;
+    /* Before the daemon: its threads kick the wake thread's eventfd from the first request. */
+    if (wake_start() == -1)
+        fatal("cannot start the wake thread: %s", strerror(errno));
     struct MHD_Daemon *d = MHD_start_daemon(
         flags, (uint16_t)o.port, NULL, NULL, http_on_request, NULL, MHD_OPTION_SOCK_ADDR,
         ai->ai_addr, MHD_OPTION_THREAD_POOL_SIZE, o.threads, MHD_OPTION_CONNECTION_LIMIT,
@@ -105,8 +108,6 @@ int main(int argc, char **argv)
     freeaddrinfo(ai);
     if (!d)
         fatal("cannot listen on %s:%u", o.host, o.port);
-    if (wake_start() == -1)
-        fatal("cannot start the wake thread: %s", strerror(errno));
 
     const union MHD_DaemonInfo *di = MHD_get_daemon_info(d, MHD_DAEMON_INFO_BIND_PORT);
     unsigned port = di && di->port ? di->port : o.port;
