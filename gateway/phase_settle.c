@@ -118,6 +118,8 @@ void request_settle_usage(struct request *r)
      * the model's cached-input price (routing/capability.h). */
     long cached = r->usage.reported && r->usage.rep_cached > 0 ? r->usage.rep_cached : 0;
     r->usage.cached_tokens = cached < prompt ? cached : prompt;
+    if (cached > prompt)
+        r->usage.clamped = true; /* the caller sees the cached count it is billed for */
     double price_cached = capability_cached_price(r->up.target->model, price_in);
     r->usage.cost_usd =
         ((double)(prompt - r->usage.cached_tokens) * price_in +

@@ -73,6 +73,7 @@ test('cached tokens are clamped to the prompt; without a cached price they cost 
   const a = await chat(gw, { model: 'a', messages, max_tokens: 8 });
   assert.equal(a.status, 200, a.text);
   near(usd(a), (400 * 1 + 2 * 20) / 1e6);
+  assert.equal(a.json.usage.prompt_tokens_details.cached_tokens, 400, 'the caller sees what it is billed');
   const b = await chat(gw, { model: 'b', messages, max_tokens: 8 });
   near(usd(b), (400 * 10 + 2 * 20) / 1e6);
 });
