@@ -1,5 +1,6 @@
 #include "fault.h"
 
+#include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -26,10 +27,27 @@ int fault_parse(const char *s)
     return -1;
 }
 
+/* Faults still to happen before the node recovers; -1: no limit. */
+static atomic_long faults_left = -1;
+
+void fault_limit(unsigned n)
+{
+    atomic_store(&faults_left, n ? (long)n : -1);
+}
+
 enum fault fault_draw(enum fault f, double rate)
 {
     if (f != FAULT_NONE && rate < 1.0 && !(rng_unit() < rate))
         return FAULT_NONE;
+    if (f == FAULT_NONE)
+        return f;
+    long left = atomic_load(&faults_left);
+    while (left >= 0) {
+        if (left == 0)
+            return FAULT_NONE;
+        if (atomic_compare_exchange_weak(&faults_left, &left, left - 1))
+            break;
+    }
     return f;
 }
 

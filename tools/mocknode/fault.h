@@ -34,8 +34,12 @@ const char *fault_name(enum fault f);
 /* The fault named `s`, or -1 when there is none by that name. */
 int fault_parse(const char *s);
 
-/* The fault one request gets: `f` with probability `rate`, else FAULT_NONE. */
+/* The fault one request gets: `f` with probability `rate`, else FAULT_NONE; once the
+ * faults allowed by fault_limit() are drawn, always FAULT_NONE (the node recovered). */
 enum fault fault_draw(enum fault f, double rate);
+
+/* Only the next `n` faults drawn happen (0: no limit); the count starts again at each call. */
+void fault_limit(unsigned n);
 
 /*
  * Answers req->fault when it replaces the answer (500 and 429 at once, hang by

@@ -35,10 +35,10 @@ void runtime_set(const struct runtime *r)
 
 static json_t *runtime_json(const struct runtime *r)
 {
-    return json_pack("{s:s, s:f, s:I, s:I, s:I, s:I}", "fault", fault_name(r->fault), "fault_rate",
-                     r->fault_rate, "ttfb_ms", (json_int_t)r->ttfb_ms, "token_ms",
+    return json_pack("{s:s, s:f, s:I, s:I, s:I, s:I, s:I}", "fault", fault_name(r->fault),
+                     "fault_rate", r->fault_rate, "ttfb_ms", (json_int_t)r->ttfb_ms, "token_ms",
                      (json_int_t)r->token_ms, "tokens", (json_int_t)r->tokens, "retry_after_s",
-                     (json_int_t)r->retry_after_s);
+                     (json_int_t)r->retry_after_s, "fault_count", (json_int_t)r->fault_count);
 }
 
 /* Reads an integer field into *out; returns false when it is not an integer in [0, max]. */
@@ -82,6 +82,8 @@ static bool runtime_apply(json_t *o, struct runtime *r, char *msg, size_t msg_si
             ok = json_uint(v, RUNTIME_MAX_TOKENS, &r->tokens);
         } else if (strcmp(key, "retry_after_s") == 0) {
             ok = json_uint(v, RUNTIME_MAX_RETRY_AFTER, &r->retry_after_s);
+        } else if (strcmp(key, "fault_count") == 0) {
+            ok = json_uint(v, RUNTIME_MAX_FAULT_COUNT, &r->fault_count);
         } else {
             snprintf(msg, msg_size, "unknown config key '%s'", key);
             return false;
@@ -113,6 +115,9 @@ enum MHD_Result runtime_reply(struct mock_req *req, const char *method)
     bool ok = runtime_apply(o, &r, msg, sizeof(msg));
     if (ok)
         rt = r;
+    /* A new fault (or count) starts its count again: "fail the next N, then recover". */
+    if (ok && (json_object_get(o, "fault") || json_object_get(o, "fault_count")))
+        fault_limit(r.fault_count);
     pthread_mutex_unlock(&rt_lock);
     json_decref(o);
     if (!ok)

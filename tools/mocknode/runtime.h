@@ -15,6 +15,7 @@
 #define RUNTIME_MAX_TOKENS 100000u
 #define RUNTIME_MAX_DELAY_MS 3600000u
 #define RUNTIME_MAX_RETRY_AFTER 86400u
+#define RUNTIME_MAX_FAULT_COUNT 1000000u
 
 struct mock_req;
 
@@ -26,6 +27,7 @@ struct runtime {
     unsigned token_ms;
     unsigned tokens;
     unsigned retry_after_s;
+    unsigned fault_count; /* only the next N requests get the fault (fault_limit); 0: all */
 };
 
 /* A snapshot of the current knobs; before any runtime_set(), the defaults. */
