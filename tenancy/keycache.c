@@ -9,6 +9,7 @@ struct keycache_node {
     struct keycache_entry e;
     struct keycache_node *hnext; /* hash chain */
     struct list lru;             /* on the cache's LRU list, most recent first */
+    struct list unknown;         /* an unknown key: on the list of those, newest first */
     bool stale;                  /* past its time whatever its age (keycache_clear) */
 };
 
@@ -16,8 +17,10 @@ struct keycache {
     struct keycache_node **buckets;
     size_t n_buckets; /* a power of two */
     size_t size, capacity;
+    size_t n_unknown, unknown_cap; /* entries for keys Redis does not know, and their bound */
     int64_t ttl_ms, negative_ttl_ms;
     struct list lru;
+    struct list unknown; /* oldest last: past negative_ttl_ms they go (reap_unknown) */
 };
 
 static size_t bucket_of(const struct keycache *c, const unsigned char d[32])
@@ -41,9 +44,11 @@ struct keycache *keycache_new(size_t capacity, int64_t ttl_ms, int64_t negative_
         return NULL;
     }
     c->capacity = capacity ? capacity : 1;
+    c->unknown_cap = c->capacity / 4 ? c->capacity / 4 : 1;
     c->ttl_ms = ttl_ms;
     c->negative_ttl_ms = negative_ttl_ms;
     list_init(&c->lru);
+    list_init(&c->unknown);
     return c;
 }
 
@@ -60,6 +65,10 @@ static void node_remove(struct keycache *c, struct keycache_node **slot)
     struct keycache_node *n = *slot;
     *slot = n->hnext;
     list_unlink(&n->lru);
+    if (list_linked(&n->unknown)) {
+        list_unlink(&n->unknown);
+        c->n_unknown--;
+    }
     free(n->e.models);
     free(n);
     c->size--;
@@ -87,11 +96,29 @@ static size_t models_len(const char *m)
     return n + 1;
 }
 
+static struct keycache_node *oldest_unknown(const struct keycache *c)
+{
+    return LIST_ENTRY(c->unknown.prev, struct keycache_node, unknown);
+}
+
+/* Entries for unknown keys are only worth their negative_ttl_ms (a stale one is no outage
+ * fallback: an unknown key during an outage gets 503, not 401), so they go when it is over,
+ * and their number has a bound of its own: a flood of random keys, which is all they come
+ * from, neither holds memory for long nor pushes the keys of real callers out. */
+static void reap_unknown(struct keycache *c, int64_t now_ms, size_t room)
+{
+    while (!list_empty(&c->unknown) &&
+           (c->n_unknown + room > c->unknown_cap ||
+            now_ms - oldest_unknown(c)->e.fetched_ms > c->negative_ttl_ms))
+        node_remove(c, find_slot(c, oldest_unknown(c)->e.digest));
+}
+
 int keycache_put(struct keycache *c, const struct keycache_entry *e)
 {
     struct keycache_node **slot = find_slot(c, e->digest);
     if (*slot)
         node_remove(c, slot);
+    reap_unknown(c, e->fetched_ms, e->known ? 0 : 1);
     while (c->size >= c->capacity && !list_empty(&c->lru))
         node_remove(c, find_slot(c, LIST_ENTRY(c->lru.prev, struct keycache_node, lru)->e.digest));
     struct keycache_node *n = calloc(1, sizeof *n);
@@ -112,6 +139,10 @@ int keycache_put(struct keycache *c, const struct keycache_entry *e)
     n->hnext = *slot;
     *slot = n;
     list_push_head(&c->lru, &n->lru);
+    if (!e->known) {
+        list_push_head(&c->unknown, &n->unknown);
+        c->n_unknown++;
+    }
     c->size++;
     return 0;
 }

@@ -2,7 +2,9 @@
  *
  * Bounded (least recently used entries go first) so that a flood of random keys cannot
  * grow it. A found key is kept `ttl_ms`; a key Redis does not know is remembered for
- * `negative_ttl_ms`, so a caller retrying a bad key does not reach Redis every time.
+ * `negative_ttl_ms`, so a caller retrying a bad key does not reach Redis every time; such
+ * entries go once that time is over and are at most a quarter of the capacity, so random keys
+ * neither hold memory for long nor push out the keys of real callers.
  * Entries past their time are still returned when the caller allows stale ones (Redis
  * unreachable: keys already seen keep working). Revocations evict at once.
  * Not thread-safe: one cache per worker. Returned entries are valid until the next call

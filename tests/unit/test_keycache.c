@@ -92,6 +92,41 @@ static void test_bounded_lru(void **state)
     keycache_free(c);
 }
 
+static void test_unknown_keys_bounded(void **state)
+{
+    (void)state;
+    struct keycache *c = keycache_new(8, 60000, 5000);
+    struct keycache_entry alice = entry(1, true, "alice"), bob = entry(2, true, "bob");
+    keycache_put(c, &alice);
+    keycache_put(c, &bob);
+    /* A flood of random keys keeps at most a quarter of the cache and pushes no known key out. */
+    for (unsigned i = 0; i < 100; i++) {
+        struct keycache_entry e = entry(0, false, "");
+        memcpy(e.digest, &i, sizeof i);
+        e.digest[31] = 0xee;
+        keycache_put(c, &e);
+    }
+    assert_int_equal(keycache_size(c), 2 + 8 / 4);
+    unsigned char d[32];
+    digest(d, 1);
+    assert_non_null(keycache_get(c, d, 1000, false));
+    digest(d, 2);
+    assert_non_null(keycache_get(c, d, 1000, false));
+    /* The newest unknown ones are the ones kept. */
+    unsigned last = 99;
+    memset(d, 0, sizeof d);
+    memcpy(d, &last, sizeof last);
+    d[31] = 0xee;
+    assert_non_null(keycache_get(c, d, 1000, false));
+    /* Past their 5 s they go at the next store, even though the cache has room. */
+    struct keycache_entry carol = entry(3, true, "carol");
+    carol.fetched_ms = 1000 + 5001;
+    keycache_put(c, &carol);
+    assert_int_equal(keycache_size(c), 3);
+    assert_null(keycache_get(c, d, 1000 + 5001, true));
+    keycache_free(c);
+}
+
 static void test_replace_evict_clear(void **state)
 {
     (void)state;
@@ -149,8 +184,11 @@ static void test_models(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_put_get),     cmocka_unit_test(test_lifetimes),
-        cmocka_unit_test(test_bounded_lru), cmocka_unit_test(test_replace_evict_clear),
+        cmocka_unit_test(test_put_get),
+        cmocka_unit_test(test_lifetimes),
+        cmocka_unit_test(test_bounded_lru),
+        cmocka_unit_test(test_unknown_keys_bounded),
+        cmocka_unit_test(test_replace_evict_clear),
         cmocka_unit_test(test_models),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
