@@ -16,6 +16,7 @@ static void parse_models(struct config_problems *ctx, struct config_backend *b, 
                                           "cached_input_usd_per_mtok",
                                           "usd_per_image",
                                           "usd_per_mchar",
+                                          "usd_per_audio_second",
                                           "capabilities",
                                           "context_length",
                                           NULL};
@@ -51,6 +52,8 @@ static void parse_models(struct config_problems *ctx, struct config_backend *b, 
         cm->usd_per_image = config_get_num(ctx, m, "usd_per_image", mpath, 0, 1e9, 0, false, false);
         cm->usd_per_mchar =
             config_get_num(ctx, m, "usd_per_mchar", mpath, 0, 1e15, 0, false, false);
+        cm->usd_per_audio_second =
+            config_get_num(ctx, m, "usd_per_audio_second", mpath, 0, 1e9, 0, false, false);
         if (cm->name && !*cm->name) {
             char p[200];
             snprintf(p, sizeof p, "%s.name", mpath);

@@ -430,6 +430,7 @@ static struct config *config_build(json_t *root, struct config_problems *ctx)
                                           "client_body_timeout_ms",
                                           "connection_memory_bytes",
                                           "max_body_bytes",
+                                          "max_upload_bytes",
                                           "drain_timeout_ms",
                                           "log_level",
                                           "upstream",
@@ -483,6 +484,9 @@ static struct config *config_build(json_t *root, struct config_problems *ctx)
                                                           4096, 1 << 24, 16384, false, true);
     cfg->max_body_bytes =
         (size_t)config_get_num(ctx, root, "max_body_bytes", "", 1, 1 << 30, 8u << 20, false, true);
+    /* Uploads (multipart, /v1/audio/transcriptions) are spooled, not held: OpenAI's 25 MiB. */
+    cfg->max_upload_bytes = (size_t)config_get_num(ctx, root, "max_upload_bytes", "", 1, 1LL << 32,
+                                                   25u << 20, false, true);
     cfg->drain_timeout_ms =
         (unsigned)config_get_num(ctx, root, "drain_timeout_ms", "", 0, 3600000, 10000, false, true);
     char *level = config_get_str(ctx, root, "log_level", "", false);

@@ -35,6 +35,7 @@ struct config_model {
     double cached_input_usd_per_mtok; /* cached prompt tokens; < 0: at the input price */
     double usd_per_image;             /* images generated (/v1/images/generations) */
     double usd_per_mchar;             /* per million characters spoken (/v1/audio/speech) */
+    double usd_per_audio_second;      /* audio transcribed or translated (/v1/audio/...) */
     struct config_caps caps;          /* what it is declared to support (config/caps.h) */
     struct backend_price *price;      /* live price slot, outlives reloads (routing/backend.h) */
 };
@@ -164,6 +165,7 @@ struct config {
     unsigned client_body_timeout_ms;   /* its body, from the header; 0 = none */
     size_t connection_memory_bytes;
     size_t max_body_bytes;
+    size_t max_upload_bytes; /* a multipart upload, spooled (base/spool.h) */
     unsigned drain_timeout_ms;
     enum log_level log_level;
     struct config_upstream upstream;

@@ -187,7 +187,8 @@ static void status_text(unsigned i, char out[8])
 }
 
 static const char *const route_names[METRICS_ROUTE_COUNT] = {
-    "chat_completions", "completions", "embeddings", "responses", "models", "other"};
+    "chat_completions", "completions",  "embeddings",           "responses",   "models",
+    "images",           "audio_speech", "audio_transcriptions", "moderations", "other"};
 static const char *const genai_op_names[METRICS_GENAI_OPS] = {"chat", "text_completion",
                                                               "embeddings"};
 static const char *const outcome_names[METRICS_OUTCOME_COUNT] = {
@@ -386,7 +387,7 @@ static void render_requests(struct metrics_render_ctx *rd)
         char labels[512];
         snprintf(labels, sizeof labels, "route=\"%s\"", route_names[route]);
         metrics_hist_render(rd, "tollgate_request_duration_seconds", labels, OFF(duration[route]),
-                            BOUNDS(duration_le), route != METRICS_ROUTE_OTHER);
+                            BOUNDS(duration_le), route <= METRICS_ROUTE_MODELS);
     }
     metrics_head(
         rd, "tollgate_time_to_first_token_seconds", "histogram",

@@ -27,6 +27,11 @@ enum metrics_route {
     METRICS_ROUTE_EMBEDDINGS,
     METRICS_ROUTE_RESPONSES,
     METRICS_ROUTE_MODELS,
+    /* The metered pass-through endpoints (openai/media.h). */
+    METRICS_ROUTE_IMAGES,
+    METRICS_ROUTE_AUDIO_SPEECH,
+    METRICS_ROUTE_AUDIO_TRANSCRIPTIONS, /* and translations */
+    METRICS_ROUTE_MODERATIONS,
     METRICS_ROUTE_OTHER,
     METRICS_ROUTE_COUNT,
 };

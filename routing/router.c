@@ -12,7 +12,8 @@
 static double router_units(const struct config_target *t, const struct router_request *req)
 {
     return (double)req->images * t->model->usd_per_image +
-           (double)req->characters * t->model->usd_per_mchar / 1e6;
+           (double)req->characters * t->model->usd_per_mchar / 1e6 +
+           req->audio_seconds * t->model->usd_per_audio_second;
 }
 
 double router_estimate(const struct config_target *t, const struct router_request *req)

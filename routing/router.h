@@ -65,6 +65,7 @@ struct router_request {
     bool caps_declared;
     /* Metered endpoints: images asked for, characters to speak (at the models' unit prices). */
     size_t images, characters;
+    double audio_seconds; /* the most seconds of audio an upload can hold (openai/media.h) */
 };
 
 /* Why nothing could be picked (for a clear error). */
