@@ -3,6 +3,7 @@
  * its route, and the key's rate limits and budget. Owns r->adm. */
 #include "base/log.h"
 #include "gateway/pipeline.h"
+#include "gateway/upload.h"
 #include "tenancy/auth.h"
 
 #include <stdio.h>
@@ -182,6 +183,8 @@ enum MHD_Result request_begin(struct request *r, const char *url, const char *me
 
     if (r->ep->route == OPENAI_RESPONSE && request_responses_begin(r, url))
         return request_reply_early(r);
+    if (r->ep->multipart)
+        return request_upload_begin(r); /* upload.c: spooled up to max_upload_bytes */
     const char *cl =
         MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
     if (cl && strtoull(cl, NULL, 10) > r->cfg->max_body_bytes)
@@ -250,6 +253,7 @@ bool request_admit_body(struct request *r, enum MHD_Result *res)
         .tie_tolerance = rc_cfg->tie_tolerance,
         .images = r->ep->meter == OPENAI_METER_IMAGES ? r->oreq.units : 0,
         .characters = r->ep->meter == OPENAI_METER_CHARACTERS ? r->oreq.units : 0,
+        .audio_seconds = r->ep->meter == OPENAI_METER_AUDIO_SECONDS ? (double)r->oreq.units : 0,
     };
     const char *strategy =
         MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "x-tollgate-route");

@@ -442,8 +442,8 @@ void request_cache_store(struct request *r, const char *text, size_t len)
 bool request_cache_lookup(struct request *r)
 {
     const struct config_cache *cc = &r->cfg->cache;
-    if (!r->w->cache || cc->mode == CONFIG_CACHE_OFF)
-        return false;
+    if (!r->w->cache || cc->mode == CONFIG_CACHE_OFF || r->upload)
+        return false; /* an upload's key would not cover its file */
     if (cc->mode == CONFIG_CACHE_DETERMINISTIC && r->ep->generates && !cache_deterministic(r->json))
         return false;
     const char *ctl =

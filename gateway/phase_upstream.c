@@ -5,6 +5,7 @@
 #include "base/clock.h"
 #include "base/log.h"
 #include "gateway/pipeline.h"
+#include "gateway/upload.h"
 #include "net/upstream.h"
 #include "routing/backend.h"
 #include "routing/demand.h"
@@ -50,7 +51,7 @@ static void request_reset_attempt(struct request *r)
 static int request_upstream_body(struct request *r, const struct config_target *t,
                                  const char **body, size_t *len)
 {
-    if (!r->json) { /* a request by id (GET, DELETE): none */
+    if (!r->json || r->upload) { /* by id (GET, DELETE): none; an upload: upload.c */
         *body = NULL;
         *len = 0;
         return 0;
@@ -202,7 +203,8 @@ static int request_start_attempt(struct request *r, struct router_outcome *why)
         .body = body,
         .body_len = body_len,
         .method = !strcmp(r->method, "DELETE") ? "DELETE" : NULL,
-        .headers = tracing_attempt_headers(r, request_forward_headers(r, b->headers)),
+        .headers = tracing_attempt_headers(
+            r, request_forward_headers(r, request_upload_headers(r, b->headers))),
         .ca_file = b->ca_file,
         .request_id = r->id,
         .connect_timeout_ms = uc->connect_timeout_ms,
@@ -210,6 +212,8 @@ static int request_start_attempt(struct request *r, struct router_outcome *why)
         .idle_timeout_ms = uc->idle_timeout_ms,
         .total_timeout_ms = uc->total_timeout_ms,
     };
+    if (r->upload && request_upload_attach(r, t, &req)) /* upload.c: from the spool */
+        return TG_ERR_NOMEM;
     r->up.xfer = upstream_start(r->w->upstream, &req, &request_upstream_ops, r);
     if (!r->up.xfer)
         return TG_ERR_NOMEM;

@@ -256,6 +256,7 @@ struct request {
     struct request_reply reply;
     struct request_tracing trace; /* spans and trace context (tracing.c) */
     struct request_responses resp;
+    struct request_upload *upload; /* a multipart upload being spooled (upload.c), or NULL */
 };
 
 /* ---- the driver (request.c) ---- */

@@ -4,6 +4,7 @@
 
 #include "base/clock.h"
 #include "gateway/pipeline.h"
+#include "gateway/upload.h"
 #include "net/upstream.h"
 #include "routing/backend.h"
 
@@ -165,6 +166,8 @@ enum MHD_Result request_handle(void *cls, struct MHD_Connection *conn, const cha
     }
     switch (r->state) {
     case REQUEST_BODY:
+        if (*upload_data_size && r->upload) /* upload.c: spooled, scanned */
+            return request_upload_data(r, upload_data, upload_data_size);
         if (*upload_data_size) {
             int rc = buf_append(&r->body, upload_data, *upload_data_size);
             *upload_data_size = 0;
@@ -182,6 +185,8 @@ enum MHD_Result request_handle(void *cls, struct MHD_Connection *conn, const cha
             httpd_discard_body(conn);
             return MHD_YES;
         }
+        if (r->upload && request_upload_end(r))
+            return request_queue_reply(r); /* a malformed upload */
         return request_body_done(r);
     case REQUEST_KEY_WAIT:
         return request_body_done(r);
@@ -198,6 +203,7 @@ static void request_free(struct request *r)
     if (r->relay.scanning)
         answer_scan_free(&r->relay.scan);
     buf_free(&r->body);
+    request_upload_free(r);
     buf_free(&r->relay.resp);
     buf_free(&r->relay.out);
     if (r->relay.stream_mode)

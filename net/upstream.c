@@ -42,6 +42,7 @@ struct upstream_xfer {
     bool paused;
     int abort_result; /* set when on_data or the deadline aborts */
     char abort_detail[160];
+    bool reading;               /* the handle carries a read callback (upstream_req.read) */
     struct curl_slist rid_node; /* x-request-id linked in front of the shared headers */
     char rid_line[160];
     char errbuf[CURL_ERROR_SIZE];
@@ -164,6 +165,14 @@ static void xfer_release(struct upstream_xfer *x)
     ev_timer_stop(u->loop, &x->deadline);
     ev_timer_stop(u->loop, &x->total);
     curl_multi_remove_handle(u->multi, x->easy);
+    if (x->reading) {
+        /* A recycled handle keeps no pointer to the upload's context, which goes now. */
+        curl_easy_setopt(x->easy, CURLOPT_READFUNCTION, NULL);
+        curl_easy_setopt(x->easy, CURLOPT_READDATA, NULL);
+        curl_easy_setopt(x->easy, CURLOPT_SEEKFUNCTION, NULL);
+        curl_easy_setopt(x->easy, CURLOPT_SEEKDATA, NULL);
+        x->reading = false;
+    }
     list_unlink(&x->node);
     u->n_live--;
     if (u->n_free < UPSTREAM_MAX_POOLED_HANDLES) {
@@ -384,7 +393,16 @@ struct upstream_xfer *upstream_start(struct upstream *u, const struct upstream_r
 
     curl_easy_setopt(easy, CURLOPT_URL, req->url);
     curl_easy_setopt(easy, CURLOPT_HTTPHEADER, headers);
-    if (req->body) {
+    if (req->read) {
+        curl_easy_setopt(easy, CURLOPT_POST, 1L);
+        curl_easy_setopt(easy, CURLOPT_POSTFIELDS, NULL);
+        curl_easy_setopt(easy, CURLOPT_READFUNCTION, req->read);
+        curl_easy_setopt(easy, CURLOPT_READDATA, req->read_ctx);
+        curl_easy_setopt(easy, CURLOPT_SEEKFUNCTION, req->seek);
+        curl_easy_setopt(easy, CURLOPT_SEEKDATA, req->read_ctx);
+        curl_easy_setopt(easy, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)req->body_len);
+        x->reading = true;
+    } else if (req->body) {
         curl_easy_setopt(easy, CURLOPT_POSTFIELDS, req->body);
         curl_easy_setopt(easy, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)req->body_len);
     } else {

@@ -34,6 +34,12 @@ struct upstream_req {
     const char *body;   /* must stay valid until on_done or cancel */
     const char *method; /* NULL: POST with a body, GET without; else this method */
     size_t body_len;
+    /* Instead of `body`: a POST of body_len bytes pulled through read (CURLOPT_READFUNCTION's
+     * contract) and rewound through seek (CURLOPT_SEEKFUNCTION's) when curl sends it again;
+     * for a body spooled to disk (base/spool.h). read_ctx must stay valid as `body` must. */
+    size_t (*read)(char *buf, size_t size, size_t nitems, void *read_ctx);
+    int (*seek)(void *read_ctx, curl_off_t offset, int origin);
+    void *read_ctx;
     struct curl_slist *headers; /* shared, read-only; must outlive the transfer */
     const char *ca_file;        /* CA bundle for https, NULL = curl's default (the system's) */
     const char *request_id;     /* sent as x-request-id; NULL: no such header */

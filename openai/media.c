@@ -15,6 +15,44 @@ static size_t utf8_chars(const char *s, size_t len)
     return n;
 }
 
+size_t media_audio_max_seconds(size_t file_bytes)
+{
+    size_t s = file_bytes / MEDIA_AUDIO_MIN_BYTES_PER_SECOND;
+    return s ? s : 1;
+}
+
+/* An upload's fields: the file, and the formats OpenAI answers in. */
+static int media_validate_upload(enum openai_route route, json_t *body, struct openai_request *out,
+                                 const char **param, char *msg, size_t n)
+{
+    json_t *file = json_object_get(body, "file");
+    if (!json_is_object(file))
+        return openai_fail(param, "file", msg, n, TG_ERR_MISSING_PARAM,
+                           "You must provide a file parameter (a multipart file part).");
+    json_int_t bytes = json_integer_value(json_object_get(file, "bytes"));
+    if (bytes <= 0)
+        return openai_fail(param, "file", msg, n, TG_ERR_INVALID_VALUE, "'file' is empty.");
+    json_t *format = json_object_get(body, "response_format");
+    if (format) {
+        static const char *const formats[] = {"json",         "text", "srt",
+                                              "verbose_json", "vtt",  "diarized_json"};
+        const char *f = json_string_value(format);
+        bool known = false;
+        for (size_t i = 0; f && i < sizeof formats / sizeof formats[0]; i++)
+            known |= !strcmp(f, formats[i]);
+        if (!known)
+            return openai_fail(param, "response_format", msg, n, TG_ERR_INVALID_VALUE,
+                               "'response_format' must be one of json, text, srt, verbose_json, "
+                               "vtt, diarized_json.");
+    }
+    (void)route;
+    out->upload_bytes = (size_t)bytes;
+    out->units = media_audio_max_seconds(out->upload_bytes);
+    out->has_media = true;
+    out->n_items = 1;
+    return 0;
+}
+
 int media_validate(enum openai_route route, json_t *body, struct openai_request *out,
                    const char **param, char *msg, size_t n)
 {
@@ -25,6 +63,9 @@ int media_validate(enum openai_route route, json_t *body, struct openai_request 
     if (err)
         return err;
     json_t *stream = json_object_get(body, "stream");
+    if (stream && !json_is_boolean(stream))
+        return openai_fail(param, "stream", msg, n, TG_ERR_INVALID_TYPE,
+                           "'stream' must be a boolean.");
     if (json_is_true(stream))
         return openai_fail(param, "stream", msg, n, TG_ERR_INVALID_VALUE,
                            "This endpoint is not streamed through the gateway.");
@@ -96,6 +137,9 @@ int media_validate(enum openai_route route, json_t *body, struct openai_request 
         }
         break;
     }
+    case OPENAI_TRANSCRIPTIONS:
+    case OPENAI_TRANSLATIONS:
+        return media_validate_upload(route, body, out, param, msg, n);
     default:
         return openai_fail(param, NULL, msg, n, TG_ERR_INTERNAL, "not a metered endpoint");
     }

@@ -21,6 +21,8 @@ enum openai_route {
     OPENAI_IMAGES,
     OPENAI_SPEECH,
     OPENAI_MODERATIONS,
+    OPENAI_TRANSCRIPTIONS, /* multipart uploads (openai/multipart.h) */
+    OPENAI_TRANSLATIONS,
     OPENAI_MODELS,
     OPENAI_MODEL, /* /v1/models/{id} */
     OPENAI_HEALTHZ,
@@ -34,8 +36,9 @@ struct openai_request;
  * its unit prices (config_model.usd_per_image, usd_per_mchar). */
 enum openai_meter {
     OPENAI_METER_TOKENS = 0,
-    OPENAI_METER_IMAGES,     /* images in the answer, at most `n` */
-    OPENAI_METER_CHARACTERS, /* characters of the input spoken */
+    OPENAI_METER_IMAGES,        /* images in the answer, at most `n` */
+    OPENAI_METER_CHARACTERS,    /* characters of the input spoken */
+    OPENAI_METER_AUDIO_SECONDS, /* seconds of audio transcribed or translated */
 };
 
 /* Checks a parsed body for an endpoint and fills *out (see openai_validate). */
@@ -60,6 +63,7 @@ struct openai_endpoint {
                                     answer without any is broken (false for embeddings) */
     const char *chunk_object;    /* "object" of the stream chunks the gateway writes itself */
     enum openai_meter meter;     /* what it is billed by */
+    bool multipart;              /* a multipart/form-data upload, spooled (gateway/upload.c) */
 };
 
 /* Finds the endpoint for a request. Returns 0 and sets *ep, or TG_ERR_UNKNOWN_URL, or
@@ -111,7 +115,9 @@ struct openai_request {
     size_t n_items;           /* messages, prompts or inputs */
     bool has_media;           /* non-text input (images, audio): tokens not bounded by bytes */
     unsigned n_choices;       /* `n`, 1 to OPENAI_MAX_CHOICES */
-    size_t units;             /* metered endpoints: images asked for, characters to speak */
+    size_t units;             /* metered endpoints: images asked for, characters to speak,
+                                 the most seconds of audio an upload can hold */
+    size_t upload_bytes;      /* an upload's file bytes */
 };
 
 /* Validates a parsed body for a route. Returns 0, or a tg_error with *param naming the

@@ -76,6 +76,10 @@ static enum ep classify(const char *url)
             return EP_SPEECH;
         if (strcmp(url, "/v1/moderations") == 0)
             return EP_MODERATIONS;
+        if (strcmp(url, "/v1/audio/transcriptions") == 0)
+            return EP_TRANSCRIPTIONS;
+        if (strcmp(url, "/v1/audio/translations") == 0)
+            return EP_TRANSLATIONS;
         if (strcmp(url, "/v1/models") == 0)
             return EP_MODELS;
         if (strncmp(url, "/v1/models/", 11) == 0 && url[11] != '\0')
@@ -104,6 +108,8 @@ static const char *allowed_methods(enum ep ep)
     case EP_IMAGES:
     case EP_SPEECH:
     case EP_MODERATIONS:
+    case EP_TRANSCRIPTIONS:
+    case EP_TRANSLATIONS:
     case EP_RESET:
         return "POST";
     case EP_RESPONSE_ID:
@@ -160,6 +166,8 @@ static enum MHD_Result dispatch(struct mock_req *req, const char *method, const 
     case EP_IMAGES:
     case EP_SPEECH:
     case EP_MODERATIONS:
+    case EP_TRANSCRIPTIONS:
+    case EP_TRANSLATIONS:
         return media_reply(req);
     case EP_MODELS:
         return reply_cached(conn, models_resp);

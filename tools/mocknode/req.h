@@ -20,7 +20,7 @@
 #include "fault.h"
 #include "wake.h"
 
-#define REQ_MAX_BODY (16u << 20)
+#define REQ_MAX_BODY (32u << 20) /* an upload of 25 MiB (OpenAI's cap) and its framing */
 #define REQ_MAX_ANSWER (64u << 20)
 
 /* Endpoints; the /v1 ones come first so they double as stats indexes. */
@@ -28,11 +28,13 @@ enum ep {
     EP_CHAT,
     EP_COMPLETIONS,
     EP_EMBEDDINGS,
-    EP_RESPONSES,   /* POST /v1/responses (responses.c) */
-    EP_RESPONSE_ID, /* GET, DELETE /v1/responses/{id}[/input_items] */
-    EP_IMAGES,      /* POST /v1/images/generations (media.c) */
-    EP_SPEECH,      /* POST /v1/audio/speech */
-    EP_MODERATIONS, /* POST /v1/moderations */
+    EP_RESPONSES,      /* POST /v1/responses (responses.c) */
+    EP_RESPONSE_ID,    /* GET, DELETE /v1/responses/{id}[/input_items] */
+    EP_IMAGES,         /* POST /v1/images/generations (media.c) */
+    EP_SPEECH,         /* POST /v1/audio/speech */
+    EP_MODERATIONS,    /* POST /v1/moderations */
+    EP_TRANSCRIPTIONS, /* POST /v1/audio/transcriptions (multipart) */
+    EP_TRANSLATIONS,   /* POST /v1/audio/translations (multipart) */
     EP_MODELS,
     EP_MODEL,
     EP_V1_OTHER,

@@ -22,6 +22,8 @@ static const char *const v1_stat_keys[EP_V1_COUNT] = {
     "/v1/images/generations",
     "/v1/audio/speech",
     "/v1/moderations",
+    "/v1/audio/transcriptions",
+    "/v1/audio/translations",
     "/v1/models",
     "/v1/models/{id}",
     "other",
