@@ -7,6 +7,7 @@
 #include "gateway/pipeline.h"
 #include "net/upstream.h"
 #include "openai/answer_event.h"
+#include "openai/event_scan.h"
 #include "routing/backend.h"
 
 #include <stdarg.h>
@@ -124,12 +125,16 @@ static int request_emit_spliced(struct request *r, const struct sse_event *ev,
     return rc ? TG_ERR_NOMEM : 0;
 }
 
-/* Each event's scan in an arena of its own: its block goes back to the thread's cache at once,
- * so a long stream neither grows the request's arena nor calls malloc. What the scan keeps by
- * value (flags, offsets, ids) is read after; nothing it allocated is. */
+/* An event is read by the single-pass scanner (openai/event_scan.h) when it can decide, which
+ * is every well-formed object it does not find odd; else by yajl, in an arena of its own: its
+ * block goes back to the thread's cache at once, so a long stream neither grows the request's
+ * arena nor calls malloc. What the scan keeps by value (flags, offsets, ids) is read after;
+ * nothing it allocated is. */
 int request_scan_stream_event(struct request *r, const struct sse_event *ev, enum answer_kind kind,
                               struct answer_scan *out)
 {
+    if (event_scan(out, kind, ev->data, ev->data_len) == EVENT_SCAN_OK)
+        return 0;
     struct arena event_arena = {0};
     if (answer_scan_init_kind(out, &event_arena, kind)) {
         arena_release(&event_arena);

@@ -13,7 +13,7 @@
 /* Where the bytes so far end in the document: yajl is at a token's first byte. */
 static size_t at_byte(const struct answer_scan *s)
 {
-    return s->fed + yajl_get_bytes_consumed(s->handle);
+    return s->handle ? s->fed + yajl_get_bytes_consumed(s->handle) : s->fed; /* answer_rules */
 }
 
 /* The frame that holds the value being reported (the innermost open container). */
@@ -211,6 +211,18 @@ static const yajl_callbacks answer_callbacks = {
     .yajl_end_map = on_close,
     .yajl_start_array = on_start_array,
     .yajl_end_array = on_close,
+};
+
+const struct answer_rules answer_rules = {
+    .on_null = on_scalar,
+    .on_bool = on_bool,
+    .on_number = on_number,
+    .on_string = on_string,
+    .on_start_map = on_start_map,
+    .on_key = on_key,
+    .on_end_map = on_close,
+    .on_start_array = on_start_array,
+    .on_end_array = on_close,
 };
 
 int answer_scan_init(struct answer_scan *s, struct arena *a)

@@ -84,4 +84,21 @@ int answer_scan_feed(struct answer_scan *s, const char *p, size_t n);
 int answer_scan_finish(struct answer_scan *s);
 void answer_scan_free(struct answer_scan *s);
 
+/* The scan's rules as the callbacks yajl calls, for another parser of the same JSON
+ * (openai/event_scan.h): ctx is the scan; strings and keys decoded, numbers as their text;
+ * each returns 1. Such a parser leaves s->handle NULL and sets s->fed to the offset just past
+ * the byte it last read before each call (where the usage object starts and ends). */
+struct answer_rules {
+    int (*on_null)(void *ctx);
+    int (*on_bool)(void *ctx, int b);
+    int (*on_number)(void *ctx, const char *num, size_t len);
+    int (*on_string)(void *ctx, const unsigned char *str, size_t len);
+    int (*on_start_map)(void *ctx);
+    int (*on_key)(void *ctx, const unsigned char *key, size_t len);
+    int (*on_end_map)(void *ctx);
+    int (*on_start_array)(void *ctx);
+    int (*on_end_array)(void *ctx);
+};
+extern const struct answer_rules answer_rules;
+
 #endif
