@@ -48,6 +48,8 @@ static int media_validate_upload(enum openai_route route, json_t *body, struct o
     (void)route;
     out->upload_bytes = (size_t)bytes;
     out->units = media_audio_max_seconds(out->upload_bytes);
+    size_t est_seconds = out->upload_bytes / MEDIA_AUDIO_EST_BYTES_PER_SECOND + 1;
+    out->prompt_tokens_est = est_seconds * MEDIA_AUDIO_EST_TOKENS_PER_SECOND;
     out->has_media = true;
     out->n_items = 1;
     return 0;

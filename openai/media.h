@@ -23,6 +23,9 @@
 #define MEDIA_AUDIO_MIN_BYTES_PER_SECOND 500
 #define MEDIA_AUDIO_EST_BYTES_PER_SECOND 16000
 #define MEDIA_AUDIO_MAX_TOKENS_PER_SECOND 50
+/* Audio input tokens a second, for estimates (routing, budget reservations) of a model billed
+ * in tokens: about what OpenAI's audio models count. */
+#define MEDIA_AUDIO_EST_TOKENS_PER_SECOND 10
 
 /* The most seconds of audio `file_bytes` can hold (the bound above). */
 size_t media_audio_max_seconds(size_t file_bytes);
