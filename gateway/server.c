@@ -44,6 +44,11 @@
 /* Without a burst, the heap is trimmed this often (by one worker for all: malloc_trim()
  * walks every thread's arena). */
 #define SERVER_TRIM_EVERY_MS 600000
+/* Between those, the heap is trimmed when the process's resident memory grew this much since
+ * the last trim (a peak of requests or connections went by and left its pages), at most this
+ * often: what a peak leaves is bounded in size and time, not held for 10 minutes. */
+#define SERVER_TRIM_GROWTH_BYTES (1L << 20)
+#define SERVER_TRIM_GROWTH_EVERY_MS 60000
 /* A worker with more requests than this in flight puts its trim off. */
 #define SERVER_TRIM_BUSY 32
 /* A trim that took longer is logged at info. */
@@ -159,12 +164,26 @@ static void wakeup_cb(struct ev_loop *loop, ev_async *a, int revents)
 
 /* Free heap pages back to the kernel now, on this worker's loop (see housekeeping_cb for what it
  * costs and when it is worth it); `why` and the curl handles the shrink freed go in the log. */
+/* The process's resident bytes (/proc/self/statm, a few microseconds), 0 when unreadable. */
+static long resident_bytes(void)
+{
+    FILE *f = fopen("/proc/self/statm", "re");
+    long pages = 0, resident = 0;
+    if (!f)
+        return 0;
+    if (fscanf(f, "%ld %ld", &pages, &resident) != 2)
+        resident = 0;
+    fclose(f);
+    return resident * sysconf(_SC_PAGESIZE);
+}
+
 static void server_trim(struct worker *w, const char *why, size_t handles_freed)
 {
     atomic_store_explicit(&w->shared->trimmed_at_ms, clock_mono_ms(), memory_order_relaxed);
     double t0 = clock_mono();
     int released = malloc_trim(0);
     double ms = (clock_mono() - t0) * 1000;
+    atomic_store_explicit(&w->shared->rss_after_trim, resident_bytes(), memory_order_relaxed);
     /* A slow trim held up the loop (and the other workers' allocations): worth a line. */
     log_event(ms >= SERVER_TRIM_SLOW_MS ? LOG_INFO : LOG_DEBUG, "memory_trimmed",
               "\"worker\":%u,\"why\":\"%s\",\"handles_freed\":%zu,\"released\":%s,"
@@ -216,7 +235,18 @@ static void housekeeping_cb(struct ev_loop *loop, ev_timer *t, int revents)
     /* Not while the worker is busy: in the middle of a burst a trim walks a heap that is still
      * churning (0.9-1.1 s measured, holding up every request of the loop) and gives back
      * pages about to be faulted in again. It waits for a quieter tick. */
-    if ((!w->trim_pending && now - last < SERVER_TRIM_EVERY_MS) || w->n_active > SERVER_TRIM_BUSY)
+    if (w->n_active > SERVER_TRIM_BUSY)
+        return;
+    bool grown = false;
+    if (!w->trim_pending && now - last >= SERVER_TRIM_GROWTH_EVERY_MS &&
+        now - last < SERVER_TRIM_EVERY_MS) {
+        long base = atomic_load_explicit(&w->shared->rss_after_trim, memory_order_relaxed);
+        long rss = resident_bytes();
+        if (!base) /* no trim yet: growth counts from here */
+            atomic_compare_exchange_strong(&w->shared->rss_after_trim, &base, rss);
+        grown = base && rss > base + SERVER_TRIM_GROWTH_BYTES;
+    }
+    if (!w->trim_pending && !grown && now - last < SERVER_TRIM_EVERY_MS)
         return;
     if (w->trim_pending)
         w->trim_pending--;
@@ -224,7 +254,7 @@ static void housekeeping_cb(struct ev_loop *loop, ev_timer *t, int revents)
     if (now - last < (int64_t)(SERVER_HOUSEKEEPING_S * 500) ||
         !atomic_compare_exchange_strong(&w->shared->trimmed_at_ms, &last, now))
         return;
-    server_trim(w, burst ? "burst" : "periodic", freed);
+    server_trim(w, burst ? "burst" : grown ? "grown" : "periodic", freed);
 }
 
 static int worker_init(struct worker *w, struct config *cfg, char *err, size_t err_len)

@@ -45,6 +45,7 @@ struct worker_shared {
     atomic_bool draining;
     atomic_uint n_stopped;         /* workers that have left their loop */
     _Atomic int64_t trimmed_at_ms; /* clock_mono_ms() of the last malloc_trim() by any worker */
+    _Atomic long rss_after_trim;   /* the process's resident bytes just after it (0: unknown) */
     /* Spans go to its ring `id` of each worker (trace/exporter.h); NULL when it could not
      * start. Created before the workers, freed after them. */
     struct trace_exporter *trace;
