@@ -1,13 +1,15 @@
 /* Backend attempts: the router picks the cheapest eligible backend, the body goes out
  * (renamed for the backend's model, asking for the usage chunk of a stream), and an attempt
- * that fails before the caller got a byte moves on to the next backend while the retries and
- * the deadline allow. Owns r->up. */
+ * that fails before the caller got a byte moves on to the next backend at once while the
+ * retries and the deadline allow, or, when no other node of the model can take it, asks the
+ * same node again after a short jittered wait (backoff.c). Owns r->up. */
 #include "base/clock.h"
 #include "base/log.h"
 #include "gateway/pipeline.h"
 #include "gateway/upload.h"
 #include "net/upstream.h"
 #include "routing/backend.h"
+#include "routing/backoff.h"
 #include "routing/demand.h"
 
 #include <stdarg.h>
@@ -39,6 +41,7 @@ static void request_reset_attempt(struct request *r)
     r->up.status = 0;
     r->relay.up_paused = false;
     r->up.fail_detail[0] = '\0';
+    r->up.retry_after_ms = -1;
     r->usage.delivered = 0;
     r->usage.n_choices = 0;
     r->usage.reported = false;
@@ -231,15 +234,19 @@ static int request_start_attempt(struct request *r, struct router_outcome *why)
     return 0;
 }
 
+static void request_backoff(struct request *r, double delay);
+
 /* This attempt failed before the caller got a byte: note it against the backend when the
  * backend is to blame, and move on to the next cheapest one while retries and the deadline
- * allow. The error set here is what the caller sees if nothing else works. */
+ * allow, or (`again`: a failure worth repeating) ask the same node again after a backoff when
+ * no other node of the model can take it. The error set here is what the caller sees if
+ * nothing else works. */
 static void request_attempt_failed(struct request *r, enum tg_error err, bool blame,
-                                   bool unreachable, const char *fmt, ...)
-    __attribute__((format(printf, 5, 6)));
+                                   bool unreachable, bool again, const char *fmt, ...)
+    __attribute__((format(printf, 6, 7)));
 
 static void request_attempt_failed(struct request *r, enum tg_error err, bool blame,
-                                   bool unreachable, const char *fmt, ...)
+                                   bool unreachable, bool again, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
@@ -263,6 +270,11 @@ static void request_attempt_failed(struct request *r, enum tg_error err, bool bl
      * still tried at most once). */
     if (r->up.attempts - r->up.rate_limited <= r->cfg->routing.retries &&
         clock_mono() < r->up.deadline && !worker_draining(r->w)) {
+        double delay = request_same_node_delay(r, again);
+        if (delay >= 0) {
+            request_backoff(r, delay);
+            return; /* still suspended; the same node is asked again after the wait */
+        }
         struct router_outcome why;
         int rc = request_start_attempt(r, &why);
         if (rc == 0) {
@@ -332,6 +344,52 @@ static void request_enqueue(struct request *r)
     ev_timer_start(r->w->loop, &r->up.queue_timer);
 }
 
+/* The wait before a same-node retry is over: the node is asked again (or, if it went out of
+ * service meanwhile, whatever the router finds; a draining gateway tries nothing new). */
+static void request_backoff_cb(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    (void)loop;
+    (void)revents;
+    struct request *r = t->data;
+    if (worker_draining(r->w)) {
+        request_retries_exhausted(r);
+        return;
+    }
+    r->up.skip[r->up.target - r->route->targets] = false;
+    struct router_outcome why;
+    int rc = request_start_attempt(r, &why);
+    if (rc == 0) {
+        if (r->cfg->metrics_enabled)
+            METRICS_ADD(r->w->metrics->retries, 1);
+        return;
+    }
+    if (rc == 2) {
+        request_enqueue(r);
+        return;
+    }
+    if (rc == 1) {
+        request_retries_exhausted(r);
+        return;
+    }
+    request_set_error(r, rc, NULL, "cannot start the upstream transfer");
+    request_resume(r);
+}
+
+static void request_backoff(struct request *r, double delay)
+{
+    /* Asking the node that answered 429 again is a retry, not a move to another node. */
+    if (r->up.last_err == TG_ERR_BACKEND_RATE_LIMITED && r->up.rate_limited)
+        r->up.rate_limited--;
+    r->up.same_node++;
+    log_event(LOG_DEBUG, "upstream_backoff",
+              "\"request_id\":\"%s\",\"backend\":\"%s\",\"attempt\":%u,\"wait_ms\":%.1f", r->id,
+              r->up.target->backend->name, r->up.attempts, delay * 1000);
+    ev_now_update(r->w->loop); /* from now, not from the loop's wakeup: never before a pause */
+    ev_timer_init(&r->up.backoff_timer, request_backoff_cb, delay, 0.);
+    r->up.backoff_timer.data = r;
+    ev_timer_start(r->w->loop, &r->up.backoff_timer);
+}
+
 static const char *request_upstream_message(const struct request *r, char *out, size_t n)
 {
     out[0] = '\0';
@@ -388,7 +446,7 @@ static void request_stuck_cb(struct ev_loop *loop, ev_timer *t, int revents)
     request_cancel_attempt(r);
     r->up.wait += now - r->up.t_attempt;
     request_note_attempt(r, METRICS_OUTCOME_TIMEOUT, now);
-    request_attempt_failed(r, TG_ERR_BACKEND_TIMEOUT, false, false,
+    request_attempt_failed(r, TG_ERR_BACKEND_TIMEOUT, false, false, false,
                            "Backend %s is suspected stuck: no first byte in %.0f ms", b->name,
                            waited * 1000);
 }
@@ -398,7 +456,16 @@ static void request_stuck_cb(struct ev_loop *loop, ev_timer *t, int revents)
 static int request_upstream_data(void *ctx, const char *data, size_t len)
 {
     struct request *r = ctx;
+    bool first = !r->up.got_headers;
     int rc = request_relay_data(ctx, data, len);
+    if (first && r->up.got_headers && (r->up.status == 429 || r->up.status >= 500)) {
+        /* How soon the node says it takes requests again: whether to ask it again. */
+        char ra[32];
+        if (upstream_header(r->up.xfer, "retry-after-ms", ra, sizeof ra) == 0)
+            r->up.retry_after_ms = backoff_retry_after_ms(ra, true);
+        else if (upstream_header(r->up.xfer, "retry-after", ra, sizeof ra) == 0)
+            r->up.retry_after_ms = backoff_retry_after_ms(ra, false);
+    }
     if (r->up.waiting && r->up.got_headers &&
         (!r->relay.stream_mode || r->state != REQUEST_UPSTREAM))
         request_end_wait(r, true);
@@ -453,21 +520,22 @@ static void request_on_done(void *ctx, int result, long status, const char *deta
 
     if (result == TG_ERR_BACKEND_UNREACHABLE) {
         request_note_attempt(r, METRICS_OUTCOME_UNREACHABLE, now);
-        request_attempt_failed(r, result, true, true, "Backend %s is unreachable: %s", backend,
-                               detail);
+        request_attempt_failed(r, result, true, true, true, "Backend %s is unreachable: %s",
+                               backend, detail);
     } else if (result == TG_ERR_BACKEND_TIMEOUT) {
         /* Connected but silent: out for the cooldown, whatever the probes say. */
         request_note_attempt(r, METRICS_OUTCOME_TIMEOUT, now);
-        request_attempt_failed(r, result, true, false, "Backend %s timed out: %s", backend, detail);
+        request_attempt_failed(r, result, true, false, true, "Backend %s timed out: %s", backend,
+                               detail);
     } else if (result) {
         /* A connection that died before any byte of an answer (the node crashed or was
          * killed) is a reachability failure: its next good probe readmits it. */
         request_note_attempt(r, METRICS_OUTCOME_BROKEN, now);
-        request_attempt_failed(r, TG_ERR_BAD_BACKEND_RESPONSE, true, status == 0,
+        request_attempt_failed(r, TG_ERR_BAD_BACKEND_RESPONSE, true, status == 0, status == 0,
                                "Backend %s sent a broken answer: %s", backend, detail);
     } else if (r->relay.stream_mode) {
         request_note_attempt(r, METRICS_OUTCOME_BROKEN, now);
-        request_attempt_failed(r, TG_ERR_BAD_BACKEND_RESPONSE, true, false,
+        request_attempt_failed(r, TG_ERR_BAD_BACKEND_RESPONSE, true, false, false,
                                "Backend %s ended the stream before sending any event", backend);
     } else if (r->up.status == 429) {
         char m[300];
@@ -475,7 +543,7 @@ static void request_on_done(void *ctx, int result, long status, const char *deta
         request_note_attempt(r, METRICS_OUTCOME_RATE_LIMITED, now);
         if (!r->up.rate_limit_wait_s || r->up.retry_after_s < r->up.rate_limit_wait_s)
             r->up.rate_limit_wait_s = r->up.retry_after_s;
-        request_attempt_failed(r, TG_ERR_BACKEND_RATE_LIMITED, false, false,
+        request_attempt_failed(r, TG_ERR_BACKEND_RATE_LIMITED, false, false, true,
                                "Backend %s is rate limiting%s", backend,
                                request_upstream_message(r, m, sizeof m));
     } else if (r->up.status / 100 == 2) {
@@ -488,17 +556,17 @@ static void request_on_done(void *ctx, int result, long status, const char *deta
                          (r->ep->answer != ANSWER_KIND_NONE || !r->relay.resp.len);
         if (json_ok && !r->relay.scan.has_error && no_choice && !r->oreq.stream) {
             request_note_attempt(r, METRICS_OUTCOME_BROKEN, now);
-            request_attempt_failed(r, TG_ERR_BAD_BACKEND_RESPONSE, true, false,
+            request_attempt_failed(r, TG_ERR_BAD_BACKEND_RESPONSE, true, false, false,
                                    "Backend %s answered without any choice", backend);
         } else if (!json_ok || r->relay.scan.has_error) {
             request_note_attempt(r, METRICS_OUTCOME_BROKEN, now);
-            request_attempt_failed(r, TG_ERR_BAD_BACKEND_RESPONSE, true, false,
+            request_attempt_failed(r, TG_ERR_BAD_BACKEND_RESPONSE, true, false, false,
                                    json_ok ? "Backend %s answered 2xx with an error object"
                                            : "Backend %s sent an answer that is not a JSON object",
                                    backend);
         } else if (r->oreq.stream) {
             request_note_attempt(r, METRICS_OUTCOME_BROKEN, now);
-            request_attempt_failed(r, TG_ERR_BAD_BACKEND_RESPONSE, true, false,
+            request_attempt_failed(r, TG_ERR_BAD_BACKEND_RESPONSE, true, false, false,
                                    "Backend %s answered a streaming request without a stream",
                                    backend);
         } else {
@@ -518,14 +586,14 @@ static void request_on_done(void *ctx, int result, long status, const char *deta
     } else if (r->up.status >= 500 || r->up.status < 400) {
         char m[300];
         request_note_attempt(r, METRICS_OUTCOME_SERVER_ERROR, now);
-        request_attempt_failed(r, TG_ERR_BAD_BACKEND_RESPONSE, true, false,
+        request_attempt_failed(r, TG_ERR_BAD_BACKEND_RESPONSE, true, false, r->up.status >= 500,
                                "Backend %s answered HTTP %ld%s", backend, r->up.status,
                                request_upstream_message(r, m, sizeof m));
     } else if (request_context_retry(r)) {
         /* Over this model's context: another (a chain's next model) may take it. */
         char m[300];
         request_note_attempt(r, METRICS_OUTCOME_CLIENT_ERROR, now);
-        request_attempt_failed(r, TG_ERR_CONTEXT_LENGTH, false, false,
+        request_attempt_failed(r, TG_ERR_CONTEXT_LENGTH, false, false, false,
                                "Backend %s: the prompt is over its context length%s", backend,
                                request_upstream_message(r, m, sizeof m));
     } else {
@@ -573,6 +641,7 @@ enum MHD_Result request_route(struct request *r)
 void request_cancel_attempt(struct request *r)
 {
     ev_timer_stop(r->w->loop, &r->up.queue_timer);
+    ev_timer_stop(r->w->loop, &r->up.backoff_timer);
     if (!r->up.xfer)
         return;
     request_end_wait(r, false);

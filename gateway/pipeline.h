@@ -163,6 +163,11 @@ struct request_attempts {
     ev_timer stuck_timer; /* checks on a first byte that is late */
     double queued_at;     /* waiting for a free slot since (clock_mono); 0 = not */
     ev_timer queue_timer; /* looks for a free slot again */
+    /* Same-node retries (backoff.c): the failed attempt's Retry-After in ms (-1 none), how
+     * many the request made, and the wait before the next one. */
+    long retry_after_ms;
+    unsigned same_node;
+    ev_timer backoff_timer;
 };
 
 /* The answer on its way to the caller (phase_relay.c). */
@@ -396,6 +401,14 @@ const struct config_route *request_served_route(const struct request *r);
 /* The body for a backend as JSON text (malloc'd; NULL on OOM): without a `models` list,
  * integers of any size as they came. */
 char *request_dump_upstream(struct request *r);
+
+/* ---- same-node retries (backoff.c) ---- */
+/* After a failed attempt (its target marked in r->up.skip, r->up.last_err set): the seconds to
+ * wait before asking the same node again (routing/backoff.h), or -1 to move on at once as
+ * before: another node of the same model can take the request, the failure is not worth
+ * repeating (!retryable), or the retries (one kept for a chain's next model), the deadline, the
+ * node's Retry-After or its health do not allow it. */
+double request_same_node_delay(struct request *r, bool retryable);
 
 /* ---- caller headers for the node (forward.c) ---- */
 /* The header list for an attempt: the caller's User-Agent (with the gateway's as a suffix),

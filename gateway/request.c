@@ -261,8 +261,8 @@ void request_abort_all(struct worker *w)
             request_wake(r);
             continue;
         }
-        if (!r->up.xfer)
-            continue;
+        if (!r->up.xfer && !ev_is_active(&r->up.backoff_timer))
+            continue; /* nothing asked of a backend, and no retry waiting to ask */
         request_cancel_attempt(r);
         if (r->relay.stream_mode && r->state != REQUEST_UPSTREAM) {
             request_stream_error(r, "the gateway is shutting down");

@@ -4,7 +4,9 @@
 //
 // Every scenario has its own backend (and model): the gateway takes a backend out of
 // rotation after a few consecutive failures, so sharing one faulty node between tests
-// would make each test depend on the ones before it. No backend gets more than 3 failures.
+// would make each test depend on the ones before it. No backend gets more than 3 failures:
+// routing.retries is 0, so a request tries its one node once (a node asked again after a
+// failure is retry-same-node.test.mjs).
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import {
@@ -68,6 +70,7 @@ before(async () => {
   const deadPort = await freePort(); // nothing listens here
   gw = await startGateway({
     upstream: { connect_timeout_ms: 1000, first_byte_timeout_ms: 300, idle_timeout_ms: IDLE_MS },
+    routing: { retries: 0 },
     keys: [{ name: 'k', key: KEY }],
     backends: [
       ...Object.values(nodes).map((n) => backendFor(n)),
