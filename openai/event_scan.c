@@ -1,6 +1,7 @@
 #include "openai/event_scan.h"
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -46,8 +47,8 @@ static inline const unsigned char *skip_plain(const unsigned char *p, const unsi
 static inline const unsigned char *skip_ws(const unsigned char *p, const unsigned char *end)
 {
     /* JSON's four (yajl also takes \v and \f: those fall back, and yajl decides) */
-    while (p < end && (*p == ' ' || *p == '\n' || *p == '\r' || *p == '\t'))
-        p++;
+    while (p < end && *p <= ' ' && (*p == ' ' || *p == '\n' || *p == '\r' || *p == '\t'))
+        p++; /* the first test alone sends the usual case (no white space) on */
     return p;
 }
 
@@ -95,27 +96,28 @@ static long hex4(const unsigned char *p)
 /* The rest of a string that has an escape at p (begin: its first byte), decoded into the
  * scratch buffer as yajl decodes it (yajl_string_decode: a surrogate pair is one 4-byte
  * character; a lone surrogate, which yajl turns into '?' or worse, falls back). */
-static int read_escaped(struct walk *w, const unsigned char *begin, const unsigned char *p,
-                        const unsigned char **out, size_t *out_len, const unsigned char **next)
+static const unsigned char *read_escaped(struct walk *w, const unsigned char *begin,
+                                         const unsigned char *p, const unsigned char **out,
+                                         size_t *out_len)
 {
     const unsigned char *end = w->end;
     unsigned char *d = w->scratch, *dend = w->scratch + EVENT_SCAN_MAX_DECODED;
     size_t k = (size_t)(p - begin);
     if (k > EVENT_SCAN_MAX_DECODED)
-        return -1;
+        return NULL;
     memcpy(d, begin, k);
     d += k;
     for (;;) {
         if (p == end)
-            return -1;
+            return NULL;
         unsigned c = *p;
         if (c == '"')
             break;
         if (c < 0x20)
-            return -1;
+            return NULL;
         if (c < 0x80 && c != '\\') {
             if (d == dend)
-                return -1;
+                return NULL;
             *d++ = (unsigned char)c;
             p++;
             continue;
@@ -123,14 +125,14 @@ static int read_escaped(struct walk *w, const unsigned char *begin, const unsign
         if (c >= 0x80) {
             k = utf8_len(p, end);
             if (!k || (size_t)(dend - d) < k)
-                return -1;
+                return NULL;
             memcpy(d, p, k);
             d += k;
             p += k;
             continue;
         }
         if (end - p < 2 || dend - d < 4)
-            return -1;
+            return NULL;
         switch (p[1]) {
         case '"':
         case '\\':
@@ -154,14 +156,14 @@ static int read_escaped(struct walk *w, const unsigned char *begin, const unsign
             break;
         case 'u': {
             if (end - p < 6)
-                return -1;
+                return NULL;
             long cp = hex4(p + 2);
             if (cp < 0 || (cp >= 0xDC00 && cp <= 0xDFFF))
-                return -1;
+                return NULL;
             if (cp >= 0xD800 && cp <= 0xDBFF) {
                 long lo = end - p >= 12 && p[6] == '\\' && p[7] == 'u' ? hex4(p + 8) : -1;
                 if (lo < 0xDC00 || lo > 0xDFFF)
-                    return -1;
+                    return NULL;
                 cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
                 *d++ = (unsigned char)(0xF0 | cp >> 18);
                 *d++ = (unsigned char)(0x80 | (cp >> 12 & 0x3F));
@@ -182,43 +184,41 @@ static int read_escaped(struct walk *w, const unsigned char *begin, const unsign
             break;
         }
         default:
-            return -1;
+            return NULL;
         }
         p += 2;
     }
     *out = w->scratch;
     *out_len = (size_t)(d - w->scratch);
-    *next = p + 1;
-    return 0;
+    return p + 1;
 }
 
 /* The string whose opening quote is just before p: its decoded bytes (where they lie when it
- * has no escape) in *out, and in *next the byte after its closing quote. 0, or -1. */
-static int read_string(struct walk *w, const unsigned char *p, const unsigned char **out,
-                       size_t *out_len, const unsigned char **next)
+ * has no escape) in *out; where it ends (the byte after its closing quote), or NULL. */
+static inline const unsigned char *read_string(struct walk *w, const unsigned char *p,
+                                               const unsigned char **out, size_t *out_len)
 {
     const unsigned char *begin = p, *end = w->end;
     for (;;) {
         p = skip_plain(p, end);
         if (p == end)
-            return -1;
+            return NULL;
         unsigned c = *p;
         if (c == '"') {
             *out = begin;
             *out_len = (size_t)(p - begin);
-            *next = p + 1;
-            return 0;
+            return p + 1;
         }
         if (c == '\\')
-            return read_escaped(w, begin, p, out, out_len, next);
+            return read_escaped(w, begin, p, out, out_len);
         if (c < 0x20)
-            return -1;
+            return NULL;
         if (c < 0x80) {
             p++;
         } else {
             size_t k = utf8_len(p, end);
             if (!k)
-                return -1;
+                return NULL;
             p += k;
         }
     }
@@ -298,7 +298,8 @@ value: /* p at a value's first byte */
             goto close;
         goto value;
     case '"':
-        if (read_string(&w, p + 1, &str, &len, &next))
+        next = read_string(&w, p + 1, &str, &len);
+        if (!next)
             return EVENT_SCAN_FALLBACK;
         rules->on_string(ctx, str, len);
         p = next;
@@ -355,7 +356,7 @@ close: /* p at the byte that closes the container at depth - 1 */
     return skip_ws(p, end) == end ? EVENT_SCAN_OK : EVENT_SCAN_FALLBACK;
 
 key: /* p where a member's key must start */
-    if (p == end || *p != '"' || read_string(&w, p + 1, &str, &len, &next))
+    if (p == end || *p != '"' || !(next = read_string(&w, p + 1, &str, &len)))
         return EVENT_SCAN_FALLBACK;
     rules->on_key(ctx, str, len);
     p = skip_ws(next, end);
@@ -368,7 +369,12 @@ key: /* p where a member's key must start */
 enum event_scan_result event_scan(struct answer_scan *s, enum answer_kind kind, const char *data,
                                   size_t n)
 {
-    memset(s, 0, sizeof *s);
+    /* As answer_scan_init_kind, but the frames: a frame is written whole when its container
+     * opens and read only while it is open. */
+    size_t frames_at = offsetof(struct answer_scan, frames),
+           frames_end = frames_at + sizeof s->frames;
+    memset(s, 0, frames_at);
+    memset((char *)s + frames_end, 0, sizeof *s - frames_end);
     s->kind = kind;
     if (event_scan_walk(data, n, &answer_rules, s, &s->fed) != EVENT_SCAN_OK)
         return EVENT_SCAN_FALLBACK;

@@ -181,7 +181,7 @@ int responses_validate(enum openai_route route, json_t *body, struct openai_requ
 static bool key_is(const struct answer_scan *s, int level, const char *key)
 {
     return level >= 0 && level < s->depth && level < ANSWER_MAX_DEPTH && s->frames[level].is_map &&
-           !strcmp(s->frames[level].key, key);
+           s->frames[level].key[0] == key[0] && !strcmp(s->frames[level].key, key);
 }
 
 static bool array_at(const struct answer_scan *s, int level)
