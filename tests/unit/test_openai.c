@@ -8,6 +8,7 @@
 
 #include "base/arena.h"
 #include "base/error.h"
+#include "openai/media.h"
 #include "openai/openai.h"
 
 #include <limits.h>
@@ -62,6 +63,13 @@ static void test_match_every_endpoint(void **state)
     assert_int_equal(ep->answer, ANSWER_KIND_NONE);
     ep = match_ok("POST", "/v1/moderations", OPENAI_MODERATIONS);
     assert_int_equal(ep->meter, OPENAI_METER_TOKENS);
+    ep = match_ok("POST", "/v1/audio/transcriptions", OPENAI_TRANSCRIPTIONS);
+    assert_int_equal(ep->meter, OPENAI_METER_AUDIO_SECONDS);
+    assert_true(ep->multipart);
+    assert_int_equal(ep->metric, METRICS_ROUTE_AUDIO_TRANSCRIPTIONS);
+    ep = match_ok("POST", "/v1/audio/translations", OPENAI_TRANSLATIONS);
+    assert_true(ep->multipart);
+    assert_false(match_ok("POST", "/v1/audio/speech", OPENAI_SPEECH)->multipart);
     ep = match_ok("POST", "/v1/embeddings", OPENAI_EMBEDDINGS);
     assert_string_equal(ep->upstream_path, "/embeddings");
     assert_false(ep->can_stream);
@@ -153,7 +161,8 @@ static void test_match_unknown_url(void **state)
         "/healthz/",
         "/v1/responsesX",
         "/v1/images/edits",
-        "/v1/audio/transcriptions",
+        "/v1/audio/transcriptionsX",
+        "/v1/files",
     };
     for (size_t i = 0; i < sizeof urls / sizeof urls[0]; i++) {
         const struct openai_endpoint *ep = (const void *)1;
@@ -164,6 +173,50 @@ static void test_match_unknown_url(void **state)
         ep = (const void *)1;
         assert_int_equal(openai_match("POST", urls[i], &ep), TG_ERR_UNKNOWN_URL);
         assert_null(ep);
+    }
+}
+
+/* An upload's fields as gateway/upload.c writes them: the file's size, the formats, stream. */
+static void test_validate_upload(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *body;
+        int err;
+        const char *param;
+    } cases[] = {
+        {"{\"model\":\"w\",\"file\":{\"bytes\":48000}}", 0, NULL},
+        {"{\"model\":\"w\",\"file\":{\"bytes\":1},\"response_format\":\"vtt\"}", 0, NULL},
+        {"{\"model\":\"w\"}", TG_ERR_MISSING_PARAM, "file"},
+        {"{\"file\":{\"bytes\":5}}", TG_ERR_MISSING_PARAM, "model"},
+        {"{\"model\":\"w\",\"file\":{\"bytes\":0}}", TG_ERR_INVALID_VALUE, "file"},
+        {"{\"model\":\"w\",\"file\":{\"bytes\":5},\"response_format\":\"mp3\"}",
+         TG_ERR_INVALID_VALUE, "response_format"},
+        {"{\"model\":\"w\",\"file\":{\"bytes\":5},\"stream\":true}", TG_ERR_INVALID_VALUE,
+         "stream"},
+        {"{\"model\":\"w\",\"file\":{\"bytes\":5},\"stream\":\"yes\"}", TG_ERR_INVALID_TYPE,
+         "stream"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        json_t *body = json_loads(cases[i].body, 0, NULL);
+        assert_non_null(body);
+        struct openai_request req;
+        const char *param = NULL;
+        char msg[200];
+        int rc = media_validate(OPENAI_TRANSCRIPTIONS, body, &req, &param, msg, sizeof msg);
+        if (rc != cases[i].err)
+            fail_msg("%s: expected %d, got %d (%s)", cases[i].body, cases[i].err, rc, msg);
+        if (cases[i].param)
+            assert_string_equal(param, cases[i].param);
+        if (i == 0) {
+            assert_int_equal(req.upload_bytes, 48000);
+            assert_int_equal(req.units, 48000 / MEDIA_AUDIO_MIN_BYTES_PER_SECOND);
+            assert_int_equal(req.prompt_tokens_est, 4 * MEDIA_AUDIO_EST_TOKENS_PER_SECOND);
+            assert_false(req.stream);
+        }
+        if (i == 1)
+            assert_int_equal(req.units, 1); /* never below a second */
+        json_decref(body);
     }
 }
 
@@ -852,6 +905,7 @@ int main(void)
         cmocka_unit_test(test_match_head_as_get),
         cmocka_unit_test(test_match_wrong_method),
         cmocka_unit_test(test_match_unknown_url),
+        cmocka_unit_test(test_validate_upload),
         cmocka_unit_test(test_validate_valid_chat),
         cmocka_unit_test(test_validate_not_object),
         cmocka_unit_test(test_validate_model),
