@@ -200,3 +200,9 @@ $(BUILD)/streamgen: bench/streamgen.c
 .PHONY: bench-streams
 bench-streams: all $(BUILD)/floor $(BUILD)/streamgen
 	@BENCH_BUILD=$(BUILD) bench/streams.sh
+
+# Instructions per relayed stream event under callgrind (bench/stream-instr.sh): a figure the
+# machine's load does not move, for before/after comparisons of the relay path.
+.PHONY: bench-stream-instr
+bench-stream-instr: all $(BUILD)/streamgen
+	@BENCH_BUILD=$(BUILD) bench/stream-instr.sh
