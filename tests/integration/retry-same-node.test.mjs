@@ -154,3 +154,34 @@ test('a model group: its first model\'s node is retried, then the next model ser
   assert.equal((await logLine(gw1, r1.headers.get('x-request-id'))).attempts, 2);
   assert.equal(await callsOf(a1, 1), 1);
 });
+
+// A request waiting to ask its node again while the gateway drains: no new try starts, and the
+// caller gets an answer (the node's last failure; a forced drain cuts the wait at once).
+// The node's 429 pauses it for a second (retry-after: 1), so the wait outlasts the signal.
+test('a drain during the wait: no new try, the caller gets the last failure', async () => {
+  const node = await startMocknode({ name: 'drain-429', models: ['m'], fault: '429', retryAfter: 1, quiet: true });
+  const gw = await startGateway({ ...base, workers: 1, backends: [backendFor(node)] });
+  const pending = chat(gw, { model: 'm', messages, max_tokens: 4 });
+  await callsOf(node, 1);
+  gw.proc.kill('SIGTERM');
+  const res = await pending;
+  assert.equal(res.status, 503, res.text);
+  assert.equal(res.json.error.code, 'backend_rate_limited');
+  assert.deepEqual(await gw.waitExit(10000), { code: 0, signal: null }, gw.logs.text());
+  assert.equal(chatCalls(await node.stats()), 1, 'no try after the drain began');
+});
+
+test('a forced drain answers a request waiting to ask its node again, at once', async () => {
+  const node = await startMocknode({ name: 'force-429', models: ['m'], fault: '429', retryAfter: 1, quiet: true });
+  const gw = await startGateway({ ...base, workers: 1, drain_timeout_ms: 50, backends: [backendFor(node)] });
+  const pending = chat(gw, { model: 'm', messages, max_tokens: 4 });
+  await callsOf(node, 1);
+  gw.proc.kill('SIGTERM');
+  const res = await pending;
+  assert.equal(res.status, 503, res.text);
+  assert.equal(res.json.error.code, 'shutting_down');
+  assert.deepEqual(await gw.waitExit(10000), { code: 0, signal: null }, gw.logs.text());
+  const line = gw.logs.json().find((l) => l.event === 'drain_timeout');
+  assert.equal(line?.aborted, 1, gw.logs.text());
+  assert.equal(chatCalls(await node.stats()), 1, 'no try after the drain began');
+});
