@@ -127,13 +127,16 @@ struct curl_slist *request_upload_headers(struct request *r, struct curl_slist *
     struct request_upload *u = r->upload;
     if (!u)
         return base;
+    /* Copies of the shared nodes before its Content-Type (config.c puts it first), then the
+     * rest of the shared list as it is: nothing shared is written. */
     size_t n = 0;
     u->nodes[n++] = (struct curl_slist){.data = u->ctype};
-    for (struct curl_slist *b = base; b && n < UPLOAD_HEADER_NODES; b = b->next)
-        if (strncasecmp(b->data, "Content-Type:", 13))
-            u->nodes[n++] = (struct curl_slist){.data = b->data};
+    struct curl_slist *b = base;
+    for (; b && strncasecmp(b->data, "Content-Type:", 13) && n < UPLOAD_HEADER_NODES; b = b->next)
+        u->nodes[n++] = (struct curl_slist){.data = b->data};
     for (size_t i = 0; i + 1 < n; i++)
         u->nodes[i].next = &u->nodes[i + 1];
+    u->nodes[n - 1].next = b && !strncasecmp(b->data, "Content-Type:", 13) ? b->next : b;
     return u->nodes;
 }
 

@@ -62,7 +62,7 @@ before(async () => {
     health: { interval_ms: 60000 },
     keys: [{ name: 'e2e-audio', key: KEY }],
     backends: [
-      { name: 'cheap', url: cheap.v1, models: models(0.0001, 2.5, 10) },
+      { name: 'cheap', url: cheap.v1, api_key: 'cheap-node-key', models: models(0.0001, 2.5, 10) },
       { name: 'dear', url: dear.v1, models: models(0.0002, 5, 20) },
     ],
   });
@@ -104,9 +104,11 @@ test('transcriptions.create: a small file, billed the seconds the node reported'
   assert.equal(response.headers.get('x-tollgate-backend'), 'cheap');
   assert.equal(response.headers.get('x-tollgate-model'), 'whisper-1');
   assert.ok(near(costOf(response), (bytes / NODE_BYTES_PER_SECOND) * 0.0001), `${costOf(response)}`);
-  // The node was sent the file whole, under its own name for the model.
+  // The node was sent the file under its own name for the model (it knows no whisper-1), with
+  // the caller's boundary and the backend's key.
   const stats = await cheap.stats();
   assert.equal(stats.last.path, '/v1/audio/transcriptions');
+  assert.equal(stats.last.authorization, 'Bearer cheap-node-key');
 });
 
 test('transcriptions.create: a 3 MiB file (spooled to disk) as verbose_json', async () => {
