@@ -106,6 +106,15 @@ test('an unreachable node is asked again too, then answered as before', async ()
   assert.equal((await logLine(gw, res.headers.get('x-request-id'))).attempts, 3);
 });
 
+test('a first-byte timeout on a lone node: asked again, the caller gets 200 with attempts 2', async () => {
+  const slow = await startMocknode({ name: 'once-hung', models: ['m'], tokens: 3, quiet: true });
+  const gw = await startGateway({ ...base, upstream: { first_byte_timeout_ms: 300 }, backends: [backendFor(slow)] });
+  await slow.setConfig({ fault: 'hang', fault_count: 1 });
+  const res = await chat(gw, { model: 'm', messages, max_tokens: 4 });
+  assert.equal(res.status, 200, res.text);
+  assert.equal((await logLine(gw, res.headers.get('x-request-id'))).attempts, 2);
+});
+
 test('a 429 with retry-after: 30 is not retried on the same node', async () => {
   const full = await startMocknode({ name: 'full', models: ['m'], fault: '429', retryAfter: 30, quiet: true });
   const gw = await startGateway({ ...base, backends: [backendFor(full)] });
