@@ -20,7 +20,7 @@ const keys = [{ name: 'retry', key: KEY }];
 const messages = [{ role: 'user', content: 'hi' }];
 const chat = (gw, body) => post(gw.v1 + '/chat/completions', body, { key: KEY, timeoutMs: 20000 });
 // Long probe intervals: only requests change what the gateway thinks of a node.
-const base = { keys, log_level: process.env.RETRY_LOG ?? 'info', cache: { mode: 'off' }, health: { interval_ms: 60000 } };
+const base = { keys, log_level: 'info', cache: { mode: 'off' }, health: { interval_ms: 60000 } };
 
 async function logLine(gw, id) {
   let line;
