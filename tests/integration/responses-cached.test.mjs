@@ -149,4 +149,8 @@ test('Responses: cached tokens are clamped to the input; without a cached price 
   const bs = await stream(gw, { model: 'b', input, max_output_tokens: 8 });
   assert.equal(bs.status, 200, bs.raw);
   near(Number((await ledgerRecord(bs.headers['x-request-id'])).cost_usd), (400 * 10 + 2 * 20) / 1e6);
+  // The liar's two answers were clamped claims; the plain node's were not.
+  const metrics = (await get(gw.url + '/metrics')).text;
+  assert.match(metrics, /^tollgate_backend_usage_clamped_total\{backend="liar"\} 2$/m);
+  assert.doesNotMatch(metrics, /^tollgate_backend_usage_clamped_total\{backend="plain"\} [1-9]/m);
 });
