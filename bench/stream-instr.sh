@@ -18,6 +18,8 @@
 # Env: BENCH_BUILD (default build)   where tollgate, mocknode, streamgen are
 #      INSTR_GATEWAY                 another tollgate binary to count (e.g. an earlier build)
 #      STREAMS_CONNS (20), STREAMS_SECONDS (10), STREAMS_TOKENS (100), STREAMS_TOKEN_MS (50)
+#      STREAMS_API (chat)            chat: /v1/chat/completions; responses: /v1/responses (typed
+#                                    events, the whole response in the first and last ones)
 #      INSTR_KEEP=1                  keep the temp dir (the callgrind dump, logs)
 set -euo pipefail
 
@@ -31,7 +33,18 @@ TOKENS="${STREAMS_TOKENS:-100}"
 TOKEN_MS="${STREAMS_TOKEN_MS:-50}"
 MODEL="bench-model"
 BENCH_KEY="sk-bench-5f1c0e7a9b2d4c68"
-BODY="{\"model\":\"$MODEL\",\"messages\":[{\"role\":\"user\",\"content\":\"Say hi\"}],\"max_tokens\":$TOKENS,\"stream\":true}"
+API="${STREAMS_API:-chat}"
+case "$API" in
+chat)
+    API_PATH=/v1/chat/completions
+    BODY="{\"model\":\"$MODEL\",\"messages\":[{\"role\":\"user\",\"content\":\"Say hi\"}],\"max_tokens\":$TOKENS,\"stream\":true}"
+    ;;
+responses)
+    API_PATH=/v1/responses
+    BODY="{\"model\":\"$MODEL\",\"input\":\"Say hi\",\"max_output_tokens\":$TOKENS,\"stream\":true}"
+    ;;
+*) printf 'stream-instr: error: STREAMS_API is chat or responses\n' >&2; exit 1 ;;
+esac
 
 die() { printf 'stream-instr: error: %s\n' "$*" >&2; exit 1; }
 note() { printf 'stream-instr: %s\n' "$*" >&2; }
@@ -112,7 +125,7 @@ GW_PID=$!
 PIDS+=("$GW_PID")
 wait_http gateway "$GW_PID" "http://127.0.0.1:$GW_PORT/healthz"
 
-URL="http://127.0.0.1:$GW_PORT/v1/chat/completions"
+URL="http://127.0.0.1:$GW_PORT$API_PATH"
 gen() { "$BUILD_DIR/streamgen" -c "$1" -d "$2" -r 0.5 -H "Authorization: Bearer $BENCH_KEY" -b "$BODY" "$URL"; }
 warm="$(gen 5 1)"
 [[ "$warm" == *" errors=0 "* && "$warm" != "streams=0 "* ]] || die "warm-up failed: $warm"

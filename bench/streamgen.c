@@ -8,9 +8,10 @@
  * (status line, headers, chunked framing, SSE "data:" lines) by a small state machine.
  *
  * A stream is completed when its status is 200, its body is chunked, it carries "data: [DONE]"
- * and its last chunk arrives; anything else (another status, a connection closed or reset, a
- * stream without [DONE], no byte for 30 s) is an error and the connection is opened again.
- * Time to first token: from the request's write to the first "data:" of its body.
+ * (or, a Responses API stream, its "response.completed" event) and its last chunk arrives; anything
+ * else (another status, a connection closed or reset, a stream without [DONE], no byte for 30 s) is
+ * an error and the connection is opened again. Time to first token: from the request's write to the
+ * first "data:" of its body.
  *
  *   streamgen -c CONNS -d SECONDS [-r RAMP_S] [-H "Header: value"] [-b BODY] URL
  *
@@ -58,7 +59,7 @@ struct sg_conn {
     unsigned ch_match; /* bytes of "chunked" matched */
     bool chunked, got_first, got_done, line_empty;
     uint64_t chunk_left;
-    unsigned data_match, done_match;
+    unsigned data_match, done_match, completed_match;
     bool at_line_start;
 };
 
@@ -101,7 +102,7 @@ static void send_request(struct sg_conn *c)
     c->status = c->status_digits = 0;
     c->hdr_nl = c->ch_match = 0;
     c->chunked = c->got_first = c->got_done = false;
-    c->data_match = c->done_match = 0;
+    c->data_match = c->done_match = c->completed_match = 0;
     c->at_line_start = true;
 }
 
@@ -149,7 +150,7 @@ static void stream_done(struct sg_conn *c)
 /* The body's bytes (chunk payload): count "data:" at a line start, note the first and [DONE]. */
 static void on_payload(struct sg_conn *c, const char *p, size_t n)
 {
-    static const char data[] = "data:", done[] = "[DONE]";
+    static const char data[] = "data:", done[] = "[DONE]", completed[] = "\"response.completed\"";
     for (size_t i = 0; i < n; i++) {
         char ch = p[i];
         if (c->data_match || c->at_line_start) {
@@ -175,6 +176,16 @@ static void on_payload(struct sg_conn *c, const char *p, size_t n)
             }
         } else {
             c->done_match = ch == '[' ? 1 : 0;
+        }
+        /* the pattern's first byte, '"', comes again only as its last: a mismatch restarts the
+         * match at this byte or not at all */
+        if (ch == completed[c->completed_match]) {
+            if (++c->completed_match == sizeof completed - 1) {
+                c->got_done = true;
+                c->completed_match = 0;
+            }
+        } else {
+            c->completed_match = ch == '"' ? 1 : 0;
         }
         c->at_line_start = ch == '\n';
     }
