@@ -5,6 +5,7 @@
 #include "routing/backoff.h"
 #include "base/clock.h"
 #include "gateway/pipeline.h"
+#include "net/upstream.h"
 
 /* A node paused until a given millisecond is asked again a little after it (clock_mono_ms()
  * rounds down). */
@@ -19,6 +20,17 @@ static bool request_budget_allows(const struct request *r, bool later_model)
         free_moves--;
     unsigned used = r->up.attempts - free_moves; /* the retry would be attempt used + 1 */
     return used + (later_model ? 1 : 0) <= r->cfg->routing.retries;
+}
+
+void request_note_retry_after(struct request *r)
+{
+    if (r->up.status != 429 && r->up.status < 500)
+        return;
+    char ra[32];
+    if (upstream_header(r->up.xfer, "retry-after-ms", ra, sizeof ra) == 0)
+        r->up.retry_after_ms = backoff_retry_after_ms(ra, true);
+    else if (upstream_header(r->up.xfer, "retry-after", ra, sizeof ra) == 0)
+        r->up.retry_after_ms = backoff_retry_after_ms(ra, false);
 }
 
 double request_same_node_delay(struct request *r, bool retryable)

@@ -9,7 +9,6 @@
 #include "gateway/upload.h"
 #include "net/upstream.h"
 #include "routing/backend.h"
-#include "routing/backoff.h"
 #include "routing/demand.h"
 
 #include <stdarg.h>
@@ -458,14 +457,8 @@ static int request_upstream_data(void *ctx, const char *data, size_t len)
     struct request *r = ctx;
     bool first = !r->up.got_headers;
     int rc = request_relay_data(ctx, data, len);
-    if (first && r->up.got_headers && (r->up.status == 429 || r->up.status >= 500)) {
-        /* How soon the node says it takes requests again: whether to ask it again. */
-        char ra[32];
-        if (upstream_header(r->up.xfer, "retry-after-ms", ra, sizeof ra) == 0)
-            r->up.retry_after_ms = backoff_retry_after_ms(ra, true);
-        else if (upstream_header(r->up.xfer, "retry-after", ra, sizeof ra) == 0)
-            r->up.retry_after_ms = backoff_retry_after_ms(ra, false);
-    }
+    if (first && r->up.got_headers)
+        request_note_retry_after(r); /* backoff.c */
     if (r->up.waiting && r->up.got_headers &&
         (!r->relay.stream_mode || r->state != REQUEST_UPSTREAM))
         request_end_wait(r, true);

@@ -409,6 +409,9 @@ char *request_dump_upstream(struct request *r);
  * repeating (!retryable), or the retries (one kept for a chain's next model), the deadline, the
  * node's Retry-After or its health do not allow it. */
 double request_same_node_delay(struct request *r, bool retryable);
+/* The attempt's answer began (r->up.status set, the transfer still held): a 429's or 5xx's
+ * Retry-After (or retry-after-ms) into r->up.retry_after_ms, for the decision above. */
+void request_note_retry_after(struct request *r);
 
 /* ---- caller headers for the node (forward.c) ---- */
 /* The header list for an attempt: the caller's User-Agent (with the gateway's as a suffix),
