@@ -1,8 +1,10 @@
 #include "gateway/upload.h"
 
+#include "base/log.h"
 #include "base/spool.h"
 #include "openai/multipart.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -72,9 +74,13 @@ enum MHD_Result request_upload_data(struct request *r, const char *data, size_t 
                           r->cfg->max_upload_bytes);
     else if (rc == SPOOL_ENOMEM)
         request_set_error(r, TG_ERR_NOMEM, NULL, "out of memory");
-    else if (rc)
+    else if (rc) {
+        /* $TMPDIR full or not writable (a read-only root file system without a volume). */
+        log_event(LOG_WARN, "upload_spool_failed",
+                  "\"request_id\":\"%s\",\"tmpdir\":\"%s\",\"error\":\"%s\"", r->id,
+                  getenv("TMPDIR") ? "$TMPDIR" : "/tmp", strerror(errno));
         request_set_error(r, TG_ERR_INTERNAL, NULL, "The upload could not be spooled.");
-    else if (multipart_feed(&u->mp, data, n))
+    } else if (multipart_feed(&u->mp, data, n))
         request_set_error(r, TG_ERR_INVALID_VALUE, u->mp.param, "%s", u->mp.msg);
     else
         return MHD_YES;
