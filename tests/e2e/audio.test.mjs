@@ -176,6 +176,23 @@ test('an upload over max_upload_bytes is refused with 413', async () => {
   await assert.rejects(
     smallCapClient.audio.transcriptions.create({ file: await toFile(audio(2 << 20), 'big.wav'), model: 'whisper-1' }),
     (e) => e.status === 413 && e.code === 'request_too_large');
+  // Chunked (no Content-Length): read to its end, spooled no further than the cap, then 413.
+  const boundary = 'chunked-upload-boundary';
+  const head = `--${boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n\r\n`;
+  const body = new ReadableStream({
+    start(ctrl) {
+      ctrl.enqueue(new TextEncoder().encode(head));
+      for (let i = 0; i < 32; i++) ctrl.enqueue(audio(64 << 10, i));
+      ctrl.enqueue(new TextEncoder().encode(`\r\n--${boundary}--\r\n`));
+      ctrl.close();
+    },
+  });
+  const res = await fetch(smallCapClient.baseURL + '/audio/transcriptions', {
+    method: 'POST', body, duplex: 'half',
+    headers: { authorization: `Bearer ${KEY}`, 'content-type': `multipart/form-data; boundary=${boundary}` },
+  });
+  assert.equal(res.status, 413);
+  assert.equal((await res.json()).error.code, 'request_too_large');
   // The connection is not left broken: the next request is served.
   const ok = await smallCapClient.audio.transcriptions.create({ file: await toFile(audio(1000), 'a.wav'), model: 'whisper-1' });
   assert.equal(ok.text, 'Hello from the mock node.');
