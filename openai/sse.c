@@ -58,23 +58,30 @@ static int sse_line(struct sse_parser *p, sse_event_fn fn, void *ctx)
 }
 
 /* The usual event, whole in the bytes fed at *at: one "data:" line ended by LF, then a blank
- * line (LF). It is handed over as it lies in those bytes (already normalised), with no copy of
- * the line or the event; only its payload is copied, to end it with a NUL. *whole is false
- * when the bytes are anything else (the general path reads them); otherwise *at moves past the
- * event and the callback's result is returned. */
+ * line (LF), maybe after an "event:" line (the Responses API names every event). It is handed
+ * over as it lies in those bytes (already normalised), with no copy of the lines or the event;
+ * only its payload is copied, to end it with a NUL. *whole is false when the bytes are anything
+ * else (the general path reads them); otherwise *at moves past the event and the callback's
+ * result is returned. */
 static int sse_whole_event(struct sse_parser *p, const char **at, const char *end, sse_event_fn fn,
                            void *ctx, bool *whole)
 {
-    const char *l = *at;
-    size_t avail = (size_t)(end - l);
+    const char *first = *at, *l = first;
     *whole = false;
+    if (end - l >= 6 && !memcmp(l, "event:", 6)) {
+        const char *el = memchr(l, '\n', (size_t)(end - l));
+        if (!el || memchr(l, '\r', (size_t)(el - l)))
+            return SSE_OK;
+        l = el + 1;
+    }
+    size_t avail = (size_t)(end - l);
     if (avail < 7 || memcmp(l, "data:", 5))
         return SSE_OK;
     const char *eol = memchr(l, '\n', avail);
     if (!eol || eol + 1 == end || eol[1] != '\n')
         return SSE_OK;
     size_t n = (size_t)(eol - l);
-    if (n > p->line.max || memchr(l, '\r', n))
+    if ((size_t)(eol - first) > p->line.max || memchr(l, '\r', n))
         return SSE_OK; /* too big, or lines that end in CR: the general path's */
     *whole = true;
     const char *v = l + 5;
@@ -88,8 +95,8 @@ static int sse_whole_event(struct sse_parser *p, const char **at, const char *en
     if (result)
         return sse_map(result);
     struct sse_event ev = {
-        .raw = l,
-        .raw_len = n + 2,
+        .raw = first,
+        .raw_len = (size_t)(eol - first) + 2,
         .data = p->data.data ? p->data.data : "",
         .data_len = vn,
         .has_data = true,

@@ -132,6 +132,7 @@ static const char openai_stream[] =
     "id: 3\n"
     "data: " CHUNK("{\"content\":\" there! \\\"quoted\\\" caf\xc3\xa9\"}", "null") "\n"
     "\n"
+    "event: message\n" /* named, as every Responses API event is */
     "data: " CHUNK("{}", "\"stop\"") "\n"
     "\n"
     "data: {\"id\":\"chatcmpl-9xYz\",\"object\":\"chat.completion.chunk\",\"choices\":[],"
@@ -182,6 +183,7 @@ static void check_openai_events(const struct collector *c)
     assert_string_equal(c->ev[3].raw,
                         "event: message\nid: 3\ndata: " CHUNK(
                             "{\"content\":\" there! \\\"quoted\\\" caf\xc3\xa9\"}", "null") "\n\n");
+    assert_string_equal(c->ev[4].raw, "event: message\ndata: " CHUNK("{}", "\"stop\"") "\n\n");
     assert_string_equal(c->ev[c->n - 1].raw, "data: [DONE]\n\n");
     assert_string_equal(c->ev[c->n - 1].data, "[DONE]");
 }
