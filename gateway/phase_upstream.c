@@ -513,7 +513,9 @@ static void request_on_done(void *ctx, int result, long status, const char *deta
 
     if (result == TG_ERR_BACKEND_UNREACHABLE) {
         request_note_attempt(r, METRICS_OUTCOME_UNREACHABLE, now);
-        request_attempt_failed(r, result, true, true, true, "Backend %s is unreachable: %s",
+        /* A certificate the gateway could not verify will not verify a moment later. */
+        bool again = !strcasestr(detail, "certificate");
+        request_attempt_failed(r, result, true, true, again, "Backend %s is unreachable: %s",
                                backend, detail);
     } else if (result == TG_ERR_BACKEND_TIMEOUT) {
         /* Connected but silent: out for the cooldown, whatever the probes say. */
