@@ -93,7 +93,7 @@ unit: $(UNIT_BIN)
 	@set -e; for t in $(UNIT_BIN); do echo "== $$t"; $$t; done
 
 integration: all
-	@tests/run-node-tests.sh
+	@TOLLGATE_BUILD=$(BUILD) tests/run-node-tests.sh
 
 test: deps
 	@$(MAKE) --no-print-directory fmt-check

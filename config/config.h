@@ -105,8 +105,9 @@ enum config_strategy {
 struct config_routing {
     enum config_strategy strategy;
     unsigned default_output_tokens;
-    unsigned retries;     /* further backends tried after a failure before the first byte */
-    long deadline_ms;     /* no new attempt starts later than this after the request came */
+    unsigned retries; /* further tries after a failure before the first byte (another node, else the
+                         same one after a backoff) */
+    long deadline_ms; /* no new attempt starts later than this after the request came */
     double tie_tolerance; /* estimates within this fraction of the cheapest are a tie */
     /* Learned concurrency limits (routing/limiter.h). */
     unsigned limit_initial;      /* a node's limit once it answered (before that, 1) */
