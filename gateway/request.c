@@ -144,6 +144,7 @@ static struct request *request_new(struct worker *w, struct MHD_Connection *conn
     r->state = REQUEST_SENT; /* until request_begin says otherwise */
     list_push_tail(&w->live, &r->live);
     w->n_active++;
+    w->begun++;
     METRICS_ADD(w->metrics->inflight, 1);
     return r;
 }

@@ -49,6 +49,10 @@
  * often: what a peak leaves is bounded in size and time, not held for 10 minutes. */
 #define SERVER_TRIM_GROWTH_BYTES (1L << 20)
 #define SERVER_TRIM_GROWTH_EVERY_MS 60000
+/* A worker with nothing in flight for this many ticks after traffic trims once (it holds up
+ * no request, and what the traffic left goes back), unless a trim came this recently. */
+#define SERVER_IDLE_TRIM_TICKS 2
+#define SERVER_IDLE_TRIM_EVERY_MS 10000
 /* A worker with more requests than this in flight puts its trim off. */
 #define SERVER_TRIM_BUSY 32
 /* A trim that took longer is logged at info. */
@@ -220,6 +224,18 @@ static void housekeeping_cb(struct ev_loop *loop, ev_timer *t, int revents)
     if (w->arena_trim && w->n_active <= SERVER_TRIM_BUSY) {
         w->arena_trim = false;
         server_trim(w, "big_request", 0);
+    }
+    if (w->n_active || w->begun != w->begun_seen) {
+        w->begun_seen = w->begun;
+        w->quiet_ticks = 0;
+        w->worked = true;
+    } else if (w->worked && ++w->quiet_ticks >= SERVER_IDLE_TRIM_TICKS) {
+        w->worked = false;
+        int64_t now = clock_mono_ms();
+        int64_t last = atomic_load_explicit(&w->shared->trimmed_at_ms, memory_order_relaxed);
+        if (now - last >= SERVER_IDLE_TRIM_EVERY_MS &&
+            atomic_compare_exchange_strong(&w->shared->trimmed_at_ms, &last, now))
+            server_trim(w, "idle", 0);
     }
     if (++w->ticks % (unsigned)(SERVER_HOUSEKEEPING_S / SERVER_TICK_S))
         return;
