@@ -41,6 +41,11 @@ struct redis_cmd {
     double deadline;         /* CLOCK_MONOTONIC seconds */
     struct list link;        /* on the client's pending or zombie list, or its pool */
     struct redis_args *args; /* EVALSHA only */
+    /* After fn got REDIS_ETIMEOUT: the reply that came late after all, once (0 or
+     * REDIS_EREPLY with it; REDIS_ENOTCONN without, when the connection or the client went
+     * first, and then it may only free late_ctx). Never called when fn got anything else. */
+    redis_reply_fn late;
+    void *late_ctx;
 };
 
 enum conn_state {
@@ -169,9 +174,11 @@ void redis_breaker_failure(struct redis_client *c);
 void redis_breaker_probe(struct redis_client *c);
 /* The checks shared by redis_command() and redis_evalsha(); counts a refusal. */
 int redis_client_gate(struct redis_client *c);
-/* Sends a command whatever the breaker says. Takes `args` (freed on failure). */
+/* Sends a command whatever the breaker says. Takes `args` (freed on failure). `late`, when not
+ * NULL, is redis_evalsha_late()'s (on failure, neither is called). */
 int redis_client_send(struct redis_client *c, int argc, const char **argv, const size_t *argvlen,
-                      redis_reply_fn fn, void *ctx, struct redis_args *args);
+                      redis_reply_fn fn, void *ctx, struct redis_args *args, redis_reply_fn late,
+                      void *late_ctx);
 
 /* conn.c */
 void redis_conn_init(struct redis_client *c, struct redis_conn *k, bool subscriber);

@@ -201,7 +201,7 @@ void redis_breaker_probe(struct redis_client *c)
     static const size_t ping_len[] = {4};
     c->probe_due = false;
     breaker_set(c, REDIS_BREAKER_HALF_OPEN);
-    if (redis_client_send(c, 1, ping, ping_len, probe_done, c, NULL) != 0)
+    if (redis_client_send(c, 1, ping, ping_len, probe_done, c, NULL, NULL, NULL) != 0)
         breaker_open(c);
 }
 
@@ -274,13 +274,26 @@ static void cmd_reply_cb(redisAsyncContext *ac, void *r, void *privdata)
     struct redis_client *c = cmd->c;
     const redisReply *reply = r;
     if (!c) {
+        if (cmd->late)
+            cmd->late(cmd->late_ctx, REDIS_ENOTCONN, NULL);
         free(cmd->args);
         free(cmd);
         return;
     }
     if (!cmd->fn) {
+        redis_reply_fn late = cmd->late;
+        void *late_ctx = cmd->late_ctx;
         zombie_unlink(c, cmd);
         cmd_put(c, cmd);
+        if (late) {
+            redis_client_enter(c);
+            late(late_ctx,
+                 !reply                             ? REDIS_ENOTCONN
+                 : reply->type == REDIS_REPLY_ERROR ? REDIS_EREPLY
+                                                    : 0,
+                 reply);
+            redis_client_leave(c);
+        }
         return;
     }
     int result = 0;
@@ -423,6 +436,7 @@ void redis_client_free(struct redis_client *c)
         pending_unlink(c, cmd);
         cmd->fn = NULL;
         cmd->c = NULL;
+        cmd->late = NULL; /* fn hears of it, not with a timeout: late is never called */
         fn(ctx, REDIS_ENOTCONN, NULL);
     }
     while ((cmd = cmd_first(&c->zombies))) {
@@ -451,7 +465,8 @@ static int client_can_send(const struct redis_client *c)
 
 /* Sends a command whatever the breaker says. Takes `args` (freed on failure). */
 int redis_client_send(struct redis_client *c, int argc, const char **argv, const size_t *argvlen,
-                      redis_reply_fn fn, void *ctx, struct redis_args *args)
+                      redis_reply_fn fn, void *ctx, struct redis_args *args, redis_reply_fn late,
+                      void *late_ctx)
 {
     int rc = client_can_send(c);
     if (rc) {
@@ -466,6 +481,8 @@ int redis_client_send(struct redis_client *c, int argc, const char **argv, const
     cmd->fn = fn;
     cmd->ctx = ctx;
     cmd->args = args;
+    cmd->late = late;
+    cmd->late_ctx = late_ctx;
     cmd->deadline = clock_mono() + c->timeout;
     redisAsyncContext *ac = c->cmd.ac;
     if (redisAsyncCommandArgv(ac, cmd_reply_cb, cmd, argc, argv, argvlen) != REDIS_OK) {
@@ -521,7 +538,7 @@ int redis_command(struct redis_client *c, int argc, const char **argv, const siz
     int rc = redis_client_gate(c);
     if (rc)
         return rc;
-    rc = redis_client_send(c, argc, argv, argvlen, fn, ctx, NULL);
+    rc = redis_client_send(c, argc, argv, argvlen, fn, ctx, NULL, NULL, NULL);
     if (rc)
         redis_count(&c->st.rejected);
     return rc;

@@ -145,6 +145,13 @@ const char *redis_script_sha(const struct redis_script *s);
  * which also loads it, within the same deadline. Otherwise as redis_command(). */
 int redis_evalsha(struct redis_client *c, const struct redis_script *s, int numkeys, int argc,
                   const char **argv, const size_t *argvlen, redis_reply_fn fn, void *ctx);
+/* The same, and when fn got REDIS_ETIMEOUT, `late` gets the reply that comes after all (0 or
+ * REDIS_EREPLY with it), or REDIS_ENOTCONN without one when the connection or the client goes
+ * first (then it may only free late_ctx): once, and never when fn got anything else. For a
+ * script whose effect must be undone if it ran after its caller gave up on it. */
+int redis_evalsha_late(struct redis_client *c, const struct redis_script *s, int numkeys, int argc,
+                       const char **argv, const size_t *argvlen, redis_reply_fn fn, void *ctx,
+                       redis_reply_fn late, void *late_ctx);
 
 /* ---- pub/sub ------------------------------------------------------------------------------ */
 

@@ -86,6 +86,13 @@ static struct redis_args *args_copy(const struct redis_script *s, int numkeys, i
 int redis_evalsha(struct redis_client *c, const struct redis_script *s, int numkeys, int argc,
                   const char **argv, const size_t *argvlen, redis_reply_fn fn, void *ctx)
 {
+    return redis_evalsha_late(c, s, numkeys, argc, argv, argvlen, fn, ctx, NULL, NULL);
+}
+
+int redis_evalsha_late(struct redis_client *c, const struct redis_script *s, int numkeys, int argc,
+                       const char **argv, const size_t *argvlen, redis_reply_fn fn, void *ctx,
+                       redis_reply_fn late, void *late_ctx)
+{
     if (!c || !s || !fn || numkeys < 0 || argc < numkeys || argc > REDIS_MAX_ARGS ||
         (argc > 0 && !argv))
         return REDIS_EINVAL;
@@ -97,7 +104,7 @@ int redis_evalsha(struct redis_client *c, const struct redis_script *s, int numk
         redis_count(&c->st.rejected);
         return REDIS_ENOMEM;
     }
-    rc = redis_client_send(c, a->argc, a->argv, a->lens, fn, ctx, a);
+    rc = redis_client_send(c, a->argc, a->argv, a->lens, fn, ctx, a, late, late_ctx);
     if (rc)
         redis_count(&c->st.rejected);
     return rc;

@@ -33,6 +33,16 @@ struct budget_wait {
     bool cancelled;
     struct budget *b; /* for the local allowance when Redis does not answer */
     double budget_usd, est_usd;
+    struct budget_late *late;
+    char key[];
+};
+
+/* A reservation whose answer missed its deadline: the request went on with the local
+ * allowance, so if the script ran in Redis after all, what it reserved there is nobody's and
+ * is released (else the key's budget would shrink by it for good). */
+struct budget_late {
+    struct budget *b;
+    double est_usd;
     char key[];
 };
 
@@ -103,9 +113,24 @@ static enum budget_result reserve_alone(struct budget *b, const char *key, doubl
     return BUDGET_OK;
 }
 
+static void settled(void *ctx, int result, const redisReply *reply);
+static int budget_eval(struct budget *b, const struct redis_script *script, const char *key,
+                       double x, double y, redis_reply_fn fn, void *ctx, redis_reply_fn late,
+                       void *late_ctx);
+
+static void reserved_late(void *ctx, int result, const redisReply *reply)
+{
+    struct budget_late *l = ctx;
+    if (result == 0 && reply && reply->type == REDIS_REPLY_INTEGER && reply->integer == 1)
+        budget_eval(l->b, l->b->settle, l->key, l->est_usd, 0, settled, NULL, NULL, NULL);
+    free(l);
+}
+
 static void reserved(void *ctx, int result, const redisReply *reply)
 {
     struct budget_wait *w = ctx;
+    if (result != REDIS_ETIMEOUT)
+        free(w->late); /* only a timed-out command hears of its late reply */
     enum budget_result res;
     if (result == 0 && reply && reply->type == REDIS_REPLY_INTEGER)
         res = reply->integer == 1 ? BUDGET_OK : BUDGET_EXHAUSTED;
@@ -116,9 +141,11 @@ static void reserved(void *ctx, int result, const redisReply *reply)
     free(w);
 }
 
-/* Runs one of the scripts on tg:budget:<key> with two USD amounts. */
+/* Runs one of the scripts on tg:budget:<key> with two USD amounts (and `late`: see
+ * redis_evalsha_late()). */
 static int budget_eval(struct budget *b, const struct redis_script *script, const char *key,
-                       double x, double y, redis_reply_fn fn, void *ctx)
+                       double x, double y, redis_reply_fn fn, void *ctx, redis_reply_fn late,
+                       void *late_ctx)
 {
     char k[200], a[40], c[40];
     snprintf(k, sizeof k, REDIS_KEY_BUDGET_PREFIX "%s", key);
@@ -126,7 +153,7 @@ static int budget_eval(struct budget *b, const struct redis_script *script, cons
     snprintf(c, sizeof c, "%.10f", y > 0 ? y : 0);
     const char *argv[] = {k, a, c};
     size_t argvlen[] = {strlen(k), strlen(a), strlen(c)};
-    return redis_evalsha(b->redis, script, 1, 3, argv, argvlen, fn, ctx);
+    return redis_evalsha_late(b->redis, script, 1, 3, argv, argvlen, fn, ctx, late, late_ctx);
 }
 
 enum budget_result budget_reserve(struct budget *b, const char *key, double budget_usd,
@@ -145,7 +172,16 @@ enum budget_result budget_reserve(struct budget *b, const char *key, double budg
     w->budget_usd = budget_usd;
     w->est_usd = est_usd;
     memcpy(w->key, key, klen + 1);
-    if (budget_eval(b, b->reserve, key, budget_usd, est_usd, reserved, w)) {
+    w->late = malloc(sizeof *w->late + klen + 1);
+    if (!w->late) {
+        free(w);
+        return BUDGET_EXHAUSTED;
+    }
+    w->late->b = b;
+    w->late->est_usd = est_usd;
+    memcpy(w->late->key, key, klen + 1);
+    if (budget_eval(b, b->reserve, key, budget_usd, est_usd, reserved, w, reserved_late, w->late)) {
+        free(w->late);
         free(w);
         return reserve_alone(b, key, budget_usd, est_usd);
     }
@@ -170,5 +206,5 @@ void budget_settle(struct budget *b, const char *key, double reserved_usd, doubl
 {
     if (!b->settle || !redis_client_available(b->redis))
         return; /* the reservation stays: the key can spend less, never more */
-    budget_eval(b, b->settle, key, reserved_usd, actual_usd, settled, NULL);
+    budget_eval(b, b->settle, key, reserved_usd, actual_usd, settled, NULL, NULL, NULL);
 }
