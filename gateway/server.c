@@ -181,6 +181,14 @@ static long resident_bytes(void)
     return resident * sysconf(_SC_PAGESIZE);
 }
 
+/* One worker trims for all: this one, unless another did less than `gap_ms` ago. */
+static bool server_claim_trim(struct worker *w, int64_t now, int64_t gap_ms)
+{
+    int64_t last = atomic_load_explicit(&w->shared->trimmed_at_ms, memory_order_relaxed);
+    return now - last >= gap_ms &&
+           atomic_compare_exchange_strong(&w->shared->trimmed_at_ms, &last, now);
+}
+
 static void server_trim(struct worker *w, const char *why, size_t handles_freed)
 {
     atomic_store_explicit(&w->shared->trimmed_at_ms, clock_mono_ms(), memory_order_relaxed);
@@ -225,17 +233,14 @@ static void housekeeping_cb(struct ev_loop *loop, ev_timer *t, int revents)
         w->arena_trim = false;
         server_trim(w, "big_request", 0);
     }
+    /* Quiet ticks count up to the idle trim and stay there until traffic comes again. */
     if (w->n_active || w->begun != w->begun_seen) {
         w->begun_seen = w->begun;
         w->quiet_ticks = 0;
-        w->worked = true;
-    } else if (w->worked && ++w->quiet_ticks >= SERVER_IDLE_TRIM_TICKS) {
-        w->worked = false;
-        int64_t now = clock_mono_ms();
-        int64_t last = atomic_load_explicit(&w->shared->trimmed_at_ms, memory_order_relaxed);
-        if (now - last >= SERVER_IDLE_TRIM_EVERY_MS &&
-            atomic_compare_exchange_strong(&w->shared->trimmed_at_ms, &last, now))
-            server_trim(w, "idle", 0);
+    } else if (w->quiet_ticks < SERVER_IDLE_TRIM_TICKS &&
+               ++w->quiet_ticks == SERVER_IDLE_TRIM_TICKS &&
+               server_claim_trim(w, clock_mono_ms(), SERVER_IDLE_TRIM_EVERY_MS)) {
+        server_trim(w, "idle", 0);
     }
     if (++w->ticks % (unsigned)(SERVER_HOUSEKEEPING_S / SERVER_TICK_S))
         return;
@@ -267,8 +272,7 @@ static void housekeeping_cb(struct ev_loop *loop, ev_timer *t, int revents)
     if (w->trim_pending)
         w->trim_pending--;
     /* Another worker trimmed for all a moment ago. */
-    if (now - last < (int64_t)(SERVER_HOUSEKEEPING_S * 500) ||
-        !atomic_compare_exchange_strong(&w->shared->trimmed_at_ms, &last, now))
+    if (!server_claim_trim(w, now, (int64_t)(SERVER_HOUSEKEEPING_S * 500)))
         return;
     server_trim(w, burst ? "burst" : grown ? "grown" : "periodic", freed);
 }
@@ -278,6 +282,7 @@ static int worker_init(struct worker *w, struct config *cfg, char *err, size_t e
     pthread_mutex_init(&w->mail_lock, NULL);
     list_init(&w->live);
     list_init(&w->followers);
+    w->quiet_ticks = SERVER_IDLE_TRIM_TICKS; /* no traffic yet: nothing to give back */
     w->loop = ev_loop_new(EVBACKEND_EPOLL | EVFLAG_NOENV);
     unsigned per_host =
         (cfg->upstream.max_connections_per_backend + cfg->workers - 1) / cfg->workers;

@@ -79,11 +79,11 @@ struct worker {
     unsigned trim_pending; /* trims due after a burst (once the worker is not busy) */
     bool arena_trim;       /* a trim due after a big request (base/arena.h) */
     unsigned ticks;        /* of the housekeeping timer */
-    /* Requests begun (request.c), what the last tick saw of it, the quiet ticks since, and
-     * whether traffic came since the last trim: a worker gone quiet trims once. */
+    /* Requests begun (request.c), what the last tick saw of it, and the quiet ticks since
+     * (held at the idle trim's count once it is reached, and from the start): a worker gone
+     * quiet after traffic trims once. */
     unsigned long begun, begun_seen;
     unsigned quiet_ticks;
-    bool worked;
     /* httpd's connection counters (net/httpd.h), copied every second for the scraper. */
     struct {
         atomic_ulong at_cap, at_fd_limit, header_timeout, body_timeout, lingered;
