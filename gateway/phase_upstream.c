@@ -235,6 +235,18 @@ static int request_start_attempt(struct request *r, struct router_outcome *why)
 
 static void request_backoff(struct request *r, double delay);
 
+/* Another try now: true when one is under way or waits for a free slot (still suspended). */
+static bool request_try_again(struct request *r)
+{
+    struct router_outcome why;
+    int rc = request_start_attempt(r, &why);
+    if (rc == 0 && r->cfg->metrics_enabled)
+        METRICS_ADD(r->w->metrics->retries, 1);
+    if (rc == 2)
+        request_enqueue(r);
+    return rc == 0 || rc == 2;
+}
+
 /* This attempt failed before the caller got a byte: note it against the backend when the
  * backend is to blame, and move on to the next cheapest one while retries and the deadline
  * allow, or (`again`: a failure worth repeating) ask the same node again after a backoff when
@@ -274,17 +286,8 @@ static void request_attempt_failed(struct request *r, enum tg_error err, bool bl
             request_backoff(r, delay);
             return; /* still suspended; the same node is asked again after the wait */
         }
-        struct router_outcome why;
-        int rc = request_start_attempt(r, &why);
-        if (rc == 0) {
-            if (r->cfg->metrics_enabled)
-                METRICS_ADD(r->w->metrics->retries, 1);
-            return; /* still suspended; the next backend is working */
-        }
-        if (rc == 2) {
-            request_enqueue(r);
-            return; /* still suspended; waiting for a free slot */
-        }
+        if (request_try_again(r))
+            return; /* the next backend is working, or a free slot is awaited */
     }
     request_retries_exhausted(r);
 }
@@ -355,23 +358,8 @@ static void request_backoff_cb(struct ev_loop *loop, ev_timer *t, int revents)
         return;
     }
     r->up.skip[r->up.target - r->route->targets] = false;
-    struct router_outcome why;
-    int rc = request_start_attempt(r, &why);
-    if (rc == 0) {
-        if (r->cfg->metrics_enabled)
-            METRICS_ADD(r->w->metrics->retries, 1);
-        return;
-    }
-    if (rc == 2) {
-        request_enqueue(r);
-        return;
-    }
-    if (rc == 1) {
+    if (!request_try_again(r))
         request_retries_exhausted(r);
-        return;
-    }
-    request_set_error(r, rc, NULL, "cannot start the upstream transfer");
-    request_resume(r);
 }
 
 static void request_backoff(struct request *r, double delay)
