@@ -9,6 +9,7 @@
 #include "openai/answer_event.h"
 #include "openai/event_scan.h"
 #include "routing/backend.h"
+#include "routing/backoff.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -252,14 +253,12 @@ static void request_relay_start(struct request *r)
         r->relay.scanning = r->up.status / 100 == 2 && r->ep->answer != ANSWER_KIND_NONE &&
                             answer_scan_init_kind(&r->relay.scan, &r->arena, r->ep->answer) == 0;
     }
+    request_note_retry_after(r); /* backoff.c: a 429's or 5xx's Retry-After, read once */
     if (r->up.status == 429) {
-        char ra[32];
-        long secs = 0;
-        if (upstream_header(r->up.xfer, "retry-after", ra, sizeof ra) == 0)
-            secs = strtol(ra, NULL, 10);
-        r->up.retry_after_s = secs > 0 ? secs : 1;
-        backend_record_rate_limited(r->up.target->backend->state, &r->cfg->routing, secs * 1000,
-                                    r->up.started_us, clock_mono_ms());
+        long ms = r->up.retry_after_ms; /* -1 none, BACKOFF_NOT_SOON_MS a date */
+        backend_record_rate_limited(r->up.target->backend->state, &r->cfg->routing,
+                                    ms > 0 && ms < BACKOFF_NOT_SOON_MS ? ms : 0, r->up.started_us,
+                                    clock_mono_ms());
     }
 }
 

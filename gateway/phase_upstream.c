@@ -9,6 +9,7 @@
 #include "gateway/upload.h"
 #include "net/upstream.h"
 #include "routing/backend.h"
+#include "routing/backoff.h"
 #include "routing/demand.h"
 
 #include <stdarg.h>
@@ -443,10 +444,7 @@ static void request_stuck_cb(struct ev_loop *loop, ev_timer *t, int revents)
 static int request_upstream_data(void *ctx, const char *data, size_t len)
 {
     struct request *r = ctx;
-    bool first = !r->up.got_headers;
     int rc = request_relay_data(ctx, data, len);
-    if (first && r->up.got_headers)
-        request_note_retry_after(r); /* backoff.c */
     if (r->up.waiting && r->up.got_headers &&
         (!r->relay.stream_mode || r->state != REQUEST_UPSTREAM))
         request_end_wait(r, true);
@@ -524,8 +522,10 @@ static void request_on_done(void *ctx, int result, long status, const char *deta
         char m[300];
         r->up.rate_limited++;
         request_note_attempt(r, METRICS_OUTCOME_RATE_LIMITED, now);
-        if (!r->up.rate_limit_wait_s || r->up.retry_after_s < r->up.rate_limit_wait_s)
-            r->up.rate_limit_wait_s = r->up.retry_after_s;
+        long ms = r->up.retry_after_ms; /* whole seconds for the caller, at least 1 */
+        long secs = ms > 0 && ms < BACKOFF_NOT_SOON_MS ? (ms + 999) / 1000 : 1;
+        if (!r->up.rate_limit_wait_s || secs < r->up.rate_limit_wait_s)
+            r->up.rate_limit_wait_s = secs;
         request_attempt_failed(r, TG_ERR_BACKEND_RATE_LIMITED, false, false, true,
                                "Backend %s is rate limiting%s", backend,
                                request_upstream_message(r, m, sizeof m));

@@ -144,7 +144,6 @@ struct request_attempts {
     double wait;      /* seconds spent waiting on backends before the answer was queued */
     enum tg_error last_err;
     char last_msg[400];
-    long retry_after_s;     /* a 429's retry-after */
     long rate_limit_wait_s; /* the soonest a rate-limiting backend takes requests again */
     char *body;             /* the body sent upstream when it differs from the caller's */
     char url[1024];
@@ -410,7 +409,8 @@ char *request_dump_upstream(struct request *r);
  * node's Retry-After or its health do not allow it. */
 double request_same_node_delay(struct request *r, bool retryable);
 /* The attempt's answer began (r->up.status set, the transfer still held): a 429's or 5xx's
- * Retry-After (or retry-after-ms) into r->up.retry_after_ms, for the decision above. */
+ * Retry-After (or retry-after-ms) into r->up.retry_after_ms, read once for the decision above,
+ * the node's 429 pause and the caller's retry-after. */
 void request_note_retry_after(struct request *r);
 
 /* ---- caller headers for the node (forward.c) ---- */
