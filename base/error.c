@@ -41,6 +41,7 @@ static const struct error_info error_table[] = {
     {TG_ERR_KEY_UNAVAILABLE, 503, "api_error", "key_store_unavailable"},
     {TG_ERR_CAPABILITY, 400, "invalid_request_error", "unsupported_parameter"},
     {TG_ERR_CONTEXT_LENGTH, 400, "invalid_request_error", "context_length_exceeded"},
+    {TG_ERR_BACKEND_UNTRUSTED, 502, "api_error", "backend_unreachable"},
 };
 
 static const struct error_info *error_find(enum tg_error err)

@@ -35,6 +35,7 @@ enum tg_error {
     TG_ERR_KEY_UNAVAILABLE = -24,      /* 503 the key cannot be checked now (Redis is out) */
     TG_ERR_CAPABILITY = -30,           /* 400 no model serving it supports what it uses */
     TG_ERR_CONTEXT_LENGTH = -31,       /* 400 the prompt is longer than any model's context */
+    TG_ERR_BACKEND_UNTRUSTED = -32,    /* 502 as unreachable: its TLS certificate did not verify */
 };
 
 /* HTTP status for an error (500 for unknown codes). */

@@ -497,12 +497,12 @@ static void request_on_done(void *ctx, int result, long status, const char *deta
         return;
     }
 
-    if (result == TG_ERR_BACKEND_UNREACHABLE) {
+    if (result == TG_ERR_BACKEND_UNREACHABLE || result == TG_ERR_BACKEND_UNTRUSTED) {
         request_note_attempt(r, METRICS_OUTCOME_UNREACHABLE, now);
-        /* A certificate the gateway could not verify will not verify a moment later. */
-        bool again = !strcasestr(detail, "certificate");
-        request_attempt_failed(r, result, true, true, again, "Backend %s is unreachable: %s",
-                               backend, detail);
+        /* A certificate the gateway could not verify is not asked again after a backoff. */
+        request_attempt_failed(r, TG_ERR_BACKEND_UNREACHABLE, true, true,
+                               result == TG_ERR_BACKEND_UNREACHABLE,
+                               "Backend %s is unreachable: %s", backend, detail);
     } else if (result == TG_ERR_BACKEND_TIMEOUT) {
         /* Connected but silent: out for the cooldown, whatever the probes say. */
         request_note_attempt(r, METRICS_OUTCOME_TIMEOUT, now);

@@ -291,8 +291,9 @@ static int upstream_map_curl(CURLcode code)
     case CURLE_COULDNT_RESOLVE_HOST:
     case CURLE_COULDNT_RESOLVE_PROXY:
     case CURLE_SSL_CONNECT_ERROR:
-    case CURLE_PEER_FAILED_VERIFICATION:
         return TG_ERR_BACKEND_UNREACHABLE;
+    case CURLE_PEER_FAILED_VERIFICATION: /* will not verify a moment later either */
+        return TG_ERR_BACKEND_UNTRUSTED;
     case CURLE_OPERATION_TIMEDOUT:
         return TG_ERR_BACKEND_TIMEOUT;
     default:
